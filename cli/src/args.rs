@@ -1,0 +1,128 @@
+//! Command-line arguments (clap derive). Names follow restic where users expect them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Fast, encrypted, deduplicating backups that survive crashes, sleep and bad networks.
+#[derive(Parser, Debug)]
+#[command(name = "bakare", version, about, long_about = None, disable_help_subcommand = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Repository folder [default: the user's data folder, bakare/repo]
+    #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+    /// Read the passphrase from this file (else BAKARE_PASSPHRASE, else a terminal prompt)
+    #[arg(long, global = true, env = "BAKARE_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Use this put-only key file instead of a passphrase (backup only)
+    #[arg(long, global = true, env = "BAKARE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Print machine-readable JSON (JSON lines for progress)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a repository and its master key
+    Init(InitArgs),
+    /// Back up files and folders
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots,
+    /// List the files of a snapshot
+    Ls(LsArgs),
+    /// Restore a snapshot, or part of one
+    Restore(RestoreArgs),
+    /// Manage keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// argon2id memory in KiB for sealing the master key
+    #[arg(long, default_value_t = 65536, hide = true)]
+    pub kdf_memory_kib: u32,
+    /// argon2id passes
+    #[arg(long, default_value_t = 3, hide = true)]
+    pub kdf_passes: u32,
+    /// Average chunk size in KiB (minimum is half, maximum eight times)
+    #[arg(long, default_value_t = 1024, hide = true)]
+    pub chunk_kib: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and folders to back up
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Exclude paths matching a gitignore-style pattern (repeatable)
+    #[arg(long, short = 'e', value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file, one per line (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Honour .gitignore files found in the backed-up folders
+    #[arg(long)]
+    pub git_ignore: bool,
+    /// Tag the snapshot (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Host name to record [default: this machine's]
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Compression: off, fast, default or max
+    #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
+    pub compression: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// SNAPSHOT or SNAPSHOT:PATH (`latest` is the newest, `latest~N` the N-th before it)
+    pub target: String,
+    /// List recursively
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    /// Show mode, size and modification time
+    #[arg(long, short = 'l')]
+    pub long: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// SNAPSHOT or SNAPSHOT:PATH
+    pub snapshot: String,
+    /// Folder to restore into
+    #[arg(long, short = 't', value_name = "DIR")]
+    pub target: PathBuf,
+    /// Restore into a folder that already has files, replacing files of the same name
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Export a key to a file
+    Export(KeyExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyExportArgs {
+    /// Export the put-only key: it can add backups but read none
+    #[arg(long, required = true)]
+    pub put_only: bool,
+    /// File to write (created with mode 0600; must not exist)
+    pub file: PathBuf,
+}

@@ -1,0 +1,59 @@
+//! `bakare ls SNAPSHOT[:PATH]`: list a folder of a snapshot, or all of it with -R.
+
+use anyhow::Result;
+use bakare_planner::{Start, find_node};
+use bakare_store::{BlobId, Entry, Node, Repository};
+
+use crate::Outcome;
+use crate::args::LsArgs;
+use crate::context::Context;
+use crate::output::time;
+
+pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
+    let repo = ctx.open(false)?;
+    let (spec, path) = split_target(&a.target);
+    let (_, snap) = repo.find_snapshot(spec)?;
+    let prefix = format!("/{}", path.trim_matches('/'));
+    match find_node(&repo, snap.root, path)? {
+        Start::Tree(id) => list_tree(ctx, a, &repo, &id, prefix.trim_end_matches('/'))?,
+        Start::Entry(e) => print_entry(ctx, a, &prefix, &e)?,
+    }
+    Ok(Outcome::Success)
+}
+
+/// `SNAPSHOT:PATH` → (`SNAPSHOT`, `PATH`).
+pub fn split_target(target: &str) -> (&str, &str) {
+    target.split_once(':').unwrap_or((target, ""))
+}
+
+fn list_tree(ctx: &Context, a: &LsArgs, repo: &Repository, id: &BlobId, prefix: &str) -> Result<()> {
+    for e in repo.load_tree(id)?.entries {
+        let path = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+        print_entry(ctx, a, &path, &e)?;
+        if let (true, Node::Dir { tree }) = (a.recursive, &e.node) {
+            list_tree(ctx, a, repo, tree, &path)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_entry(ctx: &Context, a: &LsArgs, path: &str, e: &Entry) -> std::io::Result<()> {
+    let size = match &e.node {
+        Node::File { size, .. } => *size,
+        _ => 0,
+    };
+    if ctx.global.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "path": path, "type": e.node.kind_name(), "size": size, "mode": e.meta.mode,
+                "uid": e.meta.uid, "gid": e.meta.gid, "mtime_ns": e.meta.mtime_ns, "error": e.error,
+            })
+        )?;
+    } else if a.long {
+        out!("{:<8} {:04o} {:>12} {} {path}", e.node.kind_name(), e.meta.mode, size, time(e.meta.mtime_ns))?;
+    } else {
+        out!("{path}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! One module per command verb.
+
+pub mod backup;
+pub mod init;
+pub mod key;
+pub mod ls;
+pub mod restore;
+pub mod snapshots;

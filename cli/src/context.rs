@@ -1,0 +1,109 @@
+//! Where the repository is, how its key is obtained, and opening it.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bakare_store::backend::{Backend, LocalBackend};
+use bakare_store::crypto::{KdfParams, open_write_key_file};
+use bakare_store::{Access, ChunkerParams, Repository, StoreError};
+
+use crate::args::Global;
+
+pub struct Context {
+    pub global: Global,
+}
+
+impl Context {
+    pub fn new(global: Global) -> Self {
+        Self { global }
+    }
+
+    pub fn repo_path(&self) -> Result<PathBuf> {
+        match &self.global.repo {
+            Some(p) => Ok(p.clone()),
+            None => dirs::data_dir()
+                .map(|d| d.join("bakare").join("repo"))
+                .ok_or_else(|| anyhow!("no --repo given and no data folder known for this user")),
+        }
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(Arc::new(LocalBackend::new(self.repo_path()?)))
+    }
+
+    /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.
+    pub fn passphrase(&self, confirm: bool) -> Result<String> {
+        if let Ok(p) = std::env::var("BAKARE_PASSPHRASE") {
+            return Ok(p);
+        }
+        if let Some(f) = &self.global.passphrase_file {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
+            return Ok(text.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if !std::io::stdin().is_terminal() {
+            bail!("no passphrase: set BAKARE_PASSPHRASE, use --passphrase-file, or run on a terminal");
+        }
+        let p = rpassword::prompt_password("passphrase: ").context("reading passphrase")?;
+        if confirm && rpassword::prompt_password("passphrase again: ").context("reading passphrase")? != p {
+            bail!("the passphrases do not match");
+        }
+        if p.is_empty() {
+            bail!("empty passphrase");
+        }
+        Ok(p)
+    }
+
+    /// Opens the repository with the master key (passphrase) or, when `allow_put_only`
+    /// and --key-file is given, with the put-only key.
+    pub fn open(&self, allow_put_only: bool) -> Result<Repository> {
+        let repo = self.open_unindexed(allow_put_only)?;
+        load_index(&repo)?;
+        Ok(repo)
+    }
+
+    fn open_unindexed(&self, allow_put_only: bool) -> Result<Repository> {
+        let backend = self.backend()?;
+        let location = backend.location();
+        if let Some(kf) = &self.global.key_file {
+            let bytes = std::fs::read(kf).with_context(|| format!("reading key file {}", kf.display()))?;
+            let key = open_write_key_file(&bytes).with_context(|| format!("key file {}", kf.display()))?;
+            if !allow_put_only {
+                bail!("{}", StoreError::NeedsMasterKey);
+            }
+            return Repository::open_with_key(backend, Access::Write(key))
+                .with_context(|| format!("opening repository {location}"));
+        }
+        // Check it is a repository before asking for a passphrase.
+        Repository::read_config(backend.as_ref()).with_context(|| format!("opening repository {location}"))?;
+        let pass = self.passphrase(false)?;
+        Repository::open_with_passphrase(backend, pass.as_bytes())
+            .with_context(|| format!("opening repository {location}"))
+    }
+
+    /// Opens the repository, creating it (and its key) first if the folder has none.
+    pub fn open_or_init(&self) -> Result<(Repository, bool)> {
+        let backend = self.backend()?;
+        let location = backend.location();
+        match Repository::read_config(backend.as_ref()) {
+            Err(StoreError::NotARepository { .. }) if self.global.key_file.is_none() => {
+                let pass = self.passphrase(true)?;
+                let repo = Repository::init(backend, pass.as_bytes(), KdfParams::default(), ChunkerParams::default())
+                    .with_context(|| format!("creating repository {location}"))?;
+                Ok((repo, true))
+            }
+            _ => Ok((self.open(true)?, false)),
+        }
+    }
+}
+
+/// Loads the index, warning about (and skipping) damaged segments.
+pub fn load_index(repo: &Repository) -> Result<()> {
+    repo.load_index().context("loading the index")?;
+    for w in repo.index_warnings() {
+        eprintln!("bakare: warning: skipped a damaged index segment ({w}); run `bakare verify`");
+    }
+    Ok(())
+}

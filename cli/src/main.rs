@@ -1,0 +1,60 @@
+//! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error, 2 usage,
+//! 3 a backup finished but some files could not be read.
+
+/// `println!` that returns the write error (a closed pipe ends the command quietly).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)
+    }};
+}
+
+mod args;
+mod commands;
+mod context;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, KeyCommand};
+use crate::context::Context;
+
+/// How a command ended, when it did not fail outright.
+pub enum Outcome {
+    Success,
+    /// Done, but some files could not be backed up.
+    Partial,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.global.json;
+    let ctx = Context::new(cli.global);
+    let result = match cli.command {
+        Command::Init(a) => commands::init::run(&ctx, &a),
+        Command::Backup(a) => commands::backup::run(&ctx, &a),
+        Command::Snapshots => commands::snapshots::run(&ctx),
+        Command::Ls(a) => commands::ls::run(&ctx, &a),
+        Command::Restore(a) => commands::restore::run(&ctx, &a),
+        Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Partial) => ExitCode::from(3),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "type": "error", "message": format!("{e:#}") }));
+            }
+            eprintln!("bakare: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<std::io::Error>()).any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}

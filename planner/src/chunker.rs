@@ -1,0 +1,160 @@
+//! Content-defined chunking: FastCDC with a gear table seeded from the repository secret, so
+//! chunk boundaries reveal nothing about content, run over a large buffer (faster than
+//! fastcdc's per-chunk-allocating `StreamCDC`).
+//!
+//! A FastCDC cut depends only on the bytes since the previous cut, so cutting a buffer,
+//! keeping the last (possibly truncated) chunk and refilling behind it gives exactly the
+//! chunks of one pass over the whole file.
+
+use std::io::{self, Read};
+use std::ops::Range;
+
+use bakare_store::ChunkerParams;
+use fastcdc::v2020::{FastCDC, Normalization};
+
+/// A seeded content-defined chunker.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunker {
+    params: ChunkerParams,
+    seed: u64,
+}
+
+impl Chunker {
+    /// `params` must have passed [`ChunkerParams::check`] (the repository config does).
+    pub fn new(params: ChunkerParams, seed: u64) -> Self {
+        Self { params, seed }
+    }
+
+    /// The buffer size for streaming: room for two maximal chunks.
+    pub fn buffer_len(&self) -> usize {
+        self.params.max as usize * 2
+    }
+
+    /// Cut points of `data`. Unless `eof`, the last chunk may continue past `data` and is left out.
+    pub fn cut(&self, data: &[u8], eof: bool) -> Vec<Range<usize>> {
+        let p = self.params;
+        let cdc = FastCDC::with_level_and_seed(
+            data,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            Normalization::Level1,
+            self.seed,
+        );
+        let mut out: Vec<Range<usize>> = cdc.map(|c| c.offset..c.offset + c.length).collect();
+        if !eof {
+            out.pop();
+        }
+        out
+    }
+
+    /// Reads `reader` to its end, handing each run of complete chunks to `batch` in order.
+    /// Returns the number of bytes read.
+    pub fn stream<R: Read, E: From<io::Error>>(
+        &self,
+        mut reader: R,
+        size_hint: u64,
+        mut batch: impl FnMut(&[&[u8]]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let cap = usize::try_from(size_hint).unwrap_or(usize::MAX).clamp(1, self.buffer_len());
+        let mut buf = vec![0u8; cap];
+        let mut filled = 0usize;
+        let mut total = 0u64;
+        loop {
+            let mut eof = false;
+            while filled < buf.len() {
+                match reader.read(buf.get_mut(filled..).unwrap_or_default()) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        filled += n;
+                        total += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !eof && buf.len() < self.buffer_len() {
+                // The size hint was too small (the file grew): switch to the full buffer.
+                buf.resize(self.buffer_len(), 0);
+                continue;
+            }
+            let data = buf.get(..filled).unwrap_or_default();
+            let ranges = self.cut(data, eof);
+            let chunks: Vec<&[u8]> = ranges.iter().filter_map(|r| data.get(r.clone())).collect();
+            if !chunks.is_empty() {
+                batch(&chunks)?;
+            }
+            if eof {
+                return Ok(total);
+            }
+            let consumed = ranges.last().map_or(0, |r| r.end);
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Chunker {
+        Chunker::new(ChunkerParams { min: 1024, avg: 4096, max: 16384 }, 42)
+    }
+
+    fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streaming_equals_one_pass() {
+        let data = pseudo_random(300_000, 7);
+        let c = small();
+        let whole: Vec<Vec<u8>> = c.cut(&data, true).into_iter().map(|r| data[r].to_vec()).collect();
+        // A reader that returns few bytes at a time exercises refills at every offset.
+        struct Slow<'a>(&'a [u8]);
+        impl Read for Slow<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = out.len().min(self.0.len()).min(999);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        for hint in [0u64, 10, 300_000] {
+            let mut streamed = Vec::new();
+            let total = c
+                .stream::<_, io::Error>(Slow(&data), hint, |b| {
+                    streamed.extend(b.iter().map(|s| s.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(total, data.len() as u64);
+            assert_eq!(streamed, whole, "hint {hint}");
+        }
+    }
+
+    #[test]
+    fn seed_changes_boundaries_and_insertion_is_local() {
+        let data = pseudo_random(400_000, 9);
+        let a = small().cut(&data, true);
+        let b = Chunker::new(ChunkerParams { min: 1024, avg: 4096, max: 16384 }, 43).cut(&data, true);
+        assert_ne!(a, b);
+        let mut edited = data.clone();
+        edited.splice(200_000..200_000, [1u8; 100]);
+        let ca: std::collections::HashSet<_> = a.iter().map(|r| data[r.clone()].to_vec()).collect();
+        let cb: Vec<_> = small().cut(&edited, true).iter().map(|r| edited[r.clone()].to_vec()).collect();
+        let new = cb.iter().filter(|c| !ca.contains(*c)).count();
+        assert!(new <= 3, "{new} new chunks after a 100-byte insertion");
+    }
+}

@@ -1,0 +1,34 @@
+//! Errors that stop a whole backup or restore. A problem with one file is not one of them:
+//! it is recorded in that file's tree entry and the run goes on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error(transparent)]
+    Store(#[from] bakare_store::StoreError),
+    #[error("source path {path} does not exist or cannot be read: {source}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid exclude pattern {pattern:?}: {reason}")]
+    Exclude { pattern: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("restore target {0} is not empty; use --overwrite to restore into it anyway")]
+    TargetNotEmpty(PathBuf),
+    #[error("path {0:?} is not in the snapshot")]
+    NoSuchPath(String),
+}
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PlanError {
+    let path = path.into();
+    move |source| PlanError::Io { path, source }
+}

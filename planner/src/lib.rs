@@ -1,0 +1,25 @@
+//! bakare's file-system side: what to back up, how to cut it, and how to put it back.
+//!
+//! - [`backup`]: walks the source paths in parallel (rayon), applies exclusion rules
+//!   (`ignore`'s gitignore matcher), cuts files into content-defined chunks (seeded FastCDC),
+//!   hands chunks and folder listings to the store, and writes the snapshot last.
+//! - [`restore`]: writes a snapshot's tree back to disk, in parallel, authenticating every
+//!   blob, keeping holes for zero runs, and restoring permissions, times and ownership.
+//!
+//! This crate knows nothing of packs, keys or encryption: it sees only the
+//! [`bakare_store::Repository`] interface.
+
+mod backup;
+mod chunker;
+mod counters;
+mod error;
+mod exclude;
+mod meta;
+mod restore;
+
+pub use backup::{BackupOptions, BackupReport, backup};
+pub use chunker::Chunker;
+pub use counters::Counters;
+pub use error::PlanError;
+pub use exclude::Excludes;
+pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};

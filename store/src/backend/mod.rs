@@ -1,0 +1,57 @@
+//! Storage backends: the one trait all repository I/O goes through.
+//!
+//! Object paths are `/`-separated strings such as `packs/ab/<hex>` or `snapshots/<hex>`.
+//! Every object is written once: `put` must never leave a partial object under its final
+//! name, and a second `put` of the same name writes the same bytes (names are hashes), so
+//! correctness never depends on the store refusing an overwrite.
+
+mod local;
+
+pub use local::LocalBackend;
+
+use std::io;
+
+/// An error from a backend, naming the object path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: short read: wanted {wanted} bytes at offset {offset}, object has {len}")]
+    ShortRead { path: String, offset: u64, wanted: u64, len: u64 },
+}
+
+impl BackendError {
+    pub fn io(path: impl Into<String>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::NotFound { Self::NotFound { path } } else { Self::Io { path, source } }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+/// The storage a repository lives on.
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for messages.
+    fn location(&self) -> String;
+    /// Writes a whole object atomically; succeeds without writing if it already exists.
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError>;
+    /// Reads a whole object.
+    fn get(&self, path: &str) -> Result<Vec<u8>, BackendError>;
+    /// Reads `len` bytes at `offset`; a short object is an error, not a short read.
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError>;
+    /// The size of an object.
+    fn size(&self, path: &str) -> Result<u64, BackendError>;
+    /// Paths of all objects under `prefix` (recursively), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
+    /// Removes an object; removing a missing object is not an error.
+    fn delete(&self, path: &str) -> Result<(), BackendError>;
+}

@@ -1,0 +1,36 @@
+//! bakare's repository: the on-disk format and the blob store built on it.
+//!
+//! Every object is immutable and named by the BLAKE3 of its bytes (only `config` has a fixed
+//! name and carries its own checksum), so any flipped bit is caught before anything is parsed
+//! or decrypted. A backup becomes visible by writing its snapshot last. See `docs/FORMAT.md`.
+//!
+//! - [`backend`]: the small storage trait (put-if-absent, get, get range, list, delete) and
+//!   the local folder backend.
+//! - [`Repository`]: opening and creating repositories, saving and loading blobs
+//!   (dedup, zstd, sealing, packing), index segments and snapshots.
+//! - [`tree`] and [`snapshot`]: the plaintext structures stored in tree blobs and snapshots.
+
+pub mod backend;
+mod config;
+mod error;
+mod ids;
+mod index;
+mod object;
+mod pack;
+mod repository;
+pub mod snapshot;
+pub mod tree;
+
+pub use config::{ChunkerParams, Config, FORMAT_VERSION};
+pub use error::StoreError;
+pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
+pub use index::{BlobLocation, IndexSegment};
+pub use pack::{PackEntry, parse_blob_table};
+pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats};
+pub use snapshot::{Snapshot, SnapshotStats};
+pub use tree::{Entry, Metadata, Node, Tree};
+
+pub use bakare_crypto as crypto;
+
+/// Results of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,65 @@
+//! The 8-byte header every repository object starts with, and content-addressed reads.
+//!
+//! `"bakare" (6) | kind (1) | format version (1)`
+
+use bakare_crypto::{Digest, checksum};
+
+use crate::backend::Backend;
+use crate::config::FORMAT_VERSION;
+use crate::{Result, StoreError};
+
+pub(crate) const MAGIC: &[u8; 6] = b"bakare";
+pub(crate) const HEADER_LEN: usize = 8;
+
+/// Object kinds, as stored in byte 6 of the header. 2 and 8 are the key files (crypto).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ObjectKind {
+    Config = 1,
+    Pack = 3,
+    Index = 4,
+    Snapshot = 5,
+}
+
+pub(crate) fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..6].copy_from_slice(MAGIC);
+    h[6] = kind as u8;
+    h[7] = FORMAT_VERSION;
+    h
+}
+
+/// Checks the header of `bytes` (of object `name`) and returns the rest.
+pub(crate) fn check_header<'a>(name: &str, kind: ObjectKind, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    let (head, body) =
+        bytes.split_at_checked(HEADER_LEN).ok_or_else(|| StoreError::corrupt(name, "shorter than its header"))?;
+    if head.get(..6) != Some(MAGIC.as_slice()) {
+        return Err(StoreError::corrupt(name, "bad magic"));
+    }
+    if head.get(6) != Some(&(kind as u8)) {
+        return Err(StoreError::corrupt(name, format!("expected object kind {}, found {:?}", kind as u8, head.get(6))));
+    }
+    match head.get(7) {
+        Some(&FORMAT_VERSION) => Ok(body),
+        Some(&found) if found > FORMAT_VERSION => Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION }),
+        other => Err(StoreError::corrupt(name, format!("unknown format version {other:?}"))),
+    }
+}
+
+/// Reads a content-addressed object and checks that its bytes hash to its name.
+pub(crate) fn get_verified(backend: &dyn Backend, path: &str, expected: &Digest) -> Result<Vec<u8>> {
+    let bytes = backend.get(path)?;
+    verify_name(path, &bytes, expected)?;
+    Ok(bytes)
+}
+
+pub(crate) fn verify_name(path: &str, bytes: &[u8], expected: &Digest) -> Result<()> {
+    if checksum(bytes) != *expected {
+        return Err(StoreError::corrupt(path, "content does not match its name (hash mismatch)"));
+    }
+    Ok(())
+}
+
+/// The id at the end of an object path such as `snapshots/<hex>`.
+pub(crate) fn id_of_path(path: &str) -> Option<Digest> {
+    path.rsplit('/').next().and_then(Digest::from_hex)
+}

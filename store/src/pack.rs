@@ -1,0 +1,235 @@
+//! Packs: many sealed blobs in one object, self-describing through a blob table at the end.
+//!
+//! ```text
+//! 0   header "bakare" | 3 | version                          8
+//! 8   ephemeral X25519 public key of this pack               32
+//! 40  blobs, each: nonce (24) | ciphertext | tag (16)
+//!     sealed with the pack key, AAD = blob id (32) | kind (1) | compression (1)
+//! T   blob table: nonce | ciphertext | tag, sealed with the index key, AAD = bytes 0..40
+//! end table length u32 LE | "bkpt"                           8
+//! ```
+//! The pack key is derived from the ephemeral key and the repository's data public key, so
+//! only the master key opens blobs; the blob table needs only the index key, so `index/`
+//! can be rebuilt without the data secret.
+
+use bakare_crypto::{Digest, EphemeralPublic, SEAL_OVERHEAD, SymmetricKey, WriteKey, checksum};
+
+use crate::ids::{BlobId, BlobKind, PackId};
+use crate::object::{HEADER_LEN, ObjectKind, check_header, header};
+use crate::{Result, StoreError};
+
+pub(crate) const PACK_PREFIX_LEN: usize = HEADER_LEN + 32;
+const TRAILER_MAGIC: &[u8; 4] = b"bkpt";
+pub(crate) const TRAILER_LEN: usize = 8;
+pub(crate) const ENTRY_LEN: usize = 48;
+/// No blob plaintext is larger: chunks are at most 16 MiB (fastcdc), a tree at most 64 MiB.
+pub const MAX_BLOB_LEN: u32 = 64 << 20;
+pub(crate) const PACK_PURPOSE: &[u8] = b"pack";
+
+/// Where one blob sits in its pack, as listed in the blob table and index segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    pub compressed: bool,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Length of the sealed blob (nonce, ciphertext and tag).
+    pub length: u32,
+    /// Length of the plaintext after decompression.
+    pub raw_len: u32,
+}
+
+impl PackEntry {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.id.0.as_bytes());
+        out.push(self.kind.to_byte());
+        out.push(u8::from(self.compressed));
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+
+    pub(crate) fn decode(object: &str, b: &[u8]) -> Result<Self> {
+        let bad = |what: &str| StoreError::corrupt(object, format!("blob table entry: {what}"));
+        let id: [u8; 32] = b.get(..32).and_then(|s| s.try_into().ok()).ok_or_else(|| bad("short"))?;
+        let kind = b.get(32).copied().and_then(BlobKind::from_byte).ok_or_else(|| bad("blob kind"))?;
+        let compressed = match b.get(33) {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(bad("compression")),
+        };
+        let entry = Self {
+            id: BlobId(Digest(id)),
+            kind,
+            compressed,
+            offset: le_u32(b, 36).ok_or_else(|| bad("short"))?,
+            length: le_u32(b, 40).ok_or_else(|| bad("short"))?,
+            raw_len: le_u32(b, 44).ok_or_else(|| bad("short"))?,
+        };
+        if (entry.length as usize) < SEAL_OVERHEAD || entry.raw_len > MAX_BLOB_LEN {
+            return Err(bad("length out of range"));
+        }
+        Ok(entry)
+    }
+
+    pub(crate) fn aad(&self) -> [u8; 34] {
+        blob_aad(&self.id, self.kind, self.compressed)
+    }
+}
+
+fn blob_aad(id: &BlobId, kind: BlobKind, compressed: bool) -> [u8; 34] {
+    let mut aad = [0u8; 34];
+    aad[..32].copy_from_slice(id.0.as_bytes());
+    aad[32] = kind.to_byte();
+    aad[33] = u8::from(compressed);
+    aad
+}
+
+pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at.checked_add(4)?).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)
+}
+
+/// A pack being filled. Blobs are sealed as they are added; nothing is written until
+/// [`PackBuilder::finish`].
+pub(crate) struct PackBuilder {
+    key: SymmetricKey,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackBuilder {
+    pub(crate) fn new(write: &WriteKey, capacity: usize) -> Result<Self> {
+        let (eph, key) = write.data_public.ephemeral(PACK_PURPOSE)?;
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(&header(ObjectKind::Pack));
+        buf.extend_from_slice(&eph.0);
+        Ok(Self { key, buf, entries: Vec::new() })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seals one blob into the pack; returns its sealed length.
+    pub(crate) fn add(
+        &mut self,
+        id: BlobId,
+        kind: BlobKind,
+        compressed: bool,
+        raw_len: u32,
+        payload: &[u8],
+    ) -> Result<u32> {
+        let offset = self.buf.len();
+        self.key.seal_into(&blob_aad(&id, kind, compressed), payload, &mut self.buf)?;
+        let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
+        let offset = u32::try_from(offset).map_err(|_| too_big())?;
+        let length = u32::try_from(self.buf.len() - offset as usize).map_err(|_| too_big())?;
+        self.entries.push(PackEntry { id, kind, compressed, offset, length, raw_len });
+        Ok(length)
+    }
+
+    /// Seals the blob table, appends the trailer and names the pack by its hash.
+    pub(crate) fn finish(mut self, index_key: &SymmetricKey) -> Result<(PackId, Vec<u8>, Vec<PackEntry>)> {
+        let mut table = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        let count = u32::try_from(self.entries.len()).map_err(|_| StoreError::corrupt("pack", "too many blobs"))?;
+        table.extend_from_slice(&count.to_le_bytes());
+        for e in &self.entries {
+            e.encode(&mut table);
+        }
+        let start = self.buf.len();
+        let aad: Vec<u8> = self.buf.get(..PACK_PREFIX_LEN).map(<[u8]>::to_vec).unwrap_or_default();
+        index_key.seal_into(&aad, &table, &mut self.buf)?;
+        let sealed_len =
+            u32::try_from(self.buf.len() - start).map_err(|_| StoreError::corrupt("pack", "table too big"))?;
+        self.buf.extend_from_slice(&sealed_len.to_le_bytes());
+        self.buf.extend_from_slice(TRAILER_MAGIC);
+        let id = PackId(checksum(&self.buf));
+        Ok((id, self.buf, self.entries))
+    }
+}
+
+/// The ephemeral public key stored at bytes 8..40 of a pack.
+pub(crate) fn pack_ephemeral(name: &str, prefix: &[u8]) -> Result<EphemeralPublic> {
+    check_header(name, ObjectKind::Pack, prefix)?;
+    let eph: [u8; 32] = prefix
+        .get(HEADER_LEN..PACK_PREFIX_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::corrupt(name, "truncated before its ephemeral key"))?;
+    Ok(EphemeralPublic(eph))
+}
+
+/// Parses and authenticates the blob table of a whole pack (`bytes`), checking every entry
+/// lies inside the blob area.
+pub fn parse_blob_table(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Vec<PackEntry>> {
+    pack_ephemeral(name, bytes)?;
+    let trailer_at = bytes.len().checked_sub(TRAILER_LEN).ok_or_else(|| StoreError::corrupt(name, "truncated"))?;
+    let trailer = bytes.get(trailer_at..).unwrap_or_default();
+    if trailer.get(4..) != Some(TRAILER_MAGIC.as_slice()) {
+        return Err(StoreError::corrupt(name, "bad trailer magic"));
+    }
+    let table_len = le_u32(trailer, 0).ok_or_else(|| StoreError::corrupt(name, "truncated trailer"))? as usize;
+    let table_at = trailer_at
+        .checked_sub(table_len)
+        .filter(|&at| at >= PACK_PREFIX_LEN)
+        .ok_or_else(|| StoreError::corrupt(name, "blob table length out of range"))?;
+    let aad = bytes.get(..PACK_PREFIX_LEN).unwrap_or_default();
+    let sealed = bytes.get(table_at..trailer_at).unwrap_or_default();
+    let table = index_key.open(aad, sealed).map_err(|e| StoreError::crypto(format!("{name} (blob table)"), e))?;
+    decode_entries(name, &table, table_at)
+}
+
+/// Decodes `count u32 | entries`, checking each lies within `PACK_PREFIX_LEN..limit`.
+pub(crate) fn decode_entries(name: &str, table: &[u8], limit: usize) -> Result<Vec<PackEntry>> {
+    let count = le_u32(table, 0).ok_or_else(|| StoreError::corrupt(name, "empty blob table"))? as usize;
+    let body = table.get(4..).unwrap_or_default();
+    if count.checked_mul(ENTRY_LEN) != Some(body.len()) {
+        return Err(StoreError::corrupt(name, "blob table length does not match its count"));
+    }
+    let mut out = Vec::with_capacity(count);
+    for raw in body.chunks_exact(ENTRY_LEN) {
+        let e = PackEntry::decode(name, raw)?;
+        let end = (e.offset as usize).checked_add(e.length as usize);
+        if (e.offset as usize) < PACK_PREFIX_LEN || end.is_none_or(|end| end > limit) {
+            return Err(StoreError::corrupt(name, format!("blob {} lies outside the pack", e.id.short())));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bakare_crypto::MasterKey;
+
+    #[test]
+    fn build_parse_and_flips() {
+        let m = MasterKey::generate().unwrap();
+        let mut b = PackBuilder::new(&m.write, 1024).unwrap();
+        let id = BlobId(m.write.id_key.id(b"abc"));
+        b.add(id, BlobKind::Data, false, 3, b"abc").unwrap();
+        let (pid, bytes, entries) = b.finish(&m.write.index_key).unwrap();
+        assert_eq!(pid, PackId(checksum(&bytes)));
+        let parsed = parse_blob_table("p", &bytes, &m.write.index_key).unwrap();
+        assert_eq!(parsed, entries);
+        let e = parsed[0];
+        let key = m.data_secret.recover(&pack_ephemeral("p", &bytes).unwrap(), PACK_PURPOSE).unwrap();
+        let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        assert_eq!(key.open(&e.aad(), sealed).unwrap(), b"abc");
+        let table_start = bytes.len() - 8 - (4 + 48 + 40);
+        for i in (0..8).chain(table_start..bytes.len()) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x04;
+            assert!(parse_blob_table("p", &bad, &m.write.index_key).is_err(), "byte {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(parse_blob_table("p", &bytes[..cut], &m.write.index_key).is_err());
+        }
+    }
+}

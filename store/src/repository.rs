@@ -1,0 +1,483 @@
+//! The repository: keys, the blob store with deduplication, index segments and snapshots.
+//!
+//! Saving a blob: keyed id → dedup check → zstd (kept only if it shrinks) → sealed into one
+//! of a pool of open packs (one per concurrent writer, each with its own ephemeral key) →
+//! a full pack is written, then its blobs enter the index. [`Repository::flush`] writes the
+//! open packs and then one index segment covering every pack written since the last flush;
+//! only then may a snapshot that references them be written.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bakare_crypto::{KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file};
+
+use crate::backend::Backend;
+use crate::config::{ChunkerParams, Config};
+use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
+use crate::index::{BlobLocation, IndexSegment};
+use crate::object::{get_verified, id_of_path};
+use crate::pack::{MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, pack_ephemeral};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+use crate::{Result, StoreError};
+
+/// The key a repository was opened with.
+#[derive(Clone)]
+pub enum Access {
+    /// Can read and write.
+    Master(MasterKey),
+    /// Put-only: can add backups, cannot read any.
+    Write(WriteKey),
+}
+
+impl Access {
+    pub fn write_key(&self) -> &WriteKey {
+        match self {
+            Access::Master(m) => &m.write,
+            Access::Write(w) => w,
+        }
+    }
+
+    pub fn master(&self) -> Result<&MasterKey> {
+        match self {
+            Access::Master(m) => Ok(m),
+            Access::Write(_) => Err(StoreError::NeedsMasterKey),
+        }
+    }
+}
+
+/// The snapshots of a repository, oldest first, and why any could not be read.
+#[derive(Debug, Default)]
+pub struct SnapshotList {
+    pub snapshots: Vec<(SnapshotId, Snapshot)>,
+    pub problems: Vec<String>,
+}
+
+/// What [`Repository::save_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaveOutcome {
+    pub id: BlobId,
+    /// Bytes added to the repository (0 when deduplicated).
+    pub stored: u64,
+}
+
+/// Counters of what this handle wrote.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub blobs_new: AtomicU64,
+    pub blobs_deduped: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub packs: AtomicU64,
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    access: Access,
+    index: RwLock<HashMap<BlobId, BlobLocation>>,
+    /// Blobs sealed into open packs, not yet in the index.
+    pending: Mutex<HashSet<BlobId>>,
+    pools: [Mutex<Vec<PackBuilder>>; 2],
+    /// Packs written since the last index segment.
+    unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
+    pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
+    index_warnings: Mutex<Vec<String>>,
+    compression_level: i32,
+    pub stats: WriteStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn pack_path(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("packs/{}/{}", hex.get(..2).unwrap_or("00"), hex)
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Repository {
+    /// Creates a repository: a new master key sealed under `passphrase`, then `config.mirror`
+    /// and `config` (written last: its presence is what makes the folder a repository).
+    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], kdf: KdfParams, chunker: ChunkerParams) -> Result<Self> {
+        if backend.get("config").is_ok() || backend.get("config.mirror").is_ok() {
+            return Err(StoreError::AlreadyExists { path: backend.location() });
+        }
+        chunker.check().map_err(|e| StoreError::corrupt("config", e))?;
+        let master = MasterKey::generate()?;
+        let key_file = seal_key_file(&master, passphrase, kdf)?;
+        backend.put(&format!("keys/{}", bakare_crypto::checksum(&key_file)), &key_file)?;
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| bakare_crypto::CryptoError::Random(e.to_string()))?;
+        let config =
+            Config { id, chunker, data_public: master.write.data_public.0, pack_size: 16 << 20, created_ns: now_ns() };
+        let bytes = config.encode()?;
+        backend.put("config.mirror", &bytes)?;
+        backend.put("config", &bytes)?;
+        Ok(Self::new(backend, config, Access::Master(master)))
+    }
+
+    /// Reads `config`, falling back to `config.mirror` if it is missing or damaged.
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let primary = backend.get("config").map_err(StoreError::from).and_then(|b| Config::decode("config", &b));
+        match primary {
+            Ok(c) => Ok(c),
+            Err(e @ StoreError::NewerFormat { .. }) => Err(e),
+            Err(first) => match backend.get("config.mirror") {
+                Ok(b) => Config::decode("config.mirror", &b),
+                Err(e) if e.is_not_found() && matches!(first, StoreError::Backend(ref b) if b.is_not_found()) => {
+                    Err(StoreError::NotARepository { path: backend.location() })
+                }
+                Err(_) => Err(first),
+            },
+        }
+    }
+
+    /// Opens with a passphrase, trying each key file.
+    pub fn open_with_passphrase(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Self> {
+        let config = Self::read_config(backend.as_ref())?;
+        let mut last = StoreError::WrongPassphrase;
+        for path in backend.list("keys")? {
+            let Some(name) = id_of_path(&path) else { continue };
+            let bytes = match get_verified(backend.as_ref(), &path, &name) {
+                Ok(b) => b,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match open_key_file(&bytes, passphrase) {
+                Ok(master) => return Self::with_key(backend, config, Access::Master(master)),
+                Err(bakare_crypto::CryptoError::WrongPassphrase) => {}
+                Err(e) => last = StoreError::crypto(path, e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens with a key already in hand (master or put-only).
+    pub fn open_with_key(backend: Arc<dyn Backend>, access: Access) -> Result<Self> {
+        let config = Self::read_config(backend.as_ref())?;
+        Self::with_key(backend, config, access)
+    }
+
+    fn with_key(backend: Arc<dyn Backend>, config: Config, access: Access) -> Result<Self> {
+        let key_public = access.write_key().data_public;
+        if key_public != config.data_public() {
+            return Err(StoreError::KeyMismatch {
+                expected: config.data_public().fingerprint(),
+                found: key_public.fingerprint(),
+            });
+        }
+        Ok(Self::new(backend, config, access))
+    }
+
+    fn new(backend: Arc<dyn Backend>, config: Config, access: Access) -> Self {
+        Self {
+            backend,
+            config,
+            access,
+            index: RwLock::default(),
+            pending: Mutex::default(),
+            pools: [Mutex::default(), Mutex::default()],
+            unindexed: Mutex::default(),
+            pack_keys: Mutex::default(),
+            index_warnings: Mutex::default(),
+            compression_level: 3,
+            stats: WriteStats::default(),
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// zstd-compresses `data`; `None` when that does not make it smaller.
+fn compress(level: i32, data: &[u8]) -> Option<Vec<u8>> {
+    if level == 0 || data.len() < 64 {
+        return None;
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+        }
+        let (_, c) = slot.as_mut()?;
+        let out = c.compress(data).ok()?;
+        (out.len() + 16 < data.len()).then_some(out)
+    })
+}
+
+impl Repository {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// zstd level for new blobs; 0 stores them uncompressed.
+    pub fn set_compression_level(&mut self, level: i32) {
+        self.compression_level = level;
+    }
+
+    /// Loads every index segment. A damaged segment is skipped and reported in
+    /// [`Repository::index_warnings`]: its blobs are then saved again if needed.
+    pub fn load_index(&self) -> Result<()> {
+        let paths = self.backend.list("index")?;
+        let key = &self.access.write_key().index_key;
+        let mut map = HashMap::new();
+        for path in paths {
+            let loaded = id_of_path(&path)
+                .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
+                .and_then(|id| get_verified(self.backend.as_ref(), &path, &id))
+                .and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
+            match loaded {
+                Ok(seg) => map.extend(seg.locations()),
+                Err(e) => lock(&self.index_warnings).push(e.to_string()),
+            }
+        }
+        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        Ok(())
+    }
+
+    pub fn index_warnings(&self) -> Vec<String> {
+        lock(&self.index_warnings).clone()
+    }
+
+    /// Number of blobs in the loaded index.
+    pub fn index_len(&self) -> usize {
+        self.index.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn blob_id(&self, data: &[u8]) -> BlobId {
+        BlobId(self.access.write_key().id_key.id(data))
+    }
+
+    pub fn contains_blob(&self, id: &BlobId) -> bool {
+        self.index.read().map(|m| m.contains_key(id)).unwrap_or(false) || lock(&self.pending).contains(id)
+    }
+
+    /// Stores a blob unless the repository already has it.
+    pub fn save_blob(&self, kind: BlobKind, data: &[u8]) -> Result<SaveOutcome> {
+        let id = self.blob_id(data);
+        self.save_blob_with_id(kind, id, data)
+    }
+
+    /// As [`Repository::save_blob`], with the id already computed by the caller.
+    pub fn save_blob_with_id(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
+        let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
+            StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
+        })?;
+        let known = self.index.read().map(|m| m.contains_key(&id)).unwrap_or(false);
+        if known || !lock(&self.pending).insert(id) {
+            self.stats.blobs_deduped.fetch_add(1, Ordering::Relaxed);
+            return Ok(SaveOutcome { id, stored: 0 });
+        }
+        let result = self.seal_into_pack(kind, id, raw_len, data);
+        if result.is_err() {
+            lock(&self.pending).remove(&id);
+        }
+        let stored = result?;
+        self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(SaveOutcome { id, stored })
+    }
+
+    fn pool(&self, kind: BlobKind) -> &Mutex<Vec<PackBuilder>> {
+        match kind {
+            BlobKind::Data => &self.pools[0],
+            BlobKind::Tree => &self.pools[1],
+        }
+    }
+
+    fn seal_into_pack(&self, kind: BlobKind, id: BlobId, raw_len: u32, data: &[u8]) -> Result<u64> {
+        let compressed = compress(self.compression_level, data);
+        let payload = compressed.as_deref().unwrap_or(data);
+        let target = self.config.pack_size as usize;
+        let popped = lock(self.pool(kind)).pop();
+        let mut builder = match popped {
+            Some(b) => b,
+            None => PackBuilder::new(self.access.write_key(), target + target / 8)?,
+        };
+        let stored = builder.add(id, kind, compressed.is_some(), raw_len, payload)?;
+        if builder.len() >= target {
+            self.write_pack(builder)?;
+        } else {
+            lock(self.pool(kind)).push(builder);
+        }
+        Ok(u64::from(stored))
+    }
+
+    fn write_pack(&self, builder: PackBuilder) -> Result<()> {
+        let (id, bytes, entries) = builder.finish(&self.access.write_key().index_key)?;
+        self.backend.put(&pack_path(&id), &bytes)?;
+        self.stats.packs.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pending = lock(&self.pending);
+            for e in &entries {
+                index.insert(e.id, BlobLocation { pack: id, entry: *e });
+                pending.remove(&e.id);
+            }
+        }
+        lock(&self.unindexed).push((id, entries));
+        Ok(())
+    }
+
+    /// Writes every open pack, then one index segment for all packs written since the last
+    /// flush. After this returns, every blob saved so far is durable and findable.
+    pub fn flush(&self) -> Result<()> {
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            let builders = std::mem::take(&mut *lock(self.pool(kind)));
+            for b in builders.into_iter().filter(|b| !b.is_empty()) {
+                self.write_pack(b)?;
+            }
+        }
+        let packs = std::mem::take(&mut *lock(&self.unindexed));
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes) = IndexSegment { packs }.encode(&self.access.write_key().index_key)?;
+        self.backend.put(&format!("index/{id}"), &bytes)?;
+        Ok(())
+    }
+
+    fn pack_key(&self, pack: &PackId) -> Result<SymmetricKey> {
+        if let Some(k) = lock(&self.pack_keys).get(pack) {
+            return Ok(k.clone());
+        }
+        let path = pack_path(pack);
+        let prefix = self.backend.get_range(&path, 0, PACK_PREFIX_LEN as u64)?;
+        let eph = pack_ephemeral(&path, &prefix)?;
+        let key =
+            self.access.master()?.data_secret.recover(&eph, PACK_PURPOSE).map_err(|e| StoreError::crypto(&path, e))?;
+        lock(&self.pack_keys).insert(*pack, key.clone());
+        Ok(key)
+    }
+
+    pub fn blob_location(&self, id: &BlobId) -> Option<BlobLocation> {
+        self.index.read().ok().and_then(|m| m.get(id).copied())
+    }
+
+    /// Reads, authenticates, decompresses and re-hashes one blob.
+    pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
+        self.access.master()?;
+        let loc = self.blob_location(id).ok_or_else(|| StoreError::UnknownBlob(id.to_hex()))?;
+        let path = pack_path(&loc.pack);
+        let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+        self.open_blob(&path, &loc.entry, &sealed)
+    }
+
+    fn open_blob(&self, path: &str, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+        let name = || format!("blob {} in {path}", entry.id.short());
+        let pack = id_of_path(path).map(PackId).ok_or_else(|| StoreError::corrupt(path, "bad pack name"))?;
+        let plain = self.pack_key(&pack)?.open(&entry.aad(), sealed).map_err(|e| StoreError::crypto(name(), e))?;
+        let data = if entry.compressed {
+            zstd::bulk::decompress(&plain, entry.raw_len as usize)
+                .map_err(|e| StoreError::corrupt(name(), e.to_string()))?
+        } else {
+            plain
+        };
+        if data.len() != entry.raw_len as usize || self.blob_id(&data) != entry.id {
+            return Err(StoreError::corrupt(name(), "content does not match its id"));
+        }
+        Ok(data)
+    }
+
+    pub fn save_tree(&self, tree: &Tree) -> Result<SaveOutcome> {
+        self.save_blob(BlobKind::Tree, &tree.encode()?)
+    }
+
+    pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
+        Tree::decode(&format!("tree {}", id.short()), &self.load_blob(id)?)
+    }
+
+    /// Writes a snapshot (its mirror first). Call [`Repository::flush`] before.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let (id, bytes) = snapshot.encode(self.access.write_key())?;
+        self.backend.put(&format!("snapshots.mirror/{id}"), &bytes)?;
+        self.backend.put(&format!("snapshots/{id}"), &bytes)?;
+        Ok(id)
+    }
+
+    /// Every readable snapshot, oldest first, and a message for each that could be read from
+    /// neither its file nor its mirror.
+    pub fn snapshots(&self) -> Result<SnapshotList> {
+        let master = self.access.master()?;
+        let mut ids: Vec<SnapshotId> = Vec::new();
+        for dir in ["snapshots", "snapshots.mirror"] {
+            ids.extend(self.backend.list(dir)?.iter().filter_map(|p| id_of_path(p)).map(SnapshotId));
+        }
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for id in ids {
+            match self.read_snapshot(&id, master) {
+                Ok(s) => out.push((id, s)),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        out.sort_by_key(|(id, s)| (s.time_ns, *id));
+        Ok(SnapshotList { snapshots: out, problems })
+    }
+
+    fn read_snapshot(&self, id: &SnapshotId, master: &MasterKey) -> Result<Snapshot> {
+        let mut first_err = None;
+        for dir in ["snapshots", "snapshots.mirror"] {
+            let path = format!("{dir}/{id}");
+            match get_verified(self.backend.as_ref(), &path, id.digest())
+                .and_then(|b| Snapshot::decode(&path, &b, master))
+            {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| StoreError::NoSuchSnapshot(id.to_hex())))
+    }
+
+    /// Resolves `latest`, `latest~N` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        let mut all = self.snapshots()?.snapshots;
+        if let Some(back) = spec.strip_prefix("latest") {
+            let n: usize = match back.strip_prefix('~') {
+                None if back.is_empty() => 0,
+                Some(n) => n.parse().map_err(|_| StoreError::NoSuchSnapshot(spec.into()))?,
+                None => return Err(StoreError::NoSuchSnapshot(spec.into())),
+            };
+            if all.is_empty() {
+                return Err(StoreError::NoSnapshots);
+            }
+            let at = all.len().checked_sub(n + 1).ok_or_else(|| StoreError::NoSuchSnapshot(spec.into()))?;
+            return Ok(all.swap_remove(at));
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        if spec_lc.is_empty() || !spec_lc.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NoSuchSnapshot(spec.into()));
+        }
+        let mut matches: Vec<_> = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
+        match matches.len() {
+            0 => Err(StoreError::NoSuchSnapshot(spec.into())),
+            1 => Ok(matches.remove(0)),
+            count => Err(StoreError::AmbiguousSnapshot { spec: spec.into(), count }),
+        }
+    }
+}
