@@ -17,13 +17,13 @@ pub struct Cli {
 #[derive(Args, Debug)]
 pub struct Global {
     /// Repository folder [default: the user's data folder, bakare/repo]
-    #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", value_name = "REPO")]
+    #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", hide_env_values = true, value_name = "REPO")]
     pub repo: Option<PathBuf>,
     /// Read the passphrase from this file (else BAKARE_PASSPHRASE, else a terminal prompt)
-    #[arg(long, global = true, env = "BAKARE_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "BAKARE_PASSPHRASE_FILE", hide_env_values = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// Use this put-only key file instead of a passphrase (backup only)
-    #[arg(long, global = true, env = "BAKARE_KEY_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "BAKARE_KEY_FILE", hide_env_values = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Print machine-readable JSON (JSON lines for progress)
     #[arg(long, global = true)]

@@ -67,6 +67,7 @@ pub struct SaveOutcome {
 #[derive(Debug, Default)]
 pub struct WriteStats {
     pub blobs_new: AtomicU64,
+    pub data_blobs_new: AtomicU64,
     pub blobs_deduped: AtomicU64,
     pub bytes_stored: AtomicU64,
     pub packs: AtomicU64,
@@ -295,6 +296,9 @@ impl Repository {
         }
         let stored = result?;
         self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        if kind == BlobKind::Data {
+            self.stats.data_blobs_new.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
         Ok(SaveOutcome { id, stored })
     }

@@ -1,0 +1,291 @@
+//! The `bakare` binary as users run it: real processes, real files, insta snapshots of what
+//! people read (help and error messages).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        // Others (the unprivileged user of the unreadable-file test) must reach the repository.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        Self { tmp }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bakare"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.tmp.path())
+            .env("XDG_DATA_HOME", self.path("xdg-data"))
+            .env("BAKARE_REPOSITORY", self.path("repo"))
+            .env("BAKARE_PASSPHRASE", "correct horse")
+            .current_dir(self.tmp.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn init(&self) {
+        self.ok(&["init", "--kdf-memory-kib", "64", "--kdf-passes", "1"]);
+    }
+
+    fn write(&self, rel: &str, content: &[u8]) {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    /// stderr with the temporary folder replaced, for snapshots.
+    fn stderr(&self, out: &Output) -> String {
+        let tmp = self.tmp.path().to_string_lossy().into_owned();
+        String::from_utf8_lossy(&out.stderr).replace(&tmp, "[TMP]")
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn help_texts() {
+    let env = Env::new();
+    for cmd in [&[][..], &["init"], &["backup"], &["snapshots"], &["ls"], &["restore"], &["key", "export"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let name = if cmd.is_empty() { "help".to_string() } else { format!("help_{}", cmd.join("_")) };
+        insta::assert_snapshot!(name, env.ok(&args));
+    }
+}
+
+#[test]
+fn backup_restore_round_trip_with_json() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a.txt", b"hello");
+    env.write("src/d/b.bin", &vec![7u8; 3 << 20]);
+    let out = env.ok(&["--json", "backup", "src"]);
+    let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["files_new"], 2);
+    assert_eq!(summary["bytes_read"], 5 + (3 << 20));
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "snapshots"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    let src = env.path("src").canonicalize().unwrap();
+    let listing = env.ok(&["ls", &format!("latest:{}", src.display())]);
+    assert_eq!(listing, format!("{0}/a.txt\n{0}/d\n", src.display()));
+    env.ok(&["restore", &format!("latest:{}", src.display()), "--target", "out"]);
+    assert_eq!(fs::read(env.path("out/a.txt")).unwrap(), b"hello");
+    assert_eq!(fs::read(env.path("out/d/b.bin")).unwrap(), vec![7u8; 3 << 20]);
+    // A single file restores under its own name.
+    env.ok(&["restore", &format!("latest:{}/a.txt", src.display()), "--target", "one"]);
+    assert_eq!(fs::read(env.path("one/a.txt")).unwrap(), b"hello");
+}
+
+#[test]
+fn first_backup_creates_the_default_repository() {
+    let env = Env::new();
+    env.write("src/a.txt", b"hello");
+    let out = env.cmd().env_remove("BAKARE_REPOSITORY").args(["backup", "src"]).output().unwrap();
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("created repository"), "{stdout}");
+    assert!(env.path("xdg-data/bakare/repo/config").is_file());
+    let again = env.cmd().env_remove("BAKARE_REPOSITORY").args(["backup", "src"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("created repository"));
+}
+
+#[test]
+fn error_messages() {
+    let env = Env::new();
+    let not_repo = env.run(&["snapshots"]);
+    assert_eq!(code(&not_repo), 1);
+    insta::assert_snapshot!("err_not_a_repository", env.stderr(&not_repo));
+
+    env.init();
+    let again = env.run(&["init"]);
+    insta::assert_snapshot!("err_init_twice", env.stderr(&again));
+
+    let wrong = env.cmd().env("BAKARE_PASSPHRASE", "wrong").args(["snapshots"]).output().unwrap();
+    assert_eq!(code(&wrong), 1);
+    insta::assert_snapshot!("err_wrong_passphrase", env.stderr(&wrong));
+
+    let missing = env.run(&["backup", "no/such/folder"]);
+    assert_eq!(code(&missing), 1);
+    insta::assert_snapshot!("err_source_missing", env.stderr(&missing));
+
+    let none = env.run(&["ls", "latest"]);
+    insta::assert_snapshot!("err_no_snapshots", env.stderr(&none));
+
+    env.write("src/a", b"a");
+    env.ok(&["backup", "src"]);
+    let unknown = env.run(&["restore", "deadbeef", "--target", "t"]);
+    insta::assert_snapshot!("err_no_such_snapshot", env.stderr(&unknown));
+    let bad_back = env.run(&["ls", "latest~5"]);
+    insta::assert_snapshot!("err_latest_too_far", env.stderr(&bad_back));
+
+    env.write("full/x", b"x");
+    let full = env.run(&["restore", "latest", "--target", "full"]);
+    assert_eq!(code(&full), 1);
+    insta::assert_snapshot!("err_target_not_empty", env.stderr(&full));
+    assert_eq!(fs::read(env.path("full/x")).unwrap(), b"x", "nothing was written");
+    env.ok(&["restore", "latest", "--target", "full", "--overwrite"]);
+
+    let no_pass = env.cmd().env_remove("BAKARE_PASSPHRASE").args(["snapshots"]).output().unwrap();
+    insta::assert_snapshot!("err_no_passphrase", env.stderr(&no_pass));
+}
+
+#[test]
+fn ambiguous_snapshot_prefix() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"a");
+    // 17 snapshots: two of them must share a first hex digit.
+    for i in 0..17 {
+        env.ok(&["backup", "src", "--tag", &i.to_string()]);
+    }
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "snapshots"])).unwrap();
+    let ids: Vec<String> = snaps.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    let shared = (0..16)
+        .map(|d| format!("{d:x}"))
+        .find(|p| ids.iter().filter(|id| id.starts_with(p.as_str())).count() > 1)
+        .unwrap();
+    let out = env.run(&["ls", &shared]);
+    assert_eq!(code(&out), 1);
+    let msg = env.stderr(&out).replace(&format!("\"{shared}\""), "\"[PREFIX]\"");
+    let count = ids.iter().filter(|id| id.starts_with(shared.as_str())).count();
+    insta::assert_snapshot!("err_ambiguous_snapshot", msg.replace(&format!("matches {count} "), "matches [N] "));
+    // latest~1 is the one before the newest.
+    let second = env.ok(&["--json", "ls", "latest~1"]);
+    assert!(!second.is_empty());
+}
+
+#[test]
+fn newer_repository_format_is_refused() {
+    let env = Env::new();
+    env.init();
+    for name in ["config", "config.mirror"] {
+        let p = env.path("repo").join(name);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[7] = 9;
+        fs::write(&p, bytes).unwrap();
+    }
+    let out = env.run(&["snapshots"]);
+    assert_eq!(code(&out), 1);
+    insta::assert_snapshot!("err_newer_format", env.stderr(&out));
+    let backup = env.run(&["backup", "."]);
+    assert_eq!(code(&backup), 1, "a backup must not write into a newer repository");
+}
+
+#[test]
+fn put_only_key_backs_up_but_reads_nothing() {
+    let env = Env::new();
+    env.init();
+    env.ok(&["key", "export", "--put-only", "put.key"]);
+    let mode = fs::metadata(env.path("put.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    env.write("src/a", b"secret content");
+    let with_key = |args: &[&str]| {
+        env.cmd()
+            .env_remove("BAKARE_PASSPHRASE")
+            .env("BAKARE_KEY_FILE", env.path("put.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let b = with_key(&["backup", "src"]);
+    assert!(b.status.success(), "{}", env.stderr(&b));
+    let b2 = with_key(&["--json", "backup", "src"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&b2.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["bytes_read"], 14);
+    assert_eq!(summary["files_unchanged"], 1, "deduplicates with only the put-only key");
+    for args in [&["snapshots"][..], &["ls", "latest"], &["restore", "latest", "--target", "out"]] {
+        let out = with_key(args);
+        assert_eq!(code(&out), 1, "{args:?}");
+        insta::assert_snapshot!(format!("err_put_only_{}", args[0]), env.stderr(&out));
+    }
+    // The master key reads what the put-only key wrote.
+    assert_eq!(env.ok(&["--json", "snapshots"]).matches("\"id\"").count(), 2);
+    env.ok(&["restore", "latest", "--target", "out"]);
+}
+
+/// Runs bakare as an unprivileged user when the tests run as root (root reads everything).
+fn unprivileged(env: &Env) -> Command {
+    let is_root = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let mut c = env.cmd();
+    if is_root {
+        let bin = env!("CARGO_BIN_EXE_bakare");
+        let mut s = Command::new("setpriv");
+        s.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.tmp.path())
+            .env("BAKARE_REPOSITORY", env.path("repo"))
+            .env("BAKARE_PASSPHRASE", "correct horse")
+            .current_dir(env.tmp.path());
+        c = s;
+    }
+    c
+}
+
+fn chmod_tree(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    if p.is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            chmod_tree(&e.unwrap().path(), mode);
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
+    let env = Env::new();
+    env.init();
+    env.write("src/good1", b"one");
+    env.write("src/bad", b"cannot read me");
+    env.write("src/sub/good2", b"two");
+    chmod_tree(&env.path("repo"), 0o777);
+    chmod_tree(&env.path("src"), 0o755);
+    fs::set_permissions(env.path("src/good1"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(env.path("src/sub/good2"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(env.path("src/bad"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = unprivileged(&env).args(["--json", "backup", "src"]).output().unwrap();
+    assert_eq!(code(&out), 3, "{}", env.stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let errors: Vec<_> = lines.iter().filter(|l| l["type"] == "file_error").collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["path"].as_str().unwrap().ends_with("src/bad"));
+    assert!(errors[0]["message"].as_str().unwrap().contains("Permission denied"));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["errors"], 1);
+    assert_eq!(summary["files_new"], 2);
+    let src = env.path("src").canonicalize().unwrap();
+    let restored = env.run(&["restore", &format!("latest:{}", src.display()), "--target", "out"]);
+    assert!(restored.status.success());
+    assert_eq!(fs::read(env.path("out/good1")).unwrap(), b"one");
+    assert_eq!(fs::read(env.path("out/sub/good2")).unwrap(), b"two");
+    assert!(!env.path("out/bad").exists());
+    assert!(env.stderr(&restored).contains("not restored: at backup time: cannot read file"));
+    let long = env.ok(&["--json", "ls", &format!("latest:{}/bad", src.display())]);
+    assert!(long.contains("Permission denied"), "{long}");
+}
