@@ -31,6 +31,10 @@ pub struct Global {
     /// Print nothing but errors
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Worker threads for reading, hashing, compressing and writing [default: 4 per core,
+    /// so that reads of small files overlap]
+    #[arg(long, global = true, env = "BAKARE_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -32,6 +32,10 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.global.json;
+    let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+    let threads = cli.global.threads.unwrap_or(cores * 4).clamp(1, 256);
+    // Only fails if a global pool exists already, and then that one serves.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let ctx = Context::new(cli.global);
     let result = match cli.command {
         Command::Init(a) => commands::init::run(&ctx, &a),

@@ -1,6 +1,8 @@
 //! The `bakare` binary as users run it: real processes, real files, insta snapshots of what
 //! people read (help and error messages).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

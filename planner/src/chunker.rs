@@ -56,7 +56,9 @@ impl Chunker {
         size_hint: u64,
         mut batch: impl FnMut(&[&[u8]]) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let cap = usize::try_from(size_hint).unwrap_or(usize::MAX).clamp(1, self.buffer_len());
+        // One byte more than the expected size, so the read that reports the end fits and a
+        // file of exactly the expected size is not mistaken for a growing one.
+        let cap = usize::try_from(size_hint).unwrap_or(usize::MAX).saturating_add(1).clamp(1, self.buffer_len());
         let mut buf = vec![0u8; cap];
         let mut filled = 0usize;
         let mut total = 0u64;

@@ -1,5 +1,7 @@
 //! Engine tests on real files: round trips of random trees and deduplication figures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -254,7 +256,7 @@ fn excluded_paths_are_not_backed_up() {
     let repo = new_repo(&tmp.path().join("repo"), small_chunks());
     let excludes = Excludes::new(&["*.tmp".into(), "target/".into()], &[], true).unwrap();
     let o = BackupOptions { excludes, ..opts() };
-    let report = backup(&repo, &[src.clone()], &o, &Counters::default()).unwrap();
+    let report = backup(&repo, std::slice::from_ref(&src), &o, &Counters::default()).unwrap();
     let out = tmp.path().join("out");
     restore_folder(&repo, &report, &src, &out);
     let names: Vec<_> = describe(&out).into_keys().map(|p| p.to_string_lossy().into_owned()).collect();

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use bakare_crypto::{KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file};
 
@@ -81,13 +81,74 @@ pub struct Repository {
     index: RwLock<HashMap<BlobId, BlobLocation>>,
     /// Blobs sealed into open packs, not yet in the index.
     pending: Mutex<HashSet<BlobId>>,
-    pools: [Mutex<Vec<PackBuilder>>; 2],
+    pools: [PackPool; 2],
     /// Packs written since the last index segment.
     unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
     pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
     index_warnings: Mutex<Vec<String>>,
     compression_level: i32,
     pub stats: WriteStats,
+}
+
+/// Open packs of one blob kind. At most [`MAX_OPEN_PACKS`] exist at once, so memory for
+/// packs stays bounded however many threads save blobs; a writer waits for a free one.
+#[derive(Default)]
+struct PackPool {
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    free: Vec<PackBuilder>,
+    open: usize,
+}
+
+const MAX_OPEN_PACKS: usize = 2;
+
+impl PackPool {
+    /// A free open pack, a new one if fewer than the limit exist, else waits for one.
+    fn take(&self, new: impl Fn() -> Result<PackBuilder>) -> Result<PackBuilder> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(b) = st.free.pop() {
+                return Ok(b);
+            }
+            if st.open < MAX_OPEN_PACKS {
+                st.open += 1;
+                drop(st);
+                let made = new();
+                if made.is_err() {
+                    self.release_slot();
+                }
+                return made;
+            }
+            st = self.freed.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn give_back(&self, b: PackBuilder) {
+        lock(&self.state).free.push(b);
+        self.freed.notify_one();
+    }
+
+    /// A pack was finished (or failed): its slot is free for a new one.
+    fn release_slot(&self) {
+        let mut st = lock(&self.state);
+        st.open = st.open.saturating_sub(1);
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    /// Takes every free open pack (call when no writer is active).
+    fn drain(&self) -> Vec<PackBuilder> {
+        let mut st = lock(&self.state);
+        let out = std::mem::take(&mut st.free);
+        st.open = st.open.saturating_sub(out.len());
+        drop(st);
+        self.freed.notify_all();
+        out
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,7 +250,7 @@ impl Repository {
             access,
             index: RwLock::default(),
             pending: Mutex::default(),
-            pools: [Mutex::default(), Mutex::default()],
+            pools: [PackPool::default(), PackPool::default()],
             unindexed: Mutex::default(),
             pack_keys: Mutex::default(),
             index_warnings: Mutex::default(),
@@ -303,7 +364,7 @@ impl Repository {
         Ok(SaveOutcome { id, stored })
     }
 
-    fn pool(&self, kind: BlobKind) -> &Mutex<Vec<PackBuilder>> {
+    fn pool(&self, kind: BlobKind) -> &PackPool {
         match kind {
             BlobKind::Data => &self.pools[0],
             BlobKind::Tree => &self.pools[1],
@@ -314,16 +375,21 @@ impl Repository {
         let compressed = compress(self.compression_level, data);
         let payload = compressed.as_deref().unwrap_or(data);
         let target = self.config.pack_size as usize;
-        let popped = lock(self.pool(kind)).pop();
-        let mut builder = match popped {
-            Some(b) => b,
-            None => PackBuilder::new(self.access.write_key(), target + target / 8)?,
+        let pool = self.pool(kind);
+        let mut builder = pool.take(|| PackBuilder::new(self.access.write_key(), target + target / 8))?;
+        let stored = match builder.add(id, kind, compressed.is_some(), raw_len, payload) {
+            Ok(s) => s,
+            Err(e) => {
+                pool.give_back(builder);
+                return Err(e);
+            }
         };
-        let stored = builder.add(id, kind, compressed.is_some(), raw_len, payload)?;
         if builder.len() >= target {
-            self.write_pack(builder)?;
+            let written = self.write_pack(builder);
+            pool.release_slot();
+            written?;
         } else {
-            lock(self.pool(kind)).push(builder);
+            pool.give_back(builder);
         }
         Ok(u64::from(stored))
     }
@@ -348,8 +414,7 @@ impl Repository {
     /// flush. After this returns, every blob saved so far is durable and findable.
     pub fn flush(&self) -> Result<()> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
-            let builders = std::mem::take(&mut *lock(self.pool(kind)));
-            for b in builders.into_iter().filter(|b| !b.is_empty()) {
+            for b in self.pool(kind).drain().into_iter().filter(|b| !b.is_empty()) {
                 self.write_pack(b)?;
             }
         }
