@@ -31,6 +31,12 @@ pub struct Global {
     /// Print nothing but errors
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Folder for local state (the backup memo) [default: the user's cache folder, bakare]
+    #[arg(long, global = true, env = "BAKARE_CACHE_DIR", hide_env_values = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use no local state: every file is read
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// Worker threads for reading, hashing, compressing and writing [default: 4 per core,
     /// so that reads of small files overlap]
     #[arg(long, global = true, env = "BAKARE_THREADS", value_name = "N")]
@@ -87,6 +93,9 @@ pub struct BackupArgs {
     /// Host name to record [default: this machine's]
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// Read every file again, trusting nothing remembered from earlier backups
+    #[arg(long)]
+    pub force_rehash: bool,
     /// Compression: off, fast, default or max
     #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
     pub compression: String,

@@ -33,6 +33,20 @@ impl Context {
         Ok(Arc::new(LocalBackend::new(self.repo_path()?)))
     }
 
+    /// The memo of this repository on this machine, or a disabled one with --no-cache.
+    pub fn memo(&self, repo: &Repository) -> Result<bakare_planner::Memo> {
+        if self.global.no_cache {
+            return Ok(bakare_planner::Memo::disabled());
+        }
+        let base = match &self.global.cache_dir {
+            Some(d) => d.clone(),
+            None => dirs::cache_dir()
+                .map(|d| d.join("bakare"))
+                .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
+        };
+        Ok(bakare_planner::Memo::open(&base.join(repo.config().id_hex()).join("state.redb")))
+    }
+
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.
     pub fn passphrase(&self, confirm: bool) -> Result<String> {
         if let Ok(p) = std::env::var("BAKARE_PASSPHRASE") {

@@ -1,27 +1,37 @@
-//! A backup run: source paths → trees of entries → a snapshot, written last.
+//! A backup run: walk and plan, read what changed, assemble trees, write the snapshot last.
 //!
-//! Folders are walked depth-first with rayon (siblings in parallel); each file is read
-//! through the [`Chunker`] and each batch of chunks is hashed, compressed and sealed in
-//! parallel. A file that cannot be read becomes an entry with an error and the run goes on.
+//! 1. **Walk** (rayon, no salsa queries): every folder is listed and `lstat`ed in name order
+//!    and merge-joined with the memo's records for it. A file whose content fingerprint
+//!    matches a trustworthy record is resolved from the memo without being opened; a folder
+//!    whose children all resolve becomes a tree right away (trees are content-addressed, so
+//!    an unchanged folder yields the same id and its blob is not stored again). What remains
+//!    is the changed working set: [`SourceDir`] and [`SourceFile`] salsa inputs.
+//! 2. **Read**: `file_content` for every pending file, from top-level rayon tasks, each on its
+//!    own database clone.
+//! 3. **Assemble**: `dir_tree` of the root, sequentially; file contents are memo hits by now.
+//! 4. **Commit**: flush packs and the index segment, remember what was read in the memo,
+//!    write the snapshot.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bakare_store::{BlobId, BlobKind, Entry, Node, Repository, Snapshot, SnapshotId, SnapshotStats, Tree};
+use bakare_store::{BlobId, Entry, Node, Repository, Snapshot, SnapshotId, SnapshotStats, Tree};
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
 use crate::counters::Counters;
+use crate::db::{PlanDb, RunContext};
 use crate::error::PlanError;
 use crate::exclude::Excludes;
+use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
+use crate::memo::{Memo, MemoRecord, chunk_list_digest};
 use crate::meta::{metadata_of, special_node};
+use crate::queries::{TreeResult, dir_tree, file_content};
 
 /// What a backup is told beyond its paths.
 pub struct BackupOptions {
@@ -29,6 +39,8 @@ pub struct BackupOptions {
     pub host: String,
     pub user: String,
     pub tags: Vec<String>,
+    /// Read every file, trusting nothing in the memo.
+    pub force_rehash: bool,
 }
 
 /// What a finished backup produced.
@@ -38,15 +50,8 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Every path that could not be backed up in full, with the reason.
     pub errors: Vec<(PathBuf, String)>,
-}
-
-struct Ctx<'a> {
-    repo: &'a Repository,
-    chunker: Chunker,
-    counters: &'a Counters,
-    errors: Mutex<Vec<(PathBuf, String)>>,
-    files_new: AtomicU64,
-    files_unchanged: AtomicU64,
+    /// Problems with the local memo (it was rebuilt or could not be updated).
+    pub memo_warnings: Vec<String>,
 }
 
 /// The source paths arranged as a tree of path components from `/`.
@@ -71,55 +76,103 @@ impl Sources {
     }
 }
 
+/// A folder after the walk: done, or pending in the salsa database.
+enum Resolved {
+    Tree(BlobId, Option<String>),
+    Changed(SourceDir),
+}
+
+struct Walk<'a> {
+    repo: &'a Repository,
+    memo: &'a Memo,
+    force: bool,
+    counters: &'a Counters,
+    pending: Mutex<Vec<SourceFile>>,
+    /// Memo keys of names that are no longer regular files.
+    stale: Mutex<Vec<Vec<u8>>>,
+    errors: Mutex<Vec<(PathBuf, String)>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
 /// Backs up `paths` into `repo` and writes a snapshot.
 pub fn backup(
-    repo: &Repository,
+    repo: Arc<Repository>,
+    memo: &Memo,
     paths: &[PathBuf],
     opts: &BackupOptions,
-    counters: &Counters,
+    counters: Arc<Counters>,
 ) -> Result<BackupReport, PlanError> {
     let started = Instant::now();
-    let time_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let time_ns = now_ns();
     let mut sources = Sources::default();
     let mut abs_paths = Vec::new();
     for p in paths {
         let abs = fs::canonicalize(p).map_err(|source| PlanError::Source { path: p.clone(), source })?;
-        fs::symlink_metadata(&abs).map_err(|source| PlanError::Source { path: p.clone(), source })?;
         sources.insert(&abs);
         abs_paths.push(abs.as_os_str().as_bytes().to_vec());
     }
-    let cfg = repo.config();
-    let ctx = Ctx {
-        repo,
-        chunker: Chunker::new(cfg.chunker, repo.access().write_key().chunker_seed.0),
-        counters,
+    let stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
+    let run = RunContext {
+        repo: repo.clone(),
+        chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
+        counters: counters.clone(),
+        started_ns: time_ns,
+        fresh: Mutex::default(),
         errors: Mutex::default(),
-        files_new: AtomicU64::new(0),
-        files_unchanged: AtomicU64::new(0),
     };
-    let stored_before = repo.stats.bytes_stored.load(Ordering::Relaxed);
+    let db = PlanDb::new(run);
+    let walk = Walk {
+        repo: &repo,
+        memo,
+        force: opts.force_rehash,
+        counters: &counters,
+        pending: Mutex::default(),
+        stale: Mutex::default(),
+        errors: Mutex::default(),
+    };
     let root = if sources.whole {
-        ctx.dir_tree(Path::new("/"), &opts.excludes.enter(Path::new("/")))?.0
+        walk.dir(&db, Path::new("/"), &opts.excludes.enter(Path::new("/")))?
     } else {
-        ctx.virtual_tree(&sources, Path::new("/"), &opts.excludes)?
+        walk.virtual_dir(&db, &sources, Path::new("/"), &opts.excludes)?
+    };
+    let pending = take(&walk.pending);
+    pending.par_iter().for_each_with(db.clone(), |db, f| {
+        file_content(db, *f);
+    });
+    let root = match root {
+        Resolved::Tree(id, _) => id,
+        Resolved::Changed(dir) => match dir_tree(&db, dir) {
+            TreeResult::Saved(id) => *id,
+            TreeResult::Fatal(e) => return Err(PlanError::Fatal(e.clone())),
+        },
     };
     repo.flush()?;
-    let errors = ctx.errors.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut memo_warnings = memo.warnings.clone();
+    if let Err(e) = memo.write(&take(&db.context().fresh), &take(&walk.stale)) {
+        memo_warnings.push(format!("could not update the local memo: {e}"));
+    }
+    let mut errors = take(&walk.errors);
+    errors.extend(take(&db.context().errors));
+    errors.sort();
+    let c = &counters;
     let stats = SnapshotStats {
-        files_new: ctx.files_new.load(Ordering::Relaxed),
-        files_changed: 0,
-        files_unchanged: ctx.files_unchanged.load(Ordering::Relaxed),
-        dirs: Counters::get(&counters.dirs),
+        files_new: Counters::get(&c.files_new),
+        files_changed: Counters::get(&c.files_changed),
+        files_unchanged: Counters::get(&c.files_unchanged),
+        files_read: Counters::get(&c.files),
+        files_reused: Counters::get(&c.files_memo),
+        dirs: Counters::get(&c.dirs),
         errors: errors.len() as u64,
-        bytes_read: Counters::get(&counters.bytes_read),
-        bytes_added: repo.stats.bytes_stored.load(Ordering::Relaxed) - stored_before,
-        total_bytes: Counters::get(&counters.bytes_read),
+        bytes_read: Counters::get(&c.bytes_read),
+        bytes_added: repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
+        total_bytes: Counters::get(&c.bytes_total),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
     abs_paths.sort();
+    abs_paths.dedup();
     let snapshot = Snapshot {
         time_ns,
         host: opts.host.clone(),
@@ -132,10 +185,14 @@ pub fn backup(
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let id = repo.save_snapshot(&snapshot)?;
-    Ok(BackupReport { id, snapshot, errors })
+    Ok(BackupReport { id, snapshot, errors, memo_warnings })
 }
 
-impl Ctx<'_> {
+fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+impl Walk<'_> {
     fn record_error(&self, path: &Path, msg: String) {
         Counters::add(&self.counters.errors, 1);
         if let Ok(mut e) = self.errors.lock() {
@@ -144,140 +201,152 @@ impl Ctx<'_> {
     }
 
     /// A folder on the way to a source: only the source-bearing children are listed.
-    fn virtual_tree(&self, node: &Sources, path: &Path, ex: &Excludes) -> Result<BlobId, PlanError> {
-        let entries = node
+    fn virtual_dir(&self, db: &PlanDb, node: &Sources, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
+        let memo = self.memo.children(path);
+        let children = node
             .children
             .par_iter()
-            .map(|(name, child)| {
+            .map_with(db.clone(), |db, (name, child)| {
                 let child_path = path.join(name);
                 let meta = fs::symlink_metadata(&child_path)
                     .map_err(|source| PlanError::Source { path: child_path.clone(), source })?;
                 if child.whole {
-                    self.entry(&child_path, name.as_bytes(), &meta, ex)
+                    self.child(db, &child_path, name.as_bytes(), &meta, ex, &memo)
                 } else {
-                    let tree = self.virtual_tree(child, &child_path, ex)?;
                     Counters::add(&self.counters.dirs, 1);
-                    Ok(Entry {
-                        name: name.as_bytes().to_vec(),
-                        node: Node::Dir { tree },
-                        meta: metadata_of(&meta),
-                        error: None,
-                    })
+                    let sub = self.virtual_dir(db, child, &child_path, ex)?;
+                    Ok(Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind: dir_kind(sub) })
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.repo.save_tree(&Tree { entries })?.id)
+        self.finish(db, path, children, None)
     }
 
-    /// A folder's tree, and the error that kept it from being listed, if any.
-    fn dir_tree(&self, path: &Path, ex: &Excludes) -> Result<(BlobId, Option<String>), PlanError> {
+    fn dir(&self, db: &PlanDb, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
         Counters::add(&self.counters.dirs, 1);
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("cannot list folder: {e}");
                 self.record_error(path, msg.clone());
-                return Ok((self.repo.save_tree(&Tree::default())?.id, Some(msg)));
+                return self.finish(db, path, Vec::new(), Some(msg));
             }
         };
-        let entries = listing
+        let memo = self.memo.children(path);
+        let children: Vec<Child> = listing
             .into_par_iter()
-            .filter_map(|(name, child)| match fs::symlink_metadata(&child) {
-                Ok(meta) => Some(self.entry(&child, name.as_bytes(), &meta, ex)),
+            .map_with(db.clone(), |db, (name, child_path)| match fs::symlink_metadata(&child_path) {
+                Ok(meta) => self.child(db, &child_path, name.as_bytes(), &meta, ex, &memo).map(Some),
                 Err(e) => {
-                    self.record_error(&child, format!("vanished or unreadable: {e}"));
-                    None
+                    self.record_error(&child_path, format!("vanished or unreadable: {e}"));
+                    Ok(None)
                 }
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((self.repo.save_tree(&Tree { entries })?.id, None))
+            .filter_map(Result::transpose)
+            .collect::<Result<_, PlanError>>()?;
+        let stale: Vec<Vec<u8>> = memo
+            .iter()
+            .filter(|r| {
+                children
+                    .binary_search_by(|c| c.name.as_slice().cmp(r.name()))
+                    .map_or(true, |i| !matches!(children.get(i).map(|c| &c.kind), Some(k) if is_file(k)))
+            })
+            .map(|r| r.key.clone())
+            .collect();
+        if !stale.is_empty()
+            && let Ok(mut s) = self.stale.lock()
+        {
+            s.extend(stale);
+        }
+        self.finish(db, path, children, None)
     }
 
-    fn entry(&self, path: &Path, name: &[u8], meta: &fs::Metadata, ex: &Excludes) -> Result<Entry, PlanError> {
+    /// A tree if every child is resolved, else a salsa input for the pending folder.
+    fn finish(
+        &self,
+        db: &PlanDb,
+        path: &Path,
+        children: Vec<Child>,
+        error: Option<String>,
+    ) -> Result<Resolved, PlanError> {
+        if children.iter().all(|c| matches!(c.kind, ChildKind::Resolved { .. })) {
+            let entries = children
+                .into_iter()
+                .filter_map(|c| match c.kind {
+                    ChildKind::Resolved { node, error } => Some(Entry { name: c.name, node, meta: c.meta, error }),
+                    _ => None,
+                })
+                .collect();
+            let id = self.repo.save_tree(&Tree { entries })?.id;
+            return Ok(Resolved::Tree(id, error));
+        }
+        Ok(Resolved::Changed(SourceDir::new(db, path.to_path_buf(), Listing { children, error })))
+    }
+
+    fn child(
+        &self,
+        db: &PlanDb,
+        path: &Path,
+        name: &[u8],
+        meta: &fs::Metadata,
+        ex: &Excludes,
+        memo: &[MemoRecord],
+    ) -> Result<Child, PlanError> {
         let ft = meta.file_type();
-        let mut error = None;
-        let node = if ft.is_dir() {
-            let (tree, err) = self.dir_tree(path, &ex.enter(path))?;
-            error = err;
-            Node::Dir { tree }
+        let kind = if ft.is_dir() {
+            dir_kind(self.dir(db, path, &ex.enter(path))?)
         } else if ft.is_file() {
-            match self.file_chunks(path, meta) {
-                Ok((size, chunks)) => Node::File { size, chunks },
-                Err(FileError::Io(e)) => {
-                    let msg = format!("cannot read file: {e}");
-                    self.record_error(path, msg.clone());
-                    error = Some(msg);
-                    Node::File { size: meta.len(), chunks: Vec::new() }
-                }
-                Err(FileError::Store(e)) => return Err(e.into()),
-            }
+            self.file(db, path, name, meta, memo)
         } else if ft.is_symlink() {
             match fs::read_link(path) {
-                Ok(t) => Node::Symlink { target: t.as_os_str().as_bytes().to_vec() },
+                Ok(t) => ChildKind::Resolved {
+                    node: Node::Symlink { target: t.as_os_str().as_bytes().to_vec() },
+                    error: None,
+                },
                 Err(e) => {
                     let msg = format!("cannot read symlink: {e}");
                     self.record_error(path, msg.clone());
-                    error = Some(msg);
-                    Node::Symlink { target: Vec::new() }
+                    ChildKind::Resolved { node: Node::Symlink { target: Vec::new() }, error: Some(msg) }
                 }
             }
         } else {
-            special_node(meta)
+            ChildKind::Resolved { node: special_node(meta), error: None }
         };
-        Ok(Entry { name: name.to_vec(), node, meta: metadata_of(meta), error })
+        Ok(Child { name: name.to_vec(), meta: metadata_of(meta), kind })
     }
 
-    fn file_chunks(&self, path: &Path, meta: &fs::Metadata) -> Result<(u64, Vec<BlobId>), FileError> {
-        Counters::add(&self.counters.files, 1);
-        self.counters.set_current(path);
-        let file = open_no_follow(path)?;
-        let mut chunks = Vec::new();
-        let mut stored = 0u64;
-        let size = self.chunker.stream(file, meta.len(), |batch: &[&[u8]]| {
-            let saved = batch
-                .par_iter()
-                .map(|c| {
-                    let out = self.repo.save_blob(BlobKind::Data, c);
-                    Counters::add(&self.counters.bytes_read, c.len() as u64);
-                    out
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            stored += saved.iter().map(|s| s.stored).sum::<u64>();
-            chunks.extend(saved.iter().map(|s| s.id));
-            Ok::<_, FileError>(())
-        })?;
-        let counter = if stored > 0 || chunks.is_empty() { &self.files_new } else { &self.files_unchanged };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok((size, chunks))
-    }
-}
-
-enum FileError {
-    Io(std::io::Error),
-    Store(bakare_store::StoreError),
-}
-
-impl From<std::io::Error> for FileError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<bakare_store::StoreError> for FileError {
-    fn from(e: bakare_store::StoreError) -> Self {
-        Self::Store(e)
-    }
-}
-
-fn open_no_follow(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME).open(path).or_else(|e| {
-        // O_NOATIME is refused (EPERM) on files the caller does not own.
-        if e.raw_os_error() == Some(libc::EPERM) {
-            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
-        } else {
-            Err(e)
+    fn file(&self, db: &PlanDb, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> ChildKind {
+        let fp = StatFingerprint::of(meta);
+        Counters::add(&self.counters.bytes_total, fp.size);
+        let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
+        if let Some(r) = record
+            && !self.force
+            && !r.racy
+            && r.fp.same_content(&fp)
+            && r.chunks.iter().all(|c| self.repo.contains_blob(c))
+        {
+            Counters::add(&self.counters.files_memo, 1);
+            Counters::add(&self.counters.files_unchanged, 1);
+            return ChildKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
         }
-    })
+        let previous = record.map(|r| chunk_list_digest(&r.chunks));
+        let f = SourceFile::new(db, path.to_path_buf(), fp, previous);
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(f);
+        }
+        ChildKind::File(f)
+    }
+}
+
+fn is_file(k: &ChildKind) -> bool {
+    matches!(k, ChildKind::File(_) | ChildKind::Resolved { node: Node::File { .. }, .. })
+}
+
+fn dir_kind(r: Resolved) -> ChildKind {
+    match r {
+        Resolved::Tree(tree, error) => ChildKind::Resolved { node: Node::Dir { tree }, error },
+        Resolved::Changed(d) => ChildKind::Dir(d),
+    }
 }
 
 /// A folder's children that are not excluded, sorted by name bytes.

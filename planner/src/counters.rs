@@ -6,7 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Progress so far. All counters only grow.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Files opened and read (backup) or written (restore).
     pub files: AtomicU64,
+    /// Files whose content came from the memo without being opened.
+    pub files_memo: AtomicU64,
+    pub files_new: AtomicU64,
+    pub files_changed: AtomicU64,
+    pub files_unchanged: AtomicU64,
+    /// Size of every file in the backup, read or not.
+    pub bytes_total: AtomicU64,
     pub dirs: AtomicU64,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,

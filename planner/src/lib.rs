@@ -12,14 +12,23 @@
 mod backup;
 mod chunker;
 mod counters;
+mod db;
 mod error;
 mod exclude;
+mod inputs;
+mod memo;
 mod meta;
+mod queries;
 mod restore;
 
 pub use backup::{BackupOptions, BackupReport, backup};
 pub use chunker::Chunker;
 pub use counters::Counters;
+pub use db::{Db, PlanDb, RunContext};
 pub use error::PlanError;
 pub use exclude::Excludes;
+pub use inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
+pub use memo::{Memo, MemoRecord};
+pub use meta::metadata_of;
+pub use queries::{Content, TreeResult, dir_tree, file_content};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};

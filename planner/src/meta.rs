@@ -5,7 +5,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use bakare_store::{Metadata, Node};
 
-pub(crate) fn metadata_of(m: &fs::Metadata) -> Metadata {
+/// The store's metadata of an `lstat` result.
+pub fn metadata_of(m: &fs::Metadata) -> Metadata {
     Metadata {
         mode: m.mode() & 0o7777,
         uid: m.uid(),

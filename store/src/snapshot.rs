@@ -20,6 +20,10 @@ pub struct SnapshotStats {
     pub files_new: u64,
     pub files_changed: u64,
     pub files_unchanged: u64,
+    /// Files opened and read.
+    pub files_read: u64,
+    /// Files whose content came from the local memo without being opened.
+    pub files_reused: u64,
     pub dirs: u64,
     pub errors: u64,
     pub bytes_read: u64,

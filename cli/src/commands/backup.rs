@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     }
     let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?;
     let (mut repo, created) = ctx.open_or_init()?;
+    let memo = ctx.memo(&repo)?;
     if created {
         super::init::report(ctx, &repo, &ctx.repo_path()?)?;
     }
@@ -32,11 +33,13 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         host: a.host.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
         user: std::env::var("USER").unwrap_or_default(),
         tags: a.tag.clone(),
+        force_rehash: a.force_rehash,
     };
+    let repo = Arc::new(repo);
     let counters = Arc::new(Counters::default());
     let report = {
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup");
-        bakare_planner::backup(&repo, &a.paths, &opts, &counters)?
+        bakare_planner::backup(repo, &memo, &a.paths, &opts, counters.clone())?
     };
     print_report(ctx, &report)?;
     Ok(if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial })
@@ -52,7 +55,8 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
             "{}",
             serde_json::json!({
                 "type": "summary", "snapshot": r.id.to_hex(), "files_new": s.files_new,
-                "files_changed": s.files_changed, "files_unchanged": s.files_unchanged, "dirs": s.dirs,
+                "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
+                "files_read": s.files_read, "files_reused": s.files_reused, "dirs": s.dirs,
                 "errors": s.errors, "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
                 "duration_ms": s.duration_ms,
             })
@@ -61,6 +65,9 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
     }
     for (path, msg) in &r.errors {
         eprintln!("bakare: error: {}: {msg}", path.display());
+    }
+    for w in &r.memo_warnings {
+        eprintln!("bakare: warning: {w}");
     }
     if ctx.global.quiet {
         return Ok(());
@@ -74,7 +81,12 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
         s.errors
     )?;
     out!("folders:  {}", s.dirs)?;
-    out!("read:     {}", bytes(s.bytes_read))?;
+    out!(
+        "read:     {} from {} files ({} files reused from the local memo without reading)",
+        bytes(s.bytes_read),
+        s.files_read,
+        s.files_reused
+    )?;
     out!("added:    {} (after deduplication and compression)", bytes(s.bytes_added))?;
     out!("duration: {:.2} s", s.duration_ms as f64 / 1000.0)
 }

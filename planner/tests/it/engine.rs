@@ -1,39 +1,43 @@
 //! Engine tests on real files: round trips of random trees and deduplication figures.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bakare_planner::{BackupOptions, Counters, Excludes, RestoreOptions, Start, backup, find_node, restore};
+use bakare_planner::{BackupOptions, Counters, Excludes, Memo, RestoreOptions, Start, backup, find_node, restore};
 use bakare_store::backend::LocalBackend;
 use bakare_store::crypto::KdfParams;
 use bakare_store::{ChunkerParams, Repository};
 use proptest::prelude::*;
 
-const FAST_KDF: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+pub(crate) const FAST_KDF: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
 
-fn new_repo(dir: &Path, chunker: ChunkerParams) -> Repository {
-    Repository::init(Arc::new(LocalBackend::new(dir)), b"pw", FAST_KDF, chunker).unwrap()
+pub(crate) fn new_repo(dir: &Path, chunker: ChunkerParams) -> Arc<Repository> {
+    Arc::new(Repository::init(Arc::new(LocalBackend::new(dir)), b"pw", FAST_KDF, chunker).unwrap())
 }
 
-fn small_chunks() -> ChunkerParams {
+pub(crate) fn small_chunks() -> ChunkerParams {
     ChunkerParams { min: 2048, avg: 8192, max: 32768 }
 }
 
-fn opts() -> BackupOptions {
-    BackupOptions { excludes: Excludes::none(), host: "test".into(), user: "u".into(), tags: vec![] }
+pub(crate) fn opts() -> BackupOptions {
+    BackupOptions {
+        excludes: Excludes::none(),
+        host: "test".into(),
+        user: "u".into(),
+        tags: vec![],
+        force_rehash: false,
+    }
 }
 
-fn run_backup(repo: &Repository, src: &Path) -> bakare_planner::BackupReport {
-    backup(repo, &[src.to_path_buf()], &opts(), &Counters::default()).unwrap()
+pub(crate) fn run_backup(repo: &Arc<Repository>, src: &Path) -> bakare_planner::BackupReport {
+    backup(repo.clone(), &Memo::disabled(), &[src.to_path_buf()], &opts(), Arc::default()).unwrap()
 }
 
 /// Restores the folder `src` (as it was backed up) of the newest snapshot into `out`.
-fn restore_folder(repo: &Repository, report: &bakare_planner::BackupReport, src: &Path, out: &Path) {
+pub(crate) fn restore_folder(repo: &Repository, report: &bakare_planner::BackupReport, src: &Path, out: &Path) {
     let path = src.canonicalize().unwrap();
     let start = find_node(repo, report.snapshot.root, &path.to_string_lossy()).unwrap();
     assert!(matches!(start, Start::Tree(_)));
@@ -41,7 +45,7 @@ fn restore_folder(repo: &Repository, report: &bakare_planner::BackupReport, src:
 }
 
 /// Everything a restore must reproduce, keyed by relative path.
-fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
+pub(crate) fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -66,7 +70,7 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     File { size: usize, seed: u8, mode: u32 },
     Dir,
     Link(String),
@@ -116,7 +120,7 @@ fn content(size: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn materialize(root: &Path, items: &[(Vec<String>, Item, i64)]) {
+pub(crate) fn materialize(root: &Path, items: &[(Vec<String>, Item, i64)]) {
     fs::create_dir_all(root).unwrap();
     for (parts, item, mtime) in items {
         let mut path = root.to_path_buf();
@@ -167,7 +171,9 @@ fn a_second_repository_handle_reads_what_the_first_wrote() {
     let src = tmp.path().join("src");
     materialize(&src, &[(vec!["a".into()], Item::File { size: 100_000, seed: 1, mode: 0o644 }, 5)]);
     let report = run_backup(&new_repo(&tmp.path().join("repo"), small_chunks()), &src);
-    let repo = Repository::open_with_passphrase(Arc::new(LocalBackend::new(tmp.path().join("repo"))), b"pw").unwrap();
+    let repo = Arc::new(
+        Repository::open_with_passphrase(Arc::new(LocalBackend::new(tmp.path().join("repo"))), b"pw").unwrap(),
+    );
     repo.load_index().unwrap();
     assert_eq!(repo.find_snapshot("latest").unwrap().0, report.id);
     let out = tmp.path().join("out");
@@ -175,7 +181,7 @@ fn a_second_repository_handle_reads_what_the_first_wrote() {
     assert_eq!(describe(&src), describe(&out));
 }
 
-fn repo_bytes(dir: &Path) -> u64 {
+pub(crate) fn repo_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -256,7 +262,7 @@ fn excluded_paths_are_not_backed_up() {
     let repo = new_repo(&tmp.path().join("repo"), small_chunks());
     let excludes = Excludes::new(&["*.tmp".into(), "target/".into()], &[], true).unwrap();
     let o = BackupOptions { excludes, ..opts() };
-    let report = backup(&repo, std::slice::from_ref(&src), &o, &Counters::default()).unwrap();
+    let report = backup(repo.clone(), &Memo::disabled(), std::slice::from_ref(&src), &o, Arc::default()).unwrap();
     let out = tmp.path().join("out");
     restore_folder(&repo, &report, &src, &out);
     let names: Vec<_> = describe(&out).into_keys().map(|p| p.to_string_lossy().into_owned()).collect();

@@ -1,0 +1,86 @@
+//! Salsa inputs: what the walker saw, for the changed working set only.
+//!
+//! A folder whose files all matched the memo and whose subfolders are unchanged never becomes
+//! an input: the walker resolves it straight to its tree id. Everything else is a
+//! [`SourceDir`] whose [`Listing`] holds resolved children (memo hits, symlinks, unchanged
+//! subfolders) beside pending ones ([`SourceFile`] to read, [`SourceDir`] to build).
+
+use std::path::PathBuf;
+
+use bakare_store::crypto::Digest;
+use bakare_store::{Metadata, Node};
+
+/// What `lstat` says about a file, as far as change detection is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatFingerprint {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl StatFingerprint {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: m.len(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000).saturating_add(m.mtime_nsec()),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+
+    /// Whether content read under `self` is still valid for a file now seen as `now`. ctime
+    /// is left out on purpose: a chmod or chown changes metadata (taken fresh from every walk),
+    /// not content.
+    pub fn same_content(&self, now: &StatFingerprint) -> bool {
+        self.size == now.size && self.mtime_ns == now.mtime_ns && self.ino == now.ino && self.dev == now.dev
+    }
+}
+
+/// A file whose content must be read.
+#[salsa::input(debug)]
+pub struct SourceFile {
+    #[returns(ref)]
+    pub path: PathBuf,
+    #[returns(copy)]
+    pub fp: StatFingerprint,
+    /// Hash of the chunk list the memo had for this path, if any: tells "changed" from "new".
+    #[returns(copy)]
+    pub previous: Option<Digest>,
+}
+
+/// A folder with at least one pending child.
+#[salsa::input(debug)]
+pub struct SourceDir {
+    #[returns(ref)]
+    pub path: PathBuf,
+    #[returns(ref)]
+    pub listing: Listing,
+}
+
+/// A folder's children, sorted by name bytes, and why it could not be listed, if so.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub children: Vec<Child>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub name: Vec<u8>,
+    pub meta: Metadata,
+    pub kind: ChildKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildKind {
+    /// Known without reading: a memo hit, a symlink, a special file, an unchanged folder.
+    Resolved { node: Node, error: Option<String> },
+    /// Content to read.
+    File(SourceFile),
+    /// A folder with changes below it.
+    Dir(SourceDir),
+}

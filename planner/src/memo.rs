@@ -1,0 +1,267 @@
+//! The planner's memory across runs: `state.redb`, a cache of what each file held.
+//!
+//! Key: `parent path bytes || 0x00 || name bytes`, so one range scan per folder yields its
+//! children in name order, merge-joined with the sorted listing. Value (version 1):
+//!
+//! ```text
+//! version u8 = 1 | flags u8 (bit 0: racy) | size u64 | mtime_ns i64 | ctime_ns i64 | ino u64 |
+//! dev u64 | chunk count u32 | chunk ids (32 each) | BLAKE3(key || all preceding value bytes)
+//! ```
+//!
+//! redb does not verify its page checksums on ordinary reads, so the database is opened with
+//! its integrity check, and every value carries its own checksum over key and value: a value
+//! that fails it is a miss, never a wrong answer. A database that fails to open is moved
+//! aside and started anew: losing the memo costs one slower run, never correctness.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bakare_store::BlobId;
+use bakare_store::crypto::{Digest, checksum};
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use crate::inputs::StatFingerprint;
+
+const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+const VERSION: u8 = 1;
+const FIXED: usize = 2 + 8 * 5 + 4;
+
+/// A file's content as last read, with the fingerprint it was read under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoRecord {
+    pub key: Vec<u8>,
+    pub fp: StatFingerprint,
+    pub racy: bool,
+    pub chunks: Vec<BlobId>,
+}
+
+impl MemoRecord {
+    pub fn new(path: &Path, fp: StatFingerprint, racy: bool, chunks: Vec<BlobId>) -> Self {
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        Self { key: child_key(parent, name), fp, racy, chunks }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(FIXED + self.chunks.len() * 32 + 32);
+        v.push(VERSION);
+        v.push(u8::from(self.racy));
+        for n in [self.fp.size, self.fp.mtime_ns as u64, self.fp.ctime_ns as u64, self.fp.ino, self.fp.dev] {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        v.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
+        for c in &self.chunks {
+            v.extend_from_slice(c.0.as_bytes());
+        }
+        let sum = value_checksum(&self.key, &v);
+        v.extend_from_slice(&sum.0);
+        v
+    }
+
+    /// Decodes a value; `None` for anything damaged, of another version, or stored under
+    /// another key.
+    pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
+        let body = v.get(..v.len().checked_sub(32)?)?;
+        if value_checksum(key, body).0[..] != *v.get(body.len()..)? || body.first() != Some(&VERSION) {
+            return None;
+        }
+        let u64_at = |i: usize| body.get(2 + 8 * i..10 + 8 * i).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let fp = StatFingerprint {
+            size: u64_at(0)?,
+            mtime_ns: u64_at(1)? as i64,
+            ctime_ns: u64_at(2)? as i64,
+            ino: u64_at(3)?,
+            dev: u64_at(4)?,
+        };
+        let n = body.get(42..46).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)? as usize;
+        let ids = body.get(FIXED..)?;
+        if ids.len() != n.checked_mul(32)? {
+            return None;
+        }
+        let chunks = ids
+            .chunks_exact(32)
+            .map(|c| c.try_into().ok().map(|a: [u8; 32]| BlobId(Digest(a))))
+            .collect::<Option<_>>()?;
+        Some(Self { key: key.to_vec(), fp, racy: body.get(1)? & 1 == 1, chunks })
+    }
+
+    /// The child's name (the part of the key after the separator).
+    pub fn name(&self) -> &[u8] {
+        let at = self.key.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+        self.key.get(at..).unwrap_or_default()
+    }
+}
+
+fn value_checksum(key: &[u8], body: &[u8]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(&(key.len() as u64).to_le_bytes()).update(key).update(body);
+    Digest(*h.finalize().as_bytes())
+}
+
+/// The key of `name` in folder `parent`.
+pub fn child_key(parent: &Path, name: &[u8]) -> Vec<u8> {
+    let p = parent.as_os_str().as_bytes();
+    let mut k = Vec::with_capacity(p.len() + 1 + name.len());
+    k.extend_from_slice(p);
+    k.push(0);
+    k.extend_from_slice(name);
+    k
+}
+
+/// A short digest of a chunk list, to tell a changed file from a touched one.
+pub fn chunk_list_digest(chunks: &[BlobId]) -> Digest {
+    let mut bytes = Vec::with_capacity(chunks.len() * 32);
+    for c in chunks {
+        bytes.extend_from_slice(c.0.as_bytes());
+    }
+    checksum(&bytes)
+}
+
+/// The open memo. Without a usable database it answers every lookup with a miss.
+pub struct Memo {
+    db: Option<Database>,
+    /// Serializes write transactions (redb allows one at a time).
+    writing: Mutex<()>,
+    pub warnings: Vec<String>,
+}
+
+impl Memo {
+    /// A memo that remembers nothing (for `--no-cache` and tests).
+    pub fn disabled() -> Self {
+        Self { db: None, writing: Mutex::new(()), warnings: Vec::new() }
+    }
+
+    /// Opens (or creates) `path`, with redb's integrity check. A file that fails it is
+    /// renamed to `state.redb.corrupt` and a fresh one is created.
+    pub fn open(path: &Path) -> Self {
+        let mut warnings = Vec::new();
+        if let Some(dir) = path.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            warnings.push(format!("cannot create cache folder {}: {e}; backing up without the memo", dir.display()));
+            return Self { db: None, writing: Mutex::new(()), warnings };
+        }
+        let db = match open_checked(path) {
+            Ok(db) => Some(db),
+            Err(e) => {
+                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
+                warnings.push(format!("local state {} is unusable ({e}); starting a new one", path.display()));
+                let _ = std::fs::rename(path, &aside);
+                match open_checked(path) {
+                    Ok(db) => Some(db),
+                    Err(e) => {
+                        warnings.push(format!("cannot create {}: {e}; backing up without the memo", path.display()));
+                        None
+                    }
+                }
+            }
+        };
+        Self { db, writing: Mutex::new(()), warnings }
+    }
+
+    /// Every record under folder `parent`, in name order. Damaged values are left out.
+    pub fn children(&self, parent: &Path) -> Vec<MemoRecord> {
+        let Some(db) = &self.db else { return Vec::new() };
+        let lo = child_key(parent, b"");
+        let mut hi = lo.clone();
+        if let Some(last) = hi.last_mut() {
+            *last = 1;
+        }
+        let scan = || -> Result<Vec<MemoRecord>, redb::Error> {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(FILES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for item in table.range(lo.as_slice()..hi.as_slice())? {
+                let (k, v) = item?;
+                if let Some(r) = MemoRecord::decode(k.value(), v.value()) {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        };
+        scan().unwrap_or_default()
+    }
+
+    /// Stores records and removes keys, in one durable transaction.
+    pub fn write(&self, records: &[MemoRecord], remove: &[Vec<u8>]) -> Result<(), redb::Error> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(FILES)?;
+            let mut sorted: Vec<&MemoRecord> = records.iter().collect();
+            sorted.sort_by(|a, b| a.key.cmp(&b.key));
+            for r in sorted {
+                table.insert(r.key.as_slice(), r.encode().as_slice())?;
+            }
+            for k in remove {
+                table.remove(k.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.db.is_some()
+    }
+}
+
+fn open_checked(path: &Path) -> Result<Database, redb::Error> {
+    Ok(redb::Builder::new().set_check_integrity_on_open(true).create(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> MemoRecord {
+        let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 };
+        MemoRecord::new(&Path::new("/a/b").join(name), fp, false, vec![BlobId(checksum(name.as_bytes()))])
+    }
+
+    #[test]
+    fn values_round_trip_and_every_flip_is_a_miss() {
+        let r = record("x");
+        let v = r.encode();
+        assert_eq!(MemoRecord::decode(&r.key, &v), Some(r.clone()));
+        assert_eq!(r.name(), b"x");
+        for i in 0..v.len() {
+            let mut bad = v.clone();
+            bad[i] ^= 1;
+            assert_eq!(MemoRecord::decode(&r.key, &bad), None, "byte {i}");
+        }
+        assert_eq!(MemoRecord::decode(b"/a/b\0y", &v), None, "a value under another key");
+        for cut in 0..v.len() {
+            assert_eq!(MemoRecord::decode(&r.key, &v[..cut]), None);
+        }
+    }
+
+    #[test]
+    fn children_are_scoped_to_their_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = Memo::open(&dir.path().join("state.redb"));
+        let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
+        memo.write(&[record("y"), record("x"), other], &[]).unwrap();
+        let names: Vec<_> = memo.children(Path::new("/a/b")).iter().map(|r| r.name().to_vec()).collect();
+        assert_eq!(names, [b"x".to_vec(), b"y".to_vec()]);
+        memo.write(&[], &[record("x").key]).unwrap();
+        assert_eq!(memo.children(Path::new("/a/b")).len(), 1);
+    }
+
+    #[test]
+    fn a_garbage_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        std::fs::write(&path, vec![0x5a; 10_000]).unwrap();
+        let memo = Memo::open(&path);
+        assert!(memo.is_enabled());
+        assert_eq!(memo.warnings.len(), 1);
+        assert!(dir.path().join("state.redb.corrupt").exists());
+    }
+}

@@ -1,0 +1,151 @@
+//! `file_content`: read one changed file, cut it into chunks, store them; its chunk list.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bakare_store::{BlobId, BlobKind, StoreError};
+
+use crate::counters::Counters;
+use crate::db::{Db, RunContext};
+use crate::inputs::{SourceFile, StatFingerprint};
+use crate::memo::{MemoRecord, chunk_list_digest};
+
+/// Timestamps are trusted only this far behind the moment a file was read: a write in the
+/// same tick as the recorded mtime would not change it (racy-git).
+const RACY_NS: i64 = 2_000_000_000;
+
+/// What reading a file gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Read {
+        size: u64,
+        chunks: Vec<BlobId>,
+    },
+    /// The file could not be read; the run goes on.
+    Unreadable(String),
+    /// The repository failed: the run stops.
+    Fatal(String),
+}
+
+#[salsa::tracked(returns(ref))]
+pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
+    let path = file.path(db);
+    db.log(format!("file_content {}", path.display()));
+    let run = db.run();
+    Counters::add(&run.counters.files, 1);
+    run.counters.set_current(path);
+    let read_ns = now_ns();
+    match read_chunks(run, path, file.fp(db).size) {
+        Ok((size, chunks, after)) => {
+            let fp = file.fp(db);
+            let digest = chunk_list_digest(&chunks);
+            let counter = match file.previous(db) {
+                None => &run.counters.files_new,
+                Some(prev) if prev == digest => &run.counters.files_unchanged,
+                Some(_) => &run.counters.files_changed,
+            };
+            Counters::add(counter, 1);
+            // Remember the content only if the file did not change while it was read.
+            if after.same_content(&fp) && size == fp.size {
+                let racy = fp.mtime_ns > read_ns - RACY_NS;
+                let record = MemoRecord::new(path, fp, racy, chunks.clone());
+                if let Ok(mut fresh) = run.fresh.lock() {
+                    fresh.push(record);
+                }
+            }
+            Content::Read { size, chunks }
+        }
+        Err(ReadError::Io(e)) => {
+            let msg = format!("cannot read file: {e}");
+            Counters::add(&run.counters.errors, 1);
+            if let Ok(mut errors) = run.errors.lock() {
+                errors.push((path.to_path_buf(), msg.clone()));
+            }
+            Content::Unreadable(msg)
+        }
+        Err(ReadError::Store(e)) => Content::Fatal(e.to_string()),
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Store(StoreError),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+/// Reads and stores a file's chunks; returns its size, chunk ids and its fingerprint after
+/// reading (to detect a change during the read).
+fn read_chunks(
+    run: &RunContext,
+    path: &Path,
+    size_hint: u64,
+) -> Result<(u64, Vec<BlobId>, StatFingerprint), ReadError> {
+    let file = open_no_follow(path)?;
+    let mut chunks = Vec::new();
+    let size = run.chunker.stream(&file, size_hint, |batch: &[&[u8]]| {
+        chunks.extend(store_batch(run, batch)?);
+        Ok::<_, ReadError>(())
+    })?;
+    Ok((size, chunks, StatFingerprint::of(&file.metadata()?)))
+}
+
+/// Hashes, compresses, seals and stores a batch of chunks, spreading a batch of several
+/// chunks (a large file) over scoped threads.
+fn store_batch(run: &RunContext, batch: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
+    let save = |c: &&[u8]| {
+        Counters::add(&run.counters.bytes_read, c.len() as u64);
+        run.repo.save_blob(BlobKind::Data, c).map(|o| o.id)
+    };
+    let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2).min(batch.len());
+    if workers <= 1 {
+        return batch.iter().map(save).collect();
+    }
+    let per = batch.len().div_ceil(workers);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = batch
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(save).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut out = Vec::with_capacity(batch.len());
+        for h in handles {
+            match h.join() {
+                Ok(ids) => out.extend(ids?),
+                Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        object: "chunk worker".into(),
+                        reason: "a worker thread panicked".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME).open(path).or_else(|e| {
+        // O_NOATIME is refused (EPERM) on files the caller does not own.
+        if e.raw_os_error() == Some(libc::EPERM) {
+            OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+        } else {
+            Err(e)
+        }
+    })
+}

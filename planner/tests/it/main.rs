@@ -1,0 +1,7 @@
+//! The planner's integration tests, as one binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod engine;
+mod incremental;
+mod reuse;
