@@ -58,6 +58,18 @@ pub enum Command {
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Tools for benchmarks and diagnosis
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// A bare parallel lstat walk, as the backup walks: the reference for no-change backups
+    StatWalk {
+        /// Folder to walk
+        path: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

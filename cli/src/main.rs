@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command, KeyCommand};
+use crate::args::{Cli, Command, DebugCommand, KeyCommand};
 use crate::context::Context;
 
 /// How a command ended, when it did not fail outright.
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => commands::ls::run(&ctx, &a),
         Command::Restore(a) => commands::restore::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
+        Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

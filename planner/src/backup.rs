@@ -363,3 +363,19 @@ fn list_dir(path: &Path, ex: &Excludes) -> std::io::Result<Vec<(OsString, PathBu
     out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(out)
 }
+
+/// A bare parallel `lstat` walk of `root` in the same way the backup walks (name-sorted
+/// listings, siblings in parallel), touching no repository and no memo: the reference cost
+/// a no-change backup is measured against. Returns (folders, other entries).
+pub fn stat_walk(root: &Path) -> std::io::Result<(u64, u64)> {
+    let listing = list_dir(root, &Excludes::none())?;
+    let counts = listing
+        .into_par_iter()
+        .map(|(_, child)| match fs::symlink_metadata(&child) {
+            Ok(m) if m.is_dir() => Ok(stat_walk(&child).unwrap_or((1, 0))),
+            Ok(_) => Ok((0, 1)),
+            Err(_) => Ok((0, 0)),
+        })
+        .collect::<std::io::Result<Vec<(u64, u64)>>>()?;
+    Ok(counts.into_iter().fold((1, 0), |(d, f), (d2, f2)| (d + d2, f + f2)))
+}

@@ -21,7 +21,7 @@ mod meta;
 mod queries;
 mod restore;
 
-pub use backup::{BackupOptions, BackupReport, backup};
+pub use backup::{BackupOptions, BackupReport, backup, stat_walk};
 pub use chunker::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};

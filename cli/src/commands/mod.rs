@@ -1,6 +1,7 @@
 //! One module per command verb.
 
 pub mod backup;
+pub mod debug;
 pub mod init;
 pub mod key;
 pub mod ls;
