@@ -72,13 +72,9 @@ impl Context {
 
     /// Opens the repository with the master key (passphrase) or, when `allow_put_only`
     /// and --key-file is given, with the put-only key.
+    /// The index is read on first use, not here: a backup in which nothing changed never
+    /// needs it.
     pub fn open(&self, allow_put_only: bool) -> Result<Repository> {
-        let repo = self.open_unindexed(allow_put_only)?;
-        load_index(&repo)?;
-        Ok(repo)
-    }
-
-    fn open_unindexed(&self, allow_put_only: bool) -> Result<Repository> {
         let backend = self.backend()?;
         let location = backend.location();
         if let Some(kf) = &self.global.key_file {
@@ -113,11 +109,10 @@ impl Context {
     }
 }
 
-/// Loads the index, warning about (and skipping) damaged segments.
-pub fn load_index(repo: &Repository) -> Result<()> {
-    repo.load_index().context("loading the index")?;
+/// Warns about index segments that could not be read (their blobs are saved again, or found
+/// by `bakare verify --repair`).
+pub fn warn_index(repo: &Repository) {
     for w in repo.index_warnings() {
-        eprintln!("bakare: warning: skipped a damaged index segment ({w}); run `bakare verify`");
+        eprintln!("bakare: warning: skipped a damaged index segment ({w})");
     }
-    Ok(())
 }

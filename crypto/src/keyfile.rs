@@ -41,8 +41,8 @@ impl Default for KdfParams {
 impl KdfParams {
     /// Rejects parameters a damaged or hostile file could use to exhaust memory or time.
     fn check(&self) -> Result<Params, CryptoError> {
-        if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 16 {
-            return Err(CryptoError::KdfParams(format!("{self:?} exceed the limits (4 GiB, 64 passes, 16 lanes)")));
+        if self.m_kib > 1024 * 1024 || self.t > 64 || self.p > 16 {
+            return Err(CryptoError::KdfParams(format!("{self:?} exceed the limits (1 GiB, 64 passes, 16 lanes)")));
         }
         Params::new(self.m_kib, self.t, self.p, Some(32)).map_err(|e| CryptoError::KdfParams(e.to_string()))
     }
@@ -73,14 +73,22 @@ pub fn seal_key_file(key: &MasterKey, passphrase: &[u8], params: KdfParams) -> R
 
 /// Opens a master key file. A wrong passphrase gives [`CryptoError::WrongPassphrase`].
 pub fn open_key_file(bytes: &[u8], passphrase: &[u8]) -> Result<MasterKey, CryptoError> {
-    check_header(bytes, KIND_MASTER, MASTER_LEN)?;
+    let (params, salt) = parse_key_file(bytes)?;
     let (header, sealed) = bytes.split_at(MASTER_HEADER_LEN);
-    let params = KdfParams { m_kib: le_u32(header, 8)?, t: le_u32(header, 12)?, p: le_u32(header, 16)? };
-    let salt: [u8; 16] =
-        header.get(20..36).and_then(|s| s.try_into().ok()).ok_or(CryptoError::MalformedKeyFile("salt"))?;
     let kek = params.derive(passphrase, &salt)?;
     let secrets = Zeroizing::new(kek.open(header, sealed).map_err(|_| CryptoError::WrongPassphrase)?);
     MasterKey::from_secret_bytes(&secrets)
+}
+
+/// Parses a master key file's header without deriving anything: its (checked) KDF
+/// parameters and salt.
+pub fn parse_key_file(bytes: &[u8]) -> Result<(KdfParams, [u8; 16]), CryptoError> {
+    check_header(bytes, KIND_MASTER, MASTER_LEN)?;
+    let params = KdfParams { m_kib: le_u32(bytes, 8)?, t: le_u32(bytes, 12)?, p: le_u32(bytes, 16)? };
+    params.check()?;
+    let salt: [u8; 16] =
+        bytes.get(20..36).and_then(|s| s.try_into().ok()).ok_or(CryptoError::MalformedKeyFile("salt"))?;
+    Ok((params, salt))
 }
 
 /// The put-only key file: unsealed (it opens nothing), checksummed.

@@ -127,7 +127,8 @@ impl MasterKey {
         out
     }
 
-    pub(crate) fn from_secret_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+    /// A master key from its 104-byte secret layout (data secret, id key, index key, seed).
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         let [a, b, c, seed] = split(bytes, SECRETS_LEN)?;
         let data_secret = DataSecretKey(StaticSecret::from(a));
         let write = WriteKey {

@@ -19,6 +19,6 @@ mod seal;
 
 pub use digest::{Digest, checksum};
 pub use error::CryptoError;
-pub use keyfile::{KdfParams, open_key_file, open_write_key_file, seal_key_file, write_key_file};
+pub use keyfile::{KdfParams, open_key_file, open_write_key_file, parse_key_file, seal_key_file, write_key_file};
 pub use keys::{ChunkerSeed, DataPublicKey, DataSecretKey, IdKey, MasterKey, WriteKey};
 pub use seal::{EphemeralPublic, NONCE_LEN, SEAL_OVERHEAD, SymmetricKey, TAG_LEN};

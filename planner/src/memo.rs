@@ -1,7 +1,8 @@
 //! The planner's memory across runs: `state.redb`, a cache of what each file held.
 //!
-//! Key: `parent path bytes || 0x00 || name bytes`, so one range scan per folder yields its
-//! children in name order, merge-joined with the sorted listing. Value (version 1):
+//! Table `files`. Key: `parent path bytes || 0x00 || name bytes`, so one range scan per folder
+//! yields its children in name order, merge-joined with the sorted listing; the folder's own
+//! record has the empty name (`path || 0x00`) and comes first. File value (version 1):
 //!
 //! ```text
 //! version u8 = 1 | flags u8 (bit 0: racy) | size u64 | mtime_ns i64 | ctime_ns i64 | ino u64 |
@@ -10,7 +11,15 @@
 //!
 //! redb does not verify its page checksums on ordinary reads, so the database is opened with
 //! its integrity check, and every value carries its own checksum over key and value: a value
-//! that fails it is a miss, never a wrong answer. A database that fails to open is moved
+//! that fails it is a miss, never a wrong answer. Folder value (version 2): `version u8 = 2 |
+//! tree id (32) | BLAKE3(key || preceding bytes)`.
+//!
+//! Table `segments`: the index segment ids the repository had when the memo was last written.
+//! Objects are deleted only by garbage collection, which removes the segments listing what it
+//! deletes; so while all of them still exist, every blob the memo names still exists and the
+//! memo is trusted without reading the index.
+//!
+//! A database that fails to open is moved
 //! aside and started anew: losing the memo costs one slower run, never correctness.
 
 use std::os::unix::ffi::OsStrExt;
@@ -19,12 +28,16 @@ use std::sync::Mutex;
 
 use bakare_store::BlobId;
 use bakare_store::crypto::{Digest, checksum};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::inputs::StatFingerprint;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+const SEGMENTS: TableDefinition<&[u8], ()> = TableDefinition::new("segments");
 const VERSION: u8 = 1;
+const DIR_VERSION: u8 = 2;
+/// redb's page cache; its default (1 GiB) would count against the memory limit.
+const CACHE_BYTES: usize = 32 << 20;
 const FIXED: usize = 2 + 8 * 5 + 4;
 
 /// A file's content as last read, with the fingerprint it was read under.
@@ -99,6 +112,44 @@ fn value_checksum(key: &[u8], body: &[u8]) -> Digest {
     Digest(*h.finalize().as_bytes())
 }
 
+/// A folder's tree id as last backed up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirRecord {
+    pub key: Vec<u8>,
+    pub tree: BlobId,
+}
+
+impl DirRecord {
+    pub fn new(path: &Path, tree: BlobId) -> Self {
+        Self { key: child_key(path, b""), tree }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(65);
+        v.push(DIR_VERSION);
+        v.extend_from_slice(self.tree.0.as_bytes());
+        let sum = value_checksum(&self.key, &v);
+        v.extend_from_slice(&sum.0);
+        v
+    }
+
+    pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
+        let (body, sum) = v.split_at_checked(33)?;
+        if body.first() != Some(&DIR_VERSION) || value_checksum(key, body).0[..] != *sum {
+            return None;
+        }
+        let id: [u8; 32] = body.get(1..)?.try_into().ok()?;
+        Some(Self { key: key.to_vec(), tree: BlobId(Digest(id)) })
+    }
+}
+
+/// What the memo knows of one folder: its last tree id and its files' records.
+#[derive(Debug, Default)]
+pub struct FolderMemo {
+    pub tree: Option<BlobId>,
+    pub files: Vec<MemoRecord>,
+}
+
 /// The key of `name` in folder `parent`.
 pub fn child_key(parent: &Path, name: &[u8]) -> Vec<u8> {
     let p = parent.as_os_str().as_bytes();
@@ -160,26 +211,29 @@ impl Memo {
         Self { db, writing: Mutex::new(()), warnings }
     }
 
-    /// Every record under folder `parent`, in name order. Damaged values are left out.
-    pub fn children(&self, parent: &Path) -> Vec<MemoRecord> {
-        let Some(db) = &self.db else { return Vec::new() };
-        let lo = child_key(parent, b"");
+    /// The folder's own record and its files' records in name order. Damaged values are
+    /// left out.
+    pub fn folder(&self, path: &Path) -> FolderMemo {
+        let Some(db) = &self.db else { return FolderMemo::default() };
+        let lo = child_key(path, b"");
         let mut hi = lo.clone();
         if let Some(last) = hi.last_mut() {
             *last = 1;
         }
-        let scan = || -> Result<Vec<MemoRecord>, redb::Error> {
+        let scan = || -> Result<FolderMemo, redb::Error> {
             let txn = db.begin_read()?;
             let table = match txn.open_table(FILES) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(FolderMemo::default()),
                 Err(e) => return Err(e.into()),
             };
-            let mut out = Vec::new();
+            let mut out = FolderMemo::default();
             for item in table.range(lo.as_slice()..hi.as_slice())? {
                 let (k, v) = item?;
-                if let Some(r) = MemoRecord::decode(k.value(), v.value()) {
-                    out.push(r);
+                if k.value() == lo.as_slice() {
+                    out.tree = DirRecord::decode(k.value(), v.value()).map(|d| d.tree);
+                } else if let Some(r) = MemoRecord::decode(k.value(), v.value()) {
+                    out.files.push(r);
                 }
             }
             Ok(out)
@@ -187,20 +241,55 @@ impl Memo {
         scan().unwrap_or_default()
     }
 
-    /// Stores records and removes keys, in one durable transaction.
-    pub fn write(&self, records: &[MemoRecord], remove: &[Vec<u8>]) -> Result<(), redb::Error> {
+    /// The index segments recorded by the last [`Memo::write`].
+    pub fn segments(&self) -> Vec<Digest> {
+        let Some(db) = &self.db else { return Vec::new() };
+        let read = || -> Result<Vec<Digest>, redb::Error> {
+            let txn = db.begin_read()?;
+            let table = match txn.open_table(SEGMENTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, ()) = item.map(|(k, v)| (k, v.value()))?;
+                if let Ok(id) = <[u8; 32]>::try_from(k.value()) {
+                    out.push(Digest(id));
+                }
+            }
+            Ok(out)
+        };
+        read().unwrap_or_default()
+    }
+
+    /// Stores file and folder records, removes keys, and replaces the recorded index segments,
+    /// in one durable transaction. Call only once the blobs the records name are durable.
+    pub fn write(
+        &self,
+        records: &[MemoRecord],
+        dirs: &[DirRecord],
+        remove: &[Vec<u8>],
+        segments: &[Digest],
+    ) -> Result<(), redb::Error> {
         let Some(db) = &self.db else { return Ok(()) };
         let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(FILES)?;
-            let mut sorted: Vec<&MemoRecord> = records.iter().collect();
-            sorted.sort_by(|a, b| a.key.cmp(&b.key));
-            for r in sorted {
-                table.insert(r.key.as_slice(), r.encode().as_slice())?;
-            }
             for k in remove {
                 table.remove(k.as_slice())?;
+            }
+            let mut sorted: Vec<(&[u8], Vec<u8>)> = records.iter().map(|r| (r.key.as_slice(), r.encode())).collect();
+            sorted.extend(dirs.iter().map(|d| (d.key.as_slice(), d.encode())));
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in sorted {
+                table.insert(k, v.as_slice())?;
+            }
+            let mut segs = txn.open_table(SEGMENTS)?;
+            segs.retain(|_, ()| false)?;
+            for s in segments {
+                segs.insert(s.as_bytes().as_slice(), ())?;
             }
         }
         txn.commit()?;
@@ -213,7 +302,7 @@ impl Memo {
 }
 
 fn open_checked(path: &Path) -> Result<Database, redb::Error> {
-    Ok(redb::Builder::new().set_check_integrity_on_open(true).create(path)?)
+    Ok(redb::Builder::new().set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES).create(path)?)
 }
 
 #[cfg(test)]
@@ -247,11 +336,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let memo = Memo::open(&dir.path().join("state.redb"));
         let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
-        memo.write(&[record("y"), record("x"), other], &[]).unwrap();
-        let names: Vec<_> = memo.children(Path::new("/a/b")).iter().map(|r| r.name().to_vec()).collect();
+        let tree = BlobId(checksum(b"tree"));
+        let seg = checksum(b"segment");
+        memo.write(&[record("y"), record("x"), other], &[DirRecord::new(Path::new("/a/b"), tree)], &[], &[seg]).unwrap();
+        let folder = memo.folder(Path::new("/a/b"));
+        let names: Vec<_> = folder.files.iter().map(|r| r.name().to_vec()).collect();
         assert_eq!(names, [b"x".to_vec(), b"y".to_vec()]);
-        memo.write(&[], &[record("x").key]).unwrap();
-        assert_eq!(memo.children(Path::new("/a/b")).len(), 1);
+        assert_eq!(folder.tree, Some(tree));
+        assert_eq!(memo.segments(), [seg]);
+        memo.write(&[], &[], &[record("x").key], &[]).unwrap();
+        assert_eq!(memo.folder(Path::new("/a/b")).files.len(), 1);
+        assert!(memo.segments().is_empty());
+    }
+
+    #[test]
+    fn folder_values_are_checked() {
+        let d = DirRecord::new(Path::new("/a"), BlobId(checksum(b"t")));
+        let v = d.encode();
+        assert_eq!(DirRecord::decode(&d.key, &v), Some(d.clone()));
+        for i in 0..v.len() {
+            let mut bad = v.clone();
+            bad[i] ^= 4;
+            assert_eq!(DirRecord::decode(&d.key, &bad), None);
+        }
+        assert_eq!(MemoRecord::decode(&d.key, &v), None, "a folder value is not a file value");
     }
 
     #[test]

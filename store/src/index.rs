@@ -47,7 +47,12 @@ impl IndexSegment {
         let sealed = check_header(name, ObjectKind::Index, bytes)?;
         let head = bytes.get(..8).unwrap_or_default();
         let plain = index_key.open(head, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        let count = le_u32(&plain, 0).ok_or_else(|| StoreError::corrupt(name, "empty"))? as usize;
+        Self::decode_plaintext(name, &plain)
+    }
+
+    /// Parses an authenticated segment's plaintext.
+    pub fn decode_plaintext(name: &str, plain: &[u8]) -> Result<Self> {
+        let count = le_u32(plain, 0).ok_or_else(|| StoreError::corrupt(name, "empty"))? as usize;
         let mut at = 4usize;
         let mut packs = Vec::with_capacity(count.min(plain.len() / 36));
         for _ in 0..count {
@@ -55,7 +60,7 @@ impl IndexSegment {
                 .get(at..at + 32)
                 .and_then(|s| s.try_into().ok())
                 .ok_or_else(|| StoreError::corrupt(name, "truncated pack id"))?;
-            let n = le_u32(&plain, at + 32).ok_or_else(|| StoreError::corrupt(name, "truncated count"))? as usize;
+            let n = le_u32(plain, at + 32).ok_or_else(|| StoreError::corrupt(name, "truncated count"))? as usize;
             let len = n.checked_mul(ENTRY_LEN).and_then(|l| l.checked_add(4));
             let table = len
                 .and_then(|l| plain.get(at + 32..at + 32 + l))

@@ -25,7 +25,7 @@ pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use error::StoreError;
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use index::{BlobLocation, IndexSegment};
-pub use pack::{PackEntry, parse_blob_table};
+pub use pack::{MAX_BLOB_LEN, PackEntry, decode_blob_table, parse_blob_table};
 pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats};
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use tree::{Entry, Metadata, Node, Tree};

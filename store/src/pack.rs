@@ -184,6 +184,12 @@ pub fn parse_blob_table(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> R
     decode_entries(name, &table, table_at)
 }
 
+/// Decodes a blob table's plaintext (`count u32 | entries`), checking every entry lies within
+/// the blob area `40..limit` of a pack.
+pub fn decode_blob_table(name: &str, table: &[u8], limit: usize) -> Result<Vec<PackEntry>> {
+    decode_entries(name, table, limit)
+}
+
 /// Decodes `count u32 | entries`, checking each lies within `PACK_PREFIX_LEN..limit`.
 pub(crate) fn decode_entries(name: &str, table: &[u8], limit: usize) -> Result<Vec<PackEntry>> {
     let count = le_u32(table, 0).ok_or_else(|| StoreError::corrupt(name, "empty blob table"))? as usize;

@@ -8,10 +8,11 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
-use bakare_crypto::{KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file};
+use bakare_crypto::{Digest, KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file};
 
 use crate::backend::Backend;
 use crate::config::{ChunkerParams, Config};
@@ -73,12 +74,83 @@ pub struct WriteStats {
     pub packs: AtomicU64,
 }
 
+/// Blob ids are uniformly random (keyed BLAKE3), so their first 8 bytes are a good hash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+/// Where a blob is, compactly: 20 bytes beside its 32-byte id.
+#[derive(Clone, Copy)]
+struct Slot {
+    pack: u32,
+    offset: u32,
+    length: u32,
+    raw_len: u32,
+    kind: BlobKind,
+    compressed: bool,
+}
+
+/// The in-memory blob index: ids to slots, and the packs slots point into.
+#[derive(Default)]
+struct BlobIndex {
+    blobs: HashMap<BlobId, Slot, BuildHasherDefault<IdHasher>>,
+    packs: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32>,
+}
+
+impl BlobIndex {
+    fn insert(&mut self, pack: PackId, e: &PackEntry) {
+        let next = u32::try_from(self.packs.len()).unwrap_or(u32::MAX);
+        let number = *self.pack_numbers.entry(pack).or_insert(next);
+        if number == next {
+            self.packs.push(pack);
+        }
+        let slot = Slot {
+            pack: number,
+            offset: e.offset,
+            length: e.length,
+            raw_len: e.raw_len,
+            kind: e.kind,
+            compressed: e.compressed,
+        };
+        self.blobs.insert(e.id, slot);
+    }
+
+    fn get(&self, id: &BlobId) -> Option<BlobLocation> {
+        let s = self.blobs.get(id)?;
+        let pack = *self.packs.get(s.pack as usize)?;
+        let entry = PackEntry {
+            id: *id,
+            kind: s.kind,
+            compressed: s.compressed,
+            offset: s.offset,
+            length: s.length,
+            raw_len: s.raw_len,
+        };
+        Some(BlobLocation { pack, entry })
+    }
+}
+
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     access: Access,
-    index: RwLock<HashMap<BlobId, BlobLocation>>,
+    index: RwLock<BlobIndex>,
+    /// Set once the index segments have been read (lazily: a backup in which nothing
+    /// changed never needs them).
+    index_loaded: OnceLock<Result<(), String>>,
     /// Blobs sealed into open packs, not yet in the index.
     pending: Mutex<HashSet<BlobId>>,
     pools: [PackPool; 2],
@@ -249,6 +321,7 @@ impl Repository {
             config,
             access,
             index: RwLock::default(),
+            index_loaded: OnceLock::new(),
             pending: Mutex::default(),
             pools: [PackPool::default(), PackPool::default()],
             unindexed: Mutex::default(),
@@ -298,24 +371,48 @@ impl Repository {
         self.compression_level = level;
     }
 
-    /// Loads every index segment. A damaged segment is skipped and reported in
-    /// [`Repository::index_warnings`]: its blobs are then saved again if needed.
+    /// Loads every index segment (once; later calls return the first outcome). A damaged
+    /// segment is skipped and reported in [`Repository::index_warnings`]: its blobs are then
+    /// saved again if needed. Everything that needs the index loads it on first use.
     pub fn load_index(&self) -> Result<()> {
+        self.index_loaded.get_or_init(|| self.read_index().map_err(|e| e.to_string())).clone().map_err(|reason| {
+            StoreError::Corrupt { object: "index".into(), reason }
+        })
+    }
+
+    fn read_index(&self) -> Result<()> {
         let paths = self.backend.list("index")?;
         let key = &self.access.write_key().index_key;
-        let mut map = HashMap::new();
+        let mut index = BlobIndex::default();
         for path in paths {
             let loaded = id_of_path(&path)
                 .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
                 .and_then(|id| get_verified(self.backend.as_ref(), &path, &id))
                 .and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
             match loaded {
-                Ok(seg) => map.extend(seg.locations()),
+                Ok(seg) => {
+                    for (pack, entries) in &seg.packs {
+                        for e in entries {
+                            index.insert(*pack, e);
+                        }
+                    }
+                }
                 Err(e) => lock(&self.index_warnings).push(e.to_string()),
             }
         }
-        *self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner) = map;
+        let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Packs this handle wrote before the load are already in; keep them.
+        let mine = std::mem::take(&mut *current);
+        *current = index;
+        for loc in mine.blobs.keys().filter_map(|id| mine.get(id)) {
+            current.insert(loc.pack, &loc.entry);
+        }
         Ok(())
+    }
+
+    /// The ids of the index segments in the repository, without reading them.
+    pub fn index_segments(&self) -> Result<Vec<Digest>> {
+        Ok(self.backend.list("index")?.iter().filter_map(|p| id_of_path(p)).collect())
     }
 
     pub fn index_warnings(&self) -> Vec<String> {
@@ -324,15 +421,17 @@ impl Repository {
 
     /// Number of blobs in the loaded index.
     pub fn index_len(&self) -> usize {
-        self.index.read().map(|m| m.len()).unwrap_or(0)
+        self.index.read().map(|m| m.blobs.len()).unwrap_or(0)
     }
 
     pub fn blob_id(&self, data: &[u8]) -> BlobId {
         BlobId(self.access.write_key().id_key.id(data))
     }
 
-    pub fn contains_blob(&self, id: &BlobId) -> bool {
-        self.index.read().map(|m| m.contains_key(id)).unwrap_or(false) || lock(&self.pending).contains(id)
+    /// Whether the repository has the blob (loading the index if needed).
+    pub fn contains_blob(&self, id: &BlobId) -> Result<bool> {
+        self.load_index()?;
+        Ok(self.index.read().map(|m| m.blobs.contains_key(id)).unwrap_or(false) || lock(&self.pending).contains(id))
     }
 
     /// Stores a blob unless the repository already has it.
@@ -346,7 +445,8 @@ impl Repository {
         let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
             StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
         })?;
-        let known = self.index.read().map(|m| m.contains_key(&id)).unwrap_or(false);
+        self.load_index()?;
+        let known = self.index.read().map(|m| m.blobs.contains_key(&id)).unwrap_or(false);
         if known || !lock(&self.pending).insert(id) {
             self.stats.blobs_deduped.fetch_add(1, Ordering::Relaxed);
             return Ok(SaveOutcome { id, stored: 0 });
@@ -402,7 +502,7 @@ impl Repository {
             let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut pending = lock(&self.pending);
             for e in &entries {
-                index.insert(e.id, BlobLocation { pack: id, entry: *e });
+                index.insert(id, e);
                 pending.remove(&e.id);
             }
         }
@@ -440,8 +540,10 @@ impl Repository {
         Ok(key)
     }
 
+    /// Where a blob is, if the (loaded) index has it.
     pub fn blob_location(&self, id: &BlobId) -> Option<BlobLocation> {
-        self.index.read().ok().and_then(|m| m.get(id).copied())
+        self.load_index().ok()?;
+        self.index.read().ok().and_then(|m| m.get(id))
     }
 
     /// Reads, authenticates, decompresses and re-hashes one blob.

@@ -76,12 +76,17 @@ impl Snapshot {
         let parts = split(name, bytes)?;
         let data_key = key.data_secret.recover(&parts.eph, PURPOSE).map_err(|e| StoreError::crypto(name, e))?;
         let plain = data_key.open(parts.head, parts.details).map_err(|e| StoreError::crypto(name, e))?;
-        let snap: Self = postcard::from_bytes(&plain).map_err(|e| StoreError::corrupt(name, e.to_string()))?;
+        let snap = Self::decode_details(name, &plain)?;
         let refs = decode_refs_of(name, &parts, &key.write.index_key)?;
         if refs.root != snap.root || refs.time_ns != snap.time_ns {
             return Err(StoreError::corrupt(name, "its two parts disagree"));
         }
         Ok(snap)
+    }
+
+    /// Parses the authenticated details part.
+    pub fn decode_details(name: &str, plain: &[u8]) -> Result<Self> {
+        postcard::from_bytes(plain).map_err(|e| StoreError::corrupt(name, e.to_string()))
     }
 
     /// Reads only the index-key part.

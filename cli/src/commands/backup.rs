@@ -39,8 +39,9 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let report = {
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup");
-        bakare_planner::backup(repo, &memo, &a.paths, &opts, counters.clone())?
+        bakare_planner::backup(repo.clone(), &memo, &a.paths, &opts, counters.clone())?
     };
+    crate::context::warn_index(&repo);
     print_report(ctx, &report)?;
     Ok(if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial })
 }

@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
         Start::Tree(id) => list_tree(ctx, a, &repo, &id, prefix.trim_end_matches('/'))?,
         Start::Entry(e) => print_entry(ctx, a, &prefix, &e)?,
     }
+    crate::context::warn_index(&repo);
     Ok(Outcome::Success)
 }
 

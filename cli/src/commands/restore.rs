@@ -24,6 +24,7 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "restore");
         bakare_planner::restore(&repo, start, &a.target, RestoreOptions { overwrite: a.overwrite }, &counters)?
     };
+    crate::context::warn_index(&repo);
     let files = Counters::get(&counters.files);
     let written = Counters::get(&counters.bytes_written);
     let secs = began.elapsed().as_secs_f64();

@@ -200,3 +200,24 @@ fn a_lost_or_damaged_memo_costs_one_slower_run_never_a_wrong_snapshot() {
     }
     s.check_restore(&first);
 }
+
+#[test]
+fn after_garbage_collection_remembered_chunks_are_checked_again() {
+    let s = Setup::new();
+    gen_tree(&["create", s.src.to_str().unwrap(), "--files", "60", "--mean-kib", "4", "--seed", "6"]);
+    age(&s.src);
+    s.backup();
+    assert_eq!(s.backup().snapshot.stats.files_read, 0);
+    // What a prune that deleted everything leaves: no packs, no index segments.
+    for dir in ["packs", "index"] {
+        fs::remove_dir_all(s.tmp.path().join("repo").join(dir)).unwrap();
+    }
+    let repo = Arc::new(
+        Repository::open_with_passphrase(Arc::new(bakare_store::backend::LocalBackend::new(s.tmp.path().join("repo"))), b"pw")
+            .unwrap(),
+    );
+    let s = Setup { repo, ..s };
+    let after = s.backup();
+    assert_eq!(after.snapshot.stats.files_read, stat_files(&s.src).len() as u64, "every file is read again");
+    s.check_restore(&after);
+}

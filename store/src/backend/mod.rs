@@ -6,8 +6,10 @@
 //! correctness never depends on the store refusing an overwrite.
 
 mod local;
+mod memory;
 
 pub use local::LocalBackend;
+pub use memory::MemoryBackend;
 
 use std::io;
 

@@ -1,0 +1,13 @@
+#![no_main]
+//! Pack trailers and blob tables, sealed and as plaintext.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let key = bakare_fuzz::key();
+    let _ = bakare_store::parse_blob_table("pack", data, &key.write.index_key);
+    if let Ok(entries) = bakare_store::decode_blob_table("table", data, 1 << 20) {
+        for e in entries {
+            assert!(e.offset >= 40 && (e.offset as usize + e.length as usize) <= 1 << 20);
+        }
+    }
+});

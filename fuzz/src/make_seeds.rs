@@ -1,0 +1,81 @@
+//! Writes the committed seed corpora: real objects of a small repository, made with the fixed
+//! fuzzing key. Run from `fuzz/`: `cargo run --bin make-seeds`.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use bakare_crypto::{KdfParams, seal_key_file, write_key_file};
+use bakare_store::backend::{Backend, MemoryBackend};
+use bakare_store::{
+    Access, BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree,
+};
+
+fn write(target: &str, n: usize, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = Path::new("corpus").join(target);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(format!("seed-{n}")), bytes)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let key = bakare_fuzz::key();
+    let backend = Arc::new(MemoryBackend::new());
+    Repository::init(backend.clone(), b"fuzz", KdfParams { m_kib: 8, t: 1, p: 1 }, ChunkerParams::default())?;
+    // Re-open the initialised repository with the fixed key: config must name its public key.
+    let mut config = Repository::read_config(backend.as_ref())?;
+    config.data_public = key.write.data_public.0;
+    let backend = Arc::new(MemoryBackend::new());
+    backend.put("config", &config.encode()?)?;
+    let repo = Repository::open_with_key(backend.clone(), Access::Master(key.clone()))?;
+    let a = repo.save_blob(BlobKind::Data, b"hello, seed")?.id;
+    let b = repo.save_blob(BlobKind::Data, &[0u8; 5000])?.id;
+    let meta = Metadata { mode: 0o644, uid: 1000, gid: 1000, mtime_ns: 1_700_000_000_000_000_000 };
+    let tree = Tree {
+        entries: vec![
+            Entry { name: b"a.txt".to_vec(), node: Node::File { size: 11, chunks: vec![a] }, meta, error: None },
+            Entry { name: b"link".to_vec(), node: Node::Symlink { target: b"a.txt".to_vec() }, meta, error: None },
+            Entry { name: b"zeros".to_vec(), node: Node::File { size: 5000, chunks: vec![b] }, meta, error: None },
+        ],
+    };
+    let root = repo.save_tree(&tree)?.id;
+    repo.flush()?;
+    let snapshot = Snapshot {
+        time_ns: 1_700_000_000_000_000_000,
+        host: "seed".into(),
+        user: "fuzz".into(),
+        paths: vec![b"/home/fuzz".to_vec()],
+        tags: vec!["t".into()],
+        root,
+        parent: None,
+        stats: SnapshotStats::default(),
+        program: "bakare seeds".into(),
+    };
+    let id = repo.save_snapshot(&snapshot)?;
+
+    write("config", 0, &backend.get("config")?)?;
+    write("key_file", 0, &seal_key_file(&key, b"fuzz", KdfParams { m_kib: 8, t: 1, p: 1 })?)?;
+    write("key_file", 1, &write_key_file(&key.write))?;
+    for (n, p) in backend.list("packs")?.iter().enumerate() {
+        write("pack", n, &backend.get(p)?)?;
+    }
+    for (n, p) in backend.list("index")?.iter().enumerate() {
+        write("index", n, &backend.get(p)?)?;
+    }
+    write("tree", 0, &tree.encode()?)?;
+    write("snapshot", 0, &backend.get(&format!("snapshots/{id}"))?)?;
+    let record = bakare_planner::MemoRecord::new(
+        Path::new("/home/fuzz/a.txt"),
+        bakare_planner::StatFingerprint { size: 11, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 },
+        false,
+        vec![a],
+    );
+    let mut memo = vec![u8::try_from(record.key.len())?];
+    memo.extend_from_slice(&record.key);
+    memo.extend_from_slice(&record.encode());
+    write("memo_record", 0, &memo)?;
+    let mut rt = vec![7, 0, 0, 0, 0x10, 4];
+    rt.extend_from_slice(b"some blob bytes that compress compress compress compress well");
+    write("roundtrip", 0, &rt)?;
+    println!("seeds written under fuzz/corpus/");
+    Ok(())
+}

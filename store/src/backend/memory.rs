@@ -1,0 +1,66 @@
+//! A repository in memory, for tests and fuzzing. Besides the [`Backend`] operations it lets
+//! a test overwrite an object in place ([`MemoryBackend::tamper`]), which no real backend
+//! does, to simulate bit rot.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{Backend, BackendError};
+
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn objects(&self) -> MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces an object's bytes, as storage rot would.
+    pub fn tamper(&self, path: &str, bytes: Vec<u8>) {
+        self.objects().insert(path.to_string(), bytes);
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.objects().entry(path.to_string()).or_insert_with(|| bytes.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
+        self.objects().get(path).cloned().ok_or_else(|| BackendError::NotFound { path: path.into() })
+    }
+
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        let objects = self.objects();
+        let obj = objects.get(path).ok_or_else(|| BackendError::NotFound { path: path.into() })?;
+        let short = || BackendError::ShortRead { path: path.into(), offset, wanted: len, len: obj.len() as u64 };
+        let start = usize::try_from(offset).map_err(|_| short())?;
+        let end = start.checked_add(usize::try_from(len).map_err(|_| short())?).ok_or_else(short)?;
+        obj.get(start..end).map(<[u8]>::to_vec).ok_or_else(short)
+    }
+
+    fn size(&self, path: &str) -> Result<u64, BackendError> {
+        self.objects().get(path).map(|o| o.len() as u64).ok_or_else(|| BackendError::NotFound { path: path.into() })
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let dir = format!("{}/", prefix.trim_end_matches('/'));
+        Ok(self.objects().keys().filter(|k| k.starts_with(&dir)).cloned().collect())
+    }
+
+    fn delete(&self, path: &str) -> Result<(), BackendError> {
+        self.objects().remove(path);
+        Ok(())
+    }
+}
