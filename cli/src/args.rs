@@ -55,6 +55,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot, or part of one
     Restore(RestoreArgs),
+    /// Check the repository, and repair it from its redundancy
+    Verify(VerifyArgs),
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -135,6 +137,32 @@ pub struct RestoreArgs {
     /// Restore into a folder that already has files, replacing files of the same name
     #[arg(long)]
     pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Also read, hash and authenticate every blob of every pack
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read the N-th of M parts of the packs (1/7 on Monday, 2/7 on Tuesday, ...)
+    #[arg(long, value_name = "N/M", conflicts_with = "read_data", value_parser = parse_subset)]
+    pub read_data_subset: Option<(u32, u32)>,
+    /// Repair what redundancy allows, then mark what is lost and verify again
+    #[arg(long)]
+    pub repair: bool,
+    /// With --repair: re-read lost data from files under this path, where they were backed up from
+    #[arg(long, value_name = "PATH", requires = "repair")]
+    pub source: Option<PathBuf>,
+}
+
+fn parse_subset(s: &str) -> Result<(u32, u32), String> {
+    let (n, m) = s.split_once('/').ok_or("expected N/M, for example 1/7")?;
+    let n: u32 = n.parse().map_err(|_| "N must be a number")?;
+    let m: u32 = m.parse().map_err(|_| "M must be a number")?;
+    if n == 0 || m == 0 || n > m {
+        return Err("need 1 <= N <= M".into());
+    }
+    Ok((n, m))
 }
 
 #[derive(Subcommand, Debug)]

@@ -93,6 +93,20 @@ impl Context {
             .with_context(|| format!("opening repository {location}"))
     }
 
+    /// Opens with the master key and keeps the passphrase (repair may seal a new key file).
+    pub fn open_master(&self) -> Result<(Repository, String)> {
+        if self.global.key_file.is_some() {
+            bail!("{}", StoreError::NeedsMasterKey);
+        }
+        let backend = self.backend()?;
+        let location = backend.location();
+        Repository::read_config(backend.as_ref()).with_context(|| format!("opening repository {location}"))?;
+        let pass = self.passphrase(false)?;
+        let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
+            .with_context(|| format!("opening repository {location}"))?;
+        Ok((repo, pass))
+    }
+
     /// Opens the repository, creating it (and its key) first if the folder has none.
     pub fn open_or_init(&self) -> Result<(Repository, bool)> {
         let backend = self.backend()?;

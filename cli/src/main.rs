@@ -1,5 +1,5 @@
-//! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error, 2 usage,
-//! 3 a backup finished but some files could not be read.
+//! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error (or problems
+//! found by verify), 2 usage, 3 a backup finished but some files could not be read.
 
 /// `println!` that returns the write error (a closed pipe ends the command quietly).
 macro_rules! out {
@@ -27,6 +27,8 @@ pub enum Outcome {
     Success,
     /// Done, but some files could not be backed up.
     Partial,
+    /// A check found problems (or repair could not undo all of them).
+    Problems,
 }
 
 fn main() -> ExitCode {
@@ -43,12 +45,14 @@ fn main() -> ExitCode {
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls(a) => commands::ls::run(&ctx, &a),
         Command::Restore(a) => commands::restore::run(&ctx, &a),
+        Command::Verify(a) => commands::verify::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
+        Ok(Outcome::Problems) => ExitCode::FAILURE,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if json {

@@ -24,6 +24,8 @@ pub enum PlanError {
     },
     #[error("restore target {0} is not empty; use --overwrite to restore into it anyway")]
     TargetNotEmpty(PathBuf),
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
     #[error("backup stopped: {0}")]
     Fatal(String),
     #[error("path {0:?} is not in the snapshot")]

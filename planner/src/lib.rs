@@ -19,6 +19,7 @@ mod inputs;
 mod memo;
 mod meta;
 mod queries;
+mod repair;
 mod restore;
 
 pub use backup::{BackupOptions, BackupReport, backup, stat_walk};
@@ -31,4 +32,5 @@ pub use inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerpri
 pub use memo::{Memo, MemoRecord};
 pub use meta::metadata_of;
 pub use queries::{Content, TreeResult, dir_tree, file_content};
+pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};

@@ -301,8 +301,14 @@ impl Memo {
     }
 }
 
+/// Opens with redb's integrity check. A panic inside redb on a damaged file is caught and
+/// treated like any other failure to open: the memo is only a cache.
 fn open_checked(path: &Path) -> Result<Database, redb::Error> {
-    Ok(redb::Builder::new().set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES).create(path)?)
+    let open = || redb::Builder::new().set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES).create(path);
+    match std::panic::catch_unwind(open) {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),
+    }
 }
 
 #[cfg(test)]
@@ -338,7 +344,8 @@ mod tests {
         let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
         let tree = BlobId(checksum(b"tree"));
         let seg = checksum(b"segment");
-        memo.write(&[record("y"), record("x"), other], &[DirRecord::new(Path::new("/a/b"), tree)], &[], &[seg]).unwrap();
+        memo.write(&[record("y"), record("x"), other], &[DirRecord::new(Path::new("/a/b"), tree)], &[], &[seg])
+            .unwrap();
         let folder = memo.folder(Path::new("/a/b"));
         let names: Vec<_> = folder.files.iter().map(|r| r.name().to_vec()).collect();
         assert_eq!(names, [b"x".to_vec(), b"y".to_vec()]);

@@ -9,6 +9,7 @@
 //! - [`Repository`]: opening and creating repositories, saving and loading blobs
 //!   (dedup, zstd, sealing, packing), index segments and snapshots.
 //! - [`tree`] and [`snapshot`]: the plaintext structures stored in tree blobs and snapshots.
+//! - [`verify`] and [`repair`]: the survey of every object, and repair from redundancy.
 
 pub mod backend;
 mod config;
@@ -17,16 +18,18 @@ mod ids;
 mod index;
 mod object;
 mod pack;
+pub mod repair;
 mod repository;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 
 pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use error::StoreError;
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use index::{BlobLocation, IndexSegment};
-pub use pack::{MAX_BLOB_LEN, PackEntry, decode_blob_table, parse_blob_table};
-pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats};
+pub use pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
+pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use tree::{Entry, Metadata, Node, Tree};
 

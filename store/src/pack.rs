@@ -5,15 +5,18 @@
 //! 8   ephemeral X25519 public key of this pack               32
 //! 40  blobs, each: nonce (24) | ciphertext | tag (16)
 //!     sealed with the pack key, AAD = blob id (32) | kind (1) | compression (1)
-//! T   blob table: nonce | ciphertext | tag, sealed with the index key, AAD = bytes 0..40
+//! T   blob table: nonce | ciphertext | tag, sealed with the index key, AAD = "bakare pack table"
 //! end table length u32 LE | "bkpt"                           8
 //! ```
+//! The table's plaintext starts with a second copy of the ephemeral key, so a damaged
+//! prefix does not lose the pack: repair derives the pack key from the table's copy.
 //! The pack key is derived from the ephemeral key and the repository's data public key, so
 //! only the master key opens blobs; the blob table needs only the index key, so `index/`
 //! can be rebuilt without the data secret.
 
 use bakare_crypto::{Digest, EphemeralPublic, SEAL_OVERHEAD, SymmetricKey, WriteKey, checksum};
 
+use crate::backend::Backend;
 use crate::ids::{BlobId, BlobKind, PackId};
 use crate::object::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::{Result, StoreError};
@@ -25,9 +28,17 @@ pub(crate) const ENTRY_LEN: usize = 48;
 /// No blob plaintext is larger: chunks are at most 16 MiB (fastcdc), a tree at most 64 MiB.
 pub const MAX_BLOB_LEN: u32 = 64 << 20;
 pub(crate) const PACK_PURPOSE: &[u8] = b"pack";
+const TABLE_AAD: &[u8] = b"bakare pack table";
+
+/// A pack's authenticated blob table and its copy of the pack's ephemeral key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackTable {
+    pub ephemeral: EphemeralPublic,
+    pub entries: Vec<PackEntry>,
+}
 
 /// Where one blob sits in its pack, as listed in the blob table and index segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PackEntry {
     pub id: BlobId,
     pub kind: BlobKind,
@@ -95,6 +106,7 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
 /// [`PackBuilder::finish`].
 pub(crate) struct PackBuilder {
     key: SymmetricKey,
+    eph: EphemeralPublic,
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
 }
@@ -105,7 +117,7 @@ impl PackBuilder {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(&header(ObjectKind::Pack));
         buf.extend_from_slice(&eph.0);
-        Ok(Self { key, buf, entries: Vec::new() })
+        Ok(Self { key, eph, buf, entries: Vec::new() })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -136,15 +148,15 @@ impl PackBuilder {
 
     /// Seals the blob table, appends the trailer and names the pack by its hash.
     pub(crate) fn finish(mut self, index_key: &SymmetricKey) -> Result<(PackId, Vec<u8>, Vec<PackEntry>)> {
-        let mut table = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        let mut table = Vec::with_capacity(36 + self.entries.len() * ENTRY_LEN);
+        table.extend_from_slice(&self.eph.0);
         let count = u32::try_from(self.entries.len()).map_err(|_| StoreError::corrupt("pack", "too many blobs"))?;
         table.extend_from_slice(&count.to_le_bytes());
         for e in &self.entries {
             e.encode(&mut table);
         }
         let start = self.buf.len();
-        let aad: Vec<u8> = self.buf.get(..PACK_PREFIX_LEN).map(<[u8]>::to_vec).unwrap_or_default();
-        index_key.seal_into(&aad, &table, &mut self.buf)?;
+        index_key.seal_into(TABLE_AAD, &table, &mut self.buf)?;
         let sealed_len =
             u32::try_from(self.buf.len() - start).map_err(|_| StoreError::corrupt("pack", "table too big"))?;
         self.buf.extend_from_slice(&sealed_len.to_le_bytes());
@@ -166,22 +178,45 @@ pub(crate) fn pack_ephemeral(name: &str, prefix: &[u8]) -> Result<EphemeralPubli
 
 /// Parses and authenticates the blob table of a whole pack (`bytes`), checking every entry
 /// lies inside the blob area.
-pub fn parse_blob_table(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Vec<PackEntry>> {
-    pack_ephemeral(name, bytes)?;
+pub fn parse_blob_table(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<PackTable> {
     let trailer_at = bytes.len().checked_sub(TRAILER_LEN).ok_or_else(|| StoreError::corrupt(name, "truncated"))?;
-    let trailer = bytes.get(trailer_at..).unwrap_or_default();
+    let table_at = table_start(name, bytes.get(trailer_at..).unwrap_or_default(), trailer_at)?;
+    let sealed = bytes.get(table_at..trailer_at).unwrap_or_default();
+    open_table(name, sealed, table_at, index_key)
+}
+
+/// Where the sealed table starts, from the 8-byte trailer at `trailer_at`.
+fn table_start(name: &str, trailer: &[u8], trailer_at: usize) -> Result<usize> {
     if trailer.get(4..) != Some(TRAILER_MAGIC.as_slice()) {
         return Err(StoreError::corrupt(name, "bad trailer magic"));
     }
     let table_len = le_u32(trailer, 0).ok_or_else(|| StoreError::corrupt(name, "truncated trailer"))? as usize;
-    let table_at = trailer_at
+    trailer_at
         .checked_sub(table_len)
         .filter(|&at| at >= PACK_PREFIX_LEN)
-        .ok_or_else(|| StoreError::corrupt(name, "blob table length out of range"))?;
-    let aad = bytes.get(..PACK_PREFIX_LEN).unwrap_or_default();
-    let sealed = bytes.get(table_at..trailer_at).unwrap_or_default();
-    let table = index_key.open(aad, sealed).map_err(|e| StoreError::crypto(format!("{name} (blob table)"), e))?;
-    decode_entries(name, &table, table_at)
+        .ok_or_else(|| StoreError::corrupt(name, "blob table length out of range"))
+}
+
+fn open_table(name: &str, sealed: &[u8], table_at: usize, key: &SymmetricKey) -> Result<PackTable> {
+    let table = key.open(TABLE_AAD, sealed).map_err(|e| StoreError::crypto(format!("{name} (blob table)"), e))?;
+    let (eph, rest) = table.split_at_checked(32).ok_or_else(|| StoreError::corrupt(name, "blob table too short"))?;
+    let ephemeral = EphemeralPublic(eph.try_into().map_err(|_| StoreError::corrupt(name, "blob table too short"))?);
+    Ok(PackTable { ephemeral, entries: decode_entries(name, rest, table_at)? })
+}
+
+/// Reads and authenticates a stored pack's blob table with two range reads (trailer, table),
+/// without reading its blobs.
+pub fn read_pack_table(backend: &dyn Backend, path: &str, index_key: &SymmetricKey) -> Result<PackTable> {
+    let size = backend.size(path)?;
+    let short = || StoreError::corrupt(path, "too short to be a pack");
+    let trailer_at = usize::try_from(size).ok().and_then(|s| s.checked_sub(TRAILER_LEN)).ok_or_else(short)?;
+    if trailer_at < PACK_PREFIX_LEN {
+        return Err(short());
+    }
+    let trailer = backend.get_range(path, trailer_at as u64, TRAILER_LEN as u64)?;
+    let table_at = table_start(path, &trailer, trailer_at)?;
+    let sealed = backend.get_range(path, table_at as u64, (trailer_at - table_at) as u64)?;
+    open_table(path, &sealed, table_at, index_key)
 }
 
 /// Decodes a blob table's plaintext (`count u32 | entries`), checking every entry lies within
@@ -222,14 +257,16 @@ mod tests {
         b.add(id, BlobKind::Data, false, 3, b"abc").unwrap();
         let (pid, bytes, entries) = b.finish(&m.write.index_key).unwrap();
         assert_eq!(pid, PackId(checksum(&bytes)));
-        let parsed = parse_blob_table("p", &bytes, &m.write.index_key).unwrap();
+        let table = parse_blob_table("p", &bytes, &m.write.index_key).unwrap();
+        assert_eq!(table.ephemeral, pack_ephemeral("p", &bytes).unwrap());
+        let parsed = table.entries;
         assert_eq!(parsed, entries);
         let e = parsed[0];
         let key = m.data_secret.recover(&pack_ephemeral("p", &bytes).unwrap(), PACK_PURPOSE).unwrap();
         let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
         assert_eq!(key.open(&e.aad(), sealed).unwrap(), b"abc");
-        let table_start = bytes.len() - 8 - (4 + 48 + 40);
-        for i in (0..8).chain(table_start..bytes.len()) {
+        let table_start = bytes.len() - 8 - (32 + 4 + 48 + 40);
+        for i in table_start..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x04;
             assert!(parse_blob_table("p", &bad, &m.write.index_key).is_err(), "byte {i}");

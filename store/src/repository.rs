@@ -12,14 +12,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
-use bakare_crypto::{Digest, KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file};
+use bakare_crypto::{
+    Digest, EphemeralPublic, KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file,
+};
 
 use crate::backend::Backend;
 use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
 use crate::object::{get_verified, id_of_path};
-use crate::pack::{MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, pack_ephemeral};
+use crate::pack::{MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, PackTable, pack_ephemeral};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Result, StoreError};
@@ -153,7 +155,8 @@ pub struct Repository {
     index_loaded: OnceLock<Result<(), String>>,
     /// Blobs sealed into open packs, not yet in the index.
     pending: Mutex<HashSet<BlobId>>,
-    pools: [PackPool; 2],
+    /// Open packs: data, trees, and the mirror copies of trees.
+    pools: [PackPool; 3],
     /// Packs written since the last index segment.
     unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
     pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
@@ -227,7 +230,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub(crate) fn pack_path(id: &PackId) -> String {
+/// The object path of a pack.
+pub fn pack_path(id: &PackId) -> String {
     let hex = id.to_hex();
     format!("packs/{}/{}", hex.get(..2).unwrap_or("00"), hex)
 }
@@ -248,8 +252,12 @@ impl Repository {
         }
         chunker.check().map_err(|e| StoreError::corrupt("config", e))?;
         let master = MasterKey::generate()?;
-        let key_file = seal_key_file(&master, passphrase, kdf)?;
-        backend.put(&format!("keys/{}", bakare_crypto::checksum(&key_file)), &key_file)?;
+        // Two independently sealed key files (own salt and nonce): one rotted key file must
+        // not lock the owner out.
+        for _ in 0..2 {
+            let key_file = seal_key_file(&master, passphrase, kdf)?;
+            backend.put(&format!("keys/{}", bakare_crypto::checksum(&key_file)), &key_file)?;
+        }
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| bakare_crypto::CryptoError::Random(e.to_string()))?;
         let config =
@@ -306,6 +314,15 @@ impl Repository {
 
     fn with_key(backend: Arc<dyn Backend>, config: Config, access: Access) -> Result<Self> {
         let key_public = access.write_key().data_public;
+        // A stale or foreign `config` that still decodes: the mirror may be the right one.
+        let config = if key_public == config.data_public() {
+            config
+        } else {
+            match backend.get("config.mirror").map(|b| Config::decode("config.mirror", &b)) {
+                Ok(Ok(mirror)) if mirror.data_public() == key_public => mirror,
+                _ => config,
+            }
+        };
         if key_public != config.data_public() {
             return Err(StoreError::KeyMismatch {
                 expected: config.data_public().fingerprint(),
@@ -323,7 +340,7 @@ impl Repository {
             index: RwLock::default(),
             index_loaded: OnceLock::new(),
             pending: Mutex::default(),
-            pools: [PackPool::default(), PackPool::default()],
+            pools: [PackPool::default(), PackPool::default(), PackPool::default()],
             unindexed: Mutex::default(),
             pack_keys: Mutex::default(),
             index_warnings: Mutex::default(),
@@ -375,9 +392,10 @@ impl Repository {
     /// segment is skipped and reported in [`Repository::index_warnings`]: its blobs are then
     /// saved again if needed. Everything that needs the index loads it on first use.
     pub fn load_index(&self) -> Result<()> {
-        self.index_loaded.get_or_init(|| self.read_index().map_err(|e| e.to_string())).clone().map_err(|reason| {
-            StoreError::Corrupt { object: "index".into(), reason }
-        })
+        self.index_loaded
+            .get_or_init(|| self.read_index().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| StoreError::Corrupt { object: "index".into(), reason })
     }
 
     fn read_index(&self) -> Result<()> {
@@ -464,20 +482,52 @@ impl Repository {
         Ok(SaveOutcome { id, stored })
     }
 
-    fn pool(&self, kind: BlobKind) -> &PackPool {
+    /// The pools a blob of `kind` is sealed into: trees go into two different packs, so one
+    /// damaged pack never loses a folder listing.
+    /// Stores a blob even if the index says the repository has it (repair: the indexed copy
+    /// is damaged).
+    pub fn save_blob_again(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
+        if self.blob_id(data) != id {
+            return Err(StoreError::corrupt(format!("blob {}", id.short()), "content does not match its id"));
+        }
+        let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
+            StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
+        })?;
+        lock(&self.pending).insert(id);
+        let stored = self.seal_into_pack(kind, id, raw_len, data)?;
+        self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(SaveOutcome { id, stored })
+    }
+
+    fn pools_for(&self, kind: BlobKind) -> &[PackPool] {
         match kind {
-            BlobKind::Data => &self.pools[0],
-            BlobKind::Tree => &self.pools[1],
+            BlobKind::Data => self.pools.get(..1).unwrap_or_default(),
+            BlobKind::Tree => self.pools.get(1..).unwrap_or_default(),
         }
     }
 
     fn seal_into_pack(&self, kind: BlobKind, id: BlobId, raw_len: u32, data: &[u8]) -> Result<u64> {
         let compressed = compress(self.compression_level, data);
         let payload = compressed.as_deref().unwrap_or(data);
+        let mut stored = 0;
+        for pool in self.pools_for(kind) {
+            stored += self.seal_into(pool, kind, id, raw_len, compressed.is_some(), payload)?;
+        }
+        Ok(stored)
+    }
+
+    fn seal_into(
+        &self,
+        pool: &PackPool,
+        kind: BlobKind,
+        id: BlobId,
+        raw_len: u32,
+        compressed: bool,
+        payload: &[u8],
+    ) -> Result<u64> {
         let target = self.config.pack_size as usize;
-        let pool = self.pool(kind);
         let mut builder = pool.take(|| PackBuilder::new(self.access.write_key(), target + target / 8))?;
-        let stored = match builder.add(id, kind, compressed.is_some(), raw_len, payload) {
+        let stored = match builder.add(id, kind, compressed, raw_len, payload) {
             Ok(s) => s,
             Err(e) => {
                 pool.give_back(builder);
@@ -513,8 +563,8 @@ impl Repository {
     /// Writes every open pack, then one index segment for all packs written since the last
     /// flush. After this returns, every blob saved so far is durable and findable.
     pub fn flush(&self) -> Result<()> {
-        for kind in [BlobKind::Data, BlobKind::Tree] {
-            for b in self.pool(kind).drain().into_iter().filter(|b| !b.is_empty()) {
+        for pool in &self.pools {
+            for b in pool.drain().into_iter().filter(|b| !b.is_empty()) {
                 self.write_pack(b)?;
             }
         }
@@ -533,11 +583,48 @@ impl Repository {
         }
         let path = pack_path(pack);
         let prefix = self.backend.get_range(&path, 0, PACK_PREFIX_LEN as u64)?;
-        let eph = pack_ephemeral(&path, &prefix)?;
-        let key =
-            self.access.master()?.data_secret.recover(&eph, PACK_PURPOSE).map_err(|e| StoreError::crypto(&path, e))?;
+        let key = self.derive_pack_key(&path, &pack_ephemeral(&path, &prefix)?)?;
         lock(&self.pack_keys).insert(*pack, key.clone());
         Ok(key)
+    }
+
+    fn derive_pack_key(&self, path: &str, eph: &EphemeralPublic) -> Result<SymmetricKey> {
+        self.access.master()?.data_secret.recover(eph, PACK_PURPOSE).map_err(|e| StoreError::crypto(path, e))
+    }
+
+    /// Reads one blob at a location, and if that fails, tries the pack key derived from
+    /// `alternate` (the blob table's copy of the ephemeral key, for when the pack's first
+    /// bytes are damaged).
+    pub fn load_blob_trying(&self, loc: &BlobLocation, alternate: Option<&PackTable>) -> Result<Vec<u8>> {
+        let first = self.load_blob_at(loc);
+        let Some(table) = alternate else { return first };
+        if first.is_ok() {
+            return first;
+        }
+        let path = pack_path(&loc.pack);
+        let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+        let key = self.derive_pack_key(&path, &table.ephemeral)?;
+        self.open_sealed(&path, &key, &loc.entry, &sealed).or(first)
+    }
+
+    /// As [`Repository::open_blob_in`], trying the table's key copy when the pack's fails.
+    pub fn open_blob_in_trying(
+        &self,
+        pack: &PackId,
+        entry: &PackEntry,
+        bytes: &[u8],
+        alternate: Option<&PackTable>,
+    ) -> Result<Vec<u8>> {
+        let first = self.open_blob_in(pack, entry, bytes);
+        let Some(table) = alternate else { return first };
+        if first.is_ok() {
+            return first;
+        }
+        let path = pack_path(pack);
+        let start = entry.offset as usize;
+        let Some(sealed) = bytes.get(start..start.saturating_add(entry.length as usize)) else { return first };
+        let key = self.derive_pack_key(&path, &table.ephemeral)?;
+        self.open_sealed(&path, &key, entry, sealed).or(first)
     }
 
     /// Where a blob is, if the (loaded) index has it.
@@ -555,10 +642,32 @@ impl Repository {
         self.open_blob(&path, &loc.entry, &sealed)
     }
 
+    /// Reads one blob at a given location (verify and repair try every known copy).
+    pub fn load_blob_at(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        self.access.master()?;
+        let path = pack_path(&loc.pack);
+        let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+        self.open_blob(&path, &loc.entry, &sealed)
+    }
+
+    /// Opens a blob from a pack's bytes already in memory (whole-pack reads of verify).
+    pub fn open_blob_in(&self, pack: &PackId, entry: &PackEntry, pack_bytes: &[u8]) -> Result<Vec<u8>> {
+        let path = pack_path(pack);
+        let start = entry.offset as usize;
+        let sealed = pack_bytes
+            .get(start..start.saturating_add(entry.length as usize))
+            .ok_or_else(|| StoreError::corrupt(&path, format!("blob {} lies past the end", entry.id.short())))?;
+        self.open_blob(&path, entry, sealed)
+    }
+
     fn open_blob(&self, path: &str, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
-        let name = || format!("blob {} in {path}", entry.id.short());
         let pack = id_of_path(path).map(PackId).ok_or_else(|| StoreError::corrupt(path, "bad pack name"))?;
-        let plain = self.pack_key(&pack)?.open(&entry.aad(), sealed).map_err(|e| StoreError::crypto(name(), e))?;
+        self.open_sealed(path, &self.pack_key(&pack)?, entry, sealed)
+    }
+
+    fn open_sealed(&self, path: &str, key: &SymmetricKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+        let name = || format!("blob {} in {path}", entry.id.short());
+        let plain = key.open(&entry.aad(), sealed).map_err(|e| StoreError::crypto(name(), e))?;
         let data = if entry.compressed {
             zstd::bulk::decompress(&plain, entry.raw_len as usize)
                 .map_err(|e| StoreError::corrupt(name(), e.to_string()))?

@@ -7,3 +7,4 @@ pub mod key;
 pub mod ls;
 pub mod restore;
 pub mod snapshots;
+pub mod verify;

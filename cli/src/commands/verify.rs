@@ -1,0 +1,75 @@
+//! `bakare verify [--read-data | --read-data-subset N/M] [--repair [--source PATH]]`
+
+use anyhow::Result;
+use bakare_planner::{CheckOptions, check};
+use bakare_store::verify::{ReadData, Survey};
+
+use crate::Outcome;
+use crate::args::VerifyArgs;
+use crate::context::Context;
+use crate::output::bytes;
+
+pub fn run(ctx: &Context, a: &VerifyArgs) -> Result<Outcome> {
+    let (repo, pass) = ctx.open_master()?;
+    let read_data = match (a.read_data, a.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some((n, m))) => ReadData::Subset { n, m },
+        (false, None) => ReadData::No,
+    };
+    let opts =
+        CheckOptions { read_data, repair: a.repair, source: a.source.clone(), passphrase: Some(pass.into_bytes()) };
+    let out = check(repo.backend().clone(), repo.access().clone(), &opts)?;
+    let last = out.after.as_ref().unwrap_or(&out.before);
+    let lost_any = !out.rewritten.is_empty() || !last.lost.is_empty();
+    if ctx.global.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "type": "verify",
+                "problems": out.before.problems,
+                "lost": out.before.lost,
+                "actions": out.actions,
+                "recovered_chunks": out.recovered,
+                "rewritten_snapshots": out.rewritten.iter().map(|(o, n)| [o.to_hex(), n.to_hex()]).collect::<Vec<_>>(),
+                "problems_after": out.after.as_ref().map(|s| &s.problems),
+                "clean": last.is_clean() && !lost_any,
+                "snapshots": out.before.snapshots.len(), "packs": out.before.packs.len(),
+                "trees": out.before.trees_checked, "blobs_read": out.before.blobs_read, "bytes_read": out.before.bytes_read,
+            })
+        )?;
+    } else {
+        print_survey(ctx, &out.before, "")?;
+        for action in &out.actions {
+            out!("repair: {action}")?;
+        }
+        if let Some(after) = &out.after {
+            print_survey(ctx, after, "after repair: ")?;
+        }
+    }
+    Ok(if last.is_clean() && !lost_any { Outcome::Success } else { Outcome::Problems })
+}
+
+fn print_survey(ctx: &Context, s: &Survey, prefix: &str) -> std::io::Result<()> {
+    for p in &s.problems {
+        let how = if p.repairable { "repairable" } else { "not repairable" };
+        out!("{prefix}{}: {} ({how})", p.object, p.problem)?;
+    }
+    if !s.lost.is_empty() {
+        out!("{prefix}files with lost data (snapshot, path, bytes):")?;
+        for l in &s.lost {
+            out!("  {} {} {}", l.snapshot.get(..8).unwrap_or(&l.snapshot), l.path, bytes(l.lost_bytes))?;
+        }
+    }
+    if !ctx.global.quiet {
+        out!(
+            "{prefix}{} snapshots, {} packs, {} trees checked, {} blobs read ({}): {}",
+            s.snapshots.len(),
+            s.packs.len(),
+            s.trees_checked,
+            s.blobs_read,
+            bytes(s.bytes_read),
+            if s.is_clean() { "no problems".to_string() } else { format!("{} problems", s.problems.len()) }
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Shared machinery of the corruption tests: a small real repository with two snapshots, a
+//! pristine copy to reset it from, seeded mutations of one file of a given kind, and the
+//! classification of what verify, repair and restore made of each.
+//!
+//! Run by `cargo test -p bakare-corruption-tests` (200 mutations per kind; set
+//! `CORRUPTION_ITERATIONS` for a longer soak).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bakare_planner::{
+    BackupOptions, CheckOptions, Counters, Excludes, Memo, RestoreOptions, Start, backup, check, find_node, restore,
+};
+use bakare_store::backend::LocalBackend;
+use bakare_store::crypto::KdfParams;
+use bakare_store::verify::ReadData;
+use bakare_store::{Access, BlobId, BlobKind, ChunkerParams, Repository, parse_blob_table, read_pack_table};
+
+/// A small deterministic generator (xorshift), so every run mutates the same bytes.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
+    }
+}
+
+/// The kinds of repository file mutated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Config,
+    ConfigMirror,
+    KeyFile,
+    IndexSegment,
+    Snapshot,
+    SnapshotMirror,
+    PackBlobTable,
+    PackData,
+    TreeBlob,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Config,
+        Kind::ConfigMirror,
+        Kind::KeyFile,
+        Kind::IndexSegment,
+        Kind::Snapshot,
+        Kind::SnapshotMirror,
+        Kind::PackBlobTable,
+        Kind::PackData,
+        Kind::TreeBlob,
+    ];
+
+    /// Whether the kind holds only metadata, which redundancy must repair in full.
+    pub fn metadata_only(&self) -> bool {
+        !matches!(self, Kind::PackData)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mutation {
+    BitFlip,
+    Overwrite,
+    ZeroRun,
+    Truncate,
+    StaleCopy,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 5] =
+        [Mutation::BitFlip, Mutation::Overwrite, Mutation::ZeroRun, Mutation::Truncate, Mutation::StaleCopy];
+}
+
+/// What came of one mutation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The mutation left the bytes as they were.
+    NoOp,
+    /// Detected, and after repair every snapshot restores byte-identical.
+    Repaired,
+    /// Detected; the files that lost data are reported and everything else restores identical.
+    ReportedLoss,
+    /// Not detected (must never happen).
+    Undetected,
+    /// A restore gave bytes that differ from what was backed up (must never happen).
+    WrongData,
+    /// Repair left problems behind, or a panic (must never happen).
+    Failed,
+}
+
+/// A repository with two snapshots of a source tree, and what each should restore to.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub source: PathBuf,
+    pub pristine: BTreeMap<PathBuf, Vec<u8>>,
+    /// Snapshot time -> relative path -> content hash, per snapshot.
+    pub expected: BTreeMap<i64, BTreeMap<String, blake3::Hash>>,
+    pub access: Access,
+}
+
+fn write_tree(root: &Path, generation: u8) {
+    for i in 0..24u32 {
+        let dir = root.join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        let len = 300 + (i as usize * 7919) % 40_000;
+        let mut x = u64::from(i) * 31 + u64::from(if i % 3 == 0 { generation } else { 0 }) + 1;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 3 == 0 { b'a' + (x % 7) as u8 } else { x as u8 }
+            })
+            .collect();
+        let path = dir.join(format!("f{i}"));
+        fs::write(&path, bytes).unwrap();
+        // Old enough that the memo trusts it (a file written just now is "racy").
+        let t = filetime::FileTime::from_unix_time(1_600_000_000 + i64::from(i) + i64::from(generation) * 100, 0);
+        filetime::set_file_mtime(&path, t).unwrap();
+    }
+    fs::write(root.join("empty"), b"").unwrap();
+    filetime::set_file_mtime(root.join("empty"), filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+}
+
+/// Content hash of every file below `root`, by relative path.
+pub fn contents(root: &Path) -> BTreeMap<String, blake3::Hash> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, blake3::hash(&fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn snapshot_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        let repo_dir = dir.path().join("repo");
+        let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
+        let chunker = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
+        let repo = Arc::new(Repository::init(Arc::new(LocalBackend::new(&repo_dir)), b"pw", kdf, chunker).unwrap());
+        let opts = BackupOptions {
+            excludes: Excludes::none(),
+            host: "h".into(),
+            user: "u".into(),
+            tags: vec![],
+            force_rehash: false,
+        };
+        let mut expected = BTreeMap::new();
+        for generation in [1, 2] {
+            write_tree(&source, generation);
+            let r =
+                backup(repo.clone(), &Memo::disabled(), std::slice::from_ref(&source), &opts, Arc::default()).unwrap();
+            expected.insert(r.snapshot.time_ns, contents(&source));
+        }
+        let access = repo.access().clone();
+        let pristine = snapshot_files(&repo_dir);
+        Self { dir, source, pristine, expected, access }
+    }
+
+    pub fn repo_dir(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// Puts the repository back as it was after the two backups.
+    pub fn reset(&self) {
+        let root = self.repo_dir();
+        fs::remove_dir_all(&root).unwrap();
+        for (rel, bytes) in &self.pristine {
+            let p = root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, bytes).unwrap();
+        }
+    }
+
+    fn files(&self, prefix: &str) -> Vec<PathBuf> {
+        self.pristine.keys().filter(|p| p.starts_with(prefix)).cloned().collect()
+    }
+
+    /// A handle on the repository, for backups in tests.
+    pub fn open_repo(&self) -> Arc<Repository> {
+        Arc::new(self.repo())
+    }
+
+    fn repo(&self) -> Repository {
+        Repository::open_with_key(Arc::new(LocalBackend::new(self.repo_dir())), self.access.clone()).unwrap()
+    }
+
+    /// Picks the file and byte range a mutation of `kind` may touch.
+    fn target(&self, kind: Kind, rng: &mut Rng) -> (PathBuf, std::ops::Range<usize>) {
+        let pick = |files: Vec<PathBuf>, rng: &mut Rng| files[rng.below(files.len())].clone();
+        let whole = |p: PathBuf| {
+            let len = self.pristine[&p].len();
+            (p, 0..len)
+        };
+        match kind {
+            Kind::Config => whole("config".into()),
+            Kind::ConfigMirror => whole("config.mirror".into()),
+            Kind::KeyFile => whole(pick(self.files("keys"), rng)),
+            Kind::IndexSegment => whole(pick(self.files("index"), rng)),
+            Kind::Snapshot => whole(pick(self.files("snapshots/"), rng)),
+            Kind::SnapshotMirror => whole(pick(self.files("snapshots.mirror"), rng)),
+            Kind::PackBlobTable => {
+                let p = pick(self.files("packs"), rng);
+                let bytes = &self.pristine[&p];
+                let n = bytes.len();
+                let table = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+                (p, n - 8 - table..n)
+            }
+            Kind::PackData | Kind::TreeBlob => {
+                let want = if kind == Kind::PackData { BlobKind::Data } else { BlobKind::Tree };
+                let repo = self.repo();
+                let key = &self.access.write_key().index_key;
+                let mut candidates = Vec::new();
+                for p in self.files("packs") {
+                    let t = read_pack_table(repo.backend().as_ref(), &p.to_string_lossy(), key).unwrap();
+                    for e in t.entries.iter().filter(|e| e.kind == want) {
+                        candidates.push((p.clone(), e.offset as usize..(e.offset + e.length) as usize));
+                    }
+                }
+                candidates[rng.below(candidates.len())].clone()
+            }
+        }
+    }
+
+    /// Mutates one file of `kind`; returns whether its bytes changed, and the blobs of the
+    /// pack it mutated (empty for other files): the most that may be lost.
+    pub fn mutate(&self, kind: Kind, m: Mutation, rng: &mut Rng) -> (bool, HashSet<BlobId>) {
+        let (rel, range) = self.target(kind, rng);
+        let at_risk: HashSet<BlobId> = if rel.starts_with("packs") {
+            let key = &self.access.write_key().index_key;
+            parse_blob_table("pack", &self.pristine[&rel], key).unwrap().entries.iter().map(|e| e.id).collect()
+        } else {
+            HashSet::new()
+        };
+        let path = self.repo_dir().join(&rel);
+        let original = self.pristine[&rel].clone();
+        let mut bytes = original.clone();
+        let at = range.start + rng.below(range.len());
+        match m {
+            Mutation::BitFlip => bytes[at] ^= 1 << rng.below(8),
+            Mutation::Overwrite => {
+                for b in bytes.iter_mut().skip(at).take(1 + rng.below(16)) {
+                    *b = rng.next_u64() as u8;
+                }
+            }
+            Mutation::ZeroRun => {
+                for b in bytes.iter_mut().skip(at).take(1 + rng.below(512)) {
+                    *b = 0;
+                }
+            }
+            Mutation::Truncate => bytes.truncate(at),
+            Mutation::StaleCopy => {
+                // Another object of the same kind in its place (for the config, its mirror of
+                // another repository): what a restore from an old backup of the disk leaves.
+                let others: Vec<_> = match kind {
+                    Kind::Config | Kind::ConfigMirror => vec![foreign_config()],
+                    // Another pack's table and trailer in place of this one's.
+                    Kind::PackBlobTable => self
+                        .files("packs")
+                        .into_iter()
+                        .filter(|p| *p != rel)
+                        .map(|p| {
+                            let other = &self.pristine[&p];
+                            let n = other.len();
+                            let table = u32::from_le_bytes(other[n - 8..n - 4].try_into().unwrap()) as usize;
+                            let mut spliced = original[..range.start].to_vec();
+                            spliced.extend_from_slice(&other[n - 8 - table..]);
+                            spliced
+                        })
+                        .collect(),
+                    _ => {
+                        let dir = rel.parent().and_then(|p| p.components().next()).unwrap().as_os_str().to_owned();
+                        self.files(&dir.to_string_lossy())
+                            .into_iter()
+                            .filter(|p| *p != rel)
+                            .map(|p| self.pristine[&p].clone())
+                            .collect()
+                    }
+                };
+                if others.is_empty() {
+                    bytes.truncate(at);
+                } else {
+                    bytes = others[rng.below(others.len())].clone();
+                }
+            }
+        }
+        fs::write(&path, &bytes).unwrap();
+        (bytes != original, at_risk)
+    }
+
+    /// Repairs (with the source for lost data), then restores every snapshot and compares.
+    pub fn judge(&self, at_risk: &HashSet<BlobId>) -> (Outcome, String) {
+        let opts = CheckOptions {
+            read_data: ReadData::All,
+            repair: true,
+            source: Some(self.source.clone()),
+            passphrase: Some(b"pw".to_vec()),
+        };
+        let backend = Arc::new(LocalBackend::new(self.repo_dir()));
+        let out = match std::panic::catch_unwind(|| check(backend, self.access.clone(), &opts)) {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return (Outcome::Failed, format!("check failed: {e}")),
+            Err(_) => return (Outcome::Failed, "panic".into()),
+        };
+        if out.before.is_clean() {
+            return (Outcome::Undetected, "verify found nothing".into());
+        }
+        if let Some(l) = out.before.lost.iter().find(|l| l.lost_chunks.iter().any(|c| !at_risk.contains(c))) {
+            return (Outcome::Failed, format!("{} reported lost though none of its data was damaged", l.path));
+        }
+        let after = out.after.as_ref().unwrap();
+        if !after.is_clean() {
+            return (Outcome::Failed, format!("left after repair: {:?}", after.problems));
+        }
+        let repo = self.repo();
+        let snaps = repo.snapshots().unwrap().snapshots;
+        if snaps.len() != self.expected.len() {
+            return (Outcome::Failed, format!("{} snapshots after repair", snaps.len()));
+        }
+        let mut lost = 0;
+        for (id, snap) in &snaps {
+            let target = self.dir.path().join(format!("restore-{}", id.short()));
+            let _ = fs::remove_dir_all(&target);
+            let start = find_node(&repo, snap.root, &self.source.to_string_lossy());
+            let restored = start.and_then(|s| match s {
+                Start::Tree(_) => restore(&repo, s, &target, RestoreOptions::default(), &Counters::default()),
+                Start::Entry(_) => Err(bakare_planner::PlanError::NoSuchPath("source".into())),
+            });
+            let report = match restored {
+                Ok(r) => r,
+                Err(e) => return (Outcome::Failed, format!("restore of {}: {e}", id.short())),
+            };
+            let got = contents(&target);
+            let want = &self.expected[&snap.time_ns];
+            for (path, hash) in &got {
+                if want.get(path) != Some(hash) {
+                    return (Outcome::WrongData, format!("{path} in {} differs", id.short()));
+                }
+            }
+            let missing: Vec<_> = want.keys().filter(|p| !got.contains_key(*p)).collect();
+            if missing.len() != report.skipped.len() {
+                return (
+                    Outcome::Failed,
+                    format!("{} files missing but {} reported", missing.len(), report.skipped.len()),
+                );
+            }
+            lost += missing.len();
+            let _ = fs::remove_dir_all(&target);
+        }
+        if lost > 0 {
+            (Outcome::ReportedLoss, format!("{lost} files lost"))
+        } else {
+            (Outcome::Repaired, String::new())
+        }
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A valid config of another repository.
+fn foreign_config() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
+    Repository::init(Arc::new(LocalBackend::new(dir.path())), b"other", kdf, ChunkerParams::default()).unwrap();
+    fs::read(dir.path().join("config")).unwrap()
+}
