@@ -39,7 +39,7 @@ pub struct Global {
     pub no_cache: bool,
     /// Worker threads for reading, hashing, compressing and writing [default: 4 per core,
     /// so that reads of small files overlap]
-    #[arg(long, global = true, env = "BAKARE_THREADS", value_name = "N")]
+    #[arg(long, global = true, env = "BAKARE_THREADS", hide_env_values = true, value_name = "N")]
     pub threads: Option<usize>,
 }
 

@@ -70,7 +70,8 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    for cmd in [&[][..], &["init"], &["backup"], &["snapshots"], &["ls"], &["restore"], &["key", "export"]] {
+    for cmd in [&[][..], &["init"], &["backup"], &["snapshots"], &["ls"], &["restore"], &["verify"], &["key", "export"]]
+    {
         let mut args = cmd.to_vec();
         args.push("--help");
         let name = if cmd.is_empty() { "help".to_string() } else { format!("help_{}", cmd.join("_")) };

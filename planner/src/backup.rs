@@ -1,16 +1,17 @@
-//! A backup run: walk and plan, read what changed, assemble trees, write the snapshot last.
+//! A backup run: walk and plan, read what changed, build trees, write the snapshot last.
 //!
-//! 1. **Walk** (rayon, no salsa queries): every folder is listed and `lstat`ed in name order
-//!    and merge-joined with the memo's records for it. A file whose content fingerprint
-//!    matches a trustworthy record is resolved from the memo without being opened; a folder
-//!    whose children all resolve becomes a tree right away (trees are content-addressed, so
-//!    an unchanged folder yields the same id and its blob is not stored again). What remains
-//!    is the changed working set: [`SourceDir`] and [`SourceFile`] salsa inputs.
-//! 2. **Read**: `file_content` for every pending file, from top-level rayon tasks, each on its
-//!    own database clone.
-//! 3. **Assemble**: `dir_tree` of the root, sequentially; file contents are memo hits by now.
-//! 4. **Commit**: flush packs and the index segment, remember what was read in the memo,
-//!    write the snapshot.
+//! Folders are walked depth-first with rayon (siblings in parallel). Each folder is listed
+//! and `lstat`ed in name order and merge-joined with the memo's records for it. A file whose
+//! content fingerprint matches a trustworthy record is resolved from the memo without being
+//! opened. If every child resolves, the folder becomes a tree at once (trees are
+//! content-addressed: an unchanged folder yields the same id, and a remembered id is not
+//! stored again). Otherwise the folder is the changed working set of its own short-lived salsa
+//! database: a [`SourceDir`] input whose pending children are [`SourceFile`] inputs;
+//! `file_content` runs for them from top-level rayon tasks, each on a database clone, then
+//! `dir_tree` builds the folder's tree and the database is dropped. Subfolders are resolved
+//! before their parent, so live salsa state is bounded by the folders in flight, not by the
+//! tree. Every so many files read, a checkpoint flushes packs and an index segment and
+//! commits the memo records whose chunks are now durable; the snapshot comes last.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -76,28 +77,29 @@ impl Sources {
     }
 }
 
-/// A folder after the walk: done, or pending in the salsa database.
-enum Resolved {
-    Tree(BlobId, Option<String>),
-    Changed(SourceDir),
-}
+/// A folder after the walk: its tree, and the error that kept it from being listed.
+struct Resolved(BlobId, Option<String>);
+
+/// Memo records accumulated before a checkpoint writes them.
+const CHECKPOINT_RECORDS: usize = 20_000;
 
 struct Walk<'a> {
     repo: &'a Repository,
     memo: &'a Memo,
+    run: Arc<RunContext>,
     force: bool,
     /// Every index segment the memo was written against still exists, so every blob it names
     /// does too (only GC deletes, and it removes the segments of what it deletes).
     trusted: bool,
     /// Trees of folders whose id differs from the memo's, to remember.
     dirs: Mutex<Vec<DirRecord>>,
-    /// Folders left to salsa, whose trees are known only after assembly.
-    changed_dirs: Mutex<Vec<SourceDir>>,
     counters: &'a Counters,
-    pending: Mutex<Vec<SourceFile>>,
     /// Memo keys of names that are no longer regular files.
     stale: Mutex<Vec<Vec<u8>>>,
     errors: Mutex<Vec<(PathBuf, String)>>,
+    /// Held by the thread writing a checkpoint.
+    checkpointing: Mutex<()>,
+    memo_warnings: Mutex<Vec<String>>,
 }
 
 fn now_ns() -> i64 {
@@ -130,51 +132,31 @@ pub fn backup(
         fresh: Mutex::default(),
         errors: Mutex::default(),
     };
-    let db = PlanDb::new(run);
+    let run = Arc::new(run);
     let seen = memo.segments();
     let present: std::collections::HashSet<_> = repo.index_segments()?.into_iter().collect();
     let walk = Walk {
         repo: &repo,
         memo,
+        run: run.clone(),
         force: opts.force_rehash,
         trusted: seen.iter().all(|s| present.contains(s)),
         dirs: Mutex::default(),
-        changed_dirs: Mutex::default(),
         counters: &counters,
-        pending: Mutex::default(),
         stale: Mutex::default(),
         errors: Mutex::default(),
+        checkpointing: Mutex::default(),
+        memo_warnings: Mutex::new(memo.warnings.clone()),
     };
-    let root = if sources.whole {
-        walk.dir(&db, Path::new("/"), &opts.excludes.enter(Path::new("/")))?
+    let Resolved(root, _) = if sources.whole {
+        walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))?
     } else {
-        walk.virtual_dir(&db, &sources, Path::new("/"), &opts.excludes)?
+        walk.virtual_dir(&sources, Path::new("/"), &opts.excludes)?
     };
-    let pending = take(&walk.pending);
-    pending.par_iter().for_each_with(db.clone(), |db, f| {
-        file_content(db, *f);
-    });
-    let root = match root {
-        Resolved::Tree(id, _) => id,
-        Resolved::Changed(dir) => match dir_tree(&db, dir) {
-            TreeResult::Saved(id) => *id,
-            TreeResult::Fatal(e) => return Err(PlanError::Fatal(e.clone())),
-        },
-    };
-    repo.flush()?;
-    let mut dirs = take(&walk.dirs);
-    for d in take(&walk.changed_dirs) {
-        if let TreeResult::Saved(id) = dir_tree(&db, d) {
-            dirs.push(DirRecord::new(d.path(&db), *id));
-        }
-    }
-    let mut memo_warnings = memo.warnings.clone();
-    let segments = repo.index_segments()?;
-    if let Err(e) = memo.write(&take(&db.context().fresh), &dirs, &take(&walk.stale), &segments) {
-        memo_warnings.push(format!("could not update the local memo: {e}"));
-    }
+    walk.checkpoint(true)?;
+    let memo_warnings = take(&walk.memo_warnings);
     let mut errors = take(&walk.errors);
-    errors.extend(take(&db.context().errors));
+    errors.extend(take(&run.errors));
     errors.sort();
     let c = &counters;
     let stats = SnapshotStats {
@@ -219,10 +201,49 @@ impl Walk<'_> {
         }
     }
 
+    /// Writes memo records whose blobs are durable: flushes packs and an index segment first.
+    /// Runs when enough records have accumulated (or at the end, `all`); one thread at a time.
+    fn checkpoint(&self, all: bool) -> Result<(), PlanError> {
+        let due = self.run.fresh.lock().map(|f| f.len() >= CHECKPOINT_RECORDS).unwrap_or(false);
+        if !all && !due {
+            return Ok(());
+        }
+        let Ok(_writer) = (if all {
+            self.checkpointing.lock().map_err(|_| ())
+        } else {
+            self.checkpointing.try_lock().map_err(|_| ())
+        }) else {
+            return Ok(());
+        };
+        self.repo.flush()?;
+        let records = take(&self.run.fresh);
+        let dirs = take(&self.dirs);
+        // Chunks of files read while the flush ran may be in open packs, or in packs written
+        // since, that no index segment lists yet: their records wait for the next checkpoint.
+        let unindexed = self.repo.not_yet_indexed();
+        let durable = |id: &BlobId| self.repo.is_durable(id, &unindexed);
+        let (ready, later): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.chunks.iter().all(durable));
+        let (dirs_ready, dirs_later): (Vec<_>, Vec<_>) = dirs.into_iter().partition(|d| durable(&d.tree));
+        if let Ok(mut f) = self.run.fresh.lock() {
+            f.extend(later);
+        }
+        if let Ok(mut d) = self.dirs.lock() {
+            d.extend(dirs_later);
+        }
+        let stale = if all { take(&self.stale) } else { Vec::new() };
+        let segments = self.repo.index_segments()?;
+        if let Err(e) = self.memo.write(&ready, &dirs_ready, &stale, &segments)
+            && let Ok(mut w) = self.memo_warnings.lock()
+        {
+            w.push(format!("could not update the local memo: {e}"));
+        }
+        Ok(())
+    }
+
     /// A folder on the way to a source: only the source-bearing children are listed.
-    fn virtual_dir(&self, db: &PlanDb, node: &Sources, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
+    fn virtual_dir(&self, node: &Sources, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
         let folder = self.memo.folder(path);
-        let memo = folder.files;
+        let db = PlanDb::with_context(self.run.clone());
         let children = node
             .children
             .par_iter()
@@ -231,19 +252,21 @@ impl Walk<'_> {
                 let meta = fs::symlink_metadata(&child_path)
                     .map_err(|source| PlanError::Source { path: child_path.clone(), source })?;
                 if child.whole {
-                    self.child(db, &child_path, name.as_bytes(), &meta, ex, &memo)
+                    self.child(db, &child_path, name.as_bytes(), &meta, ex, &folder.files)
                 } else {
                     Counters::add(&self.counters.dirs, 1);
-                    let sub = self.virtual_dir(db, child, &child_path, ex)?;
-                    Ok(Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind: dir_kind(sub) })
+                    let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
+                    let kind = ChildKind::Resolved { node: Node::Dir { tree }, error };
+                    Ok(Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind })
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.finish(db, path, children, None, folder.tree)
     }
 
-    fn dir(&self, db: &PlanDb, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
+    fn dir(&self, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
         Counters::add(&self.counters.dirs, 1);
+        let db = PlanDb::with_context(self.run.clone());
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
@@ -282,17 +305,25 @@ impl Walk<'_> {
         self.finish(db, path, children, None, folder.tree)
     }
 
-    /// A tree if every child is resolved, else a salsa input for the pending folder. A tree
-    /// whose id equals the memo's (and the memo is trusted) is known to be stored already.
+    /// The folder's tree. With no pending child it is built directly (and, when its id is the
+    /// memo's and the memo is trusted, known to be stored); otherwise the folder's database
+    /// reads its pending files in parallel and `dir_tree` builds it.
     fn finish(
         &self,
-        db: &PlanDb,
+        db: PlanDb,
         path: &Path,
         children: Vec<Child>,
         error: Option<String>,
         remembered: Option<BlobId>,
     ) -> Result<Resolved, PlanError> {
-        if children.iter().all(|c| matches!(c.kind, ChildKind::Resolved { .. })) {
+        let pending: Vec<SourceFile> = children
+            .iter()
+            .filter_map(|c| match c.kind {
+                ChildKind::File(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let id = if pending.is_empty() {
             let entries = children
                 .into_iter()
                 .filter_map(|c| match c.kind {
@@ -302,19 +333,30 @@ impl Walk<'_> {
                 .collect();
             let bytes = Tree { entries }.encode()?;
             let id = self.repo.blob_id(&bytes);
-            if !(self.trusted && remembered == Some(id)) {
-                self.repo.save_blob_with_id(BlobKind::Tree, id, &bytes)?;
-                if let Ok(mut d) = self.dirs.lock() {
-                    d.push(DirRecord::new(path, id));
-                }
+            if self.trusted && remembered == Some(id) {
+                return Ok(Resolved(id, error));
             }
-            return Ok(Resolved::Tree(id, error));
+            self.repo.save_blob_with_id(BlobKind::Tree, id, &bytes)?;
+            id
+        } else {
+            // Top-level tasks: no salsa query is running on this thread here.
+            pending.par_iter().for_each_with(db.clone(), |db, f| {
+                file_content(db, *f);
+            });
+            let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error: error.clone() });
+            match dir_tree(&db, dir) {
+                TreeResult::Saved(id) => *id,
+                TreeResult::Fatal(e) => return Err(PlanError::Fatal(e.clone())),
+            }
+        };
+        if remembered != Some(id)
+            && let Ok(mut d) = self.dirs.lock()
+        {
+            d.push(DirRecord::new(path, id));
         }
-        let dir = SourceDir::new(db, path.to_path_buf(), Listing { children, error });
-        if let Ok(mut d) = self.changed_dirs.lock() {
-            d.push(dir);
-        }
-        Ok(Resolved::Changed(dir))
+        drop(db);
+        self.checkpoint(false)?;
+        Ok(Resolved(id, error))
     }
 
     fn child(
@@ -328,7 +370,8 @@ impl Walk<'_> {
     ) -> Result<Child, PlanError> {
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
-            dir_kind(self.dir(db, path, &ex.enter(path))?)
+            let Resolved(tree, error) = self.dir(path, &ex.enter(path))?;
+            ChildKind::Resolved { node: Node::Dir { tree }, error }
         } else if ft.is_file() {
             self.file(db, path, name, meta, memo)
         } else if ft.is_symlink() {
@@ -364,23 +407,12 @@ impl Walk<'_> {
             return ChildKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
         }
         let previous = record.map(|r| chunk_list_digest(&r.chunks));
-        let f = SourceFile::new(db, path.to_path_buf(), fp, previous);
-        if let Ok(mut p) = self.pending.lock() {
-            p.push(f);
-        }
-        ChildKind::File(f)
+        ChildKind::File(SourceFile::new(db, path.to_path_buf(), fp, previous))
     }
 }
 
 fn is_file(k: &ChildKind) -> bool {
     matches!(k, ChildKind::File(_) | ChildKind::Resolved { node: Node::File { .. }, .. })
-}
-
-fn dir_kind(r: Resolved) -> ChildKind {
-    match r {
-        Resolved::Tree(tree, error) => ChildKind::Resolved { node: Node::Dir { tree }, error },
-        Resolved::Changed(d) => ChildKind::Dir(d),
-    }
 }
 
 /// A folder's children that are not excluded, sorted by name bytes.

@@ -446,6 +446,22 @@ impl Repository {
         BlobId(self.access.write_key().id_key.id(data))
     }
 
+    /// Blobs this handle saved that no written index segment lists yet (sealed into open
+    /// packs, or in packs written since the last flush).
+    pub fn not_yet_indexed(&self) -> HashSet<BlobId> {
+        let mut out: HashSet<BlobId> = lock(&self.pending).iter().copied().collect();
+        for (_, entries) in lock(&self.unindexed).iter() {
+            out.extend(entries.iter().map(|e| e.id));
+        }
+        out
+    }
+
+    /// Whether a blob is in a written pack that a written index segment lists: what may be
+    /// remembered across runs. `unindexed` is [`Repository::not_yet_indexed`].
+    pub fn is_durable(&self, id: &BlobId, unindexed: &HashSet<BlobId>) -> bool {
+        !unindexed.contains(id) && self.index.read().map(|m| m.blobs.contains_key(id)).unwrap_or(false)
+    }
+
     /// Whether the repository has the blob (loading the index if needed).
     pub fn contains_blob(&self, id: &BlobId) -> Result<bool> {
         self.load_index()?;
@@ -548,15 +564,15 @@ impl Repository {
         let (id, bytes, entries) = builder.finish(&self.access.write_key().index_key)?;
         self.backend.put(&pack_path(&id), &bytes)?;
         self.stats.packs.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut pending = lock(&self.pending);
-            for e in &entries {
-                index.insert(id, e);
-                pending.remove(&e.id);
-            }
+        // Listed as unindexed before it leaves `pending`, so that no reader of
+        // `not_yet_indexed` ever sees it in neither.
+        lock(&self.unindexed).push((id, entries.clone()));
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = lock(&self.pending);
+        for e in &entries {
+            index.insert(id, e);
+            pending.remove(&e.id);
         }
-        lock(&self.unindexed).push((id, entries));
         Ok(())
     }
 
@@ -568,12 +584,15 @@ impl Repository {
                 self.write_pack(b)?;
             }
         }
-        let packs = std::mem::take(&mut *lock(&self.unindexed));
+        // The packs stay listed as unindexed until their segment is written.
+        let packs = lock(&self.unindexed).clone();
         if packs.is_empty() {
             return Ok(());
         }
+        let written: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
         let (id, bytes) = IndexSegment { packs }.encode(&self.access.write_key().index_key)?;
         self.backend.put(&format!("index/{id}"), &bytes)?;
+        lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
         Ok(())
     }
 

@@ -113,10 +113,10 @@ fn store_batch(run: &RunContext, batch: &[&[u8]]) -> Result<Vec<BlobId>, StoreEr
         Counters::add(&run.counters.bytes_read, c.len() as u64);
         run.repo.save_blob(BlobKind::Data, c).map(|o| o.id)
     };
-    let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2).min(batch.len());
-    if workers <= 1 {
+    if batch.len() <= 1 {
         return batch.iter().map(save).collect();
     }
+    let workers = cores().min(batch.len());
     let per = batch.len().div_ceil(workers);
     std::thread::scope(|s| {
         let handles: Vec<_> = batch
@@ -137,6 +137,12 @@ fn store_batch(run: &RunContext, batch: &[&[u8]]) -> Result<Vec<BlobId>, StoreEr
         }
         Ok(out)
     })
+}
+
+/// The number of cores, asked once: `available_parallelism` reads cgroup files every call.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(usize::from).unwrap_or(2))
 }
 
 fn open_no_follow(path: &Path) -> std::io::Result<File> {
