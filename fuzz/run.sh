@@ -13,7 +13,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 scratch=${FUZZ_CORPUS:-$(mktemp -d /tmp/bakare-fuzz.XXXXXX)}
 cargo +nightly fuzz build -O
 summary=""
-for t in $(cargo +nightly fuzz list); do
+for t in $(cargo +nightly fuzz list | grep -v "^make-seeds$"); do
   mkdir -p "$scratch/$t"
   log=$scratch/$t.log
   if ! cargo +nightly fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \

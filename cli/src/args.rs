@@ -49,6 +49,8 @@ pub enum Command {
     Init(InitArgs),
     /// Back up files and folders
     Backup(BackupArgs),
+    /// Continue the newest interrupted backup of this machine (or a named session)
+    Resume(ResumeArgs),
     /// List snapshots
     Snapshots,
     /// List the files of a snapshot
@@ -85,6 +87,34 @@ pub struct InitArgs {
     /// Average chunk size in KiB (minimum is half, maximum eight times)
     #[arg(long, default_value_t = 1024, hide = true)]
     pub chunk_kib: u32,
+    /// Target pack size in MiB
+    #[arg(long, default_value_t = 16, hide = true)]
+    pub pack_mib: u32,
+}
+
+/// When checkpoints are written (small values are for tests).
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Checkpoint after this many files read
+    #[arg(long, default_value_t = 20_000, env = "BAKARE_CHECKPOINT_FILES", hide = true)]
+    pub checkpoint_files: usize,
+    /// Checkpoint after this many MiB read
+    #[arg(long, default_value_t = 1024, env = "BAKARE_CHECKPOINT_MIB", hide = true)]
+    pub checkpoint_mib: u64,
+    /// Checkpoint after this many seconds
+    #[arg(long, default_value_t = 300, env = "BAKARE_CHECKPOINT_SECS", hide = true)]
+    pub checkpoint_secs: u64,
+    /// Renew the session's heartbeat this often, in seconds
+    #[arg(long, default_value_t = 60, env = "BAKARE_HEARTBEAT_SECS", hide = true)]
+    pub heartbeat_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// Session id (or a prefix of it) [default: the newest of this host]
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +143,8 @@ pub struct BackupArgs {
     /// Compression: off, fast, default or max
     #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
     pub compression: String,
+    #[command(flatten)]
+    pub checkpoint: CheckpointArgs,
 }
 
 #[derive(Args, Debug)]

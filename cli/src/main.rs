@@ -1,5 +1,6 @@
 //! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error (or problems
-//! found by verify), 2 usage, 3 a backup finished but some files could not be read.
+//! found by verify), 2 usage, 3 a backup finished but some files could not be read, 75 a
+//! backup stopped resumably (the repository's storage failed; `bakare resume` continues).
 
 /// `println!` that returns the write error (a closed pipe ends the command quietly).
 macro_rules! out {
@@ -22,6 +23,18 @@ use clap::Parser;
 use crate::args::{Cli, Command, DebugCommand, KeyCommand};
 use crate::context::Context;
 
+/// A backup stopped for a reason that `bakare resume` can get past (exit code 75).
+#[derive(Debug)]
+pub struct Resumable(pub String);
+
+impl std::fmt::Display for Resumable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (nothing committed is damaged; run `bakare resume` to continue once this is fixed)", self.0)
+    }
+}
+
+impl std::error::Error for Resumable {}
+
 /// How a command ended, when it did not fail outright.
 pub enum Outcome {
     Success,
@@ -42,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(a) => commands::init::run(&ctx, &a),
         Command::Backup(a) => commands::backup::run(&ctx, &a),
+        Command::Resume(a) => commands::resume::run(&ctx, &a),
         Command::Snapshots => commands::snapshots::run(&ctx),
         Command::Ls(a) => commands::ls::run(&ctx, &a),
         Command::Restore(a) => commands::restore::run(&ctx, &a),
@@ -54,6 +68,13 @@ fn main() -> ExitCode {
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Problems) => ExitCode::FAILURE,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Resumable>().is_some() => {
+            if json {
+                println!("{}", serde_json::json!({ "type": "error", "resumable": true, "message": format!("{e:#}") }));
+            }
+            eprintln!("bakare: error: {e:#}");
+            ExitCode::from(75)
+        }
         Err(e) => {
             if json {
                 println!("{}", serde_json::json!({ "type": "error", "message": format!("{e:#}") }));

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bakare_planner::{
-    BackupOptions, CheckOptions, Counters, Excludes, Memo, RestoreOptions, Start, backup, check, find_node, restore,
+    BackupOptions, CheckOptions, Counters, Memo, RestoreOptions, Start, backup, check, find_node, restore,
 };
 use bakare_store::backend::LocalBackend;
 use bakare_store::crypto::KdfParams;
@@ -178,13 +178,7 @@ impl Fixture {
         let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
         let chunker = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
         let repo = Arc::new(Repository::init(Arc::new(LocalBackend::new(&repo_dir)), b"pw", kdf, chunker).unwrap());
-        let opts = BackupOptions {
-            excludes: Excludes::none(),
-            host: "h".into(),
-            user: "u".into(),
-            tags: vec![],
-            force_rehash: false,
-        };
+        let opts = BackupOptions { host: "h".into(), user: "u".into(), ..BackupOptions::default() };
         let mut expected = BTreeMap::new();
         for generation in [1, 2] {
             write_tree(&source, generation);

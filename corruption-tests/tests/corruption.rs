@@ -67,18 +67,12 @@ fn every_kind_of_file_under_every_mutation() {
 fn state_redb_under_every_mutation() {
     use std::sync::Arc;
 
-    use bakare_planner::{BackupOptions, Excludes, Memo, backup};
+    use bakare_planner::{BackupOptions, Memo, backup};
 
     let fx = Fixture::new();
     let memo_path = fx.dir.path().join("cache/state.redb");
     let repo = fx.open_repo();
-    let opts = BackupOptions {
-        excludes: Excludes::none(),
-        host: "h".into(),
-        user: "u".into(),
-        tags: vec![],
-        force_rehash: false,
-    };
+    let opts = BackupOptions { host: "h".into(), user: "u".into(), ..BackupOptions::default() };
     let run = || {
         let memo = Memo::open(&memo_path);
         let r = backup(repo.clone(), &memo, std::slice::from_ref(&fx.source), &opts, Arc::default()).unwrap();

@@ -78,6 +78,14 @@ fn derive(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], purpose: &[u8
 }
 
 impl IdKey {
+    /// A symmetric key for `context`, derived from the id key: readable by every holder of a
+    /// write key, not by a holder of the index key alone.
+    pub fn derive(&self, context: &str) -> SymmetricKey {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(&self.0[..]);
+        SymmetricKey::from_bytes(*h.finalize().as_bytes())
+    }
+
     /// The keyed BLAKE3 id of `data`.
     pub fn id(&self, data: &[u8]) -> Digest {
         Digest(*blake3::keyed_hash(&self.0, data).as_bytes())

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use bakare_crypto::{KdfParams, seal_key_file, write_key_file};
 use bakare_store::backend::{Backend, MemoryBackend};
-use bakare_store::{
-    Access, BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree,
-};
+use bakare_store::{Access, BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree};
 
 fn write(target: &str, n: usize, bytes: &[u8]) -> std::io::Result<()> {
     let dir = Path::new("corpus").join(target);

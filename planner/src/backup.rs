@@ -19,9 +19,12 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bakare_store::{BlobId, BlobKind, Entry, Node, Repository, Snapshot, SnapshotId, SnapshotStats, Tree};
+use bakare_store::{
+    BlobId, BlobKind, Checkpoint, CheckpointRefs, Entry, Node, Repository, Session, SessionOptions, Snapshot,
+    SnapshotId, SnapshotStats, Tree, clock,
+};
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
@@ -42,6 +45,42 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Read every file, trusting nothing in the memo.
     pub force_rehash: bool,
+    /// What the session record keeps, so that `resume` can run the same backup.
+    pub session_options: SessionOptions,
+    /// Continue this interrupted session instead of starting one.
+    pub resume: Option<Session>,
+    pub checkpoints: CheckpointPolicy,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            excludes: Excludes::none(),
+            host: String::new(),
+            user: String::new(),
+            tags: Vec::new(),
+            force_rehash: false,
+            session_options: SessionOptions::default(),
+            resume: None,
+            checkpoints: CheckpointPolicy::default(),
+        }
+    }
+}
+
+/// When a checkpoint is written: whichever limit is reached first.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    pub files: usize,
+    pub bytes: u64,
+    pub seconds: u64,
+    /// How often the session's heartbeat is renewed.
+    pub heartbeat_seconds: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self { files: 20_000, bytes: 1 << 30, seconds: 300, heartbeat_seconds: 60 }
+    }
 }
 
 /// What a finished backup produced.
@@ -80,9 +119,6 @@ impl Sources {
 /// A folder after the walk: its tree, and the error that kept it from being listed.
 struct Resolved(BlobId, Option<String>);
 
-/// Memo records accumulated before a checkpoint writes them.
-const CHECKPOINT_RECORDS: usize = 20_000;
-
 struct Walk<'a> {
     repo: &'a Repository,
     memo: &'a Memo,
@@ -97,13 +133,59 @@ struct Walk<'a> {
     /// Memo keys of names that are no longer regular files.
     stale: Mutex<Vec<Vec<u8>>>,
     errors: Mutex<Vec<(PathBuf, String)>>,
-    /// Held by the thread writing a checkpoint.
-    checkpointing: Mutex<()>,
+    /// Held by the thread writing a checkpoint; its state.
+    checkpointing: Mutex<CheckpointState>,
+    policy: CheckpointPolicy,
+    session: [u8; 16],
     memo_warnings: Mutex<Vec<String>>,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)).unwrap_or(0)
+/// When and how far the last checkpoint went.
+struct CheckpointState {
+    seq: u32,
+    at: Instant,
+    bytes_read: u64,
+    written: Vec<String>,
+}
+
+/// Renews a session's heartbeat from a thread until dropped.
+struct Heartbeat {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(repo: Arc<Repository>, mut session: Session, every: Duration) -> Self {
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (lock, cvar) = &*flag;
+            let mut stopped = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while !*stopped {
+                let (guard, timeout) =
+                    cvar.wait_timeout(stopped, every).unwrap_or_else(std::sync::PoisonError::into_inner);
+                stopped = guard;
+                if timeout.timed_out() && !*stopped {
+                    session.heartbeat_ns = clock::now_ns();
+                    // A failed renewal is retried at the next beat; the backup itself reports
+                    // repository errors.
+                    let _ = repo.put_session(&session);
+                }
+            }
+        });
+        Self { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.stop;
+        *lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        cvar.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Backs up `paths` into `repo` and writes a snapshot.
@@ -115,7 +197,7 @@ pub fn backup(
     counters: Arc<Counters>,
 ) -> Result<BackupReport, PlanError> {
     let started = Instant::now();
-    let time_ns = now_ns();
+    let time_ns = clock::now_ns();
     let mut sources = Sources::default();
     let mut abs_paths = Vec::new();
     for p in paths {
@@ -133,6 +215,23 @@ pub fn backup(
         errors: Mutex::default(),
     };
     let run = Arc::new(run);
+    abs_paths.sort();
+    abs_paths.dedup();
+    let session = match &opts.resume {
+        Some(s) => Session { heartbeat_ns: time_ns, ..s.clone() },
+        None => Session {
+            id: Session::new_id()?,
+            host: opts.host.clone(),
+            started_ns: time_ns,
+            heartbeat_ns: time_ns,
+            paths: abs_paths.clone(),
+            options: opts.session_options.clone(),
+            checkpoints: 0,
+        },
+    };
+    repo.put_session(&session)?;
+    let heartbeat =
+        Heartbeat::start(repo.clone(), session.clone(), Duration::from_secs(opts.checkpoints.heartbeat_seconds.max(1)));
     let seen = memo.segments();
     let present: std::collections::HashSet<_> = repo.index_segments()?.into_iter().collect();
     let walk = Walk {
@@ -145,7 +244,14 @@ pub fn backup(
         counters: &counters,
         stale: Mutex::default(),
         errors: Mutex::default(),
-        checkpointing: Mutex::default(),
+        checkpointing: Mutex::new(CheckpointState {
+            seq: session.checkpoints,
+            at: Instant::now(),
+            bytes_read: 0,
+            written: Vec::new(),
+        }),
+        policy: opts.checkpoints,
+        session: session.id,
         memo_warnings: Mutex::new(memo.warnings.clone()),
     };
     let Resolved(root, _) = if sources.whole {
@@ -172,8 +278,6 @@ pub fn backup(
         total_bytes: Counters::get(&c.bytes_total),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
-    abs_paths.sort();
-    abs_paths.dedup();
     let snapshot = Snapshot {
         time_ns,
         host: opts.host.clone(),
@@ -186,6 +290,17 @@ pub fn backup(
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let id = repo.save_snapshot(&snapshot)?;
+    // The snapshot now keeps everything reachable: the session and its checkpoints go.
+    drop(heartbeat);
+    let written = walk.checkpointing.lock().map(|c| c.written.clone()).unwrap_or_default();
+    let mut leftovers = written;
+    if opts.resume.is_some() {
+        leftovers.extend(repo.checkpoints(&session.id)?.into_iter().map(|(p, _)| p));
+    }
+    for path in leftovers {
+        repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
+    }
+    repo.remove_session(&session)?;
     Ok(BackupReport { id, snapshot, errors, memo_warnings })
 }
 
@@ -201,20 +316,20 @@ impl Walk<'_> {
         }
     }
 
-    /// Writes memo records whose blobs are durable: flushes packs and an index segment first.
-    /// Runs when enough records have accumulated (or at the end, `all`); one thread at a time.
+    /// Writes memo records whose blobs are durable, and a checkpoint object naming them:
+    /// flushes packs and an index segment first. Runs when a limit of the policy is reached
+    /// (or at the end, `all`); one thread at a time.
     fn checkpoint(&self, all: bool) -> Result<(), PlanError> {
-        let due = self.run.fresh.lock().map(|f| f.len() >= CHECKPOINT_RECORDS).unwrap_or(false);
-        if !all && !due {
+        let records = self.run.fresh.lock().map(|f| f.len()).unwrap_or(0);
+        let guard = if all { self.checkpointing.lock().ok() } else { self.checkpointing.try_lock().ok() };
+        let Some(mut state) = guard else { return Ok(()) };
+        let read = Counters::get(&self.counters.bytes_read);
+        let due = records >= self.policy.files
+            || read.saturating_sub(state.bytes_read) >= self.policy.bytes
+            || state.at.elapsed() >= Duration::from_secs(self.policy.seconds);
+        if !(all || (due && records > 0)) {
             return Ok(());
         }
-        let Ok(_writer) = (if all {
-            self.checkpointing.lock().map_err(|_| ())
-        } else {
-            self.checkpointing.try_lock().map_err(|_| ())
-        }) else {
-            return Ok(());
-        };
         self.repo.flush()?;
         let records = take(&self.run.fresh);
         let dirs = take(&self.dirs);
@@ -230,6 +345,20 @@ impl Walk<'_> {
         if let Ok(mut d) = self.dirs.lock() {
             d.extend(dirs_later);
         }
+        if !all && (!ready.is_empty() || !dirs_ready.is_empty()) {
+            // In the repository too, so that resume works without this machine's memo.
+            state.seq += 1;
+            let entries = ready
+                .iter()
+                .map(|r| (r.key.clone(), r.encode()))
+                .chain(dirs_ready.iter().map(|d| (d.key.clone(), d.encode())))
+                .collect();
+            let blobs =
+                ready.iter().flat_map(|r| r.chunks.iter().copied()).chain(dirs_ready.iter().map(|d| d.tree)).collect();
+            let refs = CheckpointRefs { session: self.session, seq: state.seq, blobs };
+            let path = self.repo.save_checkpoint(&Checkpoint { refs, entries })?;
+            state.written.push(path);
+        }
         let stale = if all { take(&self.stale) } else { Vec::new() };
         let segments = self.repo.index_segments()?;
         if let Err(e) = self.memo.write(&ready, &dirs_ready, &stale, &segments)
@@ -237,6 +366,8 @@ impl Walk<'_> {
         {
             w.push(format!("could not update the local memo: {e}"));
         }
+        state.at = Instant::now();
+        state.bytes_read = read;
         Ok(())
     }
 

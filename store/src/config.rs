@@ -76,7 +76,7 @@ impl Config {
         if checksum(body).0[..] != *sum {
             return Err(StoreError::corrupt(name, "checksum mismatch"));
         }
-        let config: Self = postcard::from_bytes(rest).map_err(|e| StoreError::corrupt(name, e.to_string()))?;
+        let config: Self = crate::object::decode_exact(name, rest)?;
         config.chunker.check().map_err(|e| StoreError::corrupt(name, e))?;
         if config.pack_size < 1024 {
             return Err(StoreError::corrupt(name, "pack size too small"));
@@ -108,6 +108,20 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(Config::decode("config", &bad).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused_even_with_a_valid_checksum() {
+        // Found by the `config` fuzz target: a body with bytes after the config and a
+        // matching checksum decoded, and re-encoded differently.
+        let found = include_bytes!("../tests/data/config-trailing-bytes.bin");
+        assert!(matches!(Config::decode("config", found), Err(StoreError::Corrupt { .. })));
+        let mut bytes = sample().encode().unwrap();
+        bytes.truncate(bytes.len() - 32);
+        bytes.extend_from_slice(b"extra");
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(&sum.0);
+        assert!(Config::decode("config", &bytes).is_err());
     }
 
     #[test]

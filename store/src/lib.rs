@@ -12,6 +12,7 @@
 //! - [`verify`] and [`repair`]: the survey of every object, and repair from redundancy.
 
 pub mod backend;
+pub mod clock;
 mod config;
 mod error;
 mod ids;
@@ -20,6 +21,7 @@ mod object;
 mod pack;
 pub mod repair;
 mod repository;
+pub mod session;
 pub mod snapshot;
 pub mod tree;
 pub mod verify;
@@ -30,6 +32,7 @@ pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use index::{BlobLocation, IndexSegment};
 pub use pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
 pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
+pub use session::{Checkpoint, CheckpointRefs, Session, SessionOptions};
 pub use snapshot::{Snapshot, SnapshotStats};
 pub use tree::{Entry, Metadata, Node, Tree};
 

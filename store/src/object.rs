@@ -18,6 +18,8 @@ pub(crate) enum ObjectKind {
     Pack = 3,
     Index = 4,
     Snapshot = 5,
+    Session = 6,
+    Checkpoint = 7,
 }
 
 pub(crate) fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
@@ -62,4 +64,14 @@ pub(crate) fn verify_name(path: &str, bytes: &[u8], expected: &Digest) -> Result
 /// The id at the end of an object path such as `snapshots/<hex>`.
 pub(crate) fn id_of_path(path: &str) -> Option<Digest> {
     path.rsplit('/').next().and_then(Digest::from_hex)
+}
+
+/// Decodes postcard bytes that must hold exactly one value: trailing bytes are refused, so
+/// that every object has one encoding (found by fuzzing: `postcard::from_bytes` ignores them).
+pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| StoreError::corrupt(name, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(StoreError::corrupt(name, format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
 }

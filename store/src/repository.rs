@@ -21,7 +21,10 @@ use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
 use crate::object::{get_verified, id_of_path};
-use crate::pack::{MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, PackTable, pack_ephemeral};
+use crate::pack::{
+    MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, PackTable, pack_ephemeral, read_pack_table,
+};
+use crate::session::{Checkpoint, Session};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Result, StoreError};
@@ -247,6 +250,17 @@ impl Repository {
     /// Creates a repository: a new master key sealed under `passphrase`, then `config.mirror`
     /// and `config` (written last: its presence is what makes the folder a repository).
     pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], kdf: KdfParams, chunker: ChunkerParams) -> Result<Self> {
+        Self::init_with_pack_size(backend, passphrase, kdf, chunker, 16 << 20)
+    }
+
+    /// As [`Repository::init`], with a target pack size in bytes (small packs are for tests).
+    pub fn init_with_pack_size(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        chunker: ChunkerParams,
+        pack_size: u32,
+    ) -> Result<Self> {
         if backend.get("config").is_ok() || backend.get("config.mirror").is_ok() {
             return Err(StoreError::AlreadyExists { path: backend.location() });
         }
@@ -260,8 +274,13 @@ impl Repository {
         }
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| bakare_crypto::CryptoError::Random(e.to_string()))?;
-        let config =
-            Config { id, chunker, data_public: master.write.data_public.0, pack_size: 16 << 20, created_ns: now_ns() };
+        let config = Config {
+            id,
+            chunker,
+            data_public: master.write.data_public.0,
+            pack_size: pack_size.max(64 << 10),
+            created_ns: now_ns(),
+        };
         let bytes = config.encode()?;
         backend.put("config.mirror", &bytes)?;
         backend.put("config", &bytes)?;
@@ -778,5 +797,91 @@ impl Repository {
             1 => Ok(matches.remove(0)),
             count => Err(StoreError::AmbiguousSnapshot { spec: spec.into(), count }),
         }
+    }
+
+    /// Writes (or renews) a session record.
+    pub fn put_session(&self, session: &Session) -> Result<()> {
+        let bytes = session.encode(&self.access.write_key().index_key)?;
+        Ok(self.backend.replace(&session.path(), &bytes)?)
+    }
+
+    pub fn remove_session(&self, session: &Session) -> Result<()> {
+        Ok(self.backend.delete(&session.path())?)
+    }
+
+    /// Every readable session record, oldest first, and why any could not be read.
+    pub fn sessions(&self) -> Result<(Vec<Session>, Vec<String>)> {
+        let key = &self.access.write_key().index_key;
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for path in self.backend.list("sessions")? {
+            match self.backend.get(&path).map_err(StoreError::from).and_then(|b| Session::decode(&path, &b, key)) {
+                Ok(s) => out.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        out.sort_by_key(|s| (s.started_ns, s.id));
+        Ok((out, problems))
+    }
+
+    /// Writes a checkpoint. Call after the flush that made its blobs durable.
+    pub fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<String> {
+        let (id, bytes) = checkpoint.encode(self.access.write_key())?;
+        let path = format!("checkpoints/{id}");
+        self.backend.put(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// The checkpoints of one session, in order; damaged ones are skipped.
+    pub fn checkpoints(&self, session: &[u8; 16]) -> Result<Vec<(String, Checkpoint)>> {
+        let key = self.access.write_key();
+        let mut out = Vec::new();
+        for path in self.backend.list("checkpoints")? {
+            let Some(id) = id_of_path(&path) else { continue };
+            let Ok(bytes) = get_verified(self.backend.as_ref(), &path, &id) else { continue };
+            match Checkpoint::decode_refs(&path, &bytes, &key.index_key) {
+                Ok(r) if r.session == *session => {
+                    if let Ok(c) = Checkpoint::decode(&path, &bytes, key) {
+                        out.push((path, c));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.sort_by_key(|(_, c)| c.refs.seq);
+        Ok(out)
+    }
+
+    /// Lists in a new index segment every pack that no segment lists: packs an interrupted
+    /// backup wrote before it could index them. Their blobs then deduplicate. Returns how many.
+    pub fn adopt_orphan_packs(&self) -> Result<usize> {
+        self.load_index()?;
+        let known: HashSet<PackId> =
+            self.index.read().map(|m| m.pack_numbers.keys().copied().collect()).unwrap_or_default();
+        let key = &self.access.write_key().index_key;
+        let mut orphans = Vec::new();
+        for path in self.backend.list("packs")? {
+            let Some(id) = id_of_path(&path).map(PackId) else { continue };
+            if known.contains(&id) {
+                continue;
+            }
+            // A pack whose table is damaged stays out; verify reports it.
+            if let Ok(t) = read_pack_table(self.backend.as_ref(), &path, key) {
+                orphans.push((id, t.entries));
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let n = orphans.len();
+        let (id, bytes) = IndexSegment { packs: orphans.clone() }.encode(key)?;
+        self.backend.put(&format!("index/{id}"), &bytes)?;
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (pack, entries) in &orphans {
+            for e in entries {
+                index.insert(*pack, e);
+            }
+        }
+        Ok(n)
     }
 }

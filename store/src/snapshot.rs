@@ -86,7 +86,7 @@ impl Snapshot {
 
     /// Parses the authenticated details part.
     pub fn decode_details(name: &str, plain: &[u8]) -> Result<Self> {
-        postcard::from_bytes(plain).map_err(|e| StoreError::corrupt(name, e.to_string()))
+        crate::object::decode_exact(name, plain)
     }
 
     /// Reads only the index-key part.
@@ -115,7 +115,7 @@ fn split<'a>(name: &str, bytes: &'a [u8]) -> Result<Parts<'a>> {
 
 fn decode_refs_of(name: &str, parts: &Parts<'_>, index_key: &SymmetricKey) -> Result<SnapshotRefs> {
     let plain = index_key.open(parts.head, parts.refs).map_err(|e| StoreError::crypto(name, e))?;
-    postcard::from_bytes(&plain).map_err(|e| StoreError::corrupt(name, e.to_string()))
+    crate::object::decode_exact(name, &plain)
 }
 
 impl SnapshotId {

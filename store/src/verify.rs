@@ -77,6 +77,8 @@ pub struct PackState {
 #[derive(Debug, Default)]
 pub struct Survey {
     pub problems: Vec<Problem>,
+    /// Things worth knowing that are not damage (packs an interrupted backup left unindexed).
+    pub notes: Vec<String>,
     pub lost: Vec<LostFile>,
     pub packs: BTreeMap<PackId, PackState>,
     /// Every known location of every blob (pack tables, then index segments).
@@ -245,7 +247,9 @@ fn check_packs(
                 s.problem(&path, "index segments disagree with the pack's blob table", true);
             }
         } else if state.table.is_some() && !indexed.contains_key(&id) {
-            s.problem(&path, "pack is in no index segment", true);
+            s.notes.push(format!(
+                "{path}: in no index segment (left by an interrupted backup; resume adopts it, prune removes it)"
+            ));
         }
         for e in entries {
             s.add_location(id, e);

@@ -3,47 +3,120 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use bakare_planner::{BackupOptions, BackupReport, Counters, Excludes};
+use std::os::unix::ffi::OsStrExt;
+
+use bakare_planner::{
+    BackupOptions, BackupReport, CheckpointPolicy, Counters, Excludes, interrupted_session, prepare_resume,
+};
+use bakare_store::SessionOptions;
 
 use crate::Outcome;
-use crate::args::BackupArgs;
+use crate::args::{BackupArgs, CheckpointArgs};
 use crate::context::Context;
 use crate::output::bytes;
 use crate::progress::Ticker;
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     // Check the sources before creating or unlocking anything.
+    let mut paths = Vec::new();
     for p in &a.paths {
         std::fs::symlink_metadata(p).with_context(|| format!("source path {}", p.display()))?;
+        paths.push(std::fs::canonicalize(p).with_context(|| format!("source path {}", p.display()))?);
     }
     let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?;
     let (mut repo, created) = ctx.open_or_init()?;
-    let memo = ctx.memo(&repo)?;
     if created {
         super::init::report(ctx, &repo, &ctx.repo_path()?)?;
     }
-    repo.set_compression_level(match a.compression.as_str() {
+    let compression = match a.compression.as_str() {
         "off" => 0,
         "fast" => 1,
         "max" => 19,
         _ => 3,
-    });
-    let opts = BackupOptions {
+    };
+    repo.set_compression_level(compression);
+    let memo = ctx.memo(&repo)?;
+    let host = a.host.clone().unwrap_or_else(this_host);
+    let user = std::env::var("USER").unwrap_or_default();
+    let mut opts = BackupOptions {
         excludes,
-        host: a.host.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned()),
-        user: std::env::var("USER").unwrap_or_default(),
+        host: host.clone(),
+        user: user.clone(),
         tags: a.tag.clone(),
         force_rehash: a.force_rehash,
+        session_options: SessionOptions {
+            excludes: a.exclude.clone(),
+            exclude_files: a.exclude_file.iter().map(|f| f.as_os_str().as_bytes().to_vec()).collect(),
+            git_ignore: a.git_ignore,
+            tags: a.tag.clone(),
+            user,
+            compression,
+        },
+        resume: None,
+        checkpoints: policy(&a.checkpoint),
     };
-    let repo = Arc::new(repo);
+    // An interrupted backup of the same paths from this host is taken over, not redone.
+    if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)? {
+        let prepared = prepare_resume(&repo, &memo, &session)?;
+        if !ctx.global.quiet && !ctx.global.json {
+            eprintln!(
+                "bakare: continuing interrupted backup {} ({} packs adopted, {} files from its checkpoints)",
+                session.id_hex().get(..8).unwrap_or_default(),
+                prepared.adopted_packs,
+                prepared.imported_files
+            );
+        }
+        opts.resume = Some(session);
+    }
+    run_backup(ctx, Arc::new(repo), &memo, &paths, &opts)
+}
+
+/// Runs a backup with progress, prints its report, and maps its outcome.
+pub fn run_backup(
+    ctx: &Context,
+    repo: Arc<bakare_store::Repository>,
+    memo: &bakare_planner::Memo,
+    paths: &[std::path::PathBuf],
+    opts: &BackupOptions,
+) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let report = {
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup");
-        bakare_planner::backup(repo.clone(), &memo, &a.paths, &opts, counters.clone())?
+        bakare_planner::backup(repo.clone(), memo, paths, opts, counters.clone()).map_err(resumable)?
     };
     crate::context::warn_index(&repo);
     print_report(ctx, &report)?;
     Ok(if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial })
+}
+
+/// A backup that stopped because the repository's storage failed can be continued.
+fn resumable(e: bakare_planner::PlanError) -> anyhow::Error {
+    use bakare_planner::PlanError;
+    use bakare_store::StoreError;
+    match e {
+        PlanError::Store(StoreError::Backend(b)) => anyhow::Error::new(crate::Resumable(b.to_string())),
+        other => other.into(),
+    }
+}
+
+pub fn this_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn policy(a: &CheckpointArgs) -> CheckpointPolicy {
+    CheckpointPolicy {
+        files: a.checkpoint_files.max(1),
+        bytes: a.checkpoint_mib.max(1) << 20,
+        seconds: a.checkpoint_secs.max(1),
+        heartbeat_seconds: a.heartbeat_secs.max(1),
+    }
+}
+
+fn sorted_bytes(paths: &[std::path::PathBuf]) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {

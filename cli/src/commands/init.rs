@@ -20,8 +20,9 @@ pub fn run(ctx: &Context, a: &InitArgs) -> Result<Outcome> {
     let avg = a.chunk_kib.saturating_mul(1024);
     let chunker = ChunkerParams { min: avg / 2, avg, max: avg.saturating_mul(8).min(16 << 20) };
     let pass = ctx.passphrase(true)?;
-    let repo = Repository::init(ctx.backend()?, pass.as_bytes(), kdf, chunker)
-        .with_context(|| format!("creating repository {}", path.display()))?;
+    let repo =
+        Repository::init_with_pack_size(ctx.backend()?, pass.as_bytes(), kdf, chunker, a.pack_mib.clamp(1, 1024) << 20)
+            .with_context(|| format!("creating repository {}", path.display()))?;
     report(ctx, &repo, &path)?;
     Ok(Outcome::Success)
 }

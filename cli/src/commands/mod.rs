@@ -6,5 +6,6 @@ pub mod init;
 pub mod key;
 pub mod ls;
 pub mod restore;
+pub mod resume;
 pub mod snapshots;
 pub mod verify;

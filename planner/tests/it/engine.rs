@@ -23,13 +23,7 @@ pub(crate) fn small_chunks() -> ChunkerParams {
 }
 
 pub(crate) fn opts() -> BackupOptions {
-    BackupOptions {
-        excludes: Excludes::none(),
-        host: "test".into(),
-        user: "u".into(),
-        tags: vec![],
-        force_rehash: false,
-    }
+    BackupOptions { host: "test".into(), user: "u".into(), ..BackupOptions::default() }
 }
 
 pub(crate) fn run_backup(repo: &Arc<Repository>, src: &Path) -> bakare_planner::BackupReport {

@@ -66,6 +66,11 @@ impl Backend for LocalBackend {
         self.write_new(path, &target, bytes)
     }
 
+    fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        let target = self.full(path);
+        self.write_new(path, &target, bytes)
+    }
+
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
         let mut f = File::open(self.full(path)).map_err(|e| BackendError::io(path, e))?;
         let mut out = Vec::new();

@@ -37,6 +37,11 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.objects().insert(path.to_string(), bytes.to_vec());
+        Ok(())
+    }
+
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
         self.objects().get(path).cloned().ok_or_else(|| BackendError::NotFound { path: path.into() })
     }

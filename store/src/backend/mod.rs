@@ -46,6 +46,9 @@ pub trait Backend: Send + Sync {
     fn location(&self) -> String;
     /// Writes a whole object atomically; succeeds without writing if it already exists.
     fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError>;
+    /// Writes a whole object atomically, replacing any existing one. Only session records,
+    /// which are renewed, and repair's rewrites of fixed-name copies use it.
+    fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError>;
     /// Reads a whole object.
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError>;
     /// Reads `len` bytes at `offset`; a short object is an error, not a short read.

@@ -1,0 +1,48 @@
+//! `bakare resume [SESSION]`: continue an interrupted backup.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow};
+use bakare_planner::{BackupOptions, Excludes, find_session, prepare_resume};
+
+use crate::Outcome;
+use crate::args::ResumeArgs;
+use crate::commands::backup::{policy, run_backup, this_host};
+use crate::context::Context;
+
+pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
+    let mut repo = ctx.open(true)?;
+    let host = this_host();
+    let session = find_session(&repo, &host, a.session.as_deref())?.ok_or_else(|| match &a.session {
+        Some(p) => anyhow!("no interrupted backup with id {p:?} in this repository"),
+        None => anyhow!("no interrupted backup of host {host:?} in this repository"),
+    })?;
+    repo.set_compression_level(session.options.compression);
+    let memo = ctx.memo(&repo)?;
+    let prepared = prepare_resume(&repo, &memo, &session)?;
+    if !ctx.global.quiet && !ctx.global.json {
+        eprintln!(
+            "bakare: resuming backup {} ({} packs adopted, {} files from its checkpoints)",
+            &session.id_hex()[..8],
+            prepared.adopted_packs,
+            prepared.imported_files
+        );
+    }
+    let o = &session.options;
+    let exclude_files: Vec<PathBuf> =
+        o.exclude_files.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
+    let opts = BackupOptions {
+        excludes: Excludes::new(&o.excludes, &exclude_files, o.git_ignore).context("the session's exclude rules")?,
+        host: session.host.clone(),
+        user: o.user.clone(),
+        tags: o.tags.clone(),
+        force_rehash: false,
+        session_options: o.clone(),
+        resume: Some(session.clone()),
+        checkpoints: policy(&a.checkpoint),
+    };
+    let paths: Vec<PathBuf> =
+        session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
+    run_backup(ctx, Arc::new(repo), &memo, &paths, &opts)
+}

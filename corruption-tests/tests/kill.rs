@@ -1,0 +1,163 @@
+//! Kill -9 at seeded points of a real backup process, then `verify`, `resume`, `verify
+//! --read-data` and a restore compared with the source. Every third resume runs without the
+//! local cache (from the repository's checkpoints alone). Resume may upload at most the data
+//! that had not reached the repository plus what open packs held (3 packs).
+//!
+//! `KILL_ITERATIONS` sets the number of kill points (20 in CI; more for a soak).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use bakare_corruption_tests::{Rng, contents};
+
+const PACK: u64 = 1 << 20;
+const GEN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
+
+/// The `bakare` binary of this build, built first if this package's tests run alone.
+fn bakare() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = dir.join("bakare");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).args(["build", "-q", "-p", "bakare-cli"]).status().unwrap();
+        assert!(status.success(), "building bakare failed");
+    }
+    bin
+}
+
+struct Run {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Run {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(["--repo", self.dir.join("repo").to_str().unwrap()])
+            .args(args)
+            .env("BAKARE_PASSPHRASE", "pw")
+            .env("BAKARE_CACHE_DIR", self.dir.join("cache"))
+            .env("BAKARE_CHECKPOINT_MIB", "1")
+            .env("BAKARE_THREADS", "4")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn init(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        fs::create_dir_all(&self.dir).unwrap();
+        let out = self.run(&["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn packs_bytes(&self) -> u64 {
+        let mut total = 0;
+        let mut stack = vec![self.dir.join("repo/packs")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).into_iter().flatten() {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if !e.file_name().to_string_lossy().starts_with(".tmp") {
+                    total += m.len();
+                }
+            }
+        }
+        total
+    }
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill_at_seeded_points_then_resume() {
+    let n: u64 = std::env::var("KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let made = Command::new("python3")
+        .args([GEN_TREE, "create", src.to_str().unwrap(), "--files", "1200", "--mean-kib", "16", "--seed", "11"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let expected = contents(&src);
+    let bin = bakare();
+    let src_arg = src.to_str().unwrap();
+    // The uninterrupted run: how long it takes and how much it writes.
+    let base = Run { dir: tmp.path().join("base"), bin: bin.clone() };
+    base.init();
+    let t = Instant::now();
+    ok(&base.run(&["backup", "-q", "--compression", "max", src_arg]), "uninterrupted backup");
+    let full = t.elapsed();
+    let full_bytes = base.packs_bytes();
+    let (mut killed, mut finished, mut without_cache, mut worst) = (0, 0, 0, 0f64);
+    for i in 0..n {
+        let mut rng = Rng::new(0xC0FFEE + i);
+        let run = Run { dir: tmp.path().join(format!("kill{i}")), bin: bin.clone() };
+        run.init();
+        let mut child = run.cmd(&["backup", "-q", "--compression", "max", src_arg]).spawn().unwrap();
+        let at = full.mul_f64(0.03 + 0.57 * (rng.below(1000) as f64 / 1000.0));
+        std::thread::sleep(at);
+        let was_running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let verify = run.run(&["verify"]);
+        ok(&verify, &format!("verify after a kill at {at:?}"));
+        if !was_running {
+            finished += 1;
+            let _ = fs::remove_dir_all(&run.dir);
+            continue;
+        }
+        killed += 1;
+        let at_kill = run.packs_bytes();
+        if i % 3 == 2 {
+            fs::remove_dir_all(run.dir.join("cache")).unwrap();
+            without_cache += 1;
+        }
+        ok(&run.run(&["resume", "-q"]), "resume");
+        let uploaded = run.packs_bytes().saturating_sub(at_kill);
+        let unsent = full_bytes.saturating_sub(at_kill);
+        assert!(
+            uploaded <= unsent + 3 * PACK,
+            "kill #{i} at {at:?}: resume uploaded {uploaded} B; unsent {unsent} B, bound {} B",
+            unsent + 3 * PACK
+        );
+        if unsent > 0 {
+            worst = worst.max(uploaded as f64 / unsent as f64);
+        }
+        ok(&run.run(&["verify", "--read-data"]), "verify --read-data after resume");
+        let out = run.dir.join("out");
+        ok(&run.run(&["restore", "-q", &format!("latest:{src_arg}"), "--target", out.to_str().unwrap()]), "restore");
+        assert_eq!(contents(&out), expected, "kill #{i}: the resumed snapshot differs from the source");
+        let sessions = fs::read_dir(run.dir.join("repo/sessions")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(sessions, 0, "the finished session was removed");
+        let _ = fs::remove_dir_all(&run.dir);
+    }
+    println!(
+        "\nkill -9 at {n} seeded points of a {full:?} backup ({} MiB written): {killed} killed mid-run and resumed \
+         ({without_cache} without the local cache), {finished} had finished; verify clean after every kill; every \
+         resumed snapshot restored identical; resume uploaded at most {:.2}x the unsent data (+ 3 packs allowed)",
+        full_bytes >> 20,
+        worst
+    );
+    assert!(killed >= n / 2, "too few kills landed mid-run ({killed} of {n})");
+}

@@ -1,0 +1,64 @@
+//! Continuing interrupted backups: choose the session, adopt the packs it left unindexed,
+//! and bring its checkpoints into the memo (for when this machine's memo was lost), so that
+//! the continued backup reads only what was not finished.
+
+use bakare_store::{Repository, Session, clock};
+
+use crate::error::PlanError;
+use crate::memo::{DirRecord, Memo, MemoRecord};
+
+/// A session whose heartbeat is older than this many beats is dead.
+const DEAD_AFTER_BEATS: i64 = 3;
+
+/// The newest session of `host` (or the one whose id starts with `prefix`).
+pub fn find_session(repo: &Repository, host: &str, prefix: Option<&str>) -> Result<Option<Session>, PlanError> {
+    let (sessions, _) = repo.sessions()?;
+    Ok(sessions.into_iter().rev().find(|s| match prefix {
+        Some(p) => s.id_hex().starts_with(&p.to_ascii_lowercase()),
+        None => s.host == host,
+    }))
+}
+
+/// A dead session of `host` that backed up exactly `paths`: a plain backup takes it over.
+pub fn interrupted_session(
+    repo: &Repository,
+    host: &str,
+    paths: &[Vec<u8>],
+    heartbeat_secs: u64,
+) -> Result<Option<Session>, PlanError> {
+    let (sessions, _) = repo.sessions()?;
+    let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+    let now = clock::now_ns();
+    Ok(sessions.into_iter().rev().find(|s| {
+        s.host == host && s.paths == paths && now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS)
+    }))
+}
+
+/// What preparing a resume did.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub adopted_packs: usize,
+    pub imported_files: usize,
+}
+
+/// Adopts unindexed packs and imports the session's checkpoints into `memo`.
+pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Result<Prepared, PlanError> {
+    let adopted_packs = repo.adopt_orphan_packs()?;
+    let mut records = Vec::new();
+    let mut dirs = Vec::new();
+    for (_, checkpoint) in repo.checkpoints(&session.id)? {
+        for (key, value) in &checkpoint.entries {
+            if let Some(r) = MemoRecord::decode(key, value) {
+                records.push(r);
+            } else if let Some(d) = DirRecord::decode(key, value) {
+                dirs.push(d);
+            }
+        }
+    }
+    let imported_files = records.len();
+    if imported_files > 0 || !dirs.is_empty() {
+        let segments = repo.index_segments()?;
+        memo.write(&records, &dirs, &[], &segments).map_err(|e| PlanError::Fatal(format!("local memo: {e}")))?;
+    }
+    Ok(Prepared { adopted_packs, imported_files })
+}

@@ -1,0 +1,178 @@
+//! Running backups: session records and checkpoints.
+//!
+//! `sessions/<id>` (kind 6), the one object that is rewritten: header | sealed with the index
+//! key (AAD = header || id) of postcard(`Session`). A backup writes it at start, renews its
+//! heartbeat, and removes it after its snapshot. A session left behind is an interrupted
+//! backup: `bakare resume` continues it.
+//!
+//! `checkpoints/<BLAKE3 of bytes>` (kind 7): header | refs length u32 | refs sealed with the
+//! index key (AAD = header): postcard(`CheckpointRefs`), the blob ids it makes reachable (GC
+//! roots) | body sealed with a key derived from the id key (AAD = header): postcard of the
+//! memo entries (opaque, self-checksummed key/value pairs) committed at that checkpoint.
+//! Written after the packs and index segment it names; removed after the session's snapshot.
+
+use bakare_crypto::{Digest, SymmetricKey, WriteKey, checksum};
+
+use crate::ids::BlobId;
+use crate::object::{ObjectKind, check_header, header};
+use crate::pack::le_u32;
+use crate::{Result, StoreError};
+
+const CHECKPOINT_CONTEXT: &str = "bakare 2026-11 checkpoint body v1";
+
+/// What a backup was asked to do, so that resume can do the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionOptions {
+    pub excludes: Vec<String>,
+    pub exclude_files: Vec<Vec<u8>>,
+    pub git_ignore: bool,
+    pub tags: Vec<String>,
+    pub user: String,
+    /// zstd level (0: none).
+    pub compression: i32,
+}
+
+/// A running (or interrupted) backup.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    pub id: [u8; 16],
+    pub host: String,
+    pub started_ns: i64,
+    /// Wall-clock time of the last renewal (it does not pause while the machine sleeps).
+    pub heartbeat_ns: i64,
+    /// The source paths, absolute.
+    pub paths: Vec<Vec<u8>>,
+    pub options: SessionOptions,
+    /// Checkpoints written so far.
+    pub checkpoints: u32,
+}
+
+impl Session {
+    /// A new random session id.
+    pub fn new_id() -> Result<[u8; 16]> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| bakare_crypto::CryptoError::Random(e.to_string()))?;
+        Ok(id)
+    }
+
+    pub fn id_hex(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn path(&self) -> String {
+        format!("sessions/{}", self.id_hex())
+    }
+
+    pub fn encode(&self, index_key: &SymmetricKey) -> Result<Vec<u8>> {
+        let head = header(ObjectKind::Session);
+        let mut aad = head.to_vec();
+        aad.extend_from_slice(&self.id);
+        let plain = postcard::to_stdvec(self).map_err(|e| StoreError::corrupt(self.path(), e.to_string()))?;
+        let mut out = head.to_vec();
+        index_key.seal_into(&aad, &plain, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes `sessions/<id>`; the id inside must be the one in the name.
+    pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
+        let sealed = check_header(name, ObjectKind::Session, bytes)?;
+        let id_hex = name.rsplit('/').next().unwrap_or_default();
+        let id: Vec<u8> = (0..id_hex.len() / 2)
+            .filter_map(|i| id_hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        let id: [u8; 16] = id.try_into().map_err(|_| StoreError::corrupt(name, "name is not a session id"))?;
+        let mut aad = bytes.get(..8).unwrap_or_default().to_vec();
+        aad.extend_from_slice(&id);
+        let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;
+        let s: Self = crate::object::decode_exact(name, &plain)?;
+        if s.id != id {
+            return Err(StoreError::corrupt(name, "the session inside is another one"));
+        }
+        Ok(s)
+    }
+}
+
+/// The part of a checkpoint readable with the index key: what it keeps reachable.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointRefs {
+    pub session: [u8; 16],
+    pub seq: u32,
+    pub blobs: Vec<BlobId>,
+}
+
+/// A checkpoint: the memo entries (key, value) committed when it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub refs: CheckpointRefs,
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Checkpoint {
+    pub fn encode(&self, key: &WriteKey) -> Result<(Digest, Vec<u8>)> {
+        let head = header(ObjectKind::Checkpoint);
+        let enc = |e: postcard::Error| StoreError::corrupt("checkpoint", e.to_string());
+        let refs = key.index_key.seal(&head, &postcard::to_stdvec(&self.refs).map_err(enc)?)?;
+        let mut out = head.to_vec();
+        let len = u32::try_from(refs.len()).map_err(|_| StoreError::corrupt("checkpoint", "too large"))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&refs);
+        let body_key = key.id_key.derive(CHECKPOINT_CONTEXT);
+        body_key.seal_into(&head, &postcard::to_stdvec(&self.entries).map_err(enc)?, &mut out)?;
+        Ok((checksum(&out), out))
+    }
+
+    fn split<'a>(name: &str, bytes: &'a [u8]) -> Result<(&'a [u8], &'a [u8], &'a [u8])> {
+        let body = check_header(name, ObjectKind::Checkpoint, bytes)?;
+        let len = le_u32(body, 0).ok_or_else(|| StoreError::corrupt(name, "truncated"))? as usize;
+        let refs = body.get(4..4 + len).ok_or_else(|| StoreError::corrupt(name, "truncated refs"))?;
+        Ok((bytes.get(..8).unwrap_or_default(), refs, body.get(4 + len..).unwrap_or_default()))
+    }
+
+    pub fn decode_refs(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<CheckpointRefs> {
+        let (head, refs, _) = Self::split(name, bytes)?;
+        let plain = index_key.open(head, refs).map_err(|e| StoreError::crypto(name, e))?;
+        crate::object::decode_exact(name, &plain)
+    }
+
+    pub fn decode(name: &str, bytes: &[u8], key: &WriteKey) -> Result<Self> {
+        let refs = Self::decode_refs(name, bytes, &key.index_key)?;
+        let (head, _, body) = Self::split(name, bytes)?;
+        let plain = key.id_key.derive(CHECKPOINT_CONTEXT).open(head, body).map_err(|e| StoreError::crypto(name, e))?;
+        let entries = crate::object::decode_exact(name, &plain)?;
+        Ok(Self { refs, entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bakare_crypto::MasterKey;
+
+    #[test]
+    fn round_trips_and_tampering() {
+        let m = MasterKey::generate().unwrap();
+        let s = Session {
+            id: [3; 16],
+            host: "h".into(),
+            started_ns: 1,
+            heartbeat_ns: 2,
+            paths: vec![b"/a".to_vec()],
+            options: SessionOptions::default(),
+            checkpoints: 0,
+        };
+        let bytes = s.encode(&m.write.index_key).unwrap();
+        assert_eq!(Session::decode(&s.path(), &bytes, &m.write.index_key).unwrap(), s);
+        assert!(Session::decode("sessions/04040404040404040404040404040404", &bytes, &m.write.index_key).is_err());
+        let c = Checkpoint {
+            refs: CheckpointRefs { session: [3; 16], seq: 1, blobs: vec![BlobId(checksum(b"x"))] },
+            entries: vec![(b"k".to_vec(), b"v".to_vec())],
+        };
+        let (_, bytes) = c.encode(&m.write).unwrap();
+        assert_eq!(Checkpoint::decode("c", &bytes, &m.write).unwrap(), c);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(Checkpoint::decode("c", &bad, &m.write).is_err());
+        }
+    }
+}
