@@ -13,12 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bakare_planner::{
-    BackupOptions, CheckOptions, Counters, Memo, RestoreOptions, Start, backup, check, find_node, restore,
+    BackupOptions, CheckOptions, Counters, Memo, MemoRecord, RestoreOptions, Start, StatFingerprint, backup, check,
+    find_node, restore,
 };
 use bakare_store::backend::LocalBackend;
 use bakare_store::crypto::KdfParams;
 use bakare_store::verify::ReadData;
-use bakare_store::{Access, BlobId, BlobKind, ChunkerParams, Repository, parse_blob_table, read_pack_table};
+use bakare_store::{
+    Access, BlobId, BlobKind, Checkpoint, CheckpointRefs, ChunkerParams, Node, Repository, Session, SessionOptions,
+    parse_blob_table, read_pack_table,
+};
 
 /// A small deterministic generator (xorshift), so every run mutates the same bytes.
 pub struct Rng(u64);
@@ -50,10 +54,12 @@ pub enum Kind {
     PackBlobTable,
     PackData,
     TreeBlob,
+    Session,
+    Checkpoint,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Config,
         Kind::ConfigMirror,
         Kind::KeyFile,
@@ -63,6 +69,8 @@ impl Kind {
         Kind::PackBlobTable,
         Kind::PackData,
         Kind::TreeBlob,
+        Kind::Session,
+        Kind::Checkpoint,
     ];
 
     /// Whether the kind holds only metadata, which redundancy must repair in full.
@@ -186,6 +194,7 @@ impl Fixture {
                 backup(repo.clone(), &Memo::disabled(), std::slice::from_ref(&source), &opts, Arc::default()).unwrap();
             expected.insert(r.snapshot.time_ns, contents(&source));
         }
+        leave_interrupted_backup(&repo, &source);
         let access = repo.access().clone();
         let pristine = snapshot_files(&repo_dir);
         Self { dir, source, pristine, expected, access }
@@ -233,6 +242,8 @@ impl Fixture {
             Kind::IndexSegment => whole(pick(self.files("index"), rng)),
             Kind::Snapshot => whole(pick(self.files("snapshots/"), rng)),
             Kind::SnapshotMirror => whole(pick(self.files("snapshots.mirror"), rng)),
+            Kind::Session => whole(pick(self.files("sessions"), rng)),
+            Kind::Checkpoint => whole(pick(self.files("checkpoints"), rng)),
             Kind::PackBlobTable => {
                 let p = pick(self.files("packs"), rng);
                 let bytes = &self.pristine[&p];
@@ -393,6 +404,43 @@ impl Default for Fixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What an interrupted backup leaves: a session record and a checkpoint whose memo entries
+/// name real blobs (the files of the first folder of the newest snapshot).
+fn leave_interrupted_backup(repo: &Repository, source: &Path) {
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let Start::Tree(src) = find_node(repo, snap.root, &source.to_string_lossy()).unwrap() else { panic!("a folder") };
+    let tree = repo.load_tree(&src).unwrap();
+    let first = tree.entries.iter().find_map(|e| match &e.node {
+        Node::Dir { tree } => Some((source.join(String::from_utf8_lossy(&e.name).as_ref()), *tree)),
+        _ => None,
+    });
+    let (dir, id) = first.unwrap();
+    let mut entries = Vec::new();
+    let mut blobs = Vec::new();
+    for e in repo.load_tree(&id).unwrap().entries {
+        if let Node::File { chunks, .. } = e.node {
+            let path = dir.join(String::from_utf8_lossy(&e.name).as_ref());
+            let fp = StatFingerprint::of(&fs::symlink_metadata(&path).unwrap());
+            let record = MemoRecord::new(&path, fp, false, chunks.clone());
+            entries.push((record.key.clone(), record.encode()));
+            blobs.extend(chunks);
+        }
+    }
+    let now = bakare_store::clock::now_ns();
+    let session = Session {
+        id: Session::new_id().unwrap(),
+        host: "h".into(),
+        started_ns: now,
+        heartbeat_ns: now,
+        paths: vec![source.to_string_lossy().as_bytes().to_vec()],
+        options: SessionOptions::default(),
+        checkpoints: 1,
+    };
+    repo.put_session(&session).unwrap();
+    let refs = CheckpointRefs { session: session.id, seq: 1, blobs };
+    repo.save_checkpoint(&Checkpoint { refs, entries }).unwrap();
 }
 
 /// A valid config of another repository.

@@ -71,6 +71,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     memo.extend_from_slice(&record.key);
     memo.extend_from_slice(&record.encode());
     write("memo_record", 0, &memo)?;
+    let session = bakare_store::Session {
+        id: [3; 16],
+        host: "seed".into(),
+        started_ns: 1,
+        heartbeat_ns: 2,
+        paths: vec![b"/home/fuzz".to_vec()],
+        options: bakare_store::SessionOptions::default(),
+        checkpoints: 1,
+    };
+    write("session", 0, &session.encode(&key.write.index_key)?)?;
+    let checkpoint = bakare_store::Checkpoint {
+        refs: bakare_store::CheckpointRefs { session: [3; 16], seq: 1, blobs: vec![a] },
+        entries: vec![(record.key.clone(), record.encode())],
+    };
+    write("session", 1, &checkpoint.encode(&key.write)?.1)?;
     let mut rt = vec![7, 0, 0, 0, 0x10, 4];
     rt.extend_from_slice(b"some blob bytes that compress compress compress compress well");
     write("roundtrip", 0, &rt)?;

@@ -477,7 +477,8 @@ impl Walk<'_> {
             let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error: error.clone() });
             match dir_tree(&db, dir) {
                 TreeResult::Saved(id) => *id,
-                TreeResult::Fatal(e) => return Err(PlanError::Fatal(e.clone())),
+                TreeResult::Fatal(stop) if stop.resumable => return Err(PlanError::Resumable(stop.message.clone())),
+                TreeResult::Fatal(stop) => return Err(PlanError::Fatal(stop.message.clone())),
             }
         };
         if remembered != Some(id)

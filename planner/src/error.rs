@@ -28,6 +28,9 @@ pub enum PlanError {
     Read(#[from] std::io::Error),
     #[error("backup stopped: {0}")]
     Fatal(String),
+    /// The repository's storage failed; `resume` continues once it is fixed.
+    #[error("backup stopped: {0}")]
+    Resumable(String),
     #[error("path {0:?} is not in the snapshot")]
     NoSuchPath(String),
 }

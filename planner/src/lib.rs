@@ -32,7 +32,7 @@ pub use exclude::Excludes;
 pub use inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
 pub use memo::{DirRecord, Memo, MemoRecord};
 pub use meta::metadata_of;
-pub use queries::{Content, TreeResult, dir_tree, file_content};
+pub use queries::{Content, Stop, TreeResult, dir_tree, file_content};
 pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};
 pub use resume::{Prepared, find_session, interrupted_session, prepare_resume};

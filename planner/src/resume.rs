@@ -46,11 +46,18 @@ pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Resu
     let adopted_packs = repo.adopt_orphan_packs()?;
     let mut records = Vec::new();
     let mut dirs = Vec::new();
+    // The memo will trust these without reading the index, so each blob they name is checked
+    // against it here: a checkpoint must not outlive the data it names.
+    let present = |id: &bakare_store::BlobId| repo.contains_blob(id).unwrap_or(false);
     for (_, checkpoint) in repo.checkpoints(&session.id)? {
         for (key, value) in &checkpoint.entries {
             if let Some(r) = MemoRecord::decode(key, value) {
-                records.push(r);
-            } else if let Some(d) = DirRecord::decode(key, value) {
+                if r.chunks.iter().all(&present) {
+                    records.push(r);
+                }
+            } else if let Some(d) = DirRecord::decode(key, value)
+                && present(&d.tree)
+            {
                 dirs.push(d);
             }
         }

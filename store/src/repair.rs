@@ -37,6 +37,7 @@ pub fn repair(repo: &Repository, s: &Survey, passphrase: Option<&[u8]>) -> Resul
     repair_config(repo, &mut done)?;
     repair_keys(repo, passphrase, &mut done)?;
     repair_snapshot_copies(repo, s, &mut done)?;
+    remove_damaged_progress(repo, s, &mut done)?;
     salvage(repo, s, &mut done)?;
     rebuild_index(repo, &mut done)?;
     Ok(done)
@@ -97,6 +98,15 @@ fn repair_snapshot_copies(repo: &Repository, s: &Survey, done: &mut Vec<String>)
                 done.push(format!("rewrote {path} from its other copy"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Removes damaged session records and checkpoints: they only speed up a resume.
+fn remove_damaged_progress(repo: &Repository, s: &Survey, done: &mut Vec<String>) -> Result<()> {
+    for p in s.problems.iter().filter(|p| p.object.starts_with("sessions/") || p.object.starts_with("checkpoints/")) {
+        repo.backend().delete(&p.object)?;
+        done.push(format!("removed damaged {}", p.object));
     }
     Ok(())
 }

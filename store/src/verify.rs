@@ -16,6 +16,7 @@ use crate::index::{BlobLocation, IndexSegment};
 use crate::object::{get_verified, id_of_path};
 use crate::pack::{PackEntry, PackTable, read_pack_table};
 use crate::repository::{Repository, pack_path};
+use crate::session::{Checkpoint, Session};
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, Tree};
 use crate::{Config, Result};
@@ -153,8 +154,51 @@ pub fn verify(repo: &Repository, read_data: ReadData) -> Result<Survey> {
     let indexed = check_index(repo, &mut s)?;
     check_packs(repo, &mut s, &indexed, read_data)?;
     check_snapshots(repo, &mut s)?;
+    check_sessions(repo, &mut s)?;
     walk_snapshots(repo, &mut s);
     Ok(s)
+}
+
+/// Session records and checkpoints: readable, checkpoints belonging to a session, and every
+/// blob a checkpoint names available (resume trusts them). Both only speed up a resume, so
+/// repair removes a damaged one.
+fn check_sessions(repo: &Repository, s: &mut Survey) -> Result<()> {
+    let backend = repo.backend();
+    let key = repo.access().write_key();
+    let mut sessions = HashSet::new();
+    for path in backend.list("sessions")? {
+        match backend
+            .get(&path)
+            .map_err(crate::StoreError::from)
+            .and_then(|b| Session::decode(&path, &b, &key.index_key))
+        {
+            Ok(session) => {
+                sessions.insert(session.id);
+            }
+            Err(e) => s.problem(&path, format!("{e} (repair removes it: that backup is redone, not resumed)"), true),
+        }
+    }
+    for path in backend.list("checkpoints")? {
+        let read = id_of_path(&path)
+            .ok_or_else(|| crate::StoreError::corrupt(&path, "name is not an id"))
+            .and_then(|id| get_verified(backend.as_ref(), &path, &id))
+            .and_then(|b| Checkpoint::decode(&path, &b, key));
+        match read {
+            Ok(c) => {
+                if let Some(b) = c.refs.blobs.iter().find(|b| !s.available(b)) {
+                    s.problem(
+                        &path,
+                        format!("names blob {} that is not available (repair removes it)", b.short()),
+                        true,
+                    );
+                } else if !sessions.contains(&c.refs.session) {
+                    s.notes.push(format!("{path}: belongs to no session (left after a snapshot; removed by repair)"));
+                }
+            }
+            Err(e) => s.problem(&path, format!("{e} (repair removes it: resume reads those files again)"), true),
+        }
+    }
+    Ok(())
 }
 
 fn check_config(repo: &Repository, s: &mut Survey) {

@@ -95,6 +95,7 @@ fn resumable(e: bakare_planner::PlanError) -> anyhow::Error {
     use bakare_store::StoreError;
     match e {
         PlanError::Store(StoreError::Backend(b)) => anyhow::Error::new(crate::Resumable(b.to_string())),
+        PlanError::Resumable(message) => anyhow::Error::new(crate::Resumable(message)),
         other => other.into(),
     }
 }

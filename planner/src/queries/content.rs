@@ -26,7 +26,21 @@ pub enum Content {
     /// The file could not be read; the run goes on.
     Unreadable(String),
     /// The repository failed: the run stops.
-    Fatal(String),
+    Fatal(Stop),
+}
+
+/// Why a run stopped inside a query, kept as a value salsa can compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub message: String,
+    /// The repository's storage failed (full, unreachable): `resume` can continue.
+    pub resumable: bool,
+}
+
+impl From<&StoreError> for Stop {
+    fn from(e: &StoreError) -> Self {
+        Self { message: e.to_string(), resumable: matches!(e, StoreError::Backend(_)) }
+    }
 }
 
 #[salsa::tracked(returns(ref))]
@@ -65,7 +79,7 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
             }
             Content::Unreadable(msg)
         }
-        Err(ReadError::Store(e)) => Content::Fatal(e.to_string()),
+        Err(ReadError::Store(e)) => Content::Fatal(Stop::from(&e)),
     }
 }
 

@@ -5,5 +5,5 @@
 mod content;
 mod tree;
 
-pub use content::{Content, file_content};
+pub use content::{Content, Stop, file_content};
 pub use tree::{TreeResult, dir_tree};

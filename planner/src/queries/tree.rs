@@ -5,13 +5,13 @@ use bakare_store::{BlobId, Entry, Node, Tree};
 
 use crate::db::Db;
 use crate::inputs::{ChildKind, SourceDir};
-use crate::queries::content::{Content, file_content};
+use crate::queries::content::{Content, Stop, file_content};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TreeResult {
     Saved(BlobId),
     /// The repository failed: the run stops.
-    Fatal(String),
+    Fatal(Stop),
 }
 
 #[salsa::tracked(returns(ref))]
@@ -36,6 +36,6 @@ pub fn dir_tree(db: &dyn Db, dir: SourceDir) -> TreeResult {
     }
     match db.run().repo.save_tree(&Tree { entries }) {
         Ok(saved) => TreeResult::Saved(saved.id),
-        Err(e) => TreeResult::Fatal(e.to_string()),
+        Err(e) => TreeResult::Fatal(Stop::from(&e)),
     }
 }

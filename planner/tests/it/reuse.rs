@@ -93,14 +93,14 @@ impl Fixture {
     fn tree(&self, dir: &str) -> BlobId {
         match dir_tree(&self.db, self.dirs[&self.root.join(dir)]) {
             TreeResult::Saved(id) => *id,
-            TreeResult::Fatal(e) => panic!("{e}"),
+            TreeResult::Fatal(e) => panic!("{e:?}"),
         }
     }
 
     fn root_tree(&self) -> BlobId {
         match dir_tree(&self.db, self.top) {
             TreeResult::Saved(id) => *id,
-            TreeResult::Fatal(e) => panic!("{e}"),
+            TreeResult::Fatal(e) => panic!("{e:?}"),
         }
     }
 
