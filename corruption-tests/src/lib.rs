@@ -24,6 +24,31 @@ use bakare_store::{
     parse_blob_table, read_pack_table,
 };
 
+/// The `bakare` binary of this build, built first if this package's tests run alone.
+pub fn bakare_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("bakare");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo).args(["build", "-q", "-p", "bakare-cli"]).status().unwrap();
+        assert!(status.success(), "building bakare failed");
+    }
+    bin
+}
+
+/// Makes a deterministic source tree with `../shared/bench/gen_tree.py create`.
+pub fn gen_tree(dir: &Path, files: u32, mean_kib: u32, seed: u32) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .args(["create", dir.to_str().unwrap()])
+        .args(["--files", &files.to_string(), "--mean-kib", &mean_kib.to_string(), "--seed", &seed.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen_tree.py failed");
+}
+
 /// A small deterministic generator (xorshift), so every run mutates the same bytes.
 pub struct Rng(u64);
 

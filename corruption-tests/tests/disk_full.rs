@@ -7,19 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use bakare_corruption_tests::contents;
-
-const GEN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
-
-fn bakare() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("bakare");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        assert!(Command::new(cargo).args(["build", "-q", "-p", "bakare-cli"]).status().unwrap().success());
-    }
-    bin
-}
+use bakare_corruption_tests::{bakare_binary, contents, gen_tree};
 
 fn mount_tmpfs(dir: &Path, size: &str) -> bool {
     Command::new("mount")
@@ -48,13 +36,8 @@ fn a_full_disk_stops_the_backup_resumably() {
     }
     let _unmount = Unmount(&fs_dir);
     let src = tmp.path().join("src");
-    let made = Command::new("python3")
-        .args([GEN_TREE, "create", src.to_str().unwrap(), "--files", "600", "--mean-kib", "48", "--seed", "12"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let bin = bakare();
+    gen_tree(&src, 600, 48, 12);
+    let bin = bakare_binary();
     let repo = fs_dir.join("repo");
     let run = |args: &[&str]| -> Output {
         Command::new(&bin)

@@ -8,27 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use bakare_corruption_tests::{Rng, contents};
+use bakare_corruption_tests::{Rng, bakare_binary, contents, gen_tree};
 
 const PACK: u64 = 1 << 20;
-const GEN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
-
-/// The `bakare` binary of this build, built first if this package's tests run alone.
-fn bakare() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = dir.join("bakare");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-q", "-p", "bakare-cli"]).status().unwrap();
-        assert!(status.success(), "building bakare failed");
-    }
-    bin
-}
 
 struct Run {
     dir: PathBuf,
@@ -93,14 +79,9 @@ fn kill_at_seeded_points_then_resume() {
     let n: u64 = std::env::var("KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let made = Command::new("python3")
-        .args([GEN_TREE, "create", src.to_str().unwrap(), "--files", "1200", "--mean-kib", "16", "--seed", "11"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
+    gen_tree(&src, 1200, 16, 11);
     let expected = contents(&src);
-    let bin = bakare();
+    let bin = bakare_binary();
     let src_arg = src.to_str().unwrap();
     // The uninterrupted run: how long it takes and how much it writes.
     let base = Run { dir: tmp.path().join("base"), bin: bin.clone() };
