@@ -35,6 +35,12 @@ impl Context {
 
     /// The memo of this repository on this machine, or a disabled one with --no-cache.
     pub fn memo(&self, repo: &Repository) -> Result<bakare_planner::Memo> {
+        self.memo_of(repo.config())
+    }
+
+    /// The memo of the repository with this config (it needs no key, so it can be opened
+    /// while the key is being unlocked).
+    pub fn memo_of(&self, config: &bakare_store::Config) -> Result<bakare_planner::Memo> {
         if self.global.no_cache {
             return Ok(bakare_planner::Memo::disabled());
         }
@@ -44,7 +50,7 @@ impl Context {
                 .map(|d| d.join("bakare"))
                 .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
         };
-        Ok(bakare_planner::Memo::open(&base.join(repo.config().id_hex()).join("state.redb")))
+        Ok(bakare_planner::Memo::open(&base.join(config.id_hex()).join("state.redb")))
     }
 
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.

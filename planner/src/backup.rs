@@ -119,6 +119,23 @@ impl Sources {
 /// A folder after the walk: its tree, and the error that kept it from being listed.
 struct Resolved(BlobId, Option<String>);
 
+/// A child as the walk classifies it, before any salsa database exists: most folders have
+/// nothing to read and never need one.
+struct Planned {
+    name: Vec<u8>,
+    meta: bakare_store::Metadata,
+    kind: PlannedKind,
+}
+
+enum PlannedKind {
+    Resolved {
+        node: Node,
+        error: Option<String>,
+    },
+    /// A file to read: (path, fingerprint, hash of the memo's chunk list if any).
+    Read(PathBuf, StatFingerprint, Option<bakare_store::crypto::Digest>),
+}
+
 struct Walk<'a> {
     repo: &'a Repository,
     memo: &'a Memo,
@@ -374,44 +391,42 @@ impl Walk<'_> {
     /// A folder on the way to a source: only the source-bearing children are listed.
     fn virtual_dir(&self, node: &Sources, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
         let folder = self.memo.folder(path);
-        let db = PlanDb::with_context(self.run.clone());
         let children = node
             .children
             .par_iter()
-            .map_with(db.clone(), |db, (name, child)| {
+            .map(|(name, child)| {
                 let child_path = path.join(name);
                 let meta = fs::symlink_metadata(&child_path)
                     .map_err(|source| PlanError::Source { path: child_path.clone(), source })?;
                 if child.whole {
-                    self.child(db, &child_path, name.as_bytes(), &meta, ex, &folder.files)
+                    self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files)
                 } else {
                     Counters::add(&self.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
-                    let kind = ChildKind::Resolved { node: Node::Dir { tree }, error };
-                    Ok(Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind })
+                    let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
+                    Ok(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind })
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.finish(db, path, children, None, folder.tree)
+        self.finish(path, children, None, folder.tree)
     }
 
     fn dir(&self, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
         Counters::add(&self.counters.dirs, 1);
-        let db = PlanDb::with_context(self.run.clone());
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("cannot list folder: {e}");
                 self.record_error(path, msg.clone());
-                return self.finish(db, path, Vec::new(), Some(msg), None);
+                return self.finish(path, Vec::new(), Some(msg), None);
             }
         };
         let folder = self.memo.folder(path);
         let memo = folder.files;
-        let children: Vec<Child> = listing
+        let children: Vec<Planned> = listing
             .into_par_iter()
-            .map_with(db.clone(), |db, (name, child_path)| match fs::symlink_metadata(&child_path) {
-                Ok(meta) => self.child(db, &child_path, name.as_bytes(), &meta, ex, &memo).map(Some),
+            .map(|(name, child_path, entry)| match entry.metadata() {
+                Ok(meta) => self.child(&child_path, name.as_bytes(), &meta, ex, &memo).map(Some),
                 Err(e) => {
                     self.record_error(&child_path, format!("vanished or unreadable: {e}"));
                     Ok(None)
@@ -424,7 +439,7 @@ impl Walk<'_> {
             .filter(|r| {
                 children
                     .binary_search_by(|c| c.name.as_slice().cmp(r.name()))
-                    .map_or(true, |i| !matches!(children.get(i).map(|c| &c.kind), Some(k) if is_file(k)))
+                    .map_or(true, |i| !children.get(i).is_some_and(|c| is_file(&c.kind)))
             })
             .map(|r| r.key.clone())
             .collect();
@@ -433,7 +448,7 @@ impl Walk<'_> {
         {
             s.extend(stale);
         }
-        self.finish(db, path, children, None, folder.tree)
+        self.finish(path, children, None, folder.tree)
     }
 
     /// The folder's tree. With no pending child it is built directly (and, when its id is the
@@ -441,25 +456,17 @@ impl Walk<'_> {
     /// reads its pending files in parallel and `dir_tree` builds it.
     fn finish(
         &self,
-        db: PlanDb,
         path: &Path,
-        children: Vec<Child>,
+        children: Vec<Planned>,
         error: Option<String>,
         remembered: Option<BlobId>,
     ) -> Result<Resolved, PlanError> {
-        let pending: Vec<SourceFile> = children
-            .iter()
-            .filter_map(|c| match c.kind {
-                ChildKind::File(f) => Some(f),
-                _ => None,
-            })
-            .collect();
-        let id = if pending.is_empty() {
+        let id = if children.iter().all(|c| matches!(c.kind, PlannedKind::Resolved { .. })) {
             let entries = children
                 .into_iter()
                 .filter_map(|c| match c.kind {
-                    ChildKind::Resolved { node, error } => Some(Entry { name: c.name, node, meta: c.meta, error }),
-                    _ => None,
+                    PlannedKind::Resolved { node, error } => Some(Entry { name: c.name, node, meta: c.meta, error }),
+                    PlannedKind::Read(..) => None,
                 })
                 .collect();
             let bytes = Tree { entries }.encode()?;
@@ -470,61 +477,80 @@ impl Walk<'_> {
             self.repo.save_blob_with_id(BlobKind::Tree, id, &bytes)?;
             id
         } else {
-            // Top-level tasks: no salsa query is running on this thread here.
-            pending.par_iter().for_each_with(db.clone(), |db, f| {
-                file_content(db, *f);
-            });
-            let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error: error.clone() });
-            match dir_tree(&db, dir) {
-                TreeResult::Saved(id) => *id,
-                TreeResult::Fatal(stop) if stop.resumable => return Err(PlanError::Resumable(stop.message.clone())),
-                TreeResult::Fatal(stop) => return Err(PlanError::Fatal(stop.message.clone())),
-            }
+            self.read_and_build(path, children, error.clone())?
         };
         if remembered != Some(id)
             && let Ok(mut d) = self.dirs.lock()
         {
             d.push(DirRecord::new(path, id));
         }
-        drop(db);
         self.checkpoint(false)?;
         Ok(Resolved(id, error))
     }
 
+    /// A folder with files to read: its own database, `file_content` for the pending files
+    /// from top-level rayon tasks (no query runs on this thread here), then `dir_tree`.
+    fn read_and_build(&self, path: &Path, children: Vec<Planned>, error: Option<String>) -> Result<BlobId, PlanError> {
+        let db = PlanDb::with_context(self.run.clone());
+        let mut pending = Vec::new();
+        let children: Vec<Child> = children
+            .into_iter()
+            .map(|c| {
+                let kind = match c.kind {
+                    PlannedKind::Resolved { node, error } => ChildKind::Resolved { node, error },
+                    PlannedKind::Read(p, fp, previous) => {
+                        let f = SourceFile::new(&db, p, fp, previous);
+                        pending.push(f);
+                        ChildKind::File(f)
+                    }
+                };
+                Child { name: c.name, meta: c.meta, kind }
+            })
+            .collect();
+        pending.par_iter().for_each_with(db.clone(), |db, f| {
+            file_content(db, *f);
+        });
+        let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error });
+        match dir_tree(&db, dir) {
+            TreeResult::Saved(id) => Ok(*id),
+            TreeResult::Fatal(stop) if stop.resumable => Err(PlanError::Resumable(stop.message.clone())),
+            TreeResult::Fatal(stop) => Err(PlanError::Fatal(stop.message.clone())),
+        }
+    }
+
     fn child(
         &self,
-        db: &PlanDb,
         path: &Path,
         name: &[u8],
         meta: &fs::Metadata,
         ex: &Excludes,
         memo: &[MemoRecord],
-    ) -> Result<Child, PlanError> {
+    ) -> Result<Planned, PlanError> {
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             let Resolved(tree, error) = self.dir(path, &ex.enter(path))?;
-            ChildKind::Resolved { node: Node::Dir { tree }, error }
+            PlannedKind::Resolved { node: Node::Dir { tree }, error }
         } else if ft.is_file() {
-            self.file(db, path, name, meta, memo)
+            self.file(path, name, meta, memo)
         } else if ft.is_symlink() {
             match fs::read_link(path) {
-                Ok(t) => ChildKind::Resolved {
+                Ok(t) => PlannedKind::Resolved {
                     node: Node::Symlink { target: t.as_os_str().as_bytes().to_vec() },
                     error: None,
                 },
                 Err(e) => {
                     let msg = format!("cannot read symlink: {e}");
                     self.record_error(path, msg.clone());
-                    ChildKind::Resolved { node: Node::Symlink { target: Vec::new() }, error: Some(msg) }
+                    PlannedKind::Resolved { node: Node::Symlink { target: Vec::new() }, error: Some(msg) }
                 }
             }
         } else {
-            ChildKind::Resolved { node: special_node(meta), error: None }
+            PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        Ok(Child { name: name.to_vec(), meta: metadata_of(meta), kind })
+        Ok(Planned { name: name.to_vec(), meta: metadata_of(meta), kind })
     }
 
-    fn file(&self, db: &PlanDb, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> ChildKind {
+    fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> PlannedKind {
         let fp = StatFingerprint::of(meta);
         Counters::add(&self.counters.bytes_total, fp.size);
         let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
@@ -536,26 +562,28 @@ impl Walk<'_> {
         {
             Counters::add(&self.counters.files_memo, 1);
             Counters::add(&self.counters.files_unchanged, 1);
-            return ChildKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
+            return PlannedKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
         }
         let previous = record.map(|r| chunk_list_digest(&r.chunks));
-        ChildKind::File(SourceFile::new(db, path.to_path_buf(), fp, previous))
+        PlannedKind::Read(path.to_path_buf(), fp, previous)
     }
 }
 
-fn is_file(k: &ChildKind) -> bool {
-    matches!(k, ChildKind::File(_) | ChildKind::Resolved { node: Node::File { .. }, .. })
+fn is_file(k: &PlannedKind) -> bool {
+    matches!(k, PlannedKind::Read(..) | PlannedKind::Resolved { node: Node::File { .. }, .. })
 }
 
 /// A folder's children that are not excluded, sorted by name bytes.
-fn list_dir(path: &Path, ex: &Excludes) -> std::io::Result<Vec<(OsString, PathBuf)>> {
+/// A folder's children that are not excluded, sorted by name bytes. The entries stay open on
+/// the folder, so their `lstat` is an `fstatat` relative to it, not a walk of the full path.
+fn list_dir(path: &Path, ex: &Excludes) -> std::io::Result<Vec<(OsString, PathBuf, fs::DirEntry)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(path)? {
         let entry = entry?;
         let child = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         if !ex.is_excluded(&child, is_dir) {
-            out.push((entry.file_name(), child));
+            out.push((entry.file_name(), child, entry));
         }
     }
     out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -569,7 +597,7 @@ pub fn stat_walk(root: &Path) -> std::io::Result<(u64, u64)> {
     let listing = list_dir(root, &Excludes::none())?;
     let counts = listing
         .into_par_iter()
-        .map(|(_, child)| match fs::symlink_metadata(&child) {
+        .map(|(_, child, entry)| match entry.metadata() {
             Ok(m) if m.is_dir() => Ok(stat_walk(&child).unwrap_or((1, 0))),
             Ok(_) => Ok((0, 1)),
             Err(_) => Ok((0, 0)),

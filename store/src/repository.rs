@@ -498,7 +498,12 @@ impl Repository {
         let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
             StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
         })?;
-        self.load_index()?;
+        // A tree is small: storing one twice costs less than reading the whole index to find
+        // out (a backup in which nothing changed still writes the trees of the folders above
+        // its sources, whose mtimes change). Trees use the index only once it is loaded.
+        if kind == BlobKind::Data {
+            self.load_index()?;
+        }
         let known = self.index.read().map(|m| m.blobs.contains_key(&id)).unwrap_or(false);
         if known || !lock(&self.pending).insert(id) {
             self.stats.blobs_deduped.fetch_add(1, Ordering::Relaxed);

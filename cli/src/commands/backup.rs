@@ -24,7 +24,19 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         paths.push(std::fs::canonicalize(p).with_context(|| format!("source path {}", p.display()))?);
     }
     let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?;
-    let (mut repo, created) = ctx.open_or_init()?;
+    // Opening the memo (redb's integrity check) runs while the key is unlocked (argon2id).
+    let early = bakare_store::Repository::read_config(ctx.backend()?.as_ref()).ok().map(|config| {
+        std::thread::scope(|s| {
+            let memo = s.spawn(move || ctx.memo_of(&config));
+            let opened = ctx.open_or_init();
+            (memo.join(), opened)
+        })
+    });
+    let (memo, opened) = match early {
+        Some((memo, opened)) => (Some(memo.map_err(|_| anyhow::anyhow!("opening the local memo panicked"))?), opened),
+        None => (None, ctx.open_or_init()),
+    };
+    let (mut repo, created) = opened?;
     if created {
         super::init::report(ctx, &repo, &ctx.repo_path()?)?;
     }
@@ -35,7 +47,10 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         _ => 3,
     };
     repo.set_compression_level(compression);
-    let memo = ctx.memo(&repo)?;
+    let memo = match memo {
+        Some(m) => m?,
+        None => ctx.memo(&repo)?,
+    };
     let host = a.host.clone().unwrap_or_else(this_host);
     let user = std::env::var("USER").unwrap_or_default();
     let mut opts = BackupOptions {
