@@ -26,7 +26,9 @@ results=$work/results
 : >"$results"
 [ -d "$tree" ] || python3 "$gen" create "$tree" --files "$n" --mean-kib 1 >/dev/null
 
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+# Cold steps: write back, let the (virtual) disk settle after big writes such as a first
+# backup, then drop the page cache. The same for every tool.
+drop() { sync; sleep "${SETTLE_SECS:-10}"; sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 
 row() { # row TOOL STEP CMD...
   local tool=$1 step=$2 status=ok; shift 2
