@@ -146,7 +146,6 @@ struct Walk<'a> {
     trusted: bool,
     /// Trees of folders whose id differs from the memo's, to remember.
     dirs: Mutex<Vec<DirRecord>>,
-    counters: &'a Counters,
     /// Memo keys of names that are no longer regular files.
     stale: Mutex<Vec<Vec<u8>>>,
     errors: Mutex<Vec<(PathBuf, String)>>,
@@ -227,7 +226,6 @@ pub fn backup(
         repo: repo.clone(),
         chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
         counters: counters.clone(),
-        started_ns: time_ns,
         fresh: Mutex::default(),
         errors: Mutex::default(),
     };
@@ -258,7 +256,6 @@ pub fn backup(
         force: opts.force_rehash,
         trusted: seen.iter().all(|s| present.contains(s)),
         dirs: Mutex::default(),
-        counters: &counters,
         stale: Mutex::default(),
         errors: Mutex::default(),
         checkpointing: Mutex::new(CheckpointState {
@@ -327,7 +324,7 @@ fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
 
 impl Walk<'_> {
     fn record_error(&self, path: &Path, msg: String) {
-        Counters::add(&self.counters.errors, 1);
+        Counters::add(&self.run.counters.errors, 1);
         if let Ok(mut e) = self.errors.lock() {
             e.push((path.to_path_buf(), msg));
         }
@@ -340,7 +337,7 @@ impl Walk<'_> {
         let records = self.run.fresh.lock().map(|f| f.len()).unwrap_or(0);
         let guard = if all { self.checkpointing.lock().ok() } else { self.checkpointing.try_lock().ok() };
         let Some(mut state) = guard else { return Ok(()) };
-        let read = Counters::get(&self.counters.bytes_read);
+        let read = Counters::get(&self.run.counters.bytes_read);
         let due = records >= self.policy.files
             || read.saturating_sub(state.bytes_read) >= self.policy.bytes
             || state.at.elapsed() >= Duration::from_secs(self.policy.seconds);
@@ -401,7 +398,7 @@ impl Walk<'_> {
                 if child.whole {
                     self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files)
                 } else {
-                    Counters::add(&self.counters.dirs, 1);
+                    Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
                     let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
                     Ok(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind })
@@ -412,7 +409,7 @@ impl Walk<'_> {
     }
 
     fn dir(&self, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
-        Counters::add(&self.counters.dirs, 1);
+        Counters::add(&self.run.counters.dirs, 1);
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
@@ -552,7 +549,7 @@ impl Walk<'_> {
 
     fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> PlannedKind {
         let fp = StatFingerprint::of(meta);
-        Counters::add(&self.counters.bytes_total, fp.size);
+        Counters::add(&self.run.counters.bytes_total, fp.size);
         let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
         if let Some(r) = record
             && !self.force
@@ -560,8 +557,8 @@ impl Walk<'_> {
             && r.fp.same_content(&fp)
             && (self.trusted || r.chunks.iter().all(|c| self.repo.contains_blob(c).unwrap_or(false)))
         {
-            Counters::add(&self.counters.files_memo, 1);
-            Counters::add(&self.counters.files_unchanged, 1);
+            Counters::add(&self.run.counters.files_memo, 1);
+            Counters::add(&self.run.counters.files_unchanged, 1);
             return PlannedKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
         }
         let previous = record.map(|r| chunk_list_digest(&r.chunks));

@@ -16,9 +16,6 @@ pub struct RunContext {
     pub repo: Arc<Repository>,
     pub chunker: Chunker,
     pub counters: Arc<Counters>,
-    /// Start of this run, ns since the epoch: files modified within the timestamp
-    /// granularity of it are "racy" and never trusted from the memo.
-    pub started_ns: i64,
     /// Memo records of files read in this run, written to `state.redb` in batches.
     pub fresh: Mutex<Vec<MemoRecord>>,
     /// Files that could not be read, and why.
@@ -29,8 +26,6 @@ pub struct RunContext {
 #[salsa::db]
 pub trait Db: salsa::Database {
     fn run(&self) -> &RunContext;
-    /// A clone for another worker thread (the database is `Send` but not `Sync`).
-    fn fork(&self) -> PlanDb;
     /// Records that a query body ran (tests assert on this).
     fn log(&self, line: String);
 }
@@ -86,10 +81,6 @@ impl salsa::Database for PlanDb {}
 impl Db for PlanDb {
     fn run(&self) -> &RunContext {
         &self.run
-    }
-
-    fn fork(&self) -> PlanDb {
-        self.clone()
     }
 
     fn log(&self, line: String) {

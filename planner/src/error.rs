@@ -35,6 +35,14 @@ pub enum PlanError {
     NoSuchPath(String),
 }
 
+impl PlanError {
+    /// Whether the run stopped because the repository's storage failed (full, unreachable),
+    /// so that continuing it later can succeed.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, PlanError::Resumable(_) | PlanError::Store(bakare_store::StoreError::Backend(_)))
+    }
+}
+
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PlanError {
     let path = path.into();
     move |source| PlanError::Io { path, source }

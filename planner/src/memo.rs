@@ -221,12 +221,7 @@ impl Memo {
             *last = 1;
         }
         let scan = || -> Result<FolderMemo, redb::Error> {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(FILES) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(FolderMemo::default()),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = read_table(db, FILES)? else { return Ok(FolderMemo::default()) };
             let mut out = FolderMemo::default();
             for item in table.range(lo.as_slice()..hi.as_slice())? {
                 let (k, v) = item?;
@@ -245,12 +240,7 @@ impl Memo {
     pub fn segments(&self) -> Vec<Digest> {
         let Some(db) = &self.db else { return Vec::new() };
         let read = || -> Result<Vec<Digest>, redb::Error> {
-            let txn = db.begin_read()?;
-            let table = match txn.open_table(SEGMENTS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
+            let Some(table) = read_table(db, SEGMENTS)? else { return Ok(Vec::new()) };
             let mut out = Vec::new();
             for item in table.iter()? {
                 let (k, ()) = item.map(|(k, v)| (k, v.value()))?;
@@ -298,6 +288,18 @@ impl Memo {
 
     pub fn is_enabled(&self) -> bool {
         self.db.is_some()
+    }
+}
+
+/// A table in a new read transaction; `None` before anything was ever written to it.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &Database,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
+    match db.begin_read()?.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -233,6 +233,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A blob's sealed bytes within a whole pack held in memory.
+fn sealed_in<'a>(path: &str, entry: &PackEntry, pack_bytes: &'a [u8]) -> Result<&'a [u8]> {
+    let start = entry.offset as usize;
+    pack_bytes
+        .get(start..start.saturating_add(entry.length as usize))
+        .ok_or_else(|| StoreError::corrupt(path, format!("blob {} lies past the end", entry.id.short())))
+}
+
 /// The object path of a pack.
 pub fn pack_path(id: &PackId) -> String {
     let hex = id.to_hex();
@@ -635,19 +643,14 @@ impl Repository {
         self.access.master()?.data_secret.recover(eph, PACK_PURPOSE).map_err(|e| StoreError::crypto(path, e))
     }
 
-    /// Reads one blob at a location, and if that fails, tries the pack key derived from
+    /// Reads one blob at a location, and if the pack's key fails, tries the key derived from
     /// `alternate` (the blob table's copy of the ephemeral key, for when the pack's first
     /// bytes are damaged).
     pub fn load_blob_trying(&self, loc: &BlobLocation, alternate: Option<&PackTable>) -> Result<Vec<u8>> {
-        let first = self.load_blob_at(loc);
-        let Some(table) = alternate else { return first };
-        if first.is_ok() {
-            return first;
-        }
+        self.access.master()?;
         let path = pack_path(&loc.pack);
         let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
-        let key = self.derive_pack_key(&path, &table.ephemeral)?;
-        self.open_sealed(&path, &key, &loc.entry, &sealed).or(first)
+        self.open_trying(&path, &loc.entry, &sealed, alternate)
     }
 
     /// As [`Repository::open_blob_in`], trying the table's key copy when the pack's fails.
@@ -658,16 +661,25 @@ impl Repository {
         bytes: &[u8],
         alternate: Option<&PackTable>,
     ) -> Result<Vec<u8>> {
-        let first = self.open_blob_in(pack, entry, bytes);
-        let Some(table) = alternate else { return first };
-        if first.is_ok() {
-            return first;
-        }
         let path = pack_path(pack);
-        let start = entry.offset as usize;
-        let Some(sealed) = bytes.get(start..start.saturating_add(entry.length as usize)) else { return first };
-        let key = self.derive_pack_key(&path, &table.ephemeral)?;
-        self.open_sealed(&path, &key, entry, sealed).or(first)
+        self.open_trying(&path, entry, sealed_in(&path, entry, bytes)?, alternate)
+    }
+
+    fn open_trying(
+        &self,
+        path: &str,
+        entry: &PackEntry,
+        sealed: &[u8],
+        alternate: Option<&PackTable>,
+    ) -> Result<Vec<u8>> {
+        let first = self.open_blob(path, entry, sealed);
+        match alternate {
+            Some(table) if first.is_err() => {
+                let key = self.derive_pack_key(path, &table.ephemeral)?;
+                self.open_sealed(path, &key, entry, sealed).or(first)
+            }
+            _ => first,
+        }
     }
 
     /// Where a blob is, if the (loaded) index has it.
@@ -680,9 +692,7 @@ impl Repository {
     pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         self.access.master()?;
         let loc = self.blob_location(id).ok_or_else(|| StoreError::UnknownBlob(id.to_hex()))?;
-        let path = pack_path(&loc.pack);
-        let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
-        self.open_blob(&path, &loc.entry, &sealed)
+        self.load_blob_at(&loc)
     }
 
     /// Reads one blob at a given location (verify and repair try every known copy).
@@ -696,11 +706,7 @@ impl Repository {
     /// Opens a blob from a pack's bytes already in memory (whole-pack reads of verify).
     pub fn open_blob_in(&self, pack: &PackId, entry: &PackEntry, pack_bytes: &[u8]) -> Result<Vec<u8>> {
         let path = pack_path(pack);
-        let start = entry.offset as usize;
-        let sealed = pack_bytes
-            .get(start..start.saturating_add(entry.length as usize))
-            .ok_or_else(|| StoreError::corrupt(&path, format!("blob {} lies past the end", entry.id.short())))?;
-        self.open_blob(&path, entry, sealed)
+        self.open_blob(&path, entry, sealed_in(&path, entry, pack_bytes)?)
     }
 
     fn open_blob(&self, path: &str, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {

@@ -106,13 +106,7 @@ pub fn run_backup(
 
 /// A backup that stopped because the repository's storage failed can be continued.
 fn resumable(e: bakare_planner::PlanError) -> anyhow::Error {
-    use bakare_planner::PlanError;
-    use bakare_store::StoreError;
-    match e {
-        PlanError::Store(StoreError::Backend(b)) => anyhow::Error::new(crate::Resumable(b.to_string())),
-        PlanError::Resumable(message) => anyhow::Error::new(crate::Resumable(message)),
-        other => other.into(),
-    }
+    if e.is_resumable() { anyhow::Error::new(crate::Resumable(e.to_string())) } else { e.into() }
 }
 
 pub fn this_host() -> String {

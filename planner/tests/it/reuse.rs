@@ -30,7 +30,6 @@ fn context(repo: Arc<Repository>) -> RunContext {
         chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
         repo,
         counters: Arc::default(),
-        started_ns: 0,
         fresh: Default::default(),
         errors: Default::default(),
     }
