@@ -13,7 +13,7 @@ use bakare_crypto::{Digest, checksum};
 
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
-use crate::object::{get_verified, id_of_path};
+use crate::object::{get_verified, id_of_path, verify_name};
 use crate::pack::{PackEntry, PackTable, read_pack_table};
 use crate::repository::{Repository, pack_path};
 use crate::session::{Checkpoint, Session};
@@ -388,17 +388,24 @@ fn check_snapshots(repo: &Repository, s: &mut Survey) -> Result<()> {
                 continue;
             };
             let copies = ids.entry(id).or_default();
-            let bytes = get_verified(backend.as_ref(), &path, &id.0);
-            let snap = bytes.as_ref().ok().and_then(|b| Snapshot::decode(&path, b, master).ok());
-            if snap.is_none() {
-                let why = bytes.err().map_or("cannot be opened".to_string(), |e| e.to_string());
-                s.problem(&path, why, true);
-            }
+            // Read once: the bytes of a damaged copy still tell "damaged" from "missing".
+            let raw = backend.get(&path);
+            let opened = match &raw {
+                Ok(b) => verify_name(&path, b, &id.0).and_then(|()| Snapshot::decode(&path, b, master)),
+                Err(e) => Err(crate::StoreError::corrupt(&path, e.to_string())),
+            };
+            let snap = match opened {
+                Ok(snap) => Some(snap),
+                Err(e) => {
+                    s.problem(&path, e.to_string(), true);
+                    None
+                }
+            };
             if dir == "snapshots" {
-                copies.main_bytes = backend.get(&path).ok();
+                copies.main_bytes = raw.ok();
                 copies.main = snap;
             } else {
-                copies.mirror_bytes = backend.get(&path).ok();
+                copies.mirror_bytes = raw.ok();
                 copies.mirror = snap;
             }
         }
