@@ -59,6 +59,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check the repository, and repair it from its redundancy
     Verify(VerifyArgs),
+    /// Remove snapshots by a retention policy or by name
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses, in two phases that need no lock
+    Prune(GcArgs),
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -185,6 +189,59 @@ pub struct VerifyArgs {
     /// With --repair: re-read lost data from files under this path, where they were backed up from
     #[arg(long, value_name = "PATH", requires = "repair")]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (ids or prefixes, latest, latest~N), besides any a policy removes
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_last: usize,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_hourly: usize,
+    /// Keep the newest snapshot of each of the last N days that have one (UTC)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_daily: usize,
+    /// Keep the newest snapshot of each of the last N weeks that have one (ISO weeks)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_weekly: usize,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_monthly: usize,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_yearly: usize,
+    /// Apply the policy only to snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Apply the policy only to snapshots that include this path (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<PathBuf>,
+    /// Run prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub gc: GcArgs,
+}
+
+/// Garbage collection's waiting times (hours; fractions allowed).
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Mark nothing younger than this: it may belong to a backup still running
+    #[arg(long, default_value_t = 24.0, value_name = "HOURS", hide = true)]
+    pub min_pack_age_hours: f64,
+    /// Sweep a mark no sooner than this after it was made
+    #[arg(long, default_value_t = 24.0, value_name = "HOURS", hide = true)]
+    pub grace_hours: f64,
+    /// A backup whose heartbeat is older than this is dead and holds nothing back
+    #[arg(long, default_value_t = 168.0, value_name = "HOURS", hide = true)]
+    pub session_expiry_hours: f64,
+    /// Show what would be removed, deleted and marked; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 fn parse_subset(s: &str) -> Result<(u32, u32), String> {

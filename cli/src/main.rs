@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         Command::Ls(a) => commands::ls::run(&ctx, &a),
         Command::Restore(a) => commands::restore::run(&ctx, &a),
         Command::Verify(a) => commands::verify::run(&ctx, &a),
+        Command::Forget(a) => commands::forget::run(&ctx, &a),
+        Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
     };

@@ -33,7 +33,7 @@ use crate::db::{PlanDb, RunContext};
 use crate::error::PlanError;
 use crate::exclude::Excludes;
 use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
-use crate::memo::{DirRecord, Memo, MemoRecord, chunk_list_digest};
+use crate::memo::{DirRecord, Memo, MemoRecord, Trust, chunk_list_digest};
 use crate::meta::{metadata_of, special_node};
 use crate::queries::{TreeResult, dir_tree, file_content};
 
@@ -144,6 +144,11 @@ struct Walk<'a> {
     /// Every index segment the memo was written against still exists, so every blob it names
     /// does too (only GC deletes, and it removes the segments of what it deletes).
     trusted: bool,
+    /// Those segments, when trusted: the commit fence checks they still exist.
+    relied_memo: Vec<bakare_store::crypto::Digest>,
+    set: bakare_store::crypto::Digest,
+    /// A segment this walk relied on was removed: it must not commit.
+    broken: std::sync::atomic::AtomicBool,
     /// Trees of folders whose id differs from the memo's, to remember.
     dirs: Mutex<Vec<DirRecord>>,
     /// Memo keys of names that are no longer regular files.
@@ -204,7 +209,29 @@ impl Drop for Heartbeat {
     }
 }
 
+/// Garbage collection marking under a running backup makes it walk again; after this many
+/// walks it stops, resumable.
+const MAX_PASSES: u32 = 3;
+
+/// What one walk over the sources produced.
+struct PassOutcome {
+    root: BlobId,
+    errors: Vec<(PathBuf, String)>,
+    memo_warnings: Vec<String>,
+    /// Checkpoint objects written, removed once the snapshot is.
+    checkpoints: Vec<String>,
+    /// No index segment the walk relied on was removed: nothing it deduplicated against was
+    /// marked for deletion, and it may commit.
+    intact: bool,
+}
+
 /// Backs up `paths` into `repo` and writes a snapshot.
+///
+/// The commit fence: before the snapshot is written, the walk checks that every index
+/// segment it relied on (read, written, or trusted through the memo) still exists. Garbage
+/// collection removes the segments it read whenever it marks anything, so if one is gone,
+/// the backup walks again on a fresh handle whose index no longer offers marked blobs,
+/// checking every memo record against it: files whose chunks were marked are read again.
 pub fn backup(
     repo: Arc<Repository>,
     memo: &Memo,
@@ -221,17 +248,10 @@ pub fn backup(
         sources.insert(&abs);
         abs_paths.push(abs.as_os_str().as_bytes().to_vec());
     }
-    let stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
-    let run = RunContext {
-        repo: repo.clone(),
-        chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
-        counters: counters.clone(),
-        fresh: Mutex::default(),
-        errors: Mutex::default(),
-    };
-    let run = Arc::new(run);
     abs_paths.sort();
     abs_paths.dedup();
+    let mut stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
+    let mut added = 0;
     let session = match &opts.resume {
         Some(s) => Session { heartbeat_ns: time_ns, ..s.clone() },
         None => Session {
@@ -247,37 +267,38 @@ pub fn backup(
     repo.put_session(&session)?;
     let heartbeat =
         Heartbeat::start(repo.clone(), session.clone(), Duration::from_secs(opts.checkpoints.heartbeat_seconds.max(1)));
-    let seen = memo.segments();
+    let set = backup_set_id(&abs_paths, &opts.session_options);
     let present: std::collections::HashSet<_> = repo.index_segments()?.into_iter().collect();
-    let walk = Walk {
-        repo: &repo,
-        memo,
-        run: run.clone(),
-        force: opts.force_rehash,
-        trusted: seen.iter().all(|s| present.contains(s)),
-        dirs: Mutex::default(),
-        stale: Mutex::default(),
-        errors: Mutex::default(),
-        checkpointing: Mutex::new(CheckpointState {
-            seq: session.checkpoints,
-            at: Instant::now(),
-            bytes_read: 0,
-            written: Vec::new(),
-        }),
-        policy: opts.checkpoints,
-        session: session.id,
-        memo_warnings: Mutex::new(memo.warnings.clone()),
+    let mut relied_memo = match memo.trusted_segments(&set) {
+        Some(segs) if !opts.force_rehash && segs.iter().all(|s| present.contains(s)) => Some(segs),
+        _ => None,
     };
-    let Resolved(root, _) = if sources.whole {
-        walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))?
-    } else {
-        walk.virtual_dir(&sources, Path::new("/"), &opts.excludes)?
+    let mut repo = repo;
+    let mut checkpoints = Vec::new();
+    let mut seq = session.checkpoints;
+    let mut passes = 0;
+    let outcome = loop {
+        passes += 1;
+        let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
+        let out = pass.run(&repo, memo, &counters, &mut seq)?;
+        checkpoints.extend(out.checkpoints.iter().cloned());
+        if out.intact {
+            break out;
+        }
+        if passes >= MAX_PASSES {
+            return Err(PlanError::Resumable(format!(
+                "garbage collection marked data under this backup {passes} times; run `bakare resume` to continue"
+            )));
+        }
+        // Walk again on a fresh handle, checking every memo record against its index.
+        let fresh = Arc::new(repo.reopen());
+        fresh.load_index()?;
+        added += repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before;
+        stored_before = 0;
+        repo = fresh;
+        counters.restart_pass();
     };
-    walk.checkpoint(true)?;
-    let memo_warnings = take(&walk.memo_warnings);
-    let mut errors = take(&walk.errors);
-    errors.extend(take(&run.errors));
-    errors.sort();
+    let PassOutcome { root, errors, memo_warnings, .. } = outcome;
     let c = &counters;
     let stats = SnapshotStats {
         files_new: Counters::get(&c.files_new),
@@ -288,7 +309,7 @@ pub fn backup(
         dirs: Counters::get(&c.dirs),
         errors: errors.len() as u64,
         bytes_read: Counters::get(&c.bytes_read),
-        bytes_added: repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
+        bytes_added: added + repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
         total_bytes: Counters::get(&c.bytes_total),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
@@ -306,8 +327,7 @@ pub fn backup(
     let id = repo.save_snapshot(&snapshot)?;
     // The snapshot now keeps everything reachable: the session and its checkpoints go.
     drop(heartbeat);
-    let written = walk.checkpointing.lock().map(|c| c.written.clone()).unwrap_or_default();
-    let mut leftovers = written;
+    let mut leftovers = checkpoints;
     if opts.resume.is_some() {
         leftovers.extend(repo.checkpoints(&session.id)?.into_iter().map(|(p, _)| p));
     }
@@ -316,6 +336,92 @@ pub fn backup(
     }
     repo.remove_session(&session)?;
     Ok(BackupReport { id, snapshot, errors, memo_warnings })
+}
+
+/// The id of a backup set: its paths and the options that decide what is in it. The memo's
+/// trust is kept per set (see [`crate::memo`]).
+fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::crypto::Digest {
+    let mut h = blake3::Hasher::new();
+    for p in paths {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    for e in &options.excludes {
+        h.update(b"\x01");
+        h.update(&(e.len() as u64).to_le_bytes());
+        h.update(e.as_bytes());
+    }
+    for f in &options.exclude_files {
+        h.update(b"\x02");
+        h.update(&(f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    h.update(&[u8::from(options.git_ignore)]);
+    bakare_store::crypto::Digest(*h.finalize().as_bytes())
+}
+
+/// One walk over the sources.
+struct Pass<'a> {
+    sources: &'a Sources,
+    opts: &'a BackupOptions,
+    session: &'a Session,
+    set: bakare_store::crypto::Digest,
+    /// The memo's segments for this set, when the memo is trusted.
+    relied_memo: Option<Vec<bakare_store::crypto::Digest>>,
+}
+
+impl Pass<'_> {
+    fn run(self, repo: &Arc<Repository>, memo: &Memo, counters: &Arc<Counters>, seq: &mut u32) -> Result<PassOutcome, PlanError> {
+        let run = Arc::new(RunContext {
+            repo: repo.clone(),
+            chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
+            counters: counters.clone(),
+            fresh: Mutex::default(),
+            errors: Mutex::default(),
+        });
+        let opts = self.opts;
+        let walk = Walk {
+            repo,
+            memo,
+            run: run.clone(),
+            force: opts.force_rehash,
+            trusted: self.relied_memo.is_some(),
+            relied_memo: self.relied_memo.unwrap_or_default(),
+            set: self.set,
+            broken: std::sync::atomic::AtomicBool::new(false),
+            dirs: Mutex::default(),
+            stale: Mutex::default(),
+            errors: Mutex::default(),
+            checkpointing: Mutex::new(CheckpointState {
+                seq: *seq,
+                at: Instant::now(),
+                bytes_read: 0,
+                written: Vec::new(),
+            }),
+            policy: opts.checkpoints,
+            session: self.session.id,
+            memo_warnings: Mutex::new(memo.warnings.clone()),
+        };
+        let Resolved(root, _) = if self.sources.whole {
+            walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))?
+        } else {
+            walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)?
+        };
+        walk.checkpoint(true)?;
+        let memo_warnings = take(&walk.memo_warnings);
+        let mut errors = take(&walk.errors);
+        errors.extend(take(&run.errors));
+        errors.sort();
+        let state = walk.checkpointing.lock().map(|c| (c.seq, c.written.clone())).unwrap_or_default();
+        *seq = state.0;
+        Ok(PassOutcome {
+            root,
+            errors,
+            memo_warnings,
+            checkpoints: state.1,
+            intact: !walk.broken.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
 }
 
 fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
@@ -374,8 +480,20 @@ impl Walk<'_> {
             state.written.push(path);
         }
         let stale = if all { take(&self.stale) } else { Vec::new() };
-        let segments = self.repo.index_segments()?;
-        if let Err(e) = self.memo.write(&ready, &dirs_ready, &stale, &segments)
+        let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
+        let intact = self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
+        if !intact {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let present: Vec<_> = present.into_iter().collect();
+        let trust = if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            Trust::RevokeAll
+        } else if self.trusted || all {
+            Trust::Grant(&self.set, &present)
+        } else {
+            Trust::Revoke(&self.set)
+        };
+        if let Err(e) = self.memo.write(&ready, &dirs_ready, &stale, trust)
             && let Ok(mut w) = self.memo_warnings.lock()
         {
             w.push(format!("could not update the local memo: {e}"));

@@ -32,6 +32,23 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Starts the per-walk counts again for another walk over the same sources (bytes read
+    /// and written keep counting: they happened).
+    pub(crate) fn restart_pass(&self) {
+        for c in [
+            &self.files,
+            &self.files_memo,
+            &self.files_new,
+            &self.files_changed,
+            &self.files_unchanged,
+            &self.bytes_total,
+            &self.dirs,
+            &self.errors,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn set_current(&self, path: &std::path::Path) {
         if let Ok(mut c) = self.current.try_lock() {
             c.clear();

@@ -14,10 +14,13 @@
 //! that fails it is a miss, never a wrong answer. Folder value (version 2): `version u8 = 2 |
 //! tree id (32) | BLAKE3(key || preceding bytes)`.
 //!
-//! Table `segments`: the index segment ids the repository had when the memo was last written.
-//! Objects are deleted only by garbage collection, which removes the segments listing what it
-//! deletes; so while all of them still exist, every blob the memo names still exists and the
-//! memo is trusted without reading the index.
+//! Table `trust`. Key: a backup set's id (BLAKE3 of its paths and exclude options). Value:
+//! the index segment ids the repository had when a run of that set last wrote the memo with
+//! every record it relies on checked, then `BLAKE3(key || ids)`. Garbage collection removes
+//! every index segment it read when it marks anything, so while all of a set's segments
+//! still exist, every blob the records under its paths name still exists, and the set's
+//! runs trust the memo without reading the index. A run that finds its own segments gone
+//! writes records it cannot vouch for and clears the whole table.
 //!
 //! A database that fails to open is moved
 //! aside and started anew: losing the memo costs one slower run, never correctness.
@@ -28,12 +31,12 @@ use std::sync::Mutex;
 
 use bakare_store::BlobId;
 use bakare_store::crypto::{Digest, checksum};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::inputs::StatFingerprint;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
-const SEGMENTS: TableDefinition<&[u8], ()> = TableDefinition::new("segments");
+const TRUST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trust");
 const VERSION: u8 = 1;
 const DIR_VERSION: u8 = 2;
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
@@ -236,31 +239,26 @@ impl Memo {
         scan().unwrap_or_default()
     }
 
-    /// The index segments recorded by the last [`Memo::write`].
-    pub fn segments(&self) -> Vec<Digest> {
-        let Some(db) = &self.db else { return Vec::new() };
-        let read = || -> Result<Vec<Digest>, redb::Error> {
-            let Some(table) = read_table(db, SEGMENTS)? else { return Ok(Vec::new()) };
-            let mut out = Vec::new();
-            for item in table.iter()? {
-                let (k, ()) = item.map(|(k, v)| (k, v.value()))?;
-                if let Ok(id) = <[u8; 32]>::try_from(k.value()) {
-                    out.push(Digest(id));
-                }
-            }
-            Ok(out)
+    /// The index segments a run of backup set `set` recorded with [`Trust::Grant`], if any
+    /// and if its checksum holds.
+    pub fn trusted_segments(&self, set: &Digest) -> Option<Vec<Digest>> {
+        let db = self.db.as_ref()?;
+        let read = || -> Result<Option<Vec<Digest>>, redb::Error> {
+            let Some(table) = read_table(db, TRUST)? else { return Ok(None) };
+            let Some(v) = table.get(set.as_bytes().as_slice())? else { return Ok(None) };
+            Ok(decode_trust(set, v.value()))
         };
-        read().unwrap_or_default()
+        read().ok().flatten()
     }
 
-    /// Stores file and folder records, removes keys, and replaces the recorded index segments,
-    /// in one durable transaction. Call only once the blobs the records name are durable.
+    /// Stores file and folder records, removes keys, and updates the trust table, in one
+    /// durable transaction. Call only once the blobs the records name are durable.
     pub fn write(
         &self,
         records: &[MemoRecord],
         dirs: &[DirRecord],
         remove: &[Vec<u8>],
-        segments: &[Digest],
+        trust: Trust<'_>,
     ) -> Result<(), redb::Error> {
         let Some(db) = &self.db else { return Ok(()) };
         let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -276,10 +274,16 @@ impl Memo {
             for (k, v) in sorted {
                 table.insert(k, v.as_slice())?;
             }
-            let mut segs = txn.open_table(SEGMENTS)?;
-            segs.retain(|_, ()| false)?;
-            for s in segments {
-                segs.insert(s.as_bytes().as_slice(), ())?;
+            let mut table = txn.open_table(TRUST)?;
+            match trust {
+                Trust::Keep => {}
+                Trust::Revoke(set) => {
+                    table.remove(set.as_bytes().as_slice())?;
+                }
+                Trust::RevokeAll => table.retain(|_, _| false)?,
+                Trust::Grant(set, segments) => {
+                    table.insert(set.as_bytes().as_slice(), encode_trust(set, segments).as_slice())?;
+                }
             }
         }
         txn.commit()?;
@@ -289,6 +293,39 @@ impl Memo {
     pub fn is_enabled(&self) -> bool {
         self.db.is_some()
     }
+}
+
+/// What a [`Memo::write`] does to the trust table.
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// Leave it: the records written were checked against the current index.
+    Keep,
+    /// This set's records are not all checked yet.
+    Revoke(&'a Digest),
+    /// The records may name blobs garbage collection marked: no set is trusted any more.
+    RevokeAll,
+    /// Every record this set relies on is checked, and these segments exist now.
+    Grant(&'a Digest, &'a [Digest]),
+}
+
+fn encode_trust(set: &Digest, segments: &[Digest]) -> Vec<u8> {
+    let mut v: Vec<u8> = segments.iter().flat_map(|s| s.0).collect();
+    let mut h = blake3::Hasher::new();
+    h.update(set.as_bytes());
+    h.update(&v);
+    v.extend_from_slice(h.finalize().as_bytes());
+    v
+}
+
+fn decode_trust(set: &Digest, v: &[u8]) -> Option<Vec<Digest>> {
+    let (ids, sum) = v.split_at_checked(v.len().checked_sub(32)?)?;
+    let mut h = blake3::Hasher::new();
+    h.update(set.as_bytes());
+    h.update(ids);
+    if h.finalize().as_bytes().as_slice() != sum || ids.len() % 32 != 0 {
+        return None;
+    }
+    Some(ids.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).map(Digest).collect())
 }
 
 /// A table in a new read transaction; `None` before anything was ever written to it.
@@ -346,16 +383,27 @@ mod tests {
         let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
         let tree = BlobId(checksum(b"tree"));
         let seg = checksum(b"segment");
-        memo.write(&[record("y"), record("x"), other], &[DirRecord::new(Path::new("/a/b"), tree)], &[], &[seg])
-            .unwrap();
+        let set = checksum(b"set");
+        let other_set = checksum(b"other set");
+        memo.write(&[], &[], &[], Trust::Grant(&other_set, &[seg])).unwrap();
+        memo.write(
+            &[record("y"), record("x"), other],
+            &[DirRecord::new(Path::new("/a/b"), tree)],
+            &[],
+            Trust::Grant(&set, &[seg]),
+        )
+        .unwrap();
         let folder = memo.folder(Path::new("/a/b"));
         let names: Vec<_> = folder.files.iter().map(|r| r.name().to_vec()).collect();
         assert_eq!(names, [b"x".to_vec(), b"y".to_vec()]);
         assert_eq!(folder.tree, Some(tree));
-        assert_eq!(memo.segments(), [seg]);
-        memo.write(&[], &[], &[record("x").key], &[]).unwrap();
+        assert_eq!(memo.trusted_segments(&set), Some(vec![seg]));
+        memo.write(&[], &[], &[record("x").key], Trust::Revoke(&set)).unwrap();
         assert_eq!(memo.folder(Path::new("/a/b")).files.len(), 1);
-        assert!(memo.segments().is_empty());
+        assert_eq!(memo.trusted_segments(&set), None);
+        assert_eq!(memo.trusted_segments(&other_set), Some(vec![seg]));
+        memo.write(&[], &[], &[], Trust::RevokeAll).unwrap();
+        assert_eq!(memo.trusted_segments(&other_set), None);
     }
 
     #[test]

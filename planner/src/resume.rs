@@ -13,7 +13,8 @@ const DEAD_AFTER_BEATS: i64 = 3;
 /// The newest session of `host` (or the one whose id starts with `prefix`).
 pub fn find_session(repo: &Repository, host: &str, prefix: Option<&str>) -> Result<Option<Session>, PlanError> {
     let (sessions, _) = repo.sessions()?;
-    Ok(sessions.into_iter().rev().find(|s| match prefix {
+    // A session with no paths is a prune's, not a backup's.
+    Ok(sessions.into_iter().rev().filter(|s| !s.paths.is_empty()).find(|s| match prefix {
         Some(p) => s.id_hex().starts_with(&p.to_ascii_lowercase()),
         None => s.host == host,
     }))
@@ -64,8 +65,8 @@ pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Resu
     }
     let imported_files = records.len();
     if imported_files > 0 || !dirs.is_empty() {
-        let segments = repo.index_segments()?;
-        memo.write(&records, &dirs, &[], &segments).map_err(|e| PlanError::Fatal(format!("local memo: {e}")))?;
+        // Each was just checked against the index: the trust of any backup set stands.
+        memo.write(&records, &dirs, &[], crate::memo::Trust::Keep).map_err(|e| PlanError::Fatal(format!("local memo: {e}")))?;
     }
     Ok(Prepared { adopted_packs, imported_files })
 }

@@ -15,6 +15,8 @@ pub mod backend;
 pub mod clock;
 mod config;
 mod error;
+pub mod forget;
+pub mod gc;
 mod ids;
 mod index;
 mod object;

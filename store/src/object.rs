@@ -20,6 +20,7 @@ pub(crate) enum ObjectKind {
     Snapshot = 5,
     Session = 6,
     Checkpoint = 7,
+    Gc = 9,
 }
 
 pub(crate) fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {

@@ -167,6 +167,8 @@ fn rebuild_index(repo: &Repository, done: &mut Vec<String>) -> Result<()> {
     let backend = repo.backend();
     let key = &repo.access().write_key().index_key;
     let old: Vec<String> = backend.list("index")?;
+    // Packs garbage collection marked are indexed too: a snapshot may use them again, and
+    // the sweep keeps every pack an index segment lists.
     let mut packs: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
     for path in backend.list("packs")? {
         let Some(id) = id_of_path(&path).map(PackId) else { continue };

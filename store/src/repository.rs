@@ -164,6 +164,9 @@ pub struct Repository {
     unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
     pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
     index_warnings: Mutex<Vec<String>>,
+    /// Index segments this handle read or wrote: if garbage collection removes one, what
+    /// this handle deduplicated against may be marked for deletion.
+    segments_used: Mutex<HashSet<Digest>>,
     compression_level: i32,
     pub stats: WriteStats,
 }
@@ -371,9 +374,23 @@ impl Repository {
             unindexed: Mutex::default(),
             pack_keys: Mutex::default(),
             index_warnings: Mutex::default(),
+            segments_used: Mutex::default(),
             compression_level: 3,
             stats: WriteStats::default(),
         }
+    }
+
+    /// A new handle on the same repository, with the same key and settings and nothing
+    /// loaded or pending: what a backup continues with after garbage collection ran under it.
+    pub fn reopen(&self) -> Self {
+        let mut fresh = Self::new(self.backend.clone(), self.config.clone(), self.access.clone());
+        fresh.compression_level = self.compression_level;
+        fresh
+    }
+
+    /// The index segments this handle read or wrote.
+    pub fn segments_used(&self) -> HashSet<Digest> {
+        lock(&self.segments_used).clone()
     }
 }
 
@@ -436,6 +453,9 @@ impl Repository {
                 .and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
             match loaded {
                 Ok(seg) => {
+                    if let Some(id) = id_of_path(&path) {
+                        lock(&self.segments_used).insert(id);
+                    }
                     for (pack, entries) in &seg.packs {
                         for e in entries {
                             index.insert(*pack, e);
@@ -624,6 +644,7 @@ impl Repository {
         let written: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
         let (id, bytes) = IndexSegment { packs }.encode(&self.access.write_key().index_key)?;
         self.backend.put(&format!("index/{id}"), &bytes)?;
+        lock(&self.segments_used).insert(id);
         lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
         Ok(())
     }
@@ -864,11 +885,13 @@ impl Repository {
     }
 
     /// Lists in a new index segment every pack that no segment lists: packs an interrupted
-    /// backup wrote before it could index them. Their blobs then deduplicate. Returns how many.
+    /// backup wrote before it could index them. Their blobs then deduplicate. Packs that
+    /// garbage collection marked stay out: only its sweep may put them back. Returns how many.
     pub fn adopt_orphan_packs(&self) -> Result<usize> {
         self.load_index()?;
-        let known: HashSet<PackId> =
+        let mut known: HashSet<PackId> =
             self.index.read().map(|m| m.pack_numbers.keys().copied().collect()).unwrap_or_default();
+        known.extend(crate::gc::marked_packs(self)?);
         let key = &self.access.write_key().index_key;
         let mut orphans = Vec::new();
         for path in self.backend.list("packs")? {
@@ -887,6 +910,7 @@ impl Repository {
         let n = orphans.len();
         let (id, bytes) = IndexSegment { packs: orphans.clone() }.encode(key)?;
         self.backend.put(&format!("index/{id}"), &bytes)?;
+        lock(&self.segments_used).insert(id);
         let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (pack, entries) in &orphans {
             for e in entries {

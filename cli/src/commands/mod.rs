@@ -2,9 +2,11 @@
 
 pub mod backup;
 pub mod debug;
+pub mod forget;
 pub mod init;
 pub mod key;
 pub mod ls;
+pub mod prune;
 pub mod restore;
 pub mod resume;
 pub mod snapshots;

@@ -35,6 +35,10 @@ impl LocalBackend {
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(bytes)?;
+            if let Some(t) = crate::clock::shifted_now() {
+                // Under a test clock, the storage's clock moves with it.
+                f.set_modified(t)?;
+            }
             f.sync_all()?;
             fs::rename(&tmp, target)?;
             File::open(dir)?.sync_all()
@@ -126,6 +130,11 @@ impl Backend for LocalBackend {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn modified_ns(&self, path: &str) -> Result<i64, BackendError> {
+        let t = fs::symlink_metadata(self.full(path)).and_then(|m| m.modified()).map_err(|e| BackendError::io(path, e))?;
+        Ok(crate::clock::ns_of(t))
     }
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {

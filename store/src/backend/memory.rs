@@ -10,6 +10,7 @@ use super::{Backend, BackendError};
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    times: Mutex<BTreeMap<String, i64>>,
 }
 
 impl MemoryBackend {
@@ -21,9 +22,18 @@ impl MemoryBackend {
         self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn times(&self) -> MutexGuard<'_, BTreeMap<String, i64>> {
+        self.times.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Replaces an object's bytes, as storage rot would.
     pub fn tamper(&self, path: &str, bytes: Vec<u8>) {
         self.objects().insert(path.to_string(), bytes);
+    }
+
+    /// Sets an object's storage time, as if it had been written then.
+    pub fn set_modified_ns(&self, path: &str, ns: i64) {
+        self.times().insert(path.to_string(), ns);
     }
 }
 
@@ -33,12 +43,17 @@ impl Backend for MemoryBackend {
     }
 
     fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
-        self.objects().entry(path.to_string()).or_insert_with(|| bytes.to_vec());
+        let mut objects = self.objects();
+        if !objects.contains_key(path) {
+            objects.insert(path.to_string(), bytes.to_vec());
+            self.times().insert(path.to_string(), crate::clock::now_ns());
+        }
         Ok(())
     }
 
     fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
         self.objects().insert(path.to_string(), bytes.to_vec());
+        self.times().insert(path.to_string(), crate::clock::now_ns());
         Ok(())
     }
 
@@ -64,8 +79,16 @@ impl Backend for MemoryBackend {
         Ok(self.objects().keys().filter(|k| k.starts_with(&dir)).cloned().collect())
     }
 
+    fn modified_ns(&self, path: &str) -> Result<i64, BackendError> {
+        if !self.objects().contains_key(path) {
+            return Err(BackendError::NotFound { path: path.into() });
+        }
+        Ok(self.times().get(path).copied().unwrap_or(0))
+    }
+
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         self.objects().remove(path);
+        self.times().remove(path);
         Ok(())
     }
 }

@@ -59,4 +59,20 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, path: &str) -> Result<(), BackendError>;
+    /// When the object was written, in nanoseconds since the Unix epoch, by the storage's
+    /// clock: garbage collection judges the age of packs by it.
+    fn modified_ns(&self, path: &str) -> Result<i64, BackendError>;
+    /// [`Backend::list`] with each object's [`Backend::modified_ns`]. An object deleted
+    /// between the listing and its time is left out.
+    fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, i64)>, BackendError> {
+        let mut out = Vec::new();
+        for path in self.list(prefix)? {
+            match self.modified_ns(&path) {
+                Ok(t) => out.push((path, t)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
 }

@@ -1,0 +1,80 @@
+//! `bakare forget [SNAPSHOT...] [--keep-last N] [--keep-daily N] ... [--host H] [--path P]
+//! [--dry-run] [--prune]`: removes snapshots by a retention policy (grouped by host and
+//! paths, as restic does) or by name. Their data goes with the next prunes.
+
+use anyhow::{Result, bail};
+use bakare_store::SnapshotId;
+use bakare_store::forget::{KeepPolicy, plan, remove_snapshot};
+
+use crate::Outcome;
+use crate::args::ForgetArgs;
+use crate::context::Context;
+use crate::output::time;
+
+pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+    };
+    if policy.is_empty() && a.snapshots.is_empty() {
+        bail!("nothing to forget: name snapshots or give a --keep-* policy (forget never removes every snapshot)");
+    }
+    let (repo, _) = ctx.open_master()?;
+    let list = repo.snapshots()?;
+    for p in &list.problems {
+        eprintln!("bakare: warning: {p}");
+    }
+    let mut remove: Vec<SnapshotId> = Vec::new();
+    for spec in &a.snapshots {
+        remove.push(repo.find_snapshot(spec)?.0);
+    }
+    let matching: Vec<_> = list
+        .snapshots
+        .iter()
+        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
+        .filter(|(_, s)| {
+            a.path.iter().all(|p| s.paths.iter().any(|sp| sp.as_slice() == p.as_os_str().as_encoded_bytes()))
+        })
+        .cloned()
+        .collect();
+    let groups = if policy.is_empty() { Vec::new() } else { plan(&matching, &policy) };
+    for g in &groups {
+        remove.extend(g.decisions.iter().filter(|d| !d.keep).map(|d| d.id));
+    }
+    remove.sort();
+    remove.dedup();
+    let by_id: std::collections::HashMap<_, _> = list.snapshots.iter().map(|(id, s)| (*id, s)).collect();
+    if ctx.global.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "type": "forget", "dry_run": a.gc.dry_run, "groups": groups,
+                "removed": remove.iter().map(SnapshotId::to_hex).collect::<Vec<_>>(),
+            })
+        )?;
+    } else if !ctx.global.quiet {
+        for g in &groups {
+            out!("host {} paths {}:", g.host, g.paths.join(" "))?;
+            for d in &g.decisions {
+                let when = by_id.get(&d.id).map(|s| time(s.time_ns)).unwrap_or_default();
+                let fate = if d.keep { format!("keep ({})", d.reasons.join(", ")) } else { "remove".into() };
+                out!("  {} {when}  {fate}", &d.id.to_hex()[..8])?;
+            }
+        }
+        let verb = if a.gc.dry_run { "would remove" } else { "removed" };
+        out!("{verb} {} snapshots", remove.len())?;
+    }
+    if !a.gc.dry_run {
+        for id in &remove {
+            remove_snapshot(&repo, id)?;
+        }
+    }
+    if a.prune {
+        return crate::commands::prune::run_on(ctx, &repo, &a.gc);
+    }
+    Ok(Outcome::Success)
+}

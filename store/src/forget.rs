@@ -1,0 +1,207 @@
+//! Retention: which snapshots a `forget` policy keeps, as restic decides it.
+//!
+//! Snapshots are grouped by host and paths. Within a group, newest first, each `keep_*` rule
+//! keeps the newest snapshot of each of its last N periods (hours, days, ISO weeks, months,
+//! years, in UTC) that has one; `keep_last` keeps the N newest. A snapshot kept by any rule
+//! stays. Forgetting removes only the snapshot objects; `prune` reclaims the data.
+
+use std::collections::BTreeMap;
+
+use crate::ids::SnapshotId;
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+use crate::{Result, StoreError};
+
+/// How many of each period to keep. All zero keeps nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepPolicy {
+    pub last: usize,
+    pub hourly: usize,
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+    pub yearly: usize,
+}
+
+impl KeepPolicy {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One snapshot's fate, and the rules that keep it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    pub id: SnapshotId,
+    pub keep: bool,
+    pub reasons: Vec<&'static str>,
+}
+
+/// One group's decisions, newest first.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Group {
+    pub host: String,
+    pub paths: Vec<String>,
+    pub decisions: Vec<Decision>,
+}
+
+/// Applies `policy` to each group of `snapshots` (host and paths).
+pub fn plan(snapshots: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<Group> {
+    let mut groups: BTreeMap<(String, Vec<Vec<u8>>), Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
+    for s in snapshots {
+        groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
+    }
+    groups
+        .into_iter()
+        .map(|((host, paths), mut members)| {
+            members.sort_by_key(|(id, s)| std::cmp::Reverse((s.time_ns, *id)));
+            Group {
+                host,
+                paths: paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
+                decisions: decide(&members, policy),
+            }
+        })
+        .collect()
+}
+
+type Bucket = fn(i64) -> i64;
+
+fn decide(newest_first: &[&(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<Decision> {
+    let rules: [(&'static str, usize, Bucket); 6] = [
+        ("last", policy.last, |_| i64::MIN),
+        ("hourly", policy.hourly, |t| t.div_euclid(3600)),
+        ("daily", policy.daily, |t| t.div_euclid(86_400)),
+        ("weekly", policy.weekly, |t| (t.div_euclid(86_400) + 3).div_euclid(7)),
+        ("monthly", policy.monthly, |t| {
+            let (y, m, _) = civil(t.div_euclid(86_400));
+            y * 12 + m
+        }),
+        ("yearly", policy.yearly, |t| civil(t.div_euclid(86_400)).0),
+    ];
+    let mut left: Vec<usize> = rules.iter().map(|r| r.1).collect();
+    let mut last_bucket: Vec<Option<i64>> = vec![None; rules.len()];
+    newest_first
+        .iter()
+        .enumerate()
+        .map(|(n, (id, s))| {
+            let secs = s.time_ns.div_euclid(1_000_000_000);
+            let mut reasons = Vec::new();
+            for (i, (name, _, bucket)) in rules.iter().enumerate() {
+                let Some(remaining) = left.get_mut(i) else { continue };
+                if *remaining == 0 {
+                    continue;
+                }
+                // keep-last: every snapshot is its own period.
+                let b = if i == 0 { n as i64 } else { bucket(secs) };
+                if last_bucket.get(i).copied().flatten() != Some(b) {
+                    *remaining -= 1;
+                    if let Some(lb) = last_bucket.get_mut(i) {
+                        *lb = Some(b);
+                    }
+                    reasons.push(*name);
+                }
+            }
+            Decision { id: *id, keep: !reasons.is_empty(), reasons }
+        })
+        .collect()
+}
+
+/// (year, month 1-12, day) of a day count since 1970-01-01 (proleptic Gregorian).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Removes a snapshot: the mirror first, so that an interrupted forget leaves the snapshot
+/// (which `verify --repair` gives a mirror again), never a lone mirror to restore it from.
+pub fn remove_snapshot(repo: &Repository, id: &SnapshotId) -> Result<()> {
+    let backend = repo.backend();
+    backend.delete(&format!("snapshots.mirror/{id}")).map_err(StoreError::from)?;
+    backend.delete(&format!("snapshots/{id}")).map_err(StoreError::from)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlobId, SnapshotStats};
+    use bakare_crypto::Digest;
+
+    fn snap(n: u8, secs: i64, host: &str) -> (SnapshotId, Snapshot) {
+        let s = Snapshot {
+            time_ns: secs * 1_000_000_000,
+            host: host.into(),
+            user: String::new(),
+            paths: vec![b"/data".to_vec()],
+            tags: Vec::new(),
+            root: BlobId(Digest([0; 32])),
+            parent: None,
+            stats: SnapshotStats::default(),
+            program: String::new(),
+        };
+        (SnapshotId(Digest([n; 32])), s)
+    }
+
+    fn kept(groups: &[Group]) -> Vec<u8> {
+        let mut out: Vec<u8> =
+            groups.iter().flat_map(|g| &g.decisions).filter(|d| d.keep).map(|d| d.id.0.0[0]).collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
+        assert_eq!(civil(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn keep_last_and_daily() {
+        // Two snapshots a day for five days; day d at 08:00 and 20:00.
+        let day = 86_400;
+        let snaps: Vec<_> = (0..10u8).map(|i| snap(i, 20_000 * day + i64::from(i / 2) * day + i64::from(i % 2) * 43_200 + 28_800, "a")).collect();
+        let groups = plan(&snaps, &KeepPolicy { last: 1, ..KeepPolicy::default() });
+        assert_eq!(kept(&groups), [9]);
+        // Daily keeps the last of each day: 9, 7, 5.
+        let groups = plan(&snaps, &KeepPolicy { daily: 3, ..KeepPolicy::default() });
+        assert_eq!(kept(&groups), [5, 7, 9]);
+        let groups = plan(&snaps, &KeepPolicy { last: 2, daily: 3, ..KeepPolicy::default() });
+        assert_eq!(kept(&groups), [5, 7, 8, 9]);
+        assert_eq!(groups[0].decisions[0].reasons, ["last", "daily"]);
+    }
+
+    #[test]
+    fn weekly_monthly_yearly_and_groups() {
+        let day = 86_400;
+        // Daily snapshots for 400 days from 2023-01-02 (a Monday, day 19_359).
+        let snaps: Vec<_> = (0..400i64).map(|i| snap((i % 250) as u8, (19_359 + i) * day, "a")).collect();
+        let weekly = plan(&snaps, &KeepPolicy { weekly: 4, ..KeepPolicy::default() });
+        let days: Vec<i64> = weekly[0]
+            .decisions
+            .iter()
+            .zip(snaps.iter().rev())
+            .filter(|(d, _)| d.keep)
+            .map(|(_, s)| s.1.time_ns / 1_000_000_000 / day - 19_359)
+            .collect();
+        // Day 399 is a Monday, alone in its week; each other kept one is the Sunday ending its week.
+        assert_eq!(days, [399, 398, 391, 384]);
+        let monthly = plan(&snaps, &KeepPolicy { monthly: 14, ..KeepPolicy::default() });
+        assert_eq!(monthly[0].decisions.iter().filter(|d| d.keep).count(), 14);
+        let yearly = plan(&snaps, &KeepPolicy { yearly: 5, ..KeepPolicy::default() });
+        assert_eq!(yearly[0].decisions.iter().filter(|d| d.keep).count(), 2);
+        // Another host is a group of its own.
+        let mut both = snaps[..3].to_vec();
+        both.push(snap(251, 19_359 * day, "b"));
+        let groups = plan(&both, &KeepPolicy { last: 1, ..KeepPolicy::default() });
+        assert_eq!(groups.len(), 2);
+        assert_eq!(kept(&groups), [2, 251]);
+    }
+}

@@ -1,0 +1,450 @@
+//! Garbage collection in two phases, with no lock (see "Concurrency, suspend and garbage
+//! collection" in DESIGN.md and docs/FORMAT.md).
+//!
+//! **Mark.** A pack none of whose blobs is reachable from a snapshot or from a checkpoint of
+//! a live session, and older than the minimum age, becomes a candidate. The index is
+//! rewritten without the candidates first (new segments, then the old ones deleted), so no
+//! backup that loads the index from then on deduplicates against them; then a `gc/<id>`
+//! record lists them with the time of the mark. A backup that loaded the index earlier sees
+//! one of its segments gone and checks its work again before committing (the commit fence,
+//! in the planner).
+//!
+//! **Sweep** (a later run). A record's candidates are deleted only when the record is older
+//! than the grace period and every session that started before the mark has committed or
+//! expired. A candidate that is referenced again (by a snapshot committed since), or that an
+//! index segment lists again, is put back in the index instead of deleted.
+//!
+//! Each step is safe to interrupt: a crash before the record is written leaves the
+//! candidates unindexed and unreferenced, so the next run marks them again; deletes are
+//! idempotent; restored packs are indexed before their record is removed.
+
+use std::collections::{HashMap, HashSet};
+
+use bakare_crypto::{Digest, SymmetricKey, checksum};
+
+use crate::ids::{BlobId, PackId};
+use crate::index::IndexSegment;
+use crate::object::{ObjectKind, check_header, get_verified, header, id_of_path};
+use crate::pack::{PackEntry, read_pack_table};
+use crate::repository::{Repository, pack_path};
+use crate::session::{Checkpoint, Session};
+use crate::tree::{Node, Tree};
+use crate::{BlobLocation, Result, StoreError, clock};
+
+const SECOND: i64 = 1_000_000_000;
+const HOUR: i64 = 3600 * SECOND;
+const DAY: i64 = 24 * HOUR;
+/// Clocks of different hosts may disagree by this much.
+pub const CLOCK_SKEW_NS: i64 = 10 * 60 * SECOND;
+/// Blobs per rewritten index segment.
+const SEGMENT_BLOBS: usize = 100_000;
+
+/// The times garbage collection waits.
+#[derive(Clone, Copy, Debug)]
+pub struct GcPolicy {
+    /// A pack younger than this is never marked: it may belong to a backup still running.
+    pub min_pack_age_ns: i64,
+    /// A mark is swept no sooner than this after it was made.
+    pub grace_ns: i64,
+    /// A session whose heartbeat is older than this has expired: it no longer holds a sweep
+    /// back, and its checkpoints stop keeping data.
+    pub session_expiry_ns: i64,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        Self { min_pack_age_ns: DAY, grace_ns: DAY, session_expiry_ns: 7 * DAY, dry_run: false }
+    }
+}
+
+/// A mark: packs that were unreferenced and are no longer indexed, waiting for the sweep.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcRecord {
+    /// When the index no longer offered the candidates.
+    pub mark_ns: i64,
+    pub host: String,
+    pub candidates: Vec<PackId>,
+}
+
+impl GcRecord {
+    /// Encodes and seals the record; returns its id (the hash of the bytes) and the bytes.
+    pub fn encode(&self, index_key: &SymmetricKey) -> Result<(Digest, Vec<u8>)> {
+        let head = header(ObjectKind::Gc);
+        let plain = postcard::to_stdvec(self).map_err(|e| StoreError::corrupt("gc record", e.to_string()))?;
+        let mut out = head.to_vec();
+        index_key.seal_into(&head, &plain, &mut out)?;
+        Ok((checksum(&out), out))
+    }
+
+    /// Authenticates and parses a record (its name was checked by the caller).
+    pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
+        let sealed = check_header(name, ObjectKind::Gc, bytes)?;
+        let head = bytes.get(..8).unwrap_or_default();
+        let plain = index_key.open(head, sealed).map_err(|e| StoreError::crypto(name, e))?;
+        crate::object::decode_exact(name, &plain)
+    }
+}
+
+/// The readable GC records, and a message for each that could not be read.
+pub fn records(repo: &Repository) -> Result<(Vec<(String, GcRecord)>, Vec<String>)> {
+    let key = &repo.access().write_key().index_key;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for path in repo.backend().list("gc")? {
+        let read = id_of_path(&path)
+            .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
+            .and_then(|id| get_verified(repo.backend().as_ref(), &path, &id))
+            .and_then(|b| GcRecord::decode(&path, &b, key));
+        match read {
+            Ok(r) => out.push((path, r)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    Ok((out, problems))
+}
+
+/// Every pack some GC record lists: not to be indexed again by anything but the sweep.
+pub fn marked_packs(repo: &Repository) -> Result<HashSet<PackId>> {
+    Ok(records(repo)?.0.into_iter().flat_map(|(_, r)| r.candidates).collect())
+}
+
+/// What a prune did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub snapshots: usize,
+    pub live_sessions: usize,
+    pub referenced_blobs: usize,
+    pub packs: usize,
+    /// Packs deleted by the sweep, and their bytes.
+    pub deleted_packs: usize,
+    pub deleted_bytes: u64,
+    /// Candidates referenced or indexed again, put back instead of deleted.
+    pub restored_packs: usize,
+    /// Packs marked now, and their bytes: deleted by a later prune.
+    pub marked_packs: usize,
+    pub marked_bytes: u64,
+    /// Marks not swept yet, and why.
+    pub deferred: Vec<String>,
+    /// Unreferenced packs too young to mark.
+    pub young_packs: usize,
+    /// Packs that no segment listed but that hold referenced blobs, indexed now.
+    pub indexed_packs: usize,
+    pub expired_sessions: usize,
+    pub removed_checkpoints: usize,
+    /// Index segments replaced by the rewrite.
+    pub replaced_segments: usize,
+    pub problems: Vec<String>,
+}
+
+/// Runs the sweep of old marks and a new mark. `repo` must hold the master key (trees are
+/// read). `own_session` is the prune's own session record, which holds nothing back.
+pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, policy: &GcPolicy) -> Result<PruneReport> {
+    repo.access().master()?;
+    let mut report = PruneReport::default();
+    let now = clock::now_ns();
+    let key = &repo.access().write_key().index_key;
+    let backend = repo.backend().as_ref();
+
+    // Sessions first: a backup that commits after this listing is visible to the snapshot
+    // listing below.
+    let (sessions, session_problems) = repo.sessions()?;
+    let sessions: Vec<Session> =
+        sessions.into_iter().filter(|s| own_session.is_none_or(|own| own.id != s.id)).collect();
+    let (live, expired): (Vec<Session>, Vec<Session>) =
+        sessions.into_iter().partition(|s| now.saturating_sub(s.heartbeat_ns) <= policy.session_expiry_ns);
+    report.live_sessions = live.len();
+    if !session_problems.is_empty() {
+        return Err(refuse(&session_problems));
+    }
+    let (records, record_problems) = records(repo)?;
+    report.problems.extend(record_problems.iter().map(|p| format!("{p} (its packs are marked again)")));
+
+    // The index as the segments list it.
+    let mut indexed: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    let segment_paths = backend.list("index")?;
+    for path in &segment_paths {
+        let seg = id_of_path(path)
+            .ok_or_else(|| StoreError::corrupt(path, "name is not an id"))
+            .and_then(|id| get_verified(backend, path, &id))
+            .and_then(|b| IndexSegment::decode(path, &b, key))
+            .map_err(|e| refuse(&[e.to_string()]))?;
+        for (pack, entries) in seg.packs {
+            indexed.entry(pack).or_insert(entries);
+        }
+    }
+
+    let pack_times = backend.list_with_times("packs")?;
+    report.packs = pack_times.len();
+    let marked: HashSet<PackId> = records.iter().flat_map(|(_, r)| r.candidates.iter().copied()).collect();
+    // Tables of old unindexed packs: marked ones, and those nothing indexed yet.
+    let mut tables: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
+    let mut sizes: HashMap<PackId, u64> = HashMap::new();
+    for (path, time) in &pack_times {
+        let Some(id) = id_of_path(path).map(PackId) else { continue };
+        let old = now.saturating_sub(*time) >= policy.min_pack_age_ns;
+        if !indexed.contains_key(&id) && (old || marked.contains(&id)) {
+            match read_pack_table(backend, path, key) {
+                Ok(t) => {
+                    tables.insert(id, t.entries);
+                }
+                Err(e) => report.problems.push(format!("{e} (left for verify --repair)")),
+            }
+        }
+        if let Ok(size) = backend.size(path) {
+            sizes.insert(id, size);
+        }
+    }
+
+    // Everything reachable from snapshots and from checkpoints of live sessions.
+    let live_ids: HashSet<[u8; 16]> = live.iter().map(|s| s.id).collect();
+    let expired_ids: HashSet<[u8; 16]> = expired.iter().map(|s| s.id).collect();
+    let mut roots: Vec<BlobId> = Vec::new();
+    let list = repo.snapshots()?;
+    if !list.problems.is_empty() {
+        return Err(refuse(&list.problems));
+    }
+    report.snapshots = list.snapshots.len();
+    roots.extend(list.snapshots.iter().map(|(_, s)| s.root));
+    let mut stale_checkpoints = Vec::new();
+    let mut checkpoint_blobs = Vec::new();
+    for (path, time) in backend.list_with_times("checkpoints")? {
+        let refs = id_of_path(&path)
+            .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
+            .and_then(|id| get_verified(backend, &path, &id))
+            .and_then(|b| Checkpoint::decode_refs(&path, &b, key))
+            .map_err(|e| refuse(&[e.to_string()]))?;
+        let ownerless = !live_ids.contains(&refs.session) && now.saturating_sub(time) > policy.session_expiry_ns;
+        if expired_ids.contains(&refs.session) || ownerless {
+            stale_checkpoints.push(path);
+        } else {
+            checkpoint_blobs.extend(refs.blobs);
+        }
+    }
+    let unindexed: HashMap<BlobId, BlobLocation> = tables
+        .iter()
+        .flat_map(|(pack, entries)| entries.iter().map(|e| (e.id, BlobLocation { pack: *pack, entry: *e })))
+        .collect();
+    let locate = |id: &BlobId| -> Option<BlobLocation> { repo.blob_location(id).or_else(|| unindexed.get(id).copied()) };
+    let referenced = reachable(repo, roots, checkpoint_blobs, &locate)?;
+    report.referenced_blobs = referenced.len();
+    let uses = |entries: &[PackEntry]| entries.iter().any(|e| referenced.contains(&e.id));
+
+    // Sweep.
+    let mut restore: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
+    let mut deletions: Vec<PackId> = Vec::new();
+    let mut swept_records = Vec::new();
+    let mut still_marked: HashSet<PackId> = HashSet::new();
+    for (path, record) in &records {
+        let age = now.saturating_sub(record.mark_ns);
+        let holders: Vec<&Session> =
+            live.iter().filter(|s| s.started_ns < record.mark_ns.saturating_add(CLOCK_SKEW_NS)).collect();
+        if age < policy.grace_ns || !holders.is_empty() {
+            let why = if age < policy.grace_ns {
+                format!("{path}: marked {} ago, grace period not over", duration(age))
+            } else {
+                let names: Vec<String> = holders
+                    .iter()
+                    .map(|s| format!("{} on {} (last heartbeat {} ago)", s.id_hex(), s.host, duration(now.saturating_sub(s.heartbeat_ns))))
+                    .collect();
+                format!("{path}: waiting for sessions that started before the mark: {}", names.join(", "))
+            };
+            report.deferred.push(why);
+            still_marked.extend(record.candidates.iter().copied());
+            continue;
+        }
+        for pack in &record.candidates {
+            if indexed.contains_key(pack) {
+                report.restored_packs += 1;
+            } else if let Some(entries) = tables.get(pack) {
+                if uses(entries) {
+                    report.restored_packs += 1;
+                    restore.push((*pack, entries.clone()));
+                } else {
+                    deletions.push(*pack);
+                }
+            } else if sizes.contains_key(pack) {
+                // Its table could not be read: leave the pack to verify --repair.
+                report.restored_packs += 1;
+            }
+        }
+        swept_records.push(path.clone());
+    }
+    let deleted: HashSet<PackId> = deletions.iter().copied().collect();
+
+    // Mark.
+    let mut candidates = Vec::new();
+    for (path, time) in &pack_times {
+        let Some(id) = id_of_path(path).map(PackId) else { continue };
+        if still_marked.contains(&id) || deleted.contains(&id) || restore.iter().any(|(p, _)| *p == id) {
+            continue;
+        }
+        let old = now.saturating_sub(*time) >= policy.min_pack_age_ns;
+        if let Some(entries) = indexed.get(&id) {
+            if uses(entries) {
+                continue;
+            }
+            if old {
+                candidates.push(id);
+            } else {
+                report.young_packs += 1;
+            }
+        } else if let Some(entries) = tables.get(&id) {
+            if uses(entries) {
+                report.indexed_packs += 1;
+                restore.push((id, entries.clone()));
+            } else {
+                candidates.push(id);
+            }
+        } else if !old {
+            report.young_packs += 1;
+        }
+    }
+    report.marked_packs = candidates.len();
+    report.marked_bytes = candidates.iter().filter_map(|p| sizes.get(p)).sum();
+    report.deleted_packs = deletions.len();
+    report.deleted_bytes = deletions.iter().filter_map(|p| sizes.get(p)).sum();
+    report.expired_sessions = expired.len();
+    report.removed_checkpoints = stale_checkpoints.len();
+    if policy.dry_run {
+        return Ok(report);
+    }
+
+    // Writes, each step safe to interrupt. Put back what is referenced again first.
+    write_segments(repo, restore)?;
+    for pack in &deletions {
+        backend.delete(&pack_path(pack))?;
+    }
+    for path in &swept_records {
+        backend.delete(path)?;
+    }
+    let candidate_set: HashSet<PackId> = candidates.iter().copied().collect();
+    let indexed_candidates: Vec<&PackId> = candidates.iter().filter(|p| indexed.contains_key(p)).collect();
+    if !indexed_candidates.is_empty() {
+        let keep: Vec<(PackId, Vec<PackEntry>)> =
+            indexed.into_iter().filter(|(p, _)| !candidate_set.contains(p)).collect();
+        write_segments(repo, keep)?;
+        for path in &segment_paths {
+            backend.delete(path)?;
+        }
+        report.replaced_segments = segment_paths.len();
+    }
+    if !candidates.is_empty() {
+        let record = GcRecord { mark_ns: clock::now_ns(), host: host.to_string(), candidates };
+        let (id, bytes) = record.encode(key)?;
+        backend.put(&format!("gc/{id}"), &bytes)?;
+    }
+    for path in &stale_checkpoints {
+        backend.delete(path)?;
+    }
+    for s in &expired {
+        repo.remove_session(s)?;
+    }
+    Ok(report)
+}
+
+/// Writes `packs` as index segments of at most [`SEGMENT_BLOBS`] blobs each.
+fn write_segments(repo: &Repository, packs: Vec<(PackId, Vec<PackEntry>)>) -> Result<()> {
+    let key = &repo.access().write_key().index_key;
+    let mut batch = Vec::new();
+    let mut blobs = 0;
+    let write = |batch: Vec<(PackId, Vec<PackEntry>)>| -> Result<()> {
+        let (id, bytes) = IndexSegment { packs: batch }.encode(key)?;
+        Ok(repo.backend().put(&format!("index/{id}"), &bytes)?)
+    };
+    for (pack, entries) in packs {
+        blobs += entries.len();
+        batch.push((pack, entries));
+        if blobs >= SEGMENT_BLOBS {
+            write(std::mem::take(&mut batch))?;
+            blobs = 0;
+        }
+    }
+    if !batch.is_empty() {
+        write(batch)?;
+    }
+    Ok(())
+}
+
+/// Every blob reachable from the root trees and the checkpoint blobs (trees among them are
+/// followed). A tree that cannot be read stops the prune: what it names is unknown.
+fn reachable(
+    repo: &Repository,
+    roots: Vec<BlobId>,
+    checkpoint_blobs: Vec<BlobId>,
+    locate: &dyn Fn(&BlobId) -> Option<BlobLocation>,
+) -> Result<HashSet<BlobId>> {
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    let mut trees: Vec<BlobId> = Vec::new();
+    for id in roots {
+        if seen.insert(id) {
+            trees.push(id);
+        }
+    }
+    for id in checkpoint_blobs {
+        // A checkpoint names file chunks and folder trees alike; trees are followed.
+        if seen.insert(id)
+            && let Some(loc) = locate(&id)
+            && loc.entry.kind == crate::BlobKind::Tree
+        {
+            trees.push(id);
+        }
+    }
+    while let Some(id) = trees.pop() {
+        let loc = locate(&id).ok_or_else(|| refuse(&[format!("tree {} is in no pack", id.short())]))?;
+        let tree = repo
+            .load_blob_at(&loc)
+            .and_then(|b| Tree::decode(&format!("tree {}", id.short()), &b))
+            .map_err(|e| refuse(&[e.to_string()]))?;
+        for entry in tree.entries {
+            match entry.node {
+                Node::File { chunks, .. } => seen.extend(chunks),
+                Node::Dir { tree } => {
+                    if seen.insert(tree) {
+                        trees.push(tree);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(seen)
+}
+
+fn refuse(problems: &[String]) -> StoreError {
+    StoreError::corrupt(
+        "repository",
+        format!("prune needs every snapshot, tree and index segment readable; run `bakare verify --repair` first: {}", problems.join("; ")),
+    )
+}
+
+fn duration(ns: i64) -> String {
+    let secs = ns.max(0) / SECOND;
+    match secs {
+        s if s >= 2 * 86400 => format!("{} days", s / 86400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_refuses_tampering() {
+        let m = bakare_crypto::MasterKey::generate().unwrap();
+        let key = &m.write.index_key;
+        let r = GcRecord { mark_ns: 5, host: "h".into(), candidates: vec![PackId(Digest([1; 32]))] };
+        let (id, bytes) = r.encode(key).unwrap();
+        assert_eq!(id, checksum(&bytes));
+        assert_eq!(GcRecord::decode("gc/x", &bytes, key).unwrap(), r);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(GcRecord::decode("gc/x", &b, key).is_err(), "flip at {i}");
+        }
+    }
+}
