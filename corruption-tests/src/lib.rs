@@ -36,6 +36,90 @@ pub fn bakare_binary() -> PathBuf {
     bin
 }
 
+/// A repository driven through the real `bakare` binary, as a user would: one folder holding
+/// the repository and the local caches of any number of hosts.
+pub struct Cli {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+}
+
+impl Cli {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, bin: bakare_binary() }
+    }
+
+    /// A command on the repository, as host `default` with its own cache folder.
+    pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        self.cmd_as("default", args)
+    }
+
+    /// A command as `host` (its own cache folder; backups record it as their host).
+    pub fn cmd_as(&self, host: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.bin);
+        c.args(["--repo", self.dir.join("repo").to_str().unwrap()])
+            .args(args)
+            .env("BAKARE_PASSPHRASE", "pw")
+            .env("BAKARE_CACHE_DIR", self.dir.join(format!("cache-{host}")))
+            .env("BAKARE_CHECKPOINT_MIB", "1")
+            .env("BAKARE_THREADS", "4")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Creates the folder and the repository (fast key derivation, 1 MiB packs).
+    pub fn init(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        fs::create_dir_all(&self.dir).unwrap();
+        let out = self.run(&["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Bytes of all packs in the repository.
+    pub fn packs_bytes(&self) -> u64 {
+        let mut total = 0;
+        let mut stack = vec![self.dir.join("repo/packs")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).into_iter().flatten() {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if !e.file_name().to_string_lossy().starts_with(".tmp") {
+                    total += m.len();
+                }
+            }
+        }
+        total
+    }
+
+    /// Restores `spec` into a new folder and returns its contents.
+    pub fn restored(&self, spec: &str) -> BTreeMap<String, blake3::Hash> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let out = self.dir.join(format!("restore-{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let _ = fs::remove_dir_all(&out);
+        ok(&self.run(&["restore", "-q", spec, "--target", out.to_str().unwrap()]), &format!("restore {spec}"));
+        let c = contents(&out);
+        let _ = fs::remove_dir_all(&out);
+        c
+    }
+}
+
+/// Asserts a command succeeded, showing its output if not.
+pub fn ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Makes a deterministic source tree with `../shared/bench/gen_tree.py create`.
 pub fn gen_tree(dir: &Path, files: u32, mean_kib: u32, seed: u32) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
@@ -47,6 +131,18 @@ pub fn gen_tree(dir: &Path, files: u32, mean_kib: u32, seed: u32) {
         .status()
         .unwrap();
     assert!(status.success(), "gen_tree.py failed");
+}
+
+/// Changes `percent` of the files under `dir` as a user would, with `../shared/bench/gen_tree.py mutate`.
+pub fn mutate_tree(dir: &Path, percent: u32, seed: u64) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
+    let status = std::process::Command::new("python3")
+        .arg(script)
+        .args(["mutate", dir.to_str().unwrap(), "--percent", &percent.to_string(), "--seed", &seed.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen_tree.py mutate failed");
 }
 
 /// A small deterministic generator (xorshift), so every run mutates the same bytes.
@@ -81,10 +177,11 @@ pub enum Kind {
     TreeBlob,
     Session,
     Checkpoint,
+    GcMark,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Config,
         Kind::ConfigMirror,
         Kind::KeyFile,
@@ -96,6 +193,7 @@ impl Kind {
         Kind::TreeBlob,
         Kind::Session,
         Kind::Checkpoint,
+        Kind::GcMark,
     ];
 
     /// Whether the kind holds only metadata, which redundancy must repair in full.
@@ -169,6 +267,17 @@ fn write_tree(root: &Path, generation: u8) {
     filetime::set_file_mtime(root.join("empty"), filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
 }
 
+/// A prune's mark: a backup of other files, forgotten, its packs marked.
+fn leave_gc_mark(repo: &Arc<Repository>, extra: &Path) {
+    write_tree(extra, 9);
+    let opts = BackupOptions { host: "h".into(), ..BackupOptions::default() };
+    let r = backup(repo.clone(), &Memo::disabled(), &[extra.to_path_buf()], &opts, Arc::default()).unwrap();
+    bakare_store::forget::remove_snapshot(repo, &r.id).unwrap();
+    let policy = bakare_store::gc::GcPolicy { min_pack_age_ns: 0, ..bakare_store::gc::GcPolicy::default() };
+    let report = bakare_store::gc::prune(repo, "h", None, &policy).unwrap();
+    assert!(report.marked_packs > 0, "the fixture has a mark");
+}
+
 /// Content hash of every file below `root`, by relative path.
 pub fn contents(root: &Path) -> BTreeMap<String, blake3::Hash> {
     let mut out = BTreeMap::new();
@@ -220,6 +329,7 @@ impl Fixture {
             expected.insert(r.snapshot.time_ns, contents(&source));
         }
         leave_interrupted_backup(&repo, &source);
+        leave_gc_mark(&repo, &dir.path().join("extra"));
         let access = repo.access().clone();
         let pristine = snapshot_files(&repo_dir);
         Self { dir, source, pristine, expected, access }
@@ -269,6 +379,7 @@ impl Fixture {
             Kind::SnapshotMirror => whole(pick(self.files("snapshots.mirror"), rng)),
             Kind::Session => whole(pick(self.files("sessions"), rng)),
             Kind::Checkpoint => whole(pick(self.files("checkpoints"), rng)),
+            Kind::GcMark => whole(pick(self.files("gc"), rng)),
             Kind::PackBlobTable => {
                 let p = pick(self.files("packs"), rng);
                 let bytes = &self.pristine[&p];

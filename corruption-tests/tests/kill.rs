@@ -8,71 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use bakare_corruption_tests::{Rng, bakare_binary, contents, gen_tree};
+use bakare_corruption_tests::{Cli, Rng, contents, gen_tree, ok};
 
 const PACK: u64 = 1 << 20;
-
-struct Run {
-    dir: PathBuf,
-    bin: PathBuf,
-}
-
-impl Run {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.args(["--repo", self.dir.join("repo").to_str().unwrap()])
-            .args(args)
-            .env("BAKARE_PASSPHRASE", "pw")
-            .env("BAKARE_CACHE_DIR", self.dir.join("cache"))
-            .env("BAKARE_CHECKPOINT_MIB", "1")
-            .env("BAKARE_THREADS", "4")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn init(&self) {
-        let _ = fs::remove_dir_all(&self.dir);
-        fs::create_dir_all(&self.dir).unwrap();
-        let out = self.run(&["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn packs_bytes(&self) -> u64 {
-        let mut total = 0;
-        let mut stack = vec![self.dir.join("repo/packs")];
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(d).into_iter().flatten() {
-                let e = e.unwrap();
-                let m = e.metadata().unwrap();
-                if m.is_dir() {
-                    stack.push(e.path());
-                } else if !e.file_name().to_string_lossy().starts_with(".tmp") {
-                    total += m.len();
-                }
-            }
-        }
-        total
-    }
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn kill_at_seeded_points_then_resume() {
@@ -81,10 +21,9 @@ fn kill_at_seeded_points_then_resume() {
     let src = tmp.path().join("src");
     gen_tree(&src, 1200, 16, 11);
     let expected = contents(&src);
-    let bin = bakare_binary();
     let src_arg = src.to_str().unwrap();
     // The uninterrupted run: how long it takes and how much it writes.
-    let base = Run { dir: tmp.path().join("base"), bin: bin.clone() };
+    let base = Cli::new(tmp.path().join("base"));
     base.init();
     let t = Instant::now();
     ok(&base.run(&["backup", "-q", "--compression", "max", src_arg]), "uninterrupted backup");
@@ -93,7 +32,7 @@ fn kill_at_seeded_points_then_resume() {
     let (mut killed, mut finished, mut without_cache, mut worst) = (0, 0, 0, 0f64);
     for i in 0..n {
         let mut rng = Rng::new(0xC0FFEE + i);
-        let run = Run { dir: tmp.path().join(format!("kill{i}")), bin: bin.clone() };
+        let run = Cli::new(tmp.path().join(format!("kill{i}")));
         run.init();
         let mut child = run.cmd(&["backup", "-q", "--compression", "max", src_arg]).spawn().unwrap();
         let at = full.mul_f64(0.03 + 0.57 * (rng.below(1000) as f64 / 1000.0));
@@ -111,7 +50,7 @@ fn kill_at_seeded_points_then_resume() {
         killed += 1;
         let at_kill = run.packs_bytes();
         if i % 3 == 2 {
-            fs::remove_dir_all(run.dir.join("cache")).unwrap();
+            fs::remove_dir_all(run.dir.join("cache-default")).unwrap();
             without_cache += 1;
         }
         ok(&run.run(&["resume", "-q"]), "resume");

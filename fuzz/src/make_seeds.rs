@@ -86,6 +86,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         entries: vec![(record.key.clone(), record.encode())],
     };
     write("session", 1, &checkpoint.encode(&key.write)?.1)?;
+    let mark = bakare_store::gc::GcRecord { mark_ns: 5, host: "h".into(), candidates: vec![bakare_store::PackId(a.0)] };
+    write("session", 2, &mark.encode(&key.write.index_key)?.1)?;
     let mut rt = vec![7, 0, 0, 0, 0x10, 4];
     rt.extend_from_slice(b"some blob bytes that compress compress compress compress well");
     write("roundtrip", 0, &rt)?;

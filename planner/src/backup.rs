@@ -92,6 +92,9 @@ pub struct BackupReport {
     pub errors: Vec<(PathBuf, String)>,
     /// Problems with the local memo (it was rebuilt or could not be updated).
     pub memo_warnings: Vec<String>,
+    /// Walks over the sources: more than one when garbage collection marked data under
+    /// the backup (the commit fence).
+    pub passes: u32,
 }
 
 /// The source paths arranged as a tree of path components from `/`.
@@ -335,7 +338,7 @@ pub fn backup(
         repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
     }
     repo.remove_session(&session)?;
-    Ok(BackupReport { id, snapshot, errors, memo_warnings })
+    Ok(BackupReport { id, snapshot, errors, memo_warnings, passes })
 }
 
 /// The id of a backup set: its paths and the options that decide what is in it. The memo's
@@ -371,7 +374,13 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    fn run(self, repo: &Arc<Repository>, memo: &Memo, counters: &Arc<Counters>, seq: &mut u32) -> Result<PassOutcome, PlanError> {
+    fn run(
+        self,
+        repo: &Arc<Repository>,
+        memo: &Memo,
+        counters: &Arc<Counters>,
+        seq: &mut u32,
+    ) -> Result<PassOutcome, PlanError> {
         let run = Arc::new(RunContext {
             repo: repo.clone(),
             chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
@@ -408,6 +417,9 @@ impl Pass<'_> {
             walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)?
         };
         walk.checkpoint(true)?;
+        crate::failpoint::hit("before-commit");
+        // The fence: the last checkpoint checked, but a collector may have marked since.
+        walk.check_relied()?;
         let memo_warnings = take(&walk.memo_warnings);
         let mut errors = take(&walk.errors);
         errors.extend(take(&run.errors));
@@ -480,12 +492,7 @@ impl Walk<'_> {
             state.written.push(path);
         }
         let stale = if all { take(&self.stale) } else { Vec::new() };
-        let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
-        let intact = self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
-        if !intact {
-            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let present: Vec<_> = present.into_iter().collect();
+        let present = self.check_relied()?;
         let trust = if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
             Trust::RevokeAll
         } else if self.trusted || all {
@@ -500,7 +507,21 @@ impl Walk<'_> {
         }
         state.at = Instant::now();
         state.bytes_read = read;
+        if !all {
+            crate::failpoint::hit("after-checkpoint");
+        }
         Ok(())
+    }
+
+    /// Whether every index segment this walk relied on still exists (else it is marked
+    /// broken); returns the segments that exist.
+    fn check_relied(&self) -> Result<Vec<bakare_store::crypto::Digest>, PlanError> {
+        let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
+        let intact = self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
+        if !intact {
+            self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(present.into_iter().collect())
     }
 
     /// A folder on the way to a source: only the source-bearing children are listed.

@@ -15,6 +15,7 @@ mod counters;
 mod db;
 mod error;
 mod exclude;
+mod failpoint;
 mod inputs;
 mod memo;
 mod meta;

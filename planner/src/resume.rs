@@ -66,7 +66,8 @@ pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Resu
     let imported_files = records.len();
     if imported_files > 0 || !dirs.is_empty() {
         // Each was just checked against the index: the trust of any backup set stands.
-        memo.write(&records, &dirs, &[], crate::memo::Trust::Keep).map_err(|e| PlanError::Fatal(format!("local memo: {e}")))?;
+        memo.write(&records, &dirs, &[], crate::memo::Trust::Keep)
+            .map_err(|e| PlanError::Fatal(format!("local memo: {e}")))?;
     }
     Ok(Prepared { adopted_packs, imported_files })
 }

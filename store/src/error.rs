@@ -37,6 +37,10 @@ pub enum StoreError {
     AmbiguousSnapshot { spec: String, count: usize },
     #[error("the repository has no snapshots")]
     NoSnapshots,
+    #[error(
+        "this machine's clock differs from the storage's by {skew_secs} s; garbage collection judges ages by both, so it does not run (set the clock right)"
+    )]
+    ClockSkew { skew_secs: i64 },
     #[error("{0}")]
     Crypt(#[from] bakare_crypto::CryptoError),
 }

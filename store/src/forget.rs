@@ -32,6 +32,7 @@ impl KeepPolicy {
 /// One snapshot's fate, and the rules that keep it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
+    #[serde(serialize_with = "hex")]
     pub id: SnapshotId,
     pub keep: bool,
     pub reasons: Vec<&'static str>,
@@ -47,7 +48,8 @@ pub struct Group {
 
 /// Applies `policy` to each group of `snapshots` (host and paths).
 pub fn plan(snapshots: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<Group> {
-    let mut groups: BTreeMap<(String, Vec<Vec<u8>>), Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
+    type Key = (String, Vec<Vec<u8>>);
+    let mut groups: BTreeMap<Key, Vec<&(SnapshotId, Snapshot)>> = BTreeMap::new();
     for s in snapshots {
         groups.entry((s.1.host.clone(), s.1.paths.clone())).or_default().push(s);
     }
@@ -62,6 +64,10 @@ pub fn plan(snapshots: &[(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<Gr
             }
         })
         .collect()
+}
+
+fn hex<S: serde::Serializer>(id: &SnapshotId, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
 }
 
 type Bucket = fn(i64) -> i64;
@@ -167,7 +173,9 @@ mod tests {
     fn keep_last_and_daily() {
         // Two snapshots a day for five days; day d at 08:00 and 20:00.
         let day = 86_400;
-        let snaps: Vec<_> = (0..10u8).map(|i| snap(i, 20_000 * day + i64::from(i / 2) * day + i64::from(i % 2) * 43_200 + 28_800, "a")).collect();
+        let snaps: Vec<_> = (0..10u8)
+            .map(|i| snap(i, 20_000 * day + i64::from(i / 2) * day + i64::from(i % 2) * 43_200 + 28_800, "a"))
+            .collect();
         let groups = plan(&snaps, &KeepPolicy { last: 1, ..KeepPolicy::default() });
         assert_eq!(kept(&groups), [9]);
         // Daily keeps the last of each day: 9, 7, 5.

@@ -36,6 +36,8 @@ const HOUR: i64 = 3600 * SECOND;
 const DAY: i64 = 24 * HOUR;
 /// Clocks of different hosts may disagree by this much.
 pub const CLOCK_SKEW_NS: i64 = 10 * 60 * SECOND;
+/// A prune refuses to run when this host's clock and the storage's differ by more.
+pub const MAX_SKEW_NS: i64 = 5 * 60 * SECOND;
 /// Blobs per rewritten index segment.
 const SEGMENT_BLOBS: usize = 100_000;
 
@@ -87,8 +89,11 @@ impl GcRecord {
     }
 }
 
-/// The readable GC records, and a message for each that could not be read.
-pub fn records(repo: &Repository) -> Result<(Vec<(String, GcRecord)>, Vec<String>)> {
+/// GC records by path, and (path, problem) of each that could not be read.
+pub type Records = (Vec<(String, GcRecord)>, Vec<(String, String)>);
+
+/// The readable GC records, and the path and problem of each that could not be read.
+pub fn records(repo: &Repository) -> Result<Records> {
     let key = &repo.access().write_key().index_key;
     let mut out = Vec::new();
     let mut problems = Vec::new();
@@ -99,7 +104,7 @@ pub fn records(repo: &Repository) -> Result<(Vec<(String, GcRecord)>, Vec<String
             .and_then(|b| GcRecord::decode(&path, &b, key));
         match read {
             Ok(r) => out.push((path, r)),
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push((path, e.to_string())),
         }
     }
     Ok((out, problems))
@@ -146,6 +151,15 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let now = clock::now_ns();
     let key = &repo.access().write_key().index_key;
     let backend = repo.backend().as_ref();
+    // Ages are judged by this host's clock against the storage's times: refuse when they
+    // disagree (the prune's session record was just written, so its time is "now" there).
+    if let Some(own) = own_session {
+        let stored = backend.modified_ns(&own.path())?;
+        let skew = now.saturating_sub(stored);
+        if skew.saturating_abs() > MAX_SKEW_NS {
+            return Err(StoreError::ClockSkew { skew_secs: skew / SECOND });
+        }
+    }
 
     // Sessions first: a backup that commits after this listing is visible to the snapshot
     // listing below.
@@ -159,7 +173,9 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         return Err(refuse(&session_problems));
     }
     let (records, record_problems) = records(repo)?;
-    report.problems.extend(record_problems.iter().map(|p| format!("{p} (its packs are marked again)")));
+    report.problems.extend(
+        record_problems.iter().map(|(_, p)| format!("{p} (verify --repair removes it; its packs are marked again)")),
+    );
 
     // The index as the segments list it.
     let mut indexed: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
@@ -226,10 +242,16 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         .iter()
         .flat_map(|(pack, entries)| entries.iter().map(|e| (e.id, BlobLocation { pack: *pack, entry: *e })))
         .collect();
-    let locate = |id: &BlobId| -> Option<BlobLocation> { repo.blob_location(id).or_else(|| unindexed.get(id).copied()) };
+    let locate =
+        |id: &BlobId| -> Option<BlobLocation> { repo.blob_location(id).or_else(|| unindexed.get(id).copied()) };
     let referenced = reachable(repo, roots, checkpoint_blobs, &locate)?;
     report.referenced_blobs = referenced.len();
     let uses = |entries: &[PackEntry]| entries.iter().any(|e| referenced.contains(&e.id));
+    // An unindexed pack is needed only for a referenced blob the index has nowhere else: a
+    // backup that walked again after a mark stored fresh copies of what it found marked.
+    let indexed_blobs: HashSet<BlobId> = indexed.values().flatten().map(|e| e.id).collect();
+    let needed =
+        |entries: &[PackEntry]| entries.iter().any(|e| referenced.contains(&e.id) && !indexed_blobs.contains(&e.id));
 
     // Sweep.
     let mut restore: Vec<(PackId, Vec<PackEntry>)> = Vec::new();
@@ -246,7 +268,14 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
             } else {
                 let names: Vec<String> = holders
                     .iter()
-                    .map(|s| format!("{} on {} (last heartbeat {} ago)", s.id_hex(), s.host, duration(now.saturating_sub(s.heartbeat_ns))))
+                    .map(|s| {
+                        format!(
+                            "{} on {} (last heartbeat {} ago)",
+                            s.id_hex(),
+                            s.host,
+                            duration(now.saturating_sub(s.heartbeat_ns))
+                        )
+                    })
                     .collect();
                 format!("{path}: waiting for sessions that started before the mark: {}", names.join(", "))
             };
@@ -258,7 +287,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
             if indexed.contains_key(pack) {
                 report.restored_packs += 1;
             } else if let Some(entries) = tables.get(pack) {
-                if uses(entries) {
+                if needed(entries) {
                     report.restored_packs += 1;
                     restore.push((*pack, entries.clone()));
                 } else {
@@ -291,7 +320,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
                 report.young_packs += 1;
             }
         } else if let Some(entries) = tables.get(&id) {
-            if uses(entries) {
+            if needed(entries) {
                 report.indexed_packs += 1;
                 restore.push((id, entries.clone()));
             } else {
@@ -400,11 +429,7 @@ fn reachable(
         for entry in tree.entries {
             match entry.node {
                 Node::File { chunks, .. } => seen.extend(chunks),
-                Node::Dir { tree } => {
-                    if seen.insert(tree) {
-                        trees.push(tree);
-                    }
-                }
+                Node::Dir { tree } if seen.insert(tree) => trees.push(tree),
                 _ => {}
             }
         }
@@ -415,7 +440,10 @@ fn reachable(
 fn refuse(problems: &[String]) -> StoreError {
     StoreError::corrupt(
         "repository",
-        format!("prune needs every snapshot, tree and index segment readable; run `bakare verify --repair` first: {}", problems.join("; ")),
+        format!(
+            "prune needs every snapshot, tree and index segment readable; run `bakare verify --repair` first: {}",
+            problems.join("; ")
+        ),
     )
 }
 

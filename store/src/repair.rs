@@ -102,9 +102,12 @@ fn repair_snapshot_copies(repo: &Repository, s: &Survey, done: &mut Vec<String>)
     Ok(())
 }
 
-/// Removes damaged session records and checkpoints: they only speed up a resume.
+/// Removes damaged session records, checkpoints and GC marks: the first two only speed up a
+/// resume, and the packs of a lost mark are unindexed and unreferenced, so the next prune
+/// marks them again.
 fn remove_damaged_progress(repo: &Repository, s: &Survey, done: &mut Vec<String>) -> Result<()> {
-    for p in s.problems.iter().filter(|p| p.object.starts_with("sessions/") || p.object.starts_with("checkpoints/")) {
+    let progress = |o: &str| ["sessions/", "checkpoints/", "gc/"].iter().any(|p| o.starts_with(p));
+    for p in s.problems.iter().filter(|p| progress(&p.object)) {
         repo.backend().delete(&p.object)?;
         done.push(format!("removed damaged {}", p.object));
     }

@@ -91,6 +91,8 @@ pub struct Survey {
     pub trees_checked: u64,
     pub blobs_read: u64,
     pub bytes_read: u64,
+    /// Packs a GC mark lists.
+    pub marked: HashSet<PackId>,
 }
 
 /// The two copies of a snapshot.
@@ -152,6 +154,11 @@ pub fn verify(repo: &Repository, read_data: ReadData) -> Result<Survey> {
     check_config(repo, &mut s);
     check_keys(repo, &mut s)?;
     let indexed = check_index(repo, &mut s)?;
+    let (marks, damaged_marks) = crate::gc::records(repo)?;
+    for (path, problem) in damaged_marks {
+        s.problem(path, format!("{problem} (repair removes it: the next prune marks its packs again)"), true);
+    }
+    s.marked = marks.into_iter().flat_map(|(_, r)| r.candidates).collect();
     check_packs(repo, &mut s, &indexed, read_data)?;
     check_snapshots(repo, &mut s)?;
     check_sessions(repo, &mut s)?;
@@ -290,6 +297,8 @@ fn check_packs(
             if listed.iter().any(|e| !table.contains(e)) {
                 s.problem(&path, "index segments disagree with the pack's blob table", true);
             }
+        } else if state.table.is_some() && s.marked.contains(&id) {
+            s.notes.push(format!("{path}: marked by prune, deleted by a later one unless used again"));
         } else if state.table.is_some() && !indexed.contains_key(&id) {
             s.notes.push(format!(
                 "{path}: in no index segment (left by an interrupted backup; resume adopts it, prune removes it)"

@@ -142,7 +142,7 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
                 "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
                 "files_read": s.files_read, "files_reused": s.files_reused, "dirs": s.dirs,
                 "errors": s.errors, "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
-                "duration_ms": s.duration_ms,
+                "duration_ms": s.duration_ms, "passes": r.passes,
             })
         )?;
         return Ok(());
@@ -172,5 +172,8 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
         s.files_reused
     )?;
     out!("added:    {} (after deduplication and compression)", bytes(s.bytes_added))?;
+    if r.passes > 1 {
+        out!("walks:    {} (a prune marked data this backup had used; it was checked and stored again)", r.passes)?;
+    }
     out!("duration: {:.2} s", s.duration_ms as f64 / 1000.0)
 }

@@ -78,11 +78,7 @@ pub fn run_on(ctx: &Context, repo: &Repository, a: &GcArgs) -> Result<Outcome> {
             out!("{would}indexed: {} packs no index segment listed", r.indexed_packs)?;
         }
         if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
-            out!(
-                "{would}removed: {} expired sessions, {} checkpoints",
-                r.expired_sessions,
-                r.removed_checkpoints
-            )?;
+            out!("{would}removed: {} expired sessions, {} checkpoints", r.expired_sessions, r.removed_checkpoints)?;
         }
         for d in &r.deferred {
             out!("deferred: {d}")?;

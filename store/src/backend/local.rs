@@ -133,7 +133,8 @@ impl Backend for LocalBackend {
     }
 
     fn modified_ns(&self, path: &str) -> Result<i64, BackendError> {
-        let t = fs::symlink_metadata(self.full(path)).and_then(|m| m.modified()).map_err(|e| BackendError::io(path, e))?;
+        let t =
+            fs::symlink_metadata(self.full(path)).and_then(|m| m.modified()).map_err(|e| BackendError::io(path, e))?;
         Ok(crate::clock::ns_of(t))
     }
 

@@ -1,0 +1,139 @@
+//! Garbage collection against backups that sleep (reliability.md T3): real `bakare`
+//! processes, a backup frozen with a real SIGSTOP at a failpoint, forget and prune from
+//! another host with the clock pushed past every grace period, then SIGCONT. Every snapshot
+//! must restore byte-identical and `verify --read-data` must be clean.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use bakare_corruption_tests::{Cli, contents, gen_tree, ok};
+
+const DAY: i64 = 86_400;
+
+/// Waits until `child` is stopped (state `T` in /proc), at most a minute.
+fn wait_stopped(child: &mut Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended ({status}) before reaching its failpoint");
+        }
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the backup never stopped at its failpoint");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// `bakare prune --json` as host `b`, `days` in the future; its report.
+fn prune(cli: &Cli, days: i64) -> serde_json::Value {
+    let out = cli
+        .cmd_as("b", &["--json", "prune"])
+        .env("BAKARE_CLOCK_OFFSET_SECS", (days * DAY).to_string())
+        .output()
+        .unwrap();
+    ok(&out, &format!("prune at +{days} days"));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v.get(key).and_then(serde_json::Value::as_u64).unwrap()
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().unwrap()
+}
+
+/// A repository whose only snapshot of `src` was forgotten: everything in it is garbage
+/// for GC, and host `a`'s memo still points at all of it.
+fn forgotten_backup(name: &str) -> (tempfile::TempDir, Cli, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 300, 24, 5);
+    let cli = Cli::new(tmp.path().join(name));
+    cli.init();
+    let src_arg = src.to_str().unwrap().to_string();
+    ok(&cli.cmd_as("a", &["backup", "-q", &src_arg]).output().unwrap(), "first backup");
+    ok(&cli.run(&["forget", "-q", "latest"]), "forget");
+    (tmp, cli, src_arg)
+}
+
+fn check_all(cli: &Cli, src: &str) {
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
+    let expected = contents(std::path::Path::new(src));
+    assert_eq!(cli.restored(&format!("latest:{src}")), expected, "the snapshot restores byte-identical");
+}
+
+/// The backup deduplicates everything against the forgotten snapshot through its memo,
+/// freezes before committing, and stays frozen past the session expiry: the sweep deletes
+/// what it used. Continued, it must notice and store the data again.
+#[test]
+fn frozen_past_expiry_the_backup_stores_again_what_the_sweep_deleted() {
+    let (_tmp, cli, src) = forgotten_backup("expired");
+    let mut a = cli.cmd_as("a", &["--json", "backup", &src]).env("BAKARE_FAILPOINT", "before-commit").spawn().unwrap();
+    wait_stopped(&mut a);
+    let first = prune(&cli, 2);
+    assert!(n(&first, "marked_packs") > 0, "the forgotten data is marked: {first}");
+    let second = prune(&cli, 9);
+    assert!(n(&second, "deleted_packs") > 0, "the frozen session expired, so the sweep deleted: {second}");
+    assert_eq!(n(&second, "expired_sessions"), 1);
+    signal(&a, "-CONT");
+    let out = finish(a);
+    ok(&out, "the frozen backup, continued");
+    let report: serde_json::Value =
+        String::from_utf8_lossy(&out.stdout).lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap();
+    assert!(n(&report, "files_read") > 0, "the second walk read the files whose data was deleted: {report}");
+    check_all(&cli, &src);
+    assert_eq!(std::fs::read_dir(cli.dir.join("repo/sessions")).unwrap().count(), 0);
+}
+
+/// Frozen but not expired: the sweep waits for it (deferred, not skipped), the backup commits
+/// when continued, and a later prune deletes what is garbage.
+#[test]
+fn a_live_frozen_backup_defers_the_sweep() {
+    let (_tmp, cli, src) = forgotten_backup("deferred");
+    let mut a = cli.cmd_as("a", &["backup", "-q", &src]).env("BAKARE_FAILPOINT", "before-commit").spawn().unwrap();
+    wait_stopped(&mut a);
+    let marked = n(&prune(&cli, 2), "marked_packs");
+    assert!(marked > 0);
+    let waiting = prune(&cli, 4);
+    assert_eq!(n(&waiting, "deleted_packs"), 0, "the sweep waits for the frozen session: {waiting}");
+    let deferred = waiting.get("deferred").and_then(|d| d.as_array()).unwrap();
+    assert!(deferred.iter().any(|d| d.as_str().unwrap().contains("waiting for sessions")), "{waiting}");
+    signal(&a, "-CONT");
+    ok(&finish(a), "the frozen backup, continued");
+    let later = prune(&cli, 6);
+    assert!(n(&later, "deleted_packs") > 0, "the deferred deletion happens once the backup committed: {later}");
+    check_all(&cli, &src);
+}
+
+/// Frozen right after its first checkpoint, on a host with no memo (so it reads and
+/// deduplicates through the index), past expiry: its checkpoint stops protecting anything.
+#[test]
+fn frozen_after_a_checkpoint_past_expiry() {
+    let (_tmp, cli, src) = forgotten_backup("checkpoint");
+    let mut c = cli
+        .cmd_as("c", &["backup", "-q", &src])
+        .env("BAKARE_FAILPOINT", "after-checkpoint")
+        .env("BAKARE_CHECKPOINT_FILES", "40")
+        .spawn()
+        .unwrap();
+    wait_stopped(&mut c);
+    prune(&cli, 2);
+    let second = prune(&cli, 10);
+    assert!(n(&second, "deleted_packs") > 0, "{second}");
+    assert!(n(&second, "removed_checkpoints") > 0, "{second}");
+    signal(&c, "-CONT");
+    ok(&finish(c), "the frozen backup, continued");
+    check_all(&cli, &src);
+}

@@ -1,0 +1,30 @@
+//! Named points where a test freezes a backup as a suspended laptop would be frozen: with
+//! `BAKARE_FAILPOINT=<name>[,<name>...]` the process stops itself there with a real SIGSTOP
+//! (the test continues it with SIGCONT), the first time each is reached. Points: `before-commit` (the walk and its last
+//! checkpoint are done, the commit fence and the snapshot are next) and `after-checkpoint`
+//! (the first checkpoint of a walk was written).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+static FIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Stops the process if `name` is armed, the first time only.
+pub(crate) fn hit(name: &str) {
+    let armed = std::env::var("BAKARE_FAILPOINT").is_ok_and(|v| v.split(',').any(|p| p == name));
+    if !armed {
+        return;
+    }
+    let first = FIRED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_or_insert_with(HashSet::new)
+        .insert(name.to_string());
+    if !first {
+        return;
+    }
+    // The process is stopped until SIGCONT: `kill` returns after sending, and this thread
+    // is frozen along with the rest before it can go on.
+    let _ = std::process::Command::new("kill").args(["-STOP", &std::process::id().to_string()]).status();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+}

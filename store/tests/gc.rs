@@ -1,0 +1,188 @@
+//! Garbage collection on an in-memory repository: what is marked, when it is swept, what
+//! holds a sweep back, and what is put back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bakare_store::backend::{Backend, MemoryBackend};
+use bakare_store::crypto::KdfParams;
+use bakare_store::gc::{GcPolicy, PruneReport, prune};
+use bakare_store::{
+    BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Session, SessionOptions, Snapshot, SnapshotId,
+    SnapshotStats, StoreError, Tree, clock,
+};
+
+const DAY: i64 = 86_400_000_000_000;
+
+fn repo() -> (Arc<MemoryBackend>, Repository) {
+    let backend = Arc::new(MemoryBackend::new());
+    let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
+    let repo = Repository::init_with_pack_size(backend.clone(), b"pw", kdf, ChunkerParams::default(), 4096).unwrap();
+    (backend, repo)
+}
+
+/// A snapshot of one file with `chunks` distinct chunks of content `seed`.
+fn snapshot(repo: &Repository, seed: u8, chunks: usize) -> (SnapshotId, Vec<bakare_store::BlobId>) {
+    let ids: Vec<_> = (0..chunks)
+        .map(|i| repo.save_blob(BlobKind::Data, &vec![seed.wrapping_add(i as u8); 3000 + i]).unwrap().id)
+        .collect();
+    let meta = Metadata { mode: 0o644, uid: 0, gid: 0, mtime_ns: 0 };
+    let node = Node::File { size: 0, chunks: ids.clone() };
+    let tree = Tree { entries: vec![Entry { name: vec![b'f', seed], node, meta, error: None }] };
+    let root = repo.save_tree(&tree).unwrap().id;
+    repo.flush().unwrap();
+    let snap = Snapshot {
+        time_ns: clock::now_ns(),
+        host: "h".into(),
+        user: String::new(),
+        paths: vec![b"/d".to_vec()],
+        tags: Vec::new(),
+        root,
+        parent: None,
+        stats: SnapshotStats::default(),
+        program: String::new(),
+    };
+    (repo.save_snapshot(&snap).unwrap(), ids)
+}
+
+/// Ages every object by `by` nanoseconds, as if that much time had passed.
+fn age(backend: &MemoryBackend, by: i64) {
+    for prefix in ["packs", "index", "snapshots", "snapshots.mirror", "sessions", "checkpoints", "gc"] {
+        for (path, t) in backend.list_with_times(prefix).unwrap() {
+            backend.set_modified_ns(&path, t - by);
+        }
+    }
+}
+
+fn run(repo: &Repository, policy: GcPolicy) -> PruneReport {
+    prune(repo, "gc-host", None, &policy).unwrap()
+}
+
+fn immediate() -> GcPolicy {
+    GcPolicy { min_pack_age_ns: 0, grace_ns: 0, ..GcPolicy::default() }
+}
+
+fn session(started_ns: i64, heartbeat_ns: i64) -> Session {
+    Session {
+        id: Session::new_id().unwrap(),
+        host: "laptop".into(),
+        started_ns,
+        heartbeat_ns,
+        paths: vec![b"/d".to_vec()],
+        options: SessionOptions::default(),
+        checkpoints: 0,
+    }
+}
+
+#[test]
+fn marks_then_sweeps_what_no_snapshot_uses() {
+    let (backend, repo) = repo();
+    let (_, kept) = snapshot(&repo, 1, 4);
+    let (gone, dropped) = snapshot(&repo, 100, 4);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let packs_before = backend.list("packs").unwrap().len();
+
+    let young = run(&repo, GcPolicy::default());
+    assert_eq!((young.marked_packs, young.deleted_packs), (0, 0), "young packs are not marked: {young:?}");
+    assert!(young.young_packs > 0);
+
+    let mark = run(&repo, immediate());
+    assert!(mark.marked_packs > 0, "{mark:?}");
+    assert_eq!(mark.deleted_packs, 0, "marking deletes nothing");
+    assert_eq!(backend.list("gc").unwrap().len(), 1);
+    assert_eq!(backend.list("packs").unwrap().len(), packs_before);
+    let fresh = repo.reopen();
+    assert!(dropped.iter().all(|id| !fresh.contains_blob(id).unwrap()), "the index no longer offers them");
+    assert!(kept.iter().all(|id| fresh.contains_blob(id).unwrap()));
+
+    let sweep = run(&repo, immediate());
+    assert_eq!(sweep.deleted_packs, mark.marked_packs, "{sweep:?}");
+    assert!(backend.list("gc").unwrap().is_empty());
+    assert_eq!(backend.list("packs").unwrap().len(), packs_before - mark.marked_packs);
+    let fresh = repo.reopen();
+    for id in &kept {
+        fresh.load_blob(id).unwrap();
+    }
+}
+
+#[test]
+fn a_live_session_older_than_the_mark_holds_the_sweep_back() {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, _) = snapshot(&repo, 50, 2);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let now = clock::now_ns();
+    let laptop = session(now - DAY, now);
+    repo.put_session(&laptop).unwrap();
+    let mark = run(&repo, immediate());
+    assert!(mark.marked_packs > 0);
+    let held = run(&repo, immediate());
+    assert_eq!(held.deleted_packs, 0, "{held:?}");
+    assert!(held.deferred.iter().any(|d| d.contains("laptop")), "{held:?}");
+    // Its heartbeat stops for longer than the expiry: it no longer holds anything back.
+    repo.put_session(&session(now - 9 * DAY, now - 8 * DAY)).unwrap();
+    repo.remove_session(&laptop).unwrap();
+    let swept = run(&repo, immediate());
+    assert_eq!(swept.deleted_packs, mark.marked_packs, "{swept:?}");
+    assert_eq!(swept.expired_sessions, 1);
+    assert!(backend.list("sessions").unwrap().is_empty());
+}
+
+#[test]
+fn a_mark_used_again_is_put_back() {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, ids) = snapshot(&repo, 70, 3);
+    let old = repo.find_snapshot(&gone.to_hex()).unwrap().1;
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let mark = run(&repo, immediate());
+    assert!(mark.marked_packs > 0);
+    // A backup that read the index before the mark commits a snapshot using those blobs.
+    let mut again = old.clone();
+    again.time_ns += 1;
+    repo.save_snapshot(&again).unwrap();
+    let sweep = run(&repo, immediate());
+    assert_eq!(sweep.deleted_packs, 0, "{sweep:?}");
+    assert_eq!(sweep.restored_packs, mark.marked_packs);
+    assert!(backend.list("gc").unwrap().is_empty());
+    let fresh = repo.reopen();
+    for id in &ids {
+        fresh.load_blob(id).unwrap();
+    }
+    assert!(bakare_store::verify::verify(&fresh, bakare_store::verify::ReadData::All).unwrap().is_clean());
+}
+
+#[test]
+fn grace_and_age_are_judged_by_time() {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, _) = snapshot(&repo, 9, 2);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    age(&backend, 2 * DAY);
+    let mark = run(&repo, GcPolicy::default());
+    assert!(mark.marked_packs > 0, "two days old: {mark:?}");
+    let early = run(&repo, GcPolicy::default());
+    assert_eq!(early.deleted_packs, 0);
+    assert!(early.deferred.iter().any(|d| d.contains("grace period")), "{early:?}");
+}
+
+#[test]
+fn refuses_with_a_skewed_clock_or_an_unreadable_snapshot() {
+    let (backend, repo) = repo();
+    let (id, _) = snapshot(&repo, 1, 2);
+    let own = session(clock::now_ns(), clock::now_ns());
+    repo.put_session(&own).unwrap();
+    backend.set_modified_ns(&own.path(), clock::now_ns() - DAY / 24);
+    let skewed = prune(&repo, "h", Some(&own), &immediate());
+    assert!(matches!(skewed, Err(StoreError::ClockSkew { .. })), "{skewed:?}");
+    repo.remove_session(&own).unwrap();
+
+    let packs = backend.list("packs").unwrap();
+    for dir in ["snapshots", "snapshots.mirror"] {
+        backend.tamper(&format!("{dir}/{id}"), b"rot".to_vec());
+    }
+    let refused = prune(&repo, "h", None, &immediate()).unwrap_err();
+    assert!(refused.to_string().contains("verify --repair"), "{refused}");
+    assert_eq!(backend.list("packs").unwrap(), packs, "nothing was deleted");
+}
