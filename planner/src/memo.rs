@@ -37,11 +37,17 @@ use crate::inputs::StatFingerprint;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const TRUST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trust");
-const VERSION: u8 = 1;
-const DIR_VERSION: u8 = 2;
+const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
+/// The layout of keys and values below; a database of another layout is started anew.
+const FORMAT_VERSION: u64 = 2;
+const VERSION: u8 = 3;
+const DIR_VERSION: u8 = 4;
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
 const CACHE_BYTES: usize = 32 << 20;
-const FIXED: usize = 2 + 8 * 5 + 4;
+/// Bytes of a folder's key: a keyed hash of its path.
+const FOLDER_KEY: usize = 16;
+/// Bytes of the checksum that ends every value.
+const SUM: usize = 16;
 
 /// A file's content as last read, with the fingerprint it was read under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,38 +66,40 @@ impl MemoRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(FIXED + self.chunks.len() * 32 + 32);
+        let mut v = Vec::with_capacity(2 + 6 * 10 + self.chunks.len() * 32 + SUM);
         v.push(VERSION);
         v.push(u8::from(self.racy));
-        for n in [self.fp.size, self.fp.mtime_ns as u64, self.fp.ctime_ns as u64, self.fp.ino, self.fp.dev] {
-            v.extend_from_slice(&n.to_le_bytes());
+        let fp = &self.fp;
+        for n in [fp.size, zigzag(fp.mtime_ns), zigzag(fp.ctime_ns), fp.ino, fp.dev, self.chunks.len() as u64] {
+            put_varint(&mut v, n);
         }
-        v.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
         for c in &self.chunks {
             v.extend_from_slice(c.0.as_bytes());
         }
         let sum = value_checksum(&self.key, &v);
-        v.extend_from_slice(&sum.0);
+        v.extend_from_slice(&sum);
         v
     }
 
     /// Decodes a value; `None` for anything damaged, of another version, or stored under
     /// another key.
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
-        let body = v.get(..v.len().checked_sub(32)?)?;
-        if value_checksum(key, body).0[..] != *v.get(body.len()..)? || body.first() != Some(&VERSION) {
+        let (body, sum) = v.split_at_checked(v.len().checked_sub(SUM)?)?;
+        if value_checksum(key, body) != *sum || body.first() != Some(&VERSION) || key.len() < FOLDER_KEY {
             return None;
         }
-        let u64_at = |i: usize| body.get(2 + 8 * i..10 + 8 * i).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
+        let racy = body.get(1)? & 1 == 1;
+        let mut at = 2;
+        let mut next = || get_varint(body, &mut at);
         let fp = StatFingerprint {
-            size: u64_at(0)?,
-            mtime_ns: u64_at(1)? as i64,
-            ctime_ns: u64_at(2)? as i64,
-            ino: u64_at(3)?,
-            dev: u64_at(4)?,
+            size: next()?,
+            mtime_ns: unzigzag(next()?),
+            ctime_ns: unzigzag(next()?),
+            ino: next()?,
+            dev: next()?,
         };
-        let n = body.get(42..46).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)? as usize;
-        let ids = body.get(FIXED..)?;
+        let n = usize::try_from(next()?).ok()?;
+        let ids = body.get(at..)?;
         if ids.len() != n.checked_mul(32)? {
             return None;
         }
@@ -99,20 +107,55 @@ impl MemoRecord {
             .chunks_exact(32)
             .map(|c| c.try_into().ok().map(|a: [u8; 32]| BlobId(Digest(a))))
             .collect::<Option<_>>()?;
-        Some(Self { key: key.to_vec(), fp, racy: body.get(1)? & 1 == 1, chunks })
+        Some(Self { key: key.to_vec(), fp, racy, chunks })
     }
 
-    /// The child's name (the part of the key after the separator).
+    /// The child's name (the part of the key after the folder's).
     pub fn name(&self) -> &[u8] {
-        let at = self.key.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
-        self.key.get(at..).unwrap_or_default()
+        self.key.get(FOLDER_KEY..).unwrap_or_default()
     }
 }
 
-fn value_checksum(key: &[u8], body: &[u8]) -> Digest {
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A LEB128 varint at `*at` (at most 10 bytes, no overflow), advancing `at`.
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..70).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        let part = u64::from(b & 0x7f);
+        if shift == 63 && part > 1 {
+            return None;
+        }
+        n |= part << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn value_checksum(key: &[u8], body: &[u8]) -> [u8; SUM] {
     let mut h = blake3::Hasher::new();
     h.update(&(key.len() as u64).to_le_bytes()).update(key).update(body);
-    Digest(*h.finalize().as_bytes())
+    let mut out = [0u8; SUM];
+    out.copy_from_slice(&h.finalize().as_bytes()[..SUM]);
+    out
 }
 
 /// A folder's tree id as last backed up.
@@ -124,21 +167,21 @@ pub struct DirRecord {
 
 impl DirRecord {
     pub fn new(path: &Path, tree: BlobId) -> Self {
-        Self { key: child_key(path, b""), tree }
+        Self { key: folder_key(path).to_vec(), tree }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(65);
+        let mut v = Vec::with_capacity(33 + SUM);
         v.push(DIR_VERSION);
         v.extend_from_slice(self.tree.0.as_bytes());
         let sum = value_checksum(&self.key, &v);
-        v.extend_from_slice(&sum.0);
+        v.extend_from_slice(&sum);
         v
     }
 
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
         let (body, sum) = v.split_at_checked(33)?;
-        if body.first() != Some(&DIR_VERSION) || value_checksum(key, body).0[..] != *sum {
+        if body.first() != Some(&DIR_VERSION) || value_checksum(key, body) != *sum {
             return None;
         }
         let id: [u8; 32] = body.get(1..)?.try_into().ok()?;
@@ -153,12 +196,18 @@ pub struct FolderMemo {
     pub files: Vec<MemoRecord>,
 }
 
+/// A folder's key: the first 16 bytes of the BLAKE3 of its path, so that a key's size does
+/// not grow with the folder's depth. Its records share it as a prefix.
+fn folder_key(path: &Path) -> [u8; FOLDER_KEY] {
+    let mut out = [0u8; FOLDER_KEY];
+    out.copy_from_slice(&blake3::hash(path.as_os_str().as_bytes()).as_bytes()[..FOLDER_KEY]);
+    out
+}
+
 /// The key of `name` in folder `parent`.
 pub fn child_key(parent: &Path, name: &[u8]) -> Vec<u8> {
-    let p = parent.as_os_str().as_bytes();
-    let mut k = Vec::with_capacity(p.len() + 1 + name.len());
-    k.extend_from_slice(p);
-    k.push(0);
+    let mut k = Vec::with_capacity(FOLDER_KEY + name.len());
+    k.extend_from_slice(&folder_key(parent));
     k.extend_from_slice(name);
     k
 }
@@ -198,6 +247,13 @@ impl Memo {
         }
         let db = match open_checked(path) {
             Ok(db) => Some(db),
+            Err(redb::Error::DatabaseAlreadyOpen) => {
+                warnings.push(format!(
+                    "local state {} is in use by another bakare process; backing up without the memo",
+                    path.display()
+                ));
+                None
+            }
             Err(e) => {
                 let aside = PathBuf::from(format!("{}.corrupt", path.display()));
                 warnings.push(format!("local state {} is unusable ({e}); starting a new one", path.display()));
@@ -218,19 +274,19 @@ impl Memo {
     /// left out.
     pub fn folder(&self, path: &Path) -> FolderMemo {
         let Some(db) = &self.db else { return FolderMemo::default() };
-        let lo = child_key(path, b"");
-        let mut hi = lo.clone();
-        if let Some(last) = hi.last_mut() {
-            *last = 1;
-        }
+        let lo = folder_key(path);
         let scan = || -> Result<FolderMemo, redb::Error> {
             let Some(table) = read_table(db, FILES)? else { return Ok(FolderMemo::default()) };
             let mut out = FolderMemo::default();
-            for item in table.range(lo.as_slice()..hi.as_slice())? {
+            for item in table.range(lo.as_slice()..)? {
                 let (k, v) = item?;
-                if k.value() == lo.as_slice() {
-                    out.tree = DirRecord::decode(k.value(), v.value()).map(|d| d.tree);
-                } else if let Some(r) = MemoRecord::decode(k.value(), v.value()) {
+                let key = k.value();
+                if !key.starts_with(&lo) {
+                    break;
+                }
+                if key.len() == FOLDER_KEY {
+                    out.tree = DirRecord::decode(key, v.value()).map(|d| d.tree);
+                } else if let Some(r) = MemoRecord::decode(key, v.value()) {
                     out.files.push(r);
                 }
             }
@@ -344,9 +400,24 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// treated like any other failure to open: the memo is only a cache.
 fn open_checked(path: &Path) -> Result<Database, redb::Error> {
     let open = || redb::Builder::new().set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES).create(path);
-    match std::panic::catch_unwind(open) {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),
+    let db = match std::panic::catch_unwind(open) {
+        Ok(result) => result?,
+        Err(_) => return Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),
+    };
+    // A database of another layout (an older bakare's) is unusable as it stands.
+    let version = read_table(&db, FORMAT)?.and_then(|t| t.get("version").ok().flatten().map(|v| v.value()));
+    match version {
+        Some(FORMAT_VERSION) => Ok(db),
+        Some(other) => Err(redb::Error::Corrupted(format!("layout {other}, this bakare uses {FORMAT_VERSION}"))),
+        None if read_table(&db, FILES)?.is_some() => {
+            Err(redb::Error::Corrupted(format!("an older layout; this bakare uses {FORMAT_VERSION}")))
+        }
+        None => {
+            let txn = db.begin_write()?;
+            txn.open_table(FORMAT)?.insert("version", FORMAT_VERSION)?;
+            txn.commit()?;
+            Ok(db)
+        }
     }
 }
 
@@ -360,6 +431,43 @@ mod tests {
     }
 
     #[test]
+    fn extreme_fingerprints_round_trip() {
+        for (size, t, ino) in [(0, 0, 0), (u64::MAX, i64::MIN, u64::MAX), (1, -1, 1), (1 << 40, i64::MAX, 1 << 63)] {
+            let fp = StatFingerprint { size, mtime_ns: t, ctime_ns: t.wrapping_neg(), ino, dev: ino ^ 5 };
+            let r = MemoRecord::new(Path::new("/x/y"), fp, true, vec![]);
+            assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
+        }
+        let mut at = 0;
+        assert_eq!(get_varint(&[0xff; 11], &mut at), None, "too long");
+        let mut at = 0;
+        assert_eq!(
+            get_varint(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], &mut at),
+            None,
+            "overflow"
+        );
+    }
+
+    #[test]
+    fn an_older_layout_is_started_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(FILES).unwrap().insert(b"/a\0b".as_slice(), b"old".as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let memo = Memo::open(&path);
+        assert!(memo.is_enabled());
+        assert!(memo.warnings[0].contains("older layout"), "{:?}", memo.warnings);
+        let busy = Memo::open(&path);
+        assert!(!busy.is_enabled() && busy.warnings[0].contains("in use"), "{:?}", busy.warnings);
+        drop((memo, busy));
+        let memo = Memo::open(&path);
+        assert!(memo.warnings.is_empty(), "the new one is kept: {:?}", memo.warnings);
+    }
+
+    #[test]
     fn values_round_trip_and_every_flip_is_a_miss() {
         let r = record("x");
         let v = r.encode();
@@ -370,7 +478,7 @@ mod tests {
             bad[i] ^= 1;
             assert_eq!(MemoRecord::decode(&r.key, &bad), None, "byte {i}");
         }
-        assert_eq!(MemoRecord::decode(b"/a/b\0y", &v), None, "a value under another key");
+        assert_eq!(MemoRecord::decode(&child_key(Path::new("/a/b"), b"y"), &v), None, "a value under another key");
         for cut in 0..v.len() {
             assert_eq!(MemoRecord::decode(&r.key, &v[..cut]), None);
         }
