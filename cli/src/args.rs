@@ -15,6 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_display_order = 1000)]
 pub struct Global {
     /// Repository folder [default: the user's data folder, bakare/repo]
     #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", hide_env_values = true, value_name = "REPO")]
@@ -76,6 +77,11 @@ pub enum DebugCommand {
     /// A bare parallel lstat walk, as the backup walks: the reference for no-change backups
     StatWalk {
         /// Folder to walk
+        path: PathBuf,
+    },
+    /// Open a local state file with its integrity check (backups run this in a child process)
+    CheckState {
+        /// The state.redb file
         path: PathBuf,
     },
 }

@@ -50,7 +50,11 @@ impl Context {
                 .map(|d| d.join("bakare"))
                 .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
         };
-        Ok(bakare_planner::Memo::open(&base.join(config.id_hex()).join("state.redb")))
+        let path = base.join(config.id_hex()).join("state.redb");
+        if !path.exists() {
+            return Ok(bakare_planner::Memo::open(&path));
+        }
+        Ok(bakare_planner::Memo::open_after_check(&path, check_in_child(&path)))
     }
 
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.
@@ -126,6 +130,29 @@ impl Context {
             }
             _ => Ok((self.open(true)?, false)),
         }
+    }
+}
+
+/// Runs `bakare debug check-state PATH` in a child process: redb's integrity check, where a
+/// crash or an abort cannot take this process down. A child that cannot be started is no
+/// verdict on the file: the file is then opened here (where a panic is still caught).
+fn check_in_child(path: &std::path::Path) -> Result<(), String> {
+    let Ok(exe) = std::env::current_exe() else { return Ok(()) };
+    let out = std::process::Command::new(exe)
+        .args(["debug", "check-state"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let Ok(out) = out else { return Ok(()) };
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    match out.status.code() {
+        Some(_) => Err(said.strip_prefix("bakare: error: ").unwrap_or(&said).to_string()),
+        None => Err(format!("checking it crashed the checker ({})", out.status)),
     }
 }
 

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
+        Command::Debug(DebugCommand::CheckState { path }) => commands::debug::check_state(&path),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

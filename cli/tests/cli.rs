@@ -70,8 +70,20 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    for cmd in [&[][..], &["init"], &["backup"], &["snapshots"], &["ls"], &["restore"], &["verify"], &["key", "export"]]
-    {
+    let commands: [&[&str]; 11] = [
+        &[],
+        &["init"],
+        &["backup"],
+        &["resume"],
+        &["snapshots"],
+        &["ls"],
+        &["restore"],
+        &["verify"],
+        &["forget"],
+        &["prune"],
+        &["key", "export"],
+    ];
+    for cmd in commands {
         let mut args = cmd.to_vec();
         args.push("--help");
         let name = if cmd.is_empty() { "help".to_string() } else { format!("help_{}", cmd.join("_")) };
@@ -291,4 +303,30 @@ fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
     assert!(env.stderr(&restored).contains("not restored: at backup time: cannot read file"));
     let long = env.ok(&["--json", "ls", &format!("latest:{}/bad", src.display())]);
     assert!(long.contains("Permission denied"), "{long}");
+}
+
+#[test]
+fn a_damaged_local_state_is_checked_in_a_child_and_started_anew() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"hello");
+    env.ok(&["backup", "-q", "src"]);
+    let cache = env.path(".cache/bakare");
+    let dir = fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let state = dir.join("state.redb");
+    assert!(state.exists());
+    fs::write(&state, vec![0x5a; 8192]).unwrap();
+    let out = env.run(&["backup", "-q", "src"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is unusable") && err.contains("starting a new one"), "{err}");
+    assert!(dir.join("state.redb.corrupt").exists());
+    let again = env.run(&["backup", "-q", "src"]);
+    assert!(again.status.success() && again.stderr.is_empty(), "{}", String::from_utf8_lossy(&again.stderr));
+    // The check itself, as the backup runs it.
+    let checked = env.run(&["debug", "check-state", state.to_str().unwrap()]);
+    assert!(checked.status.success());
+    let garbage = env.path("garbage.redb");
+    fs::write(&garbage, vec![1; 4096]).unwrap();
+    assert_eq!(code(&env.run(&["debug", "check-state", garbage.to_str().unwrap()])), 1);
 }

@@ -235,6 +235,33 @@ impl Memo {
         Self { db: None, writing: Mutex::new(()), warnings: Vec::new() }
     }
 
+    /// Opens `path` with redb's integrity check and closes it again: what a child process
+    /// runs before the backup opens the file, so that damage that aborts the process (which
+    /// no `catch_unwind` stops) takes down only the child.
+    pub fn check_file(path: &Path) -> Result<(), String> {
+        match open_checked(path) {
+            // In use by another process: nothing to judge (the opener finds it busy too).
+            Ok(_) | Err(redb::Error::DatabaseAlreadyOpen) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// [`Memo::open`] after a check in another process: a file the check rejected, or that
+    /// made it crash (`Err` with the reason), is set aside and started anew.
+    pub fn open_after_check(path: &Path, check: Result<(), String>) -> Self {
+        match check {
+            Ok(()) => Self::open(path),
+            Err(reason) => {
+                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
+                let _ = std::fs::rename(path, &aside);
+                let mut memo = Self::open(path);
+                memo.warnings
+                    .insert(0, format!("local state {} is unusable ({reason}); starting a new one", path.display()));
+                memo
+            }
+        }
+    }
+
     /// Opens (or creates) `path`, with redb's integrity check. A file that fails it is
     /// renamed to `state.redb.corrupt` and a fresh one is created.
     pub fn open(path: &Path) -> Self {
