@@ -150,6 +150,10 @@ pub struct BackupArgs {
     /// Read every file again, trusting nothing remembered from earlier backups
     #[arg(long)]
     pub force_rehash: bool,
+    /// Write Reed-Solomon parity with each pack: N recovery shards of 1/64 of the pack each
+    /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub parity: u16,
     /// Compression: off, fast, default or max
     #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
     pub compression: String,

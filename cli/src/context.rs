@@ -54,6 +54,9 @@ impl Context {
         if !path.exists() {
             return Ok(bakare_planner::Memo::open(&path));
         }
+        if !bakare_planner::Memo::needs_check(&path) {
+            return Ok(bakare_planner::Memo::open_unchecked(&path));
+        }
         Ok(bakare_planner::Memo::open_after_check(&path, check_in_child(&path)))
     }
 

@@ -178,6 +178,8 @@ pub enum Kind {
     Session,
     Checkpoint,
     GcMark,
+    /// Parity objects (only in a fixture made with parity).
+    Parity,
 }
 
 impl Kind {
@@ -314,12 +316,19 @@ fn snapshot_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_parity(0)
+    }
+
+    /// As [`Fixture::new`], with `parity` recovery shards written with every pack.
+    pub fn with_parity(parity: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("src");
         let repo_dir = dir.path().join("repo");
         let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
         let chunker = ChunkerParams { min: 1024, avg: 4096, max: 16384 };
-        let repo = Arc::new(Repository::init(Arc::new(LocalBackend::new(&repo_dir)), b"pw", kdf, chunker).unwrap());
+        let mut repo = Repository::init(Arc::new(LocalBackend::new(&repo_dir)), b"pw", kdf, chunker).unwrap();
+        repo.set_parity(parity);
+        let repo = Arc::new(repo);
         let opts = BackupOptions { host: "h".into(), user: "u".into(), ..BackupOptions::default() };
         let mut expected = BTreeMap::new();
         for generation in [1, 2] {
@@ -380,6 +389,7 @@ impl Fixture {
             Kind::Session => whole(pick(self.files("sessions"), rng)),
             Kind::Checkpoint => whole(pick(self.files("checkpoints"), rng)),
             Kind::GcMark => whole(pick(self.files("gc"), rng)),
+            Kind::Parity => whole(pick(self.files("parity"), rng)),
             Kind::PackBlobTable => {
                 let p = pick(self.files("packs"), rng);
                 let bytes = &self.pristine[&p];

@@ -62,6 +62,43 @@ fn every_kind_of_file_under_every_mutation() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// With parity, damaged packs are rebuilt in place: no data is lost to any mutation that
+/// leaves most of a pack (truncation may cut off more than parity covers; a stale copy of
+/// another pack leaves nothing of it).
+#[test]
+fn packs_with_parity_are_rebuilt() {
+    let fx = Fixture::with_parity(4);
+    let n = iterations() / 2;
+    let mut table: BTreeMap<Kind, BTreeMap<Outcome, usize>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for kind in [Kind::PackData, Kind::PackBlobTable, Kind::TreeBlob, Kind::Parity] {
+        for i in 0..n {
+            let mutation = Mutation::ALL[i % Mutation::ALL.len()];
+            let mut rng = Rng::new(0xFA11 << 32 | (kind as u64) << 24 | i as u64);
+            fx.reset();
+            let (changed, at_risk) = fx.mutate(kind, mutation, &mut rng);
+            let outcome = if changed { fx.judge(&at_risk).0 } else { Outcome::NoOp };
+            let allowed = match outcome {
+                Outcome::Repaired | Outcome::NoOp => true,
+                // A truncation may cut off more than parity covers; a stale copy replaces all of it.
+                Outcome::ReportedLoss => {
+                    kind == Kind::PackData && matches!(mutation, Mutation::Truncate | Mutation::StaleCopy)
+                }
+                _ => false,
+            };
+            if !allowed {
+                failures.push(format!("{kind:?} #{i} {mutation:?}: {outcome:?}"));
+            }
+            *table.entry(kind).or_default().entry(outcome).or_default() += 1;
+        }
+    }
+    println!(
+        "
+with parity (4 of 64 shards), {n} mutations per kind: {table:?}"
+    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
 /// The local memo: any damage to `state.redb` costs speed, never a different snapshot.
 #[test]
 fn state_redb_under_every_mutation() {

@@ -55,6 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write("key_file", 1, &write_key_file(&key.write))?;
     for (n, p) in backend.list("packs")?.iter().enumerate() {
         write("pack", n, &backend.get(p)?)?;
+        if n == 0 {
+            write("pack", 100, &bakare_store::parity::encode(&backend.get(p)?, 2)?)?;
+        }
     }
     for (n, p) in backend.list("index")?.iter().enumerate() {
         write("index", n, &backend.get(p)?)?;

@@ -227,30 +227,88 @@ pub struct Memo {
     /// Serializes write transactions (redb allows one at a time).
     writing: Mutex<()>,
     pub warnings: Vec<String>,
+    /// The file, and when redb's full integrity check last passed on it (for the marker
+    /// [`Memo::close`] leaves).
+    path: Option<PathBuf>,
+    checked_ns: i64,
+}
+
+/// redb's full integrity check runs at least this often even on a file left cleanly.
+const RECHECK_NS: i64 = 7 * 86_400 * 1_000_000_000;
+
+fn marker_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.clean", path.display()))
+}
+
+/// (length, mtime ns) of a file.
+fn file_stamp(path: &Path) -> Option<(u64, i64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), bakare_store::clock::ns_of(m.modified().ok()?)))
 }
 
 impl Memo {
     /// A memo that remembers nothing (for `--no-cache` and tests).
     pub fn disabled() -> Self {
-        Self { db: None, writing: Mutex::new(()), warnings: Vec::new() }
+        Self { db: None, writing: Mutex::new(()), warnings: Vec::new(), path: None, checked_ns: 0 }
     }
 
     /// Opens `path` with redb's integrity check and closes it again: what a child process
     /// runs before the backup opens the file, so that damage that aborts the process (which
     /// no `catch_unwind` stops) takes down only the child.
     pub fn check_file(path: &Path) -> Result<(), String> {
-        match open_checked(path) {
+        match open_checked(path, true) {
             // In use by another process: nothing to judge (the opener finds it busy too).
             Ok(_) | Err(redb::Error::DatabaseAlreadyOpen) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    /// Whether `path` needs redb's full integrity check before use: unless the last
+    /// [`Memo::close`] left it exactly as it is now (same length and mtime) and the last full
+    /// check is less than a week old. A clean close leaves a marker; a crash, another
+    /// program, or damage to the marker means a check.
+    pub fn needs_check(path: &Path) -> bool {
+        let Ok(text) = std::fs::read_to_string(marker_path(path)) else { return true };
+        let fields: Vec<i64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        let (Some(&len), Some(&mtime), Some(&checked)) = (fields.first(), fields.get(1), fields.get(2)) else {
+            return true;
+        };
+        let now = bakare_store::clock::now_ns();
+        file_stamp(path) != Some((len as u64, mtime)) || now.saturating_sub(checked) > RECHECK_NS || checked > now
+    }
+
+    /// Opens a file that [`Memo::needs_check`] says was left cleanly, without the full check
+    /// (a panic inside redb is still caught).
+    pub fn open_unchecked(path: &Path) -> Self {
+        prefetch(path);
+        let mut memo = Self::open_with(path, false);
+        memo.checked_ns = previous_check(path);
+        memo
+    }
+
+    /// Closes the database and leaves the marker [`Memo::needs_check`] reads.
+    pub fn close(mut self) {
+        let Some(db) = self.db.take() else { return };
+        drop(db);
+        if let Some(path) = &self.path
+            && let Some((len, mtime)) = file_stamp(path)
+            && self.checked_ns > 0
+        {
+            let _ = std::fs::write(marker_path(path), format!("{len} {mtime} {}\n", self.checked_ns));
+        }
+    }
+
     /// [`Memo::open`] after a check in another process: a file the check rejected, or that
     /// made it crash (`Err` with the reason), is set aside and started anew.
     pub fn open_after_check(path: &Path, check: Result<(), String>) -> Self {
+        let _ = std::fs::remove_file(marker_path(path));
         match check {
-            Ok(()) => Self::open(path),
+            // Checked already: redb's own check need not run again here.
+            Ok(()) => {
+                let mut memo = Self::open_with(path, false);
+                memo.checked_ns = bakare_store::clock::now_ns();
+                memo
+            }
             Err(reason) => {
                 let aside = PathBuf::from(format!("{}.corrupt", path.display()));
                 let _ = std::fs::rename(path, &aside);
@@ -265,14 +323,18 @@ impl Memo {
     /// Opens (or creates) `path`, with redb's integrity check. A file that fails it is
     /// renamed to `state.redb.corrupt` and a fresh one is created.
     pub fn open(path: &Path) -> Self {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, check: bool) -> Self {
         let mut warnings = Vec::new();
         if let Some(dir) = path.parent()
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             warnings.push(format!("cannot create cache folder {}: {e}; backing up without the memo", dir.display()));
-            return Self { db: None, writing: Mutex::new(()), warnings };
+            return Self { db: None, writing: Mutex::new(()), warnings, path: None, checked_ns: 0 };
         }
-        let db = match open_checked(path) {
+        let db = match open_checked(path, check) {
             Ok(db) => Some(db),
             Err(redb::Error::DatabaseAlreadyOpen) => {
                 warnings.push(format!(
@@ -285,7 +347,7 @@ impl Memo {
                 let aside = PathBuf::from(format!("{}.corrupt", path.display()));
                 warnings.push(format!("local state {} is unusable ({e}); starting a new one", path.display()));
                 let _ = std::fs::rename(path, &aside);
-                match open_checked(path) {
+                match open_checked(path, true) {
                     Ok(db) => Some(db),
                     Err(e) => {
                         warnings.push(format!("cannot create {}: {e}; backing up without the memo", path.display()));
@@ -294,7 +356,8 @@ impl Memo {
                 }
             }
         };
-        Self { db, writing: Mutex::new(()), warnings }
+        let checked_ns = if check { bakare_store::clock::now_ns() } else { 0 };
+        Self { db, writing: Mutex::new(()), warnings, path: Some(path.to_path_buf()), checked_ns }
     }
 
     /// The folder's own record and its files' records in name order. Damaged values are
@@ -373,9 +436,38 @@ impl Memo {
         Ok(())
     }
 
+    /// Rewrites the database without free space (after a run that wrote many records).
+    pub fn compact(&mut self) -> Result<(), String> {
+        match &mut self.db {
+            Some(db) => db.compact().map(drop).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.db.is_some()
     }
+}
+
+/// Reads the file once, front to back, on a thread of its own: the walk visits folders in an
+/// order unrelated to their keys, so with a cold page cache its reads would be scattered;
+/// one sequential read ahead of it turns them into cache hits.
+fn prefetch(path: &Path) {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(&path) else { return };
+        let mut buf = vec![0u8; 1 << 20];
+        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+/// When the last full check of `path` ran, from its marker (0 if unknown).
+fn previous_check(path: &Path) -> i64 {
+    std::fs::read_to_string(marker_path(path))
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2).and_then(|f| f.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// What a [`Memo::write`] does to the trust table.
@@ -425,8 +517,8 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 /// Opens with redb's integrity check. A panic inside redb on a damaged file is caught and
 /// treated like any other failure to open: the memo is only a cache.
-fn open_checked(path: &Path) -> Result<Database, redb::Error> {
-    let open = || redb::Builder::new().set_check_integrity_on_open(true).set_cache_size(CACHE_BYTES).create(path);
+fn open_checked(path: &Path, check: bool) -> Result<Database, redb::Error> {
+    let open = || redb::Builder::new().set_check_integrity_on_open(check).set_cache_size(CACHE_BYTES).create(path);
     let db = match std::panic::catch_unwind(open) {
         Ok(result) => result?,
         Err(_) => return Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),

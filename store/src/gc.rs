@@ -344,6 +344,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     write_segments(repo, restore)?;
     for pack in &deletions {
         backend.delete(&pack_path(pack))?;
+        backend.delete(&crate::parity::parity_path(pack))?;
     }
     for path in &swept_records {
         backend.delete(path)?;

@@ -21,6 +21,7 @@ mod ids;
 mod index;
 mod object;
 mod pack;
+pub mod parity;
 pub mod repair;
 mod repository;
 pub mod session;

@@ -21,6 +21,7 @@ pub(crate) enum ObjectKind {
     Session = 6,
     Checkpoint = 7,
     Gc = 9,
+    Parity = 10,
 }
 
 pub(crate) fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {

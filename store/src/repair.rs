@@ -27,6 +27,8 @@ use crate::tree::{Entry, Node, Tree};
 use crate::verify::Survey;
 use crate::{Result, StoreError};
 
+/// Recovery shards of a parity object that repair writes anew (its old count is unreadable).
+const PARITY_ON_REPAIR: u16 = 2;
 /// Packs per index segment written by a rebuild.
 const PACKS_PER_SEGMENT: usize = 4096;
 
@@ -38,7 +40,9 @@ pub fn repair(repo: &Repository, s: &Survey, passphrase: Option<&[u8]>) -> Resul
     repair_keys(repo, passphrase, &mut done)?;
     repair_snapshot_copies(repo, s, &mut done)?;
     remove_damaged_progress(repo, s, &mut done)?;
-    salvage(repo, s, &mut done)?;
+    let rebuilt = rebuild_from_parity(repo, s, &mut done)?;
+    repair_parity(repo, s, &rebuilt, &mut done)?;
+    salvage(repo, s, &rebuilt, &mut done)?;
     rebuild_index(repo, &mut done)?;
     Ok(done)
 }
@@ -122,8 +126,46 @@ fn needs_salvage(s: &Survey, pack: &PackId) -> bool {
         || s.problems.iter().any(|p| p.object == path && p.repairable)
 }
 
-fn salvage(repo: &Repository, s: &Survey, done: &mut Vec<String>) -> Result<()> {
-    let damaged: Vec<PackId> = s.packs.keys().filter(|p| needs_salvage(s, p)).copied().collect();
+/// Rebuilds damaged packs that have parity, in place (the rebuilt bytes hash to the pack's
+/// name, so they are exactly what was written). Returns the packs rebuilt.
+fn rebuild_from_parity(repo: &Repository, s: &Survey, done: &mut Vec<String>) -> Result<HashSet<PackId>> {
+    let backend = repo.backend();
+    let mut rebuilt = HashSet::new();
+    for pack in s.packs.keys().filter(|p| needs_salvage(s, p)) {
+        let Ok(parity) = backend.get(&crate::parity::parity_path(pack)) else { continue };
+        let Ok(p) = crate::parity::Parity::decode(&crate::parity::parity_path(pack), &parity) else { continue };
+        let damaged = backend.get(&pack_path(pack)).unwrap_or_default();
+        if let Some(bytes) = p.recover(pack, &damaged) {
+            backend.replace(&pack_path(pack), &bytes)?;
+            done.push(format!("rebuilt {} from its parity", pack_path(pack)));
+            rebuilt.insert(*pack);
+        }
+    }
+    Ok(rebuilt)
+}
+
+/// Rewrites damaged parity objects of intact packs, and removes those of packs that are gone.
+fn repair_parity(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done: &mut Vec<String>) -> Result<()> {
+    let backend = repo.backend();
+    for p in s.problems.iter().filter(|p| p.object.starts_with("parity/")) {
+        let pack = id_of_path(&p.object).map(PackId);
+        let intact = pack.filter(|id| s.packs.contains_key(id) && (rebuilt.contains(id) || !needs_salvage(s, id)));
+        backend.delete(&p.object)?;
+        match intact {
+            Some(id) => {
+                let bytes = backend.get(&pack_path(&id))?;
+                backend.put(&p.object, &crate::parity::encode(&bytes, PARITY_ON_REPAIR)?)?;
+                done.push(format!("rewrote {} from its pack", p.object));
+            }
+            None => done.push(format!("removed {}", p.object)),
+        }
+    }
+    Ok(())
+}
+
+fn salvage(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done: &mut Vec<String>) -> Result<()> {
+    let damaged: Vec<PackId> =
+        s.packs.keys().filter(|p| needs_salvage(s, p) && !rebuilt.contains(p)).copied().collect();
     if damaged.is_empty() {
         return Ok(());
     }
@@ -160,6 +202,7 @@ fn salvage(repo: &Repository, s: &Survey, done: &mut Vec<String>) -> Result<()> 
     repo.flush()?;
     for pack in &damaged {
         repo.backend().delete(&pack_path(pack))?;
+        repo.backend().delete(&crate::parity::parity_path(pack))?;
         done.push(format!("removed damaged {}", pack_path(pack)));
     }
     Ok(())

@@ -168,6 +168,8 @@ pub struct Repository {
     /// this handle deduplicated against may be marked for deletion.
     segments_used: Mutex<HashSet<Digest>>,
     compression_level: i32,
+    /// Recovery shards written with each pack (0: none).
+    parity: u16,
     pub stats: WriteStats,
 }
 
@@ -376,6 +378,7 @@ impl Repository {
             index_warnings: Mutex::default(),
             segments_used: Mutex::default(),
             compression_level: 3,
+            parity: 0,
             stats: WriteStats::default(),
         }
     }
@@ -385,6 +388,7 @@ impl Repository {
     pub fn reopen(&self) -> Self {
         let mut fresh = Self::new(self.backend.clone(), self.config.clone(), self.access.clone());
         fresh.compression_level = self.compression_level;
+        fresh.parity = self.parity;
         fresh
     }
 
@@ -430,6 +434,12 @@ impl Repository {
     /// zstd level for new blobs; 0 stores them uncompressed.
     pub fn set_compression_level(&mut self, level: i32) {
         self.compression_level = level;
+    }
+
+    /// Writes Reed-Solomon parity with every pack from now on: `recovery` shards of 1/64 of
+    /// the pack each (see [`crate::parity`]); 0 for none.
+    pub fn set_parity(&mut self, recovery: u16) {
+        self.parity = recovery.min(crate::parity::MAX_RECOVERY);
     }
 
     /// Loads every index segment (once; later calls return the first outcome). A damaged
@@ -615,6 +625,10 @@ impl Repository {
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         let (id, bytes, entries) = builder.finish(&self.access.write_key().index_key)?;
         self.backend.put(&pack_path(&id), &bytes)?;
+        if self.parity > 0 {
+            // After the pack: a crash between the two leaves a pack without parity, no harm.
+            self.backend.put(&crate::parity::parity_path(&id), &crate::parity::encode(&bytes, self.parity)?)?;
+        }
         self.stats.packs.fetch_add(1, Ordering::Relaxed);
         // Listed as unindexed before it leaves `pending`, so that no reader of
         // `not_yet_indexed` ever sees it in neither.

@@ -30,6 +30,8 @@ pub struct SessionOptions {
     pub user: String,
     /// zstd level (0: none).
     pub compression: i32,
+    /// Recovery shards written per pack (0: no parity).
+    pub parity: u16,
 }
 
 /// A running (or interrupted) backup.

@@ -160,10 +160,51 @@ pub fn verify(repo: &Repository, read_data: ReadData) -> Result<Survey> {
     }
     s.marked = marks.into_iter().flat_map(|(_, r)| r.candidates).collect();
     check_packs(repo, &mut s, &indexed, read_data)?;
+    check_parity(repo, &mut s, read_data)?;
     check_snapshots(repo, &mut s)?;
     check_sessions(repo, &mut s)?;
     walk_snapshots(repo, &mut s);
     Ok(s)
+}
+
+/// Parity objects: each must parse and checksum, and belong to a pack that exists. (Whether
+/// it matches its pack is checked when repair uses it: a rebuilt pack must hash to its name.)
+fn check_parity(repo: &Repository, s: &mut Survey, read_data: ReadData) -> Result<()> {
+    let backend = repo.backend();
+    for path in backend.list("parity")? {
+        let Some(pack) = id_of_path(&path).map(PackId).filter(|p| s.packs.contains_key(p)) else {
+            s.problem(&path, "parity of a pack that does not exist (repair removes it)", true);
+            continue;
+        };
+        let bytes = match backend.get(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                s.problem(&path, format!("{e} (repair writes it again from its pack)"), true);
+                continue;
+            }
+        };
+        let pack_path = pack_path(&pack);
+        let fits = match crate::parity::Parity::decode(&path, &bytes) {
+            Err(e) => Err(e.to_string()),
+            // With --read-data the pack's shards are compared too (when the pack is intact).
+            Ok(p) if read_data.includes(&pack) => match backend.get(&pack_path) {
+                Ok(whole) if checksum(&whole) == pack.0 && !p.matches(&whole) => {
+                    Err("does not match its pack".to_string())
+                }
+                _ => Ok(()),
+            },
+            Ok(p) => match backend.size(&pack_path) {
+                Ok(len) if usize::try_from(len).ok() != Some(p.pack_len) => {
+                    Err(format!("is for a pack of {} bytes, the pack has {len}", p.pack_len))
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(why) = fits {
+            s.problem(&path, format!("{why} (repair writes it again from its pack)"), true);
+        }
+    }
+    Ok(())
 }
 
 /// Session records and checkpoints: readable, checkpoints belonging to a session, and every

@@ -47,6 +47,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         _ => 3,
     };
     repo.set_compression_level(compression);
+    repo.set_parity(a.parity);
     let memo = match memo {
         Some(m) => m?,
         None => ctx.memo(&repo)?,
@@ -66,6 +67,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
             tags: a.tag.clone(),
             user,
             compression,
+            parity: a.parity,
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),
@@ -83,22 +85,33 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         }
         opts.resume = Some(session);
     }
-    run_backup(ctx, Arc::new(repo), &memo, &paths, &opts)
+    run_backup(ctx, Arc::new(repo), memo, &paths, &opts)
 }
+
+/// Files read by one backup after which the memo is compacted.
+const COMPACT_AFTER_FILES: u64 = 20_000;
 
 /// Runs a backup with progress, prints its report, and maps its outcome.
 pub fn run_backup(
     ctx: &Context,
     repo: Arc<bakare_store::Repository>,
-    memo: &bakare_planner::Memo,
+    mut memo: bakare_planner::Memo,
     paths: &[std::path::PathBuf],
     opts: &BackupOptions,
 ) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let report = {
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup");
-        bakare_planner::backup(repo.clone(), memo, paths, opts, counters.clone()).map_err(resumable)?
+        bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()).map_err(resumable)?
     };
+    // Many new records leave the file's pages half full; compacting it makes the next
+    // backups read fewer pages (a no-change backup reads every record).
+    if report.snapshot.stats.files_read >= COMPACT_AFTER_FILES
+        && let Err(e) = memo.compact()
+    {
+        eprintln!("bakare: warning: could not compact the local memo: {e}");
+    }
+    memo.close();
     crate::context::warn_index(&repo);
     print_report(ctx, &report)?;
     Ok(if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial })

@@ -19,6 +19,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         None => anyhow!("no interrupted backup of host {host:?} in this repository"),
     })?;
     repo.set_compression_level(session.options.compression);
+    repo.set_parity(session.options.parity);
     let memo = ctx.memo(&repo)?;
     let prepared = prepare_resume(&repo, &memo, &session)?;
     if !ctx.global.quiet && !ctx.global.json {
@@ -44,5 +45,5 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
-    run_backup(ctx, Arc::new(repo), &memo, &paths, &opts)
+    run_backup(ctx, Arc::new(repo), memo, &paths, &opts)
 }
