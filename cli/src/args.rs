@@ -60,6 +60,12 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check the repository, and repair it from its redundancy
     Verify(VerifyArgs),
+    /// Find files across all snapshots by fuzzy name, with their versions
+    Find(FindArgs),
+    /// Every version of one path across snapshots
+    History(HistoryArgs),
+    /// What changed between two snapshots
+    Diff(DiffArgs),
     /// Remove snapshots by a retention policy or by name
     Forget(ForgetArgs),
     /// Delete data no snapshot uses, in two phases that need no lock
@@ -199,6 +205,41 @@ pub struct VerifyArgs {
     /// With --repair: re-read lost data from files under this path, where they were backed up from
     #[arg(long, value_name = "PATH", requires = "repair")]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// What to look for: fuzzy (letters in order), smart case, typos forgiven in file names
+    pub query: String,
+    /// Search only these snapshots (repeatable)
+    #[arg(long, short = 's', value_name = "SNAPSHOT")]
+    pub snapshot: Vec<String>,
+    /// Search only snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only paths below this folder
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<PathBuf>,
+    /// Show at most this many paths
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The path, as it was backed up (relative paths are taken from the current folder)
+    pub path: PathBuf,
+    /// Only snapshots of this host
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older snapshot
+    pub a: String,
+    /// The newer snapshot
+    pub b: String,
 }
 
 #[derive(Args, Debug)]

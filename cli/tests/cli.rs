@@ -70,7 +70,7 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    let commands: [&[&str]; 11] = [
+    let commands: [&[&str]; 14] = [
         &[],
         &["init"],
         &["backup"],
@@ -79,6 +79,9 @@ fn help_texts() {
         &["ls"],
         &["restore"],
         &["verify"],
+        &["find"],
+        &["history"],
+        &["diff"],
         &["forget"],
         &["prune"],
         &["key", "export"],
@@ -233,7 +236,7 @@ fn put_only_key_backs_up_but_reads_nothing() {
         serde_json::from_str(String::from_utf8_lossy(&b2.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(summary["bytes_read"], 14);
     assert_eq!(summary["files_unchanged"], 1, "deduplicates with only the put-only key");
-    for args in [&["snapshots"][..], &["ls", "latest"], &["restore", "latest", "--target", "out"]] {
+    for args in [&["snapshots"][..], &["ls", "latest"], &["restore", "latest", "--target", "out"], &["find", "a"]] {
         let out = with_key(args);
         assert_eq!(code(&out), 1, "{args:?}");
         insta::assert_snapshot!(format!("err_put_only_{}", args[0]), env.stderr(&out));
@@ -329,4 +332,56 @@ fn a_damaged_local_state_is_checked_in_a_child_and_started_anew() {
     let garbage = env.path("garbage.redb");
     fs::write(&garbage, vec![1; 4096]).unwrap();
     assert_eq!(code(&env.run(&["debug", "check-state", garbage.to_str().unwrap()])), 1);
+}
+
+/// JSON lines of a command's output.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn find_history_and_diff_across_snapshots() {
+    let env = Env::new();
+    env.init();
+    env.write("src/bakare.toml", b"[repo]\npath = 1\n");
+    env.write("src/docs/readme.md", b"read me");
+    env.write("src/notes/todo.txt", b"buy milk");
+    env.write("src/notes/todo.txt.bak", b"buy bread");
+    env.ok(&["backup", "-q", "src"]);
+    env.write("src/bakare.toml", b"[repo]\npath = 2\n");
+    fs::rename(env.path("src/notes/todo.txt"), env.path("src/notes/done.txt")).unwrap();
+    env.ok(&["backup", "-q", "src"]);
+    let readme = env.path("src/docs/readme.md");
+    filetime::set_file_mtime(&readme, filetime::FileTime::from_unix_time(1_500_000_000, 0)).unwrap();
+    env.ok(&["backup", "-q", "src"]);
+    let src = fs::canonicalize(env.path("src")).unwrap().to_string_lossy().into_owned();
+
+    // A typo still finds the file; its three versions say what changed.
+    let hits = json_lines(&env.ok(&["--json", "find", "bakrae"]));
+    assert_eq!(hits[0]["path"], format!("{src}/bakare.toml"));
+    let changed: Vec<_> = hits[0]["versions"].as_array().unwrap().iter().map(|v| v["changed"].clone()).collect();
+    assert_eq!(changed, [serde_json::Value::Null, true.into(), false.into()]);
+    // The exact name ranks first.
+    let hits = json_lines(&env.ok(&["--json", "find", "todo.txt"]));
+    assert_eq!(hits[0]["path"], format!("{src}/notes/todo.txt"));
+    assert!(hits.iter().any(|h| h["path"] == format!("{src}/notes/todo.txt.bak")));
+    // Narrowed to a folder, and to one snapshot.
+    let hits = json_lines(&env.ok(&["--json", "find", "read", "--path", &format!("{src}/docs")]));
+    assert_eq!(hits.len(), 1);
+    let hits = json_lines(&env.ok(&["--json", "find", "done", "--snapshot", "latest~2"]));
+    assert!(hits.iter().all(|h| h["path"] != format!("{src}/notes/done.txt")), "not in the first snapshot");
+
+    // History of the renamed file: one version, then the same content elsewhere.
+    let h = json_lines(&env.ok(&["--json", "history", &format!("{src}/notes/todo.txt")]));
+    assert_eq!(h[0]["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(h[0]["moved_to"][0][1], format!("{src}/notes/done.txt"));
+    let missing = env.run(&["history", &format!("{src}/nope")]);
+    assert_eq!(code(&missing), 1);
+
+    // diff: the rename and the edit, then a metadata-only change.
+    let tmp = env.tmp.path().to_string_lossy().into_owned();
+    let canon = fs::canonicalize(env.tmp.path()).unwrap().to_string_lossy().into_owned();
+    let redact = |s: String| s.replace(&canon, "[TMP]").replace(&tmp, "[TMP]");
+    insta::assert_snapshot!("diff_rename_and_edit", redact(env.ok(&["diff", "latest~2", "latest~1"])));
+    insta::assert_snapshot!("diff_metadata_only", redact(env.ok(&["diff", "latest~1", "latest"])));
 }

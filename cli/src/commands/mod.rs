@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod debug;
+pub mod find;
 pub mod forget;
 pub mod init;
 pub mod key;

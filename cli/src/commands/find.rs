@@ -1,0 +1,126 @@
+//! `bakare find QUERY`, `bakare history PATH` and `bakare diff A B`: where files are across
+//! snapshots, every version of one, and what changed between two snapshots.
+
+use anyhow::{Result, bail};
+use bakare_planner::{Catalog, Version, diff};
+use bakare_store::{Repository, Snapshot, SnapshotId};
+
+use crate::Outcome;
+use crate::args::{DiffArgs, FindArgs, HistoryArgs};
+use crate::context::Context;
+use crate::output::{bytes, time};
+
+/// The snapshots a search covers.
+fn chosen(repo: &Repository, specs: &[String], host: Option<&str>) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let list = repo.snapshots()?;
+    for p in &list.problems {
+        eprintln!("bakare: warning: unreadable snapshot: {p}");
+    }
+    let mut out: Vec<(SnapshotId, Snapshot)> = if specs.is_empty() {
+        list.snapshots
+    } else {
+        specs.iter().map(|s| repo.find_snapshot(s)).collect::<Result<_, _>>()?
+    };
+    out.retain(|(_, s)| host.is_none_or(|h| s.host == h));
+    Ok(out)
+}
+
+fn print_versions(versions: &[Version]) -> std::io::Result<()> {
+    for v in versions {
+        let change = match v.changed {
+            None => "first seen",
+            Some(true) => "changed",
+            Some(false) => "same content",
+        };
+        out!(
+            "  {}  {}  {:>10}  {:<8} modified {}  {change}",
+            time(v.time_ns),
+            v.snapshot.get(..8).unwrap_or(&v.snapshot),
+            bytes(v.size),
+            v.kind,
+            time(v.mtime_ns)
+        )?;
+    }
+    Ok(())
+}
+
+pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
+    let (repo, _) = ctx.open_master()?;
+    let snaps = chosen(&repo, &a.snapshot, a.host.as_deref())?;
+    let catalog = Catalog::build(&repo, &snaps)?;
+    let prefix = a.path.as_ref().map(|p| p.to_string_lossy().trim_end_matches('/').to_string());
+    let hits: Vec<(&str, u32)> = catalog
+        .find(&a.query, usize::MAX)
+        .into_iter()
+        .filter(|(p, _)| prefix.as_ref().is_none_or(|pre| p.starts_with(&format!("{pre}/"))))
+        .take(a.limit)
+        .collect();
+    if ctx.global.json {
+        for (path, score) in &hits {
+            let versions = catalog.paths.get(*path).cloned().unwrap_or_default();
+            out!("{}", serde_json::json!({"type": "match", "path": path, "score": score, "versions": versions}))?;
+        }
+    } else {
+        for (path, _) in &hits {
+            out!("{path}")?;
+            print_versions(catalog.paths.get(*path).map_or(&[][..], Vec::as_slice))?;
+        }
+        if hits.is_empty() && !ctx.global.quiet {
+            out!("no path in {} snapshots matches {:?}", snaps.len(), a.query)?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
+    let (repo, _) = ctx.open_master()?;
+    let snaps = chosen(&repo, &[], a.host.as_deref())?;
+    let catalog = Catalog::build(&repo, &snaps)?;
+    let path = std::path::absolute(&a.path).unwrap_or_else(|_| a.path.clone());
+    let path = path.to_string_lossy().trim_end_matches('/').to_string();
+    let Some(h) = catalog.history(&path, &snaps) else {
+        bail!("no snapshot holds {path}");
+    };
+    if ctx.global.json {
+        out!(
+            "{}",
+            serde_json::json!({"type": "history", "path": h.path, "versions": h.versions, "moved_to": h.moved_to})
+        )?;
+    } else {
+        out!("{}", h.path)?;
+        print_versions(&h.versions)?;
+        for (snap, to) in &h.moved_to {
+            out!("  then in {}: the same content at {to}", snap.get(..8).unwrap_or(snap))?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn run_diff(ctx: &Context, a: &DiffArgs) -> Result<Outcome> {
+    let (repo, _) = ctx.open_master()?;
+    let (ida, sa) = repo.find_snapshot(&a.a)?;
+    let (idb, sb) = repo.find_snapshot(&a.b)?;
+    let changes = diff(&repo, sa.root, sb.root)?;
+    if ctx.global.json {
+        out!(
+            "{}",
+            serde_json::json!({"type": "diff", "a": ida.to_hex(), "b": idb.to_hex(), "changes": changes.iter().map(|c| serde_json::json!({"change": c.what.to_string(), "path": c.path})).collect::<Vec<_>>()})
+        )?;
+        return Ok(Outcome::Success);
+    }
+    for c in &changes {
+        out!("{} {}", c.what, c.path)?;
+    }
+    if !ctx.global.quiet {
+        let count = |w: char| changes.iter().filter(|c| c.what == w).count();
+        out!(
+            "{} added, {} removed, {} modified, {} metadata only, {} changed type",
+            count('+'),
+            count('-'),
+            count('M'),
+            count('m'),
+            count('T')
+        )?;
+    }
+    Ok(Outcome::Success)
+}
