@@ -30,3 +30,17 @@ pub fn shifted_now() -> Option<SystemTime> {
 fn offset_secs() -> i64 {
     std::env::var("BAKARE_CLOCK_OFFSET_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
+
+/// (year, month 1-12, day) of a day count since 1970-01-01, proleptic Gregorian (Howard
+/// Hinnant's days-to-civil algorithm).
+pub fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}

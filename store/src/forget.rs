@@ -79,10 +79,10 @@ fn decide(newest_first: &[&(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<
         ("daily", policy.daily, |t| t.div_euclid(86_400)),
         ("weekly", policy.weekly, |t| (t.div_euclid(86_400) + 3).div_euclid(7)),
         ("monthly", policy.monthly, |t| {
-            let (y, m, _) = civil(t.div_euclid(86_400));
+            let (y, m, _) = crate::clock::civil(t.div_euclid(86_400));
             y * 12 + m
         }),
-        ("yearly", policy.yearly, |t| civil(t.div_euclid(86_400)).0),
+        ("yearly", policy.yearly, |t| crate::clock::civil(t.div_euclid(86_400)).0),
     ];
     let mut left: Vec<usize> = rules.iter().map(|r| r.1).collect();
     let mut last_bucket: Vec<Option<i64>> = vec![None; rules.len()];
@@ -110,19 +110,6 @@ fn decide(newest_first: &[&(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<
             Decision { id: *id, keep: !reasons.is_empty(), reasons }
         })
         .collect()
-}
-
-/// (year, month 1-12, day) of a day count since 1970-01-01 (proleptic Gregorian).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Removes a snapshot: the mirror first, so that an interrupted forget leaves the snapshot
@@ -164,6 +151,7 @@ mod tests {
 
     #[test]
     fn civil_dates() {
+        use crate::clock::civil;
         assert_eq!(civil(0), (1970, 1, 1));
         assert_eq!(civil(19_782), (2024, 2, 29));
         assert_eq!(civil(-1), (1969, 12, 31));
