@@ -238,8 +238,15 @@ pub struct HistoryArgs {
 pub struct DiffArgs {
     /// The older snapshot
     pub a: String,
-    /// The newer snapshot
-    pub b: String,
+    /// The newer snapshot (not with --local)
+    #[arg(required_unless_present = "local")]
+    pub b: Option<String>,
+    /// Compare snapshot A with the live files instead, writing nothing
+    #[arg(long, conflicts_with = "b")]
+    pub local: bool,
+    /// With --local: the folder to compare [default: the snapshot's path, if it has one]
+    #[arg(requires = "local", value_name = "PATH", long = "path")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -388,4 +388,19 @@ fn find_history_and_diff_across_snapshots() {
     };
     insta::assert_snapshot!("diff_rename_and_edit", redact(env.ok(&["diff", "latest~2", "latest~1"])));
     insta::assert_snapshot!("diff_metadata_only", redact(env.ok(&["diff", "latest~1", "latest"])));
+
+    // Against the live folder: an edit of the same size, a touch, a new and a removed file.
+    env.write("src/bakare.toml", b"[repo]\npath = 3\n");
+    let bak = env.path("src/notes/todo.txt.bak");
+    filetime::set_file_mtime(&bak, filetime::FileTime::from_unix_time(1_400_000_000, 0)).unwrap();
+    env.write("src/new.txt", b"new");
+    fs::remove_file(env.path("src/notes/done.txt")).unwrap();
+    let objects = || {
+        fs::read_dir(env.path("repo/packs")).unwrap().count()
+            + fs::read_dir(env.path("repo/snapshots")).unwrap().count()
+    };
+    let before = objects();
+    let live = env.ok(&["diff", "latest", "--local", "--path", "src"]);
+    insta::assert_snapshot!("diff_local", redact(live));
+    assert_eq!(objects(), before, "diff --local writes nothing");
 }

@@ -31,7 +31,7 @@ pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};
 pub use error::PlanError;
 pub use exclude::Excludes;
-pub use find::{Catalog, Change, History, Version, diff};
+pub use find::{Catalog, Change, History, Version, diff, diff_local};
 pub use inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
 pub use memo::{DirRecord, Memo, MemoRecord};
 pub use meta::metadata_of;

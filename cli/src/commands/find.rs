@@ -1,7 +1,9 @@
 //! `bakare find QUERY`, `bakare history PATH` and `bakare diff A B`: where files are across
 //! snapshots, every version of one, and what changed between two snapshots.
 
-use anyhow::{Result, bail};
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::{Context as _, Result, bail};
 use bakare_planner::{Catalog, Version, diff};
 use bakare_store::{Repository, Snapshot, SnapshotId};
 
@@ -99,12 +101,30 @@ pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
 pub fn run_diff(ctx: &Context, a: &DiffArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let (ida, sa) = repo.find_snapshot(&a.a)?;
-    let (idb, sb) = repo.find_snapshot(&a.b)?;
-    let changes = diff(&repo, sa.root, sb.root)?;
+    let (b_name, changes) = match &a.b {
+        Some(b) => {
+            let (idb, sb) = repo.find_snapshot(b)?;
+            (idb.to_hex(), diff(&repo, sa.root, sb.root)?)
+        }
+        None => {
+            let dir = match &a.path {
+                Some(p) => std::fs::canonicalize(p).with_context(|| format!("folder {}", p.display()))?,
+                None => match sa.paths.as_slice() {
+                    [one] => std::path::PathBuf::from(std::ffi::OsStr::from_bytes(one)),
+                    _ => bail!("the snapshot has {} paths: name the folder to compare with --path", sa.paths.len()),
+                },
+            };
+            let start = bakare_planner::find_node(&repo, sa.root, &dir.to_string_lossy())?;
+            let bakare_planner::Start::Tree(tree) = start else {
+                bail!("{} is not a folder in the snapshot", dir.display());
+            };
+            ("local".to_string(), bakare_planner::diff_local(&repo, tree, &dir)?)
+        }
+    };
     if ctx.global.json {
         out!(
             "{}",
-            serde_json::json!({"type": "diff", "a": ida.to_hex(), "b": idb.to_hex(), "changes": changes.iter().map(|c| serde_json::json!({"change": c.what.to_string(), "path": c.path})).collect::<Vec<_>>()})
+            serde_json::json!({"type": "diff", "a": ida.to_hex(), "b": b_name, "changes": changes.iter().map(|c| serde_json::json!({"change": c.what.to_string(), "path": c.path})).collect::<Vec<_>>()})
         )?;
         return Ok(Outcome::Success);
     }
