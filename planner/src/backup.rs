@@ -173,13 +173,13 @@ struct CheckpointState {
 }
 
 /// Renews a session's heartbeat from a thread until dropped.
-struct Heartbeat {
+pub struct Heartbeat {
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn start(repo: Arc<Repository>, mut session: Session, every: Duration) -> Self {
+    pub fn start(repo: Arc<Repository>, mut session: Session, every: Duration) -> Self {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {

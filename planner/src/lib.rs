@@ -25,7 +25,7 @@ mod repair;
 mod restore;
 mod resume;
 
-pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, backup, stat_walk};
+pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, stat_walk};
 pub use chunker::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};

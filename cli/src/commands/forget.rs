@@ -74,7 +74,7 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
         }
     }
     if a.prune {
-        return crate::commands::prune::run_on(ctx, &repo, &a.gc);
+        return crate::commands::prune::run_on(ctx, std::sync::Arc::new(repo), &a.gc);
     }
     Ok(Outcome::Success)
 }

@@ -2,7 +2,10 @@
 //! marks of earlier prunes whose grace period is over and that no running backup could
 //! still use, then marks what nothing references now (deleted by a later prune).
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
+use bakare_planner::Heartbeat;
 use bakare_store::gc::{GcPolicy, prune};
 use bakare_store::{Repository, Session, SessionOptions, clock};
 
@@ -14,10 +17,10 @@ use crate::output::bytes;
 
 pub fn run(ctx: &Context, a: &GcArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
-    run_on(ctx, &repo, a)
+    run_on(ctx, Arc::new(repo), a)
 }
 
-pub fn run_on(ctx: &Context, repo: &Repository, a: &GcArgs) -> Result<Outcome> {
+pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcome> {
     let hour = 3_600_000_000_000i64;
     let policy = GcPolicy {
         min_pack_age_ns: hours(a.min_pack_age_hours, hour),
@@ -38,11 +41,15 @@ pub fn run_on(ctx: &Context, repo: &Repository, a: &GcArgs) -> Result<Outcome> {
         options: SessionOptions::default(),
         checkpoints: 0,
     };
-    if !a.dry_run {
+    let heartbeat = if a.dry_run {
+        None
+    } else {
         repo.put_session(&session).context("registering the prune's session")?;
-    }
-    let result = prune(repo, &host, Some(&session), &policy);
-    if !a.dry_run {
+        Some(Heartbeat::start(repo.clone(), session.clone(), std::time::Duration::from_secs(60)))
+    };
+    let result = prune(&repo, &host, Some(&session), &policy);
+    if let Some(h) = heartbeat {
+        drop(h);
         repo.remove_session(&session)?;
     }
     let r = result?;
