@@ -404,3 +404,27 @@ fn find_history_and_diff_across_snapshots() {
     insta::assert_snapshot!("diff_local", redact(live));
     assert_eq!(objects(), before, "diff --local writes nothing");
 }
+
+#[test]
+fn forget_and_prune_with_and_without_dry_run() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"one");
+    env.ok(&["backup", "-q", "src"]);
+    env.write("src/a", b"two");
+    env.ok(&["backup", "-q", "src"]);
+    let snapshots = || env.ok(&["--json", "snapshots"]).matches("\"id\"").count();
+    let plan = json_lines(&env.ok(&["--json", "forget", "--keep-last", "1", "--dry-run"]));
+    assert_eq!(plan[0]["removed"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshots(), 2, "a dry run removes nothing");
+    let dry = json_lines(&env.ok(&["--json", "prune", "--dry-run"]));
+    assert_eq!(dry[0]["snapshots"], 2);
+    assert_eq!(code(&env.run(&["forget"])), 1, "no policy and no snapshot: refused");
+    env.ok(&["-q", "forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(snapshots(), 1);
+    let pruned = json_lines(&env.ok(&["--json", "prune"]));
+    assert_eq!(pruned[0]["marked_packs"], 0, "a day must pass before anything is marked");
+    assert!(pruned[0]["young_packs"].as_u64().unwrap() > 0);
+    assert!(fs::read_dir(env.path("repo/sessions")).unwrap().next().is_none(), "prune's session is gone");
+    env.ok(&["restore", "latest", "--target", "out"]);
+}

@@ -47,7 +47,8 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         repo.put_session(&session).context("registering the prune's session")?;
         Some(Heartbeat::start(repo.clone(), session.clone(), std::time::Duration::from_secs(60)))
     };
-    let result = prune(&repo, &host, Some(&session), &policy);
+    let own = heartbeat.as_ref().map(|_| &session);
+    let result = prune(&repo, &host, own, &policy);
     if let Some(h) = heartbeat {
         drop(h);
         repo.remove_session(&session)?;
