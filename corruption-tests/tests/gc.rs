@@ -137,3 +137,38 @@ fn frozen_after_a_checkpoint_past_expiry() {
     ok(&finish(c), "the frozen backup, continued");
     check_all(&cli, &src);
 }
+
+/// Frozen right after writing its first pack, before indexing it, past expiry: the prunes mark
+/// and delete that unindexed pack. Continued, the backup must not index the deleted pack (nor
+/// deduplicate against it) but store its data again. (Found by the two-host soak: the pack
+/// was indexed after its deletion and a snapshot referenced it.)
+#[test]
+fn frozen_with_an_unindexed_pack_past_expiry() {
+    let (_tmp, cli, src) = forgotten_backup("unindexed");
+    // New data, so that packs are written during the walk.
+    bakare_corruption_tests::mutate_tree(std::path::Path::new(&src), 40, 9);
+    let mut c = cli
+        .cmd_as("c", &["--json", "backup", &src])
+        .env("BAKARE_FAILPOINT", "after-pack")
+        .env("BAKARE_CHECKPOINT_FILES", "100000")
+        .env("BAKARE_CHECKPOINT_MIB", "100000")
+        .spawn()
+        .unwrap();
+    wait_stopped(&mut c);
+    let unindexed = std::fs::read_dir(cli.dir.join("repo/index")).unwrap().count();
+    let first = prune(&cli, 2);
+    assert!(n(&first, "marked_packs") > 0, "{first}");
+    let second = prune(&cli, 11);
+    assert!(n(&second, "deleted_packs") > 0, "{second}");
+    signal(&c, "-CONT");
+    let out = finish(c);
+    ok(&out, "the frozen backup, continued");
+    let report = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap();
+    assert!(n(&report, "passes") > 1, "it walked again: {report}");
+    assert!(unindexed > 0);
+    check_all(&cli, &src);
+}

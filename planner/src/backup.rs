@@ -417,7 +417,7 @@ impl Pass<'_> {
             walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)?
         };
         walk.checkpoint(true)?;
-        crate::failpoint::hit("before-commit");
+        bakare_store::failpoint::hit("before-commit");
         // The fence: the last checkpoint checked, but a collector may have marked since.
         walk.check_relied()?;
         let memo_warnings = take(&walk.memo_warnings);
@@ -508,7 +508,7 @@ impl Walk<'_> {
         state.at = Instant::now();
         state.bytes_read = read;
         if !all {
-            crate::failpoint::hit("after-checkpoint");
+            bakare_store::failpoint::hit("after-checkpoint");
         }
         Ok(())
     }
@@ -517,7 +517,8 @@ impl Walk<'_> {
     /// broken); returns the segments that exist.
     fn check_relied(&self) -> Result<Vec<bakare_store::crypto::Digest>, PlanError> {
         let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
-        let intact = self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
+        let intact = !self.repo.is_poisoned()
+            && self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
         if !intact {
             self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
         }

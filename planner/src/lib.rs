@@ -15,7 +15,6 @@ mod counters;
 mod db;
 mod error;
 mod exclude;
-mod failpoint;
 mod find;
 mod inputs;
 mod memo;

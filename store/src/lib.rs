@@ -15,6 +15,7 @@ pub mod backend;
 pub mod clock;
 mod config;
 mod error;
+pub mod failpoint;
 pub mod forget;
 pub mod gc;
 mod ids;

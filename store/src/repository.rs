@@ -167,6 +167,10 @@ pub struct Repository {
     /// Index segments this handle read or wrote: if garbage collection removes one, what
     /// this handle deduplicated against may be marked for deletion.
     segments_used: Mutex<HashSet<Digest>>,
+    /// A pack this handle wrote was marked or deleted by garbage collection before it could
+    /// be indexed (the process slept past its session's expiry): nothing it saved may be
+    /// committed.
+    poisoned: std::sync::atomic::AtomicBool,
     compression_level: i32,
     /// Recovery shards written with each pack (0: none).
     parity: u16,
@@ -377,6 +381,7 @@ impl Repository {
             pack_keys: Mutex::default(),
             index_warnings: Mutex::default(),
             segments_used: Mutex::default(),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             compression_level: 3,
             parity: 0,
             stats: WriteStats::default(),
@@ -395,6 +400,11 @@ impl Repository {
     /// The index segments this handle read or wrote.
     pub fn segments_used(&self) -> HashSet<Digest> {
         lock(&self.segments_used).clone()
+    }
+
+    /// Whether garbage collection took a pack from under this handle (see [`Repository::flush`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
     }
 }
 
@@ -629,6 +639,7 @@ impl Repository {
             // After the pack: a crash between the two leaves a pack without parity, no harm.
             self.backend.put(&crate::parity::parity_path(&id), &crate::parity::encode(&bytes, self.parity)?)?;
         }
+        crate::failpoint::hit("after-pack");
         self.stats.packs.fetch_add(1, Ordering::Relaxed);
         // Listed as unindexed before it leaves `pending`, so that no reader of
         // `not_yet_indexed` ever sees it in neither.
@@ -652,6 +663,20 @@ impl Repository {
         }
         // The packs stay listed as unindexed until their segment is written.
         let packs = lock(&self.unindexed).clone();
+        if packs.is_empty() {
+            return Ok(());
+        }
+        // A pack garbage collection marked (or already deleted) while it was unindexed is
+        // never indexed: a sweep may have decided to delete it. This happens only to a
+        // process that slept past its session's expiry; what it saved is then void.
+        let marked = crate::gc::marked_packs(self)?;
+        let (packs, lost): (Vec<_>, Vec<_>) =
+            packs.into_iter().partition(|(id, _)| !marked.contains(id) && self.backend.size(&pack_path(id)).is_ok());
+        if !lost.is_empty() {
+            self.poisoned.store(true, Ordering::Relaxed);
+            let gone: HashSet<PackId> = lost.iter().map(|(id, _)| *id).collect();
+            lock(&self.unindexed).retain(|(pack, _)| !gone.contains(pack));
+        }
         if packs.is_empty() {
             return Ok(());
         }

@@ -1,8 +1,9 @@
 //! Named points where a test freezes a backup as a suspended laptop would be frozen: with
 //! `BAKARE_FAILPOINT=<name>[,<name>...]` the process stops itself there with a real SIGSTOP
-//! (the test continues it with SIGCONT), the first time each is reached. Points: `before-commit` (the walk and its last
-//! checkpoint are done, the commit fence and the snapshot are next) and `after-checkpoint`
-//! (the first checkpoint of a walk was written).
+//! (the test continues it with SIGCONT), the first time each is reached. Points:
+//! `before-commit` (the walk and its last checkpoint are done, the commit fence and the
+//! snapshot are next), `after-checkpoint` (the first checkpoint of a walk was written) and
+//! `after-pack` (the first pack was written, not yet indexed).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use std::sync::Mutex;
 static FIRED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 /// Stops the process if `name` is armed, the first time only.
-pub(crate) fn hit(name: &str) {
+pub fn hit(name: &str) {
     let armed = std::env::var("BAKARE_FAILPOINT").is_ok_and(|v| v.split(',').any(|p| p == name));
     if !armed {
         return;
