@@ -30,12 +30,13 @@ for i in $(seq 1 "$s"); do
   restic backup -q --repo "$work/restic.repo" "$tree" >/dev/null
 done
 echo "setup: $s snapshots of $n files in $(echo "$(date +%s.%N) - $start" | bc) s (both tools)"
-name=$(find "$tree" -type f -name '*' | sort | head -1 | xargs basename)
+first=$(find "$tree" -type f -print -quit)
+name=$(basename "$first")
 stem=${name%.*}
 row() { # row LABEL CMD...
   local label=$1; shift
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/out" 2>&1 || true
-  read -r wall rss <"$work/time"
+  read -r wall rss < <(tail -1 "$work/time")
   printf "%-28s %8.2f s %7d MiB  %s lines\n" "$label" "$wall" $((rss / 1024)) "$(wc -l <"$work/out")"
 }
 row "bakare find (first)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "$stem"
