@@ -20,11 +20,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bakare_crypto::{Digest, SymmetricKey, checksum};
+use bakare_crypto::{Digest, SymmetricKey};
 
 use crate::ids::{BlobId, PackId};
 use crate::index::IndexSegment;
-use crate::object::{ObjectKind, check_header, get_verified, header, id_of_path};
+use crate::object::{ObjectKind, get_named, id_of_path, open_object, seal_object};
 use crate::pack::{PackEntry, read_pack_table};
 use crate::repository::{Repository, pack_path};
 use crate::session::{Checkpoint, Session};
@@ -73,19 +73,13 @@ pub struct GcRecord {
 impl GcRecord {
     /// Encodes and seals the record; returns its id (the hash of the bytes) and the bytes.
     pub fn encode(&self, index_key: &SymmetricKey) -> Result<(Digest, Vec<u8>)> {
-        let head = header(ObjectKind::Gc);
         let plain = postcard::to_stdvec(self).map_err(|e| StoreError::corrupt("gc record", e.to_string()))?;
-        let mut out = head.to_vec();
-        index_key.seal_into(&head, &plain, &mut out)?;
-        Ok((checksum(&out), out))
+        seal_object(ObjectKind::Gc, &plain, index_key)
     }
 
     /// Authenticates and parses a record (its name was checked by the caller).
     pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
-        let sealed = check_header(name, ObjectKind::Gc, bytes)?;
-        let head = bytes.get(..8).unwrap_or_default();
-        let plain = index_key.open(head, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        crate::object::decode_exact(name, &plain)
+        crate::object::decode_exact(name, &open_object(name, ObjectKind::Gc, bytes, index_key)?)
     }
 }
 
@@ -98,10 +92,7 @@ pub fn records(repo: &Repository) -> Result<Records> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for path in repo.backend().list("gc")? {
-        let read = id_of_path(&path)
-            .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
-            .and_then(|id| get_verified(repo.backend().as_ref(), &path, &id))
-            .and_then(|b| GcRecord::decode(&path, &b, key));
+        let read = get_named(repo.backend().as_ref(), &path).and_then(|b| GcRecord::decode(&path, &b, key));
         match read {
             Ok(r) => out.push((path, r)),
             Err(e) => problems.push((path, e.to_string())),
@@ -181,9 +172,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let mut indexed: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
     let segment_paths = backend.list("index")?;
     for path in &segment_paths {
-        let seg = id_of_path(path)
-            .ok_or_else(|| StoreError::corrupt(path, "name is not an id"))
-            .and_then(|id| get_verified(backend, path, &id))
+        let seg = get_named(backend, path)
             .and_then(|b| IndexSegment::decode(path, &b, key))
             .map_err(|e| refuse(&[e.to_string()]))?;
         for (pack, entries) in seg.packs {
@@ -226,9 +215,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let mut stale_checkpoints = Vec::new();
     let mut checkpoint_blobs = Vec::new();
     for (path, time) in backend.list_with_times("checkpoints")? {
-        let refs = id_of_path(&path)
-            .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
-            .and_then(|id| get_verified(backend, &path, &id))
+        let refs = get_named(backend, &path)
             .and_then(|b| Checkpoint::decode_refs(&path, &b, key))
             .map_err(|e| refuse(&[e.to_string()]))?;
         let ownerless = !live_ids.contains(&refs.session) && now.saturating_sub(time) > policy.session_expiry_ns;
@@ -461,6 +448,7 @@ fn duration(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bakare_crypto::checksum;
 
     #[test]
     fn record_round_trips_and_refuses_tampering() {

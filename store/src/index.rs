@@ -3,10 +3,10 @@
 //! Layout: header (kind 4) | sealed with the index key (AAD = header) of
 //! `pack count u32 | per pack: pack id (32) | blob count u32 | entries (48 bytes each)`.
 
-use bakare_crypto::{Digest, SymmetricKey, checksum};
+use bakare_crypto::{Digest, SymmetricKey};
 
 use crate::ids::{BlobId, PackId};
-use crate::object::{ObjectKind, check_header, header};
+use crate::object::{ObjectKind, open_object, seal_object};
 use crate::pack::{ENTRY_LEN, PackEntry, decode_entries, le_u32};
 use crate::{Result, StoreError};
 
@@ -36,18 +36,12 @@ impl IndexSegment {
                 e.encode(&mut plain);
             }
         }
-        let head = header(ObjectKind::Index);
-        let mut out = head.to_vec();
-        index_key.seal_into(&head, &plain, &mut out)?;
-        Ok((checksum(&out), out))
+        seal_object(ObjectKind::Index, &plain, index_key)
     }
 
     /// Authenticates and parses a segment (its name was checked by the caller).
     pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
-        let sealed = check_header(name, ObjectKind::Index, bytes)?;
-        let head = bytes.get(..8).unwrap_or_default();
-        let plain = index_key.open(head, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        Self::decode_plaintext(name, &plain)
+        Self::decode_plaintext(name, &open_object(name, ObjectKind::Index, bytes, index_key)?)
     }
 
     /// Parses an authenticated segment's plaintext.
@@ -85,7 +79,7 @@ impl IndexSegment {
 mod tests {
     use super::*;
     use crate::ids::BlobKind;
-    use bakare_crypto::MasterKey;
+    use bakare_crypto::{MasterKey, checksum};
 
     #[test]
     fn round_trip_and_tamper() {

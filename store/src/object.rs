@@ -2,7 +2,7 @@
 //!
 //! `"bakare" (6) | kind (1) | format version (1)`
 
-use bakare_crypto::{Digest, checksum};
+use bakare_crypto::{Digest, SymmetricKey, checksum};
 
 use crate::backend::Backend;
 use crate::config::FORMAT_VERSION;
@@ -61,6 +61,28 @@ pub(crate) fn verify_name(path: &str, bytes: &[u8], expected: &Digest) -> Result
         return Err(StoreError::corrupt(path, "content does not match its name (hash mismatch)"));
     }
     Ok(())
+}
+
+/// Reads an object named by the hash of its bytes (`<folder>/<hex id>`) and checks the name.
+pub(crate) fn get_named(backend: &dyn Backend, path: &str) -> Result<Vec<u8>> {
+    let id = id_of_path(path).ok_or_else(|| StoreError::corrupt(path, "name is not an id"))?;
+    get_verified(backend, path, &id)
+}
+
+/// `header(kind) || plain` sealed with `key` (AAD = the header); returns the object's id (the
+/// hash of its bytes) and its bytes. Index segments and GC marks are written this way.
+pub(crate) fn seal_object(kind: ObjectKind, plain: &[u8], key: &SymmetricKey) -> Result<(Digest, Vec<u8>)> {
+    let head = header(kind);
+    let mut out = head.to_vec();
+    key.seal_into(&head, plain, &mut out)?;
+    Ok((checksum(&out), out))
+}
+
+/// The plaintext of an object written by [`seal_object`], header and seal checked.
+pub(crate) fn open_object(name: &str, kind: ObjectKind, bytes: &[u8], key: &SymmetricKey) -> Result<Vec<u8>> {
+    let sealed = check_header(name, kind, bytes)?;
+    let head = bytes.get(..HEADER_LEN).unwrap_or_default();
+    key.open(head, sealed).map_err(|e| StoreError::crypto(name, e))
 }
 
 /// The id at the end of an object path such as `snapshots/<hex>`.

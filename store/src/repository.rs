@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
-use crate::object::{get_verified, id_of_path};
+use crate::object::{get_named, get_verified, id_of_path};
 use crate::pack::{
     MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, PackTable, pack_ephemeral, read_pack_table,
 };
@@ -467,10 +467,8 @@ impl Repository {
         let key = &self.access.write_key().index_key;
         let mut index = BlobIndex::default();
         for path in paths {
-            let loaded = id_of_path(&path)
-                .ok_or_else(|| StoreError::corrupt(&path, "name is not an id"))
-                .and_then(|id| get_verified(self.backend.as_ref(), &path, &id))
-                .and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
+            let loaded =
+                get_named(self.backend.as_ref(), &path).and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
             match loaded {
                 Ok(seg) => {
                     if let Some(id) = id_of_path(&path) {

@@ -13,7 +13,7 @@ use bakare_crypto::{Digest, checksum};
 
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
-use crate::object::{get_verified, id_of_path, verify_name};
+use crate::object::{get_named, get_verified, id_of_path, verify_name};
 use crate::pack::{PackEntry, PackTable, read_pack_table};
 use crate::repository::{Repository, pack_path};
 use crate::session::{Checkpoint, Session};
@@ -227,10 +227,7 @@ fn check_sessions(repo: &Repository, s: &mut Survey) -> Result<()> {
         }
     }
     for path in backend.list("checkpoints")? {
-        let read = id_of_path(&path)
-            .ok_or_else(|| crate::StoreError::corrupt(&path, "name is not an id"))
-            .and_then(|id| get_verified(backend.as_ref(), &path, &id))
-            .and_then(|b| Checkpoint::decode(&path, &b, key));
+        let read = get_named(backend.as_ref(), &path).and_then(|b| Checkpoint::decode(&path, &b, key));
         match read {
             Ok(c) => {
                 if let Some(b) = c.refs.blobs.iter().find(|b| !s.available(b)) {
