@@ -145,7 +145,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     // Ages are judged by this host's clock against the storage's times: refuse when they
     // disagree (the prune's session record was just written, so its time is "now" there).
     if let Some(own) = own_session {
-        let stored = backend.modified_ns(&own.path())?;
+        let stored = backend.stat(&own.path())?.modified_ns;
         let skew = now.saturating_sub(stored);
         if skew.saturating_abs() > MAX_SKEW_NS {
             return Err(StoreError::ClockSkew { skew_secs: skew / SECOND });
@@ -180,15 +180,15 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         }
     }
 
-    let pack_times = backend.list_with_times("packs")?;
-    report.packs = pack_times.len();
+    let pack_stats = backend.list_stat("packs")?;
+    report.packs = pack_stats.len();
     let marked: HashSet<PackId> = records.iter().flat_map(|(_, r)| r.candidates.iter().copied()).collect();
     // Tables of old unindexed packs: marked ones, and those nothing indexed yet.
     let mut tables: HashMap<PackId, Vec<PackEntry>> = HashMap::new();
     let mut sizes: HashMap<PackId, u64> = HashMap::new();
-    for (path, time) in &pack_times {
+    for (path, st) in &pack_stats {
         let Some(id) = id_of_path(path).map(PackId) else { continue };
-        let old = now.saturating_sub(*time) >= policy.min_pack_age_ns;
+        let old = now.saturating_sub(st.modified_ns) >= policy.min_pack_age_ns;
         if !indexed.contains_key(&id) && (old || marked.contains(&id)) {
             match read_pack_table(backend, path, key) {
                 Ok(t) => {
@@ -197,9 +197,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
                 Err(e) => report.problems.push(format!("{e} (left for verify --repair)")),
             }
         }
-        if let Ok(size) = backend.size(path) {
-            sizes.insert(id, size);
-        }
+        sizes.insert(id, st.size);
     }
 
     // Everything reachable from snapshots and from checkpoints of live sessions.
@@ -214,24 +212,30 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     roots.extend(list.snapshots.iter().map(|(_, s)| s.root));
     let mut stale_checkpoints = Vec::new();
     let mut checkpoint_blobs = Vec::new();
-    for (path, time) in backend.list_with_times("checkpoints")? {
+    for (path, st) in backend.list_stat("checkpoints")? {
         let refs = get_named(backend, &path)
             .and_then(|b| Checkpoint::decode_refs(&path, &b, key))
             .map_err(|e| refuse(&[e.to_string()]))?;
-        let ownerless = !live_ids.contains(&refs.session) && now.saturating_sub(time) > policy.session_expiry_ns;
+        let ownerless =
+            !live_ids.contains(&refs.session) && now.saturating_sub(st.modified_ns) > policy.session_expiry_ns;
         if expired_ids.contains(&refs.session) || ownerless {
             stale_checkpoints.push(path);
         } else {
             checkpoint_blobs.extend(refs.blobs);
         }
     }
-    let unindexed: HashMap<BlobId, BlobLocation> = tables
+    // Where each tree is, from the segments read above and the unindexed packs' tables.
+    let trees: HashMap<BlobId, BlobLocation> = indexed
         .iter()
-        .flat_map(|(pack, entries)| entries.iter().map(|e| (e.id, BlobLocation { pack: *pack, entry: *e })))
+        .chain(&tables)
+        .flat_map(|(pack, entries)| {
+            entries
+                .iter()
+                .filter(|e| e.kind == crate::BlobKind::Tree)
+                .map(|e| (e.id, BlobLocation { pack: *pack, entry: *e }))
+        })
         .collect();
-    let locate =
-        |id: &BlobId| -> Option<BlobLocation> { repo.blob_location(id).or_else(|| unindexed.get(id).copied()) };
-    let referenced = reachable(repo, roots, checkpoint_blobs, &locate)?;
+    let referenced = reachable(repo, roots, checkpoint_blobs, &trees)?;
     report.referenced_blobs = referenced.len();
     let uses = |entries: &[PackEntry]| entries.iter().any(|e| referenced.contains(&e.id));
     // An unindexed pack is needed only for a referenced blob the index has nowhere else: a
@@ -291,12 +295,12 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
 
     // Mark.
     let mut candidates = Vec::new();
-    for (path, time) in &pack_times {
+    for (path, st) in &pack_stats {
         let Some(id) = id_of_path(path).map(PackId) else { continue };
         if still_marked.contains(&id) || deleted.contains(&id) || restore.iter().any(|(p, _)| *p == id) {
             continue;
         }
-        let old = now.saturating_sub(*time) >= policy.min_pack_age_ns;
+        let old = now.saturating_sub(st.modified_ns) >= policy.min_pack_age_ns;
         if let Some(entries) = indexed.get(&id) {
             if uses(entries) {
                 continue;
@@ -385,12 +389,13 @@ fn write_segments(repo: &Repository, packs: Vec<(PackId, Vec<PackEntry>)>) -> Re
 }
 
 /// Every blob reachable from the root trees and the checkpoint blobs (trees among them are
-/// followed). A tree that cannot be read stops the prune: what it names is unknown.
+/// followed), `trees` locating every tree. A tree that cannot be read stops the prune: what
+/// it names is unknown.
 fn reachable(
     repo: &Repository,
     roots: Vec<BlobId>,
     checkpoint_blobs: Vec<BlobId>,
-    locate: &dyn Fn(&BlobId) -> Option<BlobLocation>,
+    trees_at: &HashMap<BlobId, BlobLocation>,
 ) -> Result<HashSet<BlobId>> {
     let mut seen: HashSet<BlobId> = HashSet::new();
     let mut trees: Vec<BlobId> = Vec::new();
@@ -401,17 +406,14 @@ fn reachable(
     }
     for id in checkpoint_blobs {
         // A checkpoint names file chunks and folder trees alike; trees are followed.
-        if seen.insert(id)
-            && let Some(loc) = locate(&id)
-            && loc.entry.kind == crate::BlobKind::Tree
-        {
+        if seen.insert(id) && trees_at.contains_key(&id) {
             trees.push(id);
         }
     }
     while let Some(id) = trees.pop() {
-        let loc = locate(&id).ok_or_else(|| refuse(&[format!("tree {} is in no pack", id.short())]))?;
+        let loc = trees_at.get(&id).ok_or_else(|| refuse(&[format!("tree {} is in no pack", id.short())]))?;
         let tree = repo
-            .load_blob_at(&loc)
+            .load_blob_at(loc)
             .and_then(|b| Tree::decode(&format!("tree {}", id.short()), &b))
             .map_err(|e| refuse(&[e.to_string()]))?;
         for entry in tree.entries {

@@ -49,8 +49,8 @@ fn snapshot(repo: &Repository, seed: u8, chunks: usize) -> (SnapshotId, Vec<baka
 /// Ages every object by `by` nanoseconds, as if that much time had passed.
 fn age(backend: &MemoryBackend, by: i64) {
     for prefix in ["packs", "index", "snapshots", "snapshots.mirror", "sessions", "checkpoints", "gc"] {
-        for (path, t) in backend.list_with_times(prefix).unwrap() {
-            backend.set_modified_ns(&path, t - by);
+        for (path, st) in backend.list_stat(prefix).unwrap() {
+            backend.set_modified_ns(&path, st.modified_ns - by);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, ObjectStat};
 
 /// A backend rooted at a local folder.
 #[derive(Debug, Clone)]
@@ -132,10 +132,10 @@ impl Backend for LocalBackend {
         Ok(out)
     }
 
-    fn modified_ns(&self, path: &str) -> Result<i64, BackendError> {
-        let t =
-            fs::symlink_metadata(self.full(path)).and_then(|m| m.modified()).map_err(|e| BackendError::io(path, e))?;
-        Ok(crate::clock::ns_of(t))
+    fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
+        let m = fs::symlink_metadata(self.full(path)).map_err(|e| BackendError::io(path, e))?;
+        let t = m.modified().map_err(|e| BackendError::io(path, e))?;
+        Ok(ObjectStat { size: m.len(), modified_ns: crate::clock::ns_of(t) })
     }
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Backend, BackendError};
+use super::{Backend, BackendError, ObjectStat};
 
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
@@ -79,11 +79,9 @@ impl Backend for MemoryBackend {
         Ok(self.objects().keys().filter(|k| k.starts_with(&dir)).cloned().collect())
     }
 
-    fn modified_ns(&self, path: &str) -> Result<i64, BackendError> {
-        if !self.objects().contains_key(path) {
-            return Err(BackendError::NotFound { path: path.into() });
-        }
-        Ok(self.times().get(path).copied().unwrap_or(0))
+    fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
+        let size = self.size(path)?;
+        Ok(ObjectStat { size, modified_ns: self.times().get(path).copied().unwrap_or(0) })
     }
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {

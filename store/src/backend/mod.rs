@@ -40,6 +40,15 @@ impl BackendError {
     }
 }
 
+/// What the storage says of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+    /// When the object was written, in nanoseconds since the Unix epoch, by the storage's
+    /// clock: garbage collection judges the age of packs by it.
+    pub modified_ns: i64,
+}
+
 /// The storage a repository lives on.
 pub trait Backend: Send + Sync {
     /// Human-readable location, for messages.
@@ -59,16 +68,15 @@ pub trait Backend: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, path: &str) -> Result<(), BackendError>;
-    /// When the object was written, in nanoseconds since the Unix epoch, by the storage's
-    /// clock: garbage collection judges the age of packs by it.
-    fn modified_ns(&self, path: &str) -> Result<i64, BackendError>;
-    /// [`Backend::list`] with each object's [`Backend::modified_ns`]. An object deleted
-    /// between the listing and its time is left out.
-    fn list_with_times(&self, prefix: &str) -> Result<Vec<(String, i64)>, BackendError> {
+    /// An object's size and the time it was written.
+    fn stat(&self, path: &str) -> Result<ObjectStat, BackendError>;
+    /// [`Backend::list`] with each object's [`Backend::stat`]. An object deleted between the
+    /// listing and its stat is left out.
+    fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
         let mut out = Vec::new();
         for path in self.list(prefix)? {
-            match self.modified_ns(&path) {
-                Ok(t) => out.push((path, t)),
+            match self.stat(&path) {
+                Ok(st) => out.push((path, st)),
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
