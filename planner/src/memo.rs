@@ -268,13 +268,9 @@ impl Memo {
     /// check is less than a week old. A clean close leaves a marker; a crash, another
     /// program, or damage to the marker means a check.
     pub fn needs_check(path: &Path) -> bool {
-        let Ok(text) = std::fs::read_to_string(marker_path(path)) else { return true };
-        let fields: Vec<i64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-        let (Some(&len), Some(&mtime), Some(&checked)) = (fields.first(), fields.get(1), fields.get(2)) else {
-            return true;
-        };
+        let Some(Marker { len, mtime, checked }) = Marker::read(path) else { return true };
         let now = bakare_store::clock::now_ns();
-        file_stamp(path) != Some((len as u64, mtime)) || now.saturating_sub(checked) > RECHECK_NS || checked > now
+        file_stamp(path) != Some((len, mtime)) || now.saturating_sub(checked) > RECHECK_NS || checked > now
     }
 
     /// Opens a file that [`Memo::needs_check`] says was left cleanly, without the full check
@@ -282,7 +278,7 @@ impl Memo {
     pub fn open_unchecked(path: &Path) -> Self {
         prefetch(path);
         let mut memo = Self::open_with(path, false);
-        memo.checked_ns = previous_check(path);
+        memo.checked_ns = Marker::read(path).map_or(0, |m| m.checked);
         memo
     }
 
@@ -294,7 +290,7 @@ impl Memo {
             && let Some((len, mtime)) = file_stamp(path)
             && self.checked_ns > 0
         {
-            let _ = std::fs::write(marker_path(path), format!("{len} {mtime} {}\n", self.checked_ns));
+            Marker { len, mtime, checked: self.checked_ns }.write(path);
         }
     }
 
@@ -462,12 +458,28 @@ fn prefetch(path: &Path) {
     });
 }
 
-/// When the last full check of `path` ran, from its marker (0 if unknown).
-fn previous_check(path: &Path) -> i64 {
-    std::fs::read_to_string(marker_path(path))
-        .ok()
-        .and_then(|t| t.split_whitespace().nth(2).and_then(|f| f.parse().ok()))
-        .unwrap_or(0)
+/// `state.redb.clean`: the file's length and mtime at its last clean close, and when redb's
+/// full check last passed on it (text: `length mtime_ns checked_ns`).
+struct Marker {
+    len: u64,
+    mtime: i64,
+    checked: i64,
+}
+
+impl Marker {
+    fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(marker_path(path)).ok()?;
+        let mut fields = text.split_whitespace();
+        let len = fields.next()?.parse().ok()?;
+        let mtime = fields.next()?.parse().ok()?;
+        let checked = fields.next()?.parse().ok()?;
+        Some(Self { len, mtime, checked })
+    }
+
+    fn write(&self, path: &Path) {
+        // A marker that is not written only costs a check next time.
+        let _ = std::fs::write(marker_path(path), format!("{} {} {}\n", self.len, self.mtime, self.checked));
+    }
 }
 
 /// What a [`Memo::write`] does to the trust table.
@@ -564,6 +576,21 @@ mod tests {
             None,
             "overflow"
         );
+    }
+
+    #[test]
+    fn a_clean_close_spares_the_next_check_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        assert!(Memo::needs_check(&path), "no marker");
+        Memo::open(&path).close();
+        assert!(!Memo::needs_check(&path), "left cleanly and checked just now");
+        let memo = Memo::open_unchecked(&path);
+        memo.write(&[record("x")], &[], &[], Trust::Keep).unwrap();
+        drop(memo);
+        assert!(Memo::needs_check(&path), "written but not closed cleanly");
+        std::fs::write(marker_path(&path), "garbage").unwrap();
+        assert!(Memo::needs_check(&path));
     }
 
     #[test]
