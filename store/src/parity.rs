@@ -155,7 +155,8 @@ impl<'a> Parity<'a> {
         }
         let restored = reed_solomon_simd::decode(
             DATA_SHARDS,
-            self.recovery_count(),
+            // The count the shards were made with, not how many survived.
+            self.recovery_total,
             good.iter().map(|(i, s)| (*i, s.as_slice())),
             self.recovery.iter().copied(),
         )
@@ -166,11 +167,6 @@ impl<'a> Parity<'a> {
         }
         out.truncate(self.pack_len);
         (checksum(&out) == id.0).then_some(out)
-    }
-
-    fn recovery_count(&self) -> usize {
-        // The coder needs the count the shards were made with, not how many survived.
-        self.recovery_total
     }
 }
 

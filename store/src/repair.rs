@@ -132,8 +132,9 @@ fn rebuild_from_parity(repo: &Repository, s: &Survey, done: &mut Vec<String>) ->
     let backend = repo.backend();
     let mut rebuilt = HashSet::new();
     for pack in s.packs.keys().filter(|p| needs_salvage(s, p)) {
-        let Ok(parity) = backend.get(&crate::parity::parity_path(pack)) else { continue };
-        let Ok(p) = crate::parity::Parity::decode(&crate::parity::parity_path(pack), &parity) else { continue };
+        let name = crate::parity::parity_path(pack);
+        let Ok(parity) = backend.get(&name) else { continue };
+        let Ok(p) = crate::parity::Parity::decode(&name, &parity) else { continue };
         let damaged = backend.get(&pack_path(pack)).unwrap_or_default();
         if let Some(bytes) = p.recover(pack, &damaged) {
             backend.replace(&pack_path(pack), &bytes)?;
