@@ -231,9 +231,10 @@ struct PassOutcome {
 /// Backs up `paths` into `repo` and writes a snapshot.
 ///
 /// The commit fence: before the snapshot is written, the walk checks that every index
-/// segment it relied on (read, written, or trusted through the memo) still exists. Garbage
-/// collection removes the segments it read whenever it marks anything, so if one is gone,
-/// the backup walks again on a fresh handle whose index no longer offers marked blobs,
+/// segment it relied on (read, written, or trusted through the memo) still exists, and that
+/// no pack it wrote was marked before it was indexed ([`Repository::is_poisoned`]). Garbage
+/// collection removes the segments it read whenever it marks an indexed pack, so if one is
+/// gone, the backup walks again on a fresh handle whose index no longer offers marked blobs,
 /// checking every memo record against it: files whose chunks were marked are read again.
 pub fn backup(
     repo: Arc<Repository>,

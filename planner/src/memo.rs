@@ -16,9 +16,10 @@
 //!
 //! Table `trust`. Key: a backup set's id (BLAKE3 of its paths and exclude options). Value:
 //! the index segment ids the repository had when a run of that set last wrote the memo with
-//! every record it relies on checked, then `BLAKE3(key || ids)`. Garbage collection removes
-//! every index segment it read when it marks anything, so while all of a set's segments
-//! still exist, every blob the records under its paths name still exists, and the set's
+//! every record it relies on checked, then `BLAKE3(key || ids)`. Records name only blobs of
+//! indexed packs, and garbage collection removes every index segment it read when it marks
+//! an indexed pack, so while all of a set's segments still exist, every blob the records
+//! under its paths name still exists, and the set's
 //! runs trust the memo without reading the index. A run that finds its own segments gone
 //! writes records it cannot vouch for and clears the whole table.
 //!

@@ -2,12 +2,13 @@
 //! collection" in DESIGN.md and docs/FORMAT.md).
 //!
 //! **Mark.** A pack none of whose blobs is reachable from a snapshot or from a checkpoint of
-//! a live session, and older than the minimum age, becomes a candidate. The index is
-//! rewritten without the candidates first (new segments, then the old ones deleted), so no
-//! backup that loads the index from then on deduplicates against them; then a `gc/<id>`
-//! record lists them with the time of the mark. A backup that loaded the index earlier sees
-//! one of its segments gone and checks its work again before committing (the commit fence,
-//! in the planner).
+//! a live session, and older than the minimum age, becomes a candidate. If any candidate is
+//! indexed, the index is rewritten without the candidates first (new segments, then every
+//! segment read deleted), so no backup that loads the index from then on deduplicates
+//! against them; then a `gc/<id>` record lists them with the time of the mark. A backup that
+//! loaded the index earlier sees one of its segments gone and checks its work again before
+//! committing (the commit fence, in the planner); one whose own unindexed pack was marked
+//! finds it so when it indexes it ([`Repository::flush`]).
 //!
 //! **Sweep** (a later run). A record's candidates are deleted only when the record is older
 //! than the grace period and every session that started before the mark has committed or
