@@ -109,6 +109,11 @@ impl Cli {
     }
 }
 
+/// Sends a real signal (`-STOP`, `-CONT`, ...) to a child process; whether it was delivered.
+pub fn signal(child: &std::process::Child, sig: &str) -> bool {
+    std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().is_ok_and(|s| s.success())
+}
+
 /// Asserts a command succeeded, showing its output if not.
 pub fn ok(out: &std::process::Output, what: &str) {
     assert!(

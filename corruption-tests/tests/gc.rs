@@ -8,7 +8,7 @@
 use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
-use bakare_corruption_tests::{Cli, contents, gen_tree, ok};
+use bakare_corruption_tests::{Cli, contents, gen_tree, ok, signal};
 
 const DAY: i64 = 86_400;
 
@@ -28,11 +28,6 @@ fn wait_stopped(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("the backup never stopped at its failpoint");
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
 }
 
 /// `bakare prune --json` as host `b`, `days` in the future; its report.
@@ -87,7 +82,7 @@ fn frozen_past_expiry_the_backup_stores_again_what_the_sweep_deleted() {
     let second = prune(&cli, 9);
     assert!(n(&second, "deleted_packs") > 0, "the frozen session expired, so the sweep deleted: {second}");
     assert_eq!(n(&second, "expired_sessions"), 1);
-    signal(&a, "-CONT");
+    assert!(signal(&a, "-CONT"));
     let out = finish(a);
     ok(&out, "the frozen backup, continued");
     let report: serde_json::Value =
@@ -110,7 +105,7 @@ fn a_live_frozen_backup_defers_the_sweep() {
     assert_eq!(n(&waiting, "deleted_packs"), 0, "the sweep waits for the frozen session: {waiting}");
     let deferred = waiting.get("deferred").and_then(|d| d.as_array()).unwrap();
     assert!(deferred.iter().any(|d| d.as_str().unwrap().contains("waiting for sessions")), "{waiting}");
-    signal(&a, "-CONT");
+    assert!(signal(&a, "-CONT"));
     ok(&finish(a), "the frozen backup, continued");
     let later = prune(&cli, 6);
     assert!(n(&later, "deleted_packs") > 0, "the deferred deletion happens once the backup committed: {later}");
@@ -133,7 +128,7 @@ fn frozen_after_a_checkpoint_past_expiry() {
     let second = prune(&cli, 10);
     assert!(n(&second, "deleted_packs") > 0, "{second}");
     assert!(n(&second, "removed_checkpoints") > 0, "{second}");
-    signal(&c, "-CONT");
+    assert!(signal(&c, "-CONT"));
     ok(&finish(c), "the frozen backup, continued");
     check_all(&cli, &src);
 }
@@ -160,7 +155,7 @@ fn frozen_with_an_unindexed_pack_past_expiry() {
     assert!(n(&first, "marked_packs") > 0, "{first}");
     let second = prune(&cli, 11);
     assert!(n(&second, "deleted_packs") > 0, "{second}");
-    signal(&c, "-CONT");
+    assert!(signal(&c, "-CONT"));
     let out = finish(c);
     ok(&out, "the frozen backup, continued");
     let report = String::from_utf8_lossy(&out.stdout)
