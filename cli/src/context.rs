@@ -41,16 +41,10 @@ impl Context {
     /// The memo of the repository with this config (it needs no key, so it can be opened
     /// while the key is being unlocked).
     pub fn memo_of(&self, config: &bakare_store::Config) -> Result<bakare_planner::Memo> {
-        if self.global.no_cache {
+        let Some(folder) = self.cache_folder(config)? else {
             return Ok(bakare_planner::Memo::disabled());
-        }
-        let base = match &self.global.cache_dir {
-            Some(d) => d.clone(),
-            None => dirs::cache_dir()
-                .map(|d| d.join("bakare"))
-                .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
         };
-        let path = base.join(config.id_hex()).join("state.redb");
+        let path = folder.join("state.redb");
         if !path.exists() {
             return Ok(bakare_planner::Memo::open(&path));
         }
@@ -58,6 +52,21 @@ impl Context {
             return Ok(bakare_planner::Memo::open_unchecked(&path));
         }
         Ok(bakare_planner::Memo::open_after_check(&path, check_in_child(&path)))
+    }
+
+    /// This machine's cache folder for the repository with this config, or `None` with
+    /// --no-cache.
+    pub fn cache_folder(&self, config: &bakare_store::Config) -> Result<Option<PathBuf>> {
+        if self.global.no_cache {
+            return Ok(None);
+        }
+        let base = match &self.global.cache_dir {
+            Some(d) => d.clone(),
+            None => dirs::cache_dir()
+                .map(|d| d.join("bakare"))
+                .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
+        };
+        Ok(Some(base.join(config.id_hex())))
     }
 
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.

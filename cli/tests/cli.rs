@@ -339,6 +339,16 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
     out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The matches of `find --json`, without its summary line.
+fn matches(out: &str) -> Vec<serde_json::Value> {
+    json_lines(out).into_iter().filter(|v| v["type"] == "match").collect()
+}
+
+/// The summary line of `find --json`.
+fn summary(out: &str) -> serde_json::Value {
+    json_lines(out).into_iter().find(|v| v["type"] == "summary").unwrap()
+}
+
 #[test]
 fn find_history_and_diff_across_snapshots() {
     let env = Env::new();
@@ -357,18 +367,18 @@ fn find_history_and_diff_across_snapshots() {
     let src = fs::canonicalize(env.path("src")).unwrap().to_string_lossy().into_owned();
 
     // A typo still finds the file; its three versions say what changed.
-    let hits = json_lines(&env.ok(&["--json", "find", "bakrae"]));
+    let hits = matches(&env.ok(&["--json", "find", "bakrae"]));
     assert_eq!(hits[0]["path"], format!("{src}/bakare.toml"));
     let changed: Vec<_> = hits[0]["versions"].as_array().unwrap().iter().map(|v| v["changed"].clone()).collect();
     assert_eq!(changed, [serde_json::Value::Null, true.into(), false.into()]);
     // The exact name ranks first.
-    let hits = json_lines(&env.ok(&["--json", "find", "todo.txt"]));
+    let hits = matches(&env.ok(&["--json", "find", "todo.txt"]));
     assert_eq!(hits[0]["path"], format!("{src}/notes/todo.txt"));
     assert!(hits.iter().any(|h| h["path"] == format!("{src}/notes/todo.txt.bak")));
     // Narrowed to a folder, and to one snapshot.
-    let hits = json_lines(&env.ok(&["--json", "find", "read", "--path", &format!("{src}/docs")]));
+    let hits = matches(&env.ok(&["--json", "find", "read", "--path", &format!("{src}/docs")]));
     assert_eq!(hits.len(), 1);
-    let hits = json_lines(&env.ok(&["--json", "find", "done", "--snapshot", "latest~2"]));
+    let hits = matches(&env.ok(&["--json", "find", "done", "--snapshot", "latest~2"]));
     assert!(hits.iter().all(|h| h["path"] != format!("{src}/notes/done.txt")), "not in the first snapshot");
 
     // History of the renamed file: one version, then the same content elsewhere.
@@ -403,6 +413,71 @@ fn find_history_and_diff_across_snapshots() {
     let live = env.ok(&["diff", "latest", "--local", "--path", "src"]);
     insta::assert_snapshot!("diff_local", redact(live));
     assert_eq!(objects(), before, "diff --local writes nothing");
+}
+
+#[test]
+fn the_name_index_is_incremental_sealed_and_rebuilt_when_damaged() {
+    let env = Env::new();
+    env.init();
+    for d in 0..20 {
+        for f in 0..5 {
+            env.write(&format!("src/d{d:02}/file{f}.txt"), format!("{d} {f}").as_bytes());
+        }
+    }
+    env.ok(&["backup", "-q", "src"]);
+    env.write("src/d07/file3.txt", b"changed");
+    env.ok(&["backup", "-q", "src"]);
+    let src = fs::canonicalize(env.path("src")).unwrap();
+    let depth = src.components().count() as u64;
+
+    // The first call indexes both snapshots, the second nothing.
+    let first = env.ok(&["--json", "find", "file3"]);
+    let s = summary(&first);
+    assert_eq!(s["index"]["snapshots_indexed"], 2);
+    let full = s["index"]["trees_read"].as_u64().unwrap();
+    assert!(full >= 21 + depth, "the first snapshot is read whole: {s}");
+    assert_eq!(matches(&first).len(), 20);
+    let again = summary(&env.ok(&["--json", "find", "file3"]));
+    assert_eq!(again["index"]["snapshots_indexed"], 0);
+    assert_eq!(again["index"]["trees_read"], 0);
+
+    // One changed file: only the folders on its path are read, old and new.
+    env.write("src/d13/file1.txt", b"changed too");
+    env.ok(&["backup", "-q", "src"]);
+    let out = env.ok(&["--json", "find", "d13/file1"]);
+    let s = summary(&out);
+    assert_eq!(s["index"]["snapshots_indexed"], 1);
+    assert!(s["index"]["trees_read"].as_u64().unwrap() <= 2 * (depth + 1), "{s}");
+    let hit = &matches(&out)[0];
+    assert_eq!(hit["path"], format!("{}/d13/file1.txt", src.display()));
+    let changed: Vec<_> = hit["versions"].as_array().unwrap().iter().map(|v| v["changed"].clone()).collect();
+    assert_eq!(changed, [serde_json::Value::Null, false.into(), true.into()]);
+
+    // No name in the clear.
+    let cache = env.path(".cache/bakare");
+    let dir = fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    let index = dir.join("names.redb");
+    let bytes = fs::read(&index).unwrap();
+    assert!(!bytes.windows(9).any(|w| w == b"file3.txt"), "names are sealed");
+
+    // Forgetting the newest snapshot: the next one starts a new lineage, and the forgotten
+    // one is no longer shown.
+    env.ok(&["forget", "latest"]);
+    env.write("src/d13/file1.txt", b"changed a third time");
+    env.ok(&["backup", "-q", "src"]);
+    let hit = &matches(&env.ok(&["--json", "find", "d13/file1"]))[0];
+    let changed: Vec<_> = hit["versions"].as_array().unwrap().iter().map(|v| v["changed"].clone()).collect();
+    assert_eq!(changed, [serde_json::Value::Null, false.into(), true.into()]);
+
+    // A damaged index is built again, with the same answer; so is one without a cache.
+    let before = matches(&env.ok(&["--json", "find", "file"]));
+    fs::write(&index, vec![0x5a; 16384]).unwrap();
+    let out = env.run(&["--json", "find", "file"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.stderr(&out).contains("built again"), "{}", env.stderr(&out));
+    assert_eq!(matches(&String::from_utf8_lossy(&out.stdout)), before);
+    assert_eq!(matches(&env.ok(&["--json", "--no-cache", "find", "file"])), before);
+    assert!(!env.path("src").join("names.redb").exists());
 }
 
 #[test]

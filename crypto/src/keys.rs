@@ -69,6 +69,14 @@ impl DataSecretKey {
     pub fn public(&self) -> DataPublicKey {
         DataPublicKey(*PublicKey::from(&self.0).as_bytes())
     }
+
+    /// A key for `context` that only a holder of the master key derives: for local state
+    /// that holds what only the master key may read (the name index).
+    pub fn derive_id_key(&self, context: &str) -> IdKey {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(self.0.as_bytes());
+        IdKey(Zeroizing::new(*h.finalize().as_bytes()))
+    }
 }
 
 fn derive(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], purpose: &[u8]) -> SymmetricKey {

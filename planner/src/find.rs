@@ -1,20 +1,15 @@
-//! Searching snapshots: every version of every path (`find`, `history`) and the difference
-//! between two trees (`diff`).
+//! What `find` and `history` show of a path ([`Version`], [`History`]; the index behind them
+//! is [`crate::names`]) and the difference between two trees (`diff`, `diff --local`).
 //!
-//! Trees are content-addressed, so a walk over many snapshots reads each distinct tree once
-//! (a cache keyed by tree id), and `diff` skips every subtree whose id is the same on both
+//! Trees are content-addressed, so `diff` skips every subtree whose id is the same on both
 //! sides without reading it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use bakare_store::crypto::Digest;
-use bakare_store::{BlobId, Entry, Node, Repository, Snapshot, SnapshotId, Tree};
-use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
-use nucleo_matcher::{Config, Matcher, Utf32Str};
+use bakare_store::{BlobId, Entry, Node, Repository, Tree};
 
 use crate::error::PlanError;
-use crate::memo::chunk_list_digest;
 
 /// One version of a path: in which snapshot, and what it was there.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -54,137 +49,6 @@ impl Trees<'_> {
         self.cache.insert(*id, t.clone());
         Ok(t)
     }
-}
-
-fn content_of(node: &Node) -> Option<Digest> {
-    match node {
-        Node::File { chunks, .. } => Some(chunk_list_digest(chunks)),
-        Node::Symlink { target } => Some(bakare_store::crypto::checksum(target)),
-        _ => None,
-    }
-}
-
-fn size_of(node: &Node) -> u64 {
-    match node {
-        Node::File { size, .. } => *size,
-        _ => 0,
-    }
-}
-
-/// Every non-folder path of the snapshots with its versions, oldest snapshot first. Paths
-/// are absolute, as backed up.
-pub struct Catalog {
-    pub paths: BTreeMap<String, Vec<Version>>,
-}
-
-impl Catalog {
-    pub fn build(repo: &Repository, snapshots: &[(SnapshotId, Snapshot)]) -> Result<Self, PlanError> {
-        let mut trees = Trees { repo, cache: HashMap::new() };
-        let mut paths: BTreeMap<String, Vec<Version>> = BTreeMap::new();
-        let mut ordered: Vec<&(SnapshotId, Snapshot)> = snapshots.iter().collect();
-        ordered.sort_by_key(|(id, s)| (s.time_ns, *id));
-        for (id, snap) in ordered {
-            let mut stack = vec![(String::new(), snap.root)];
-            while let Some((prefix, tree_id)) = stack.pop() {
-                let tree = trees.get(&tree_id)?;
-                for e in &tree.entries {
-                    let path = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
-                    match &e.node {
-                        Node::Dir { tree } => stack.push((path, *tree)),
-                        node => {
-                            let versions = paths.entry(path).or_default();
-                            let content = content_of(node).map(|d| d.to_hex());
-                            let changed = versions.last().map(|v: &Version| v.content != content);
-                            versions.push(Version {
-                                snapshot: id.to_hex(),
-                                time_ns: snap.time_ns,
-                                kind: node.kind_name(),
-                                size: size_of(node),
-                                mtime_ns: e.meta.mtime_ns,
-                                content,
-                                changed,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Self { paths })
-    }
-
-    /// Paths matching `query`, best first: fuzzy (fzf-like, smart case) over the whole path
-    /// and, weighted higher, over the file name; a name within one or two typos of the query
-    /// (a swapped pair counts as one) matches too.
-    pub fn find(&self, query: &str, limit: usize) -> Vec<(&str, u32)> {
-        let mut matcher = Matcher::new(Config::DEFAULT.match_paths());
-        let pattern = Pattern::parse(query, CaseMatching::Smart, Normalization::Smart);
-        let q = query.to_lowercase();
-        let mut buf = Vec::new();
-        let mut out: Vec<(&str, u32)> = self
-            .paths
-            .keys()
-            .filter_map(|path| {
-                let name = path.rsplit('/').next().unwrap_or(path);
-                let whole = pattern.score(Utf32Str::new(path, &mut buf), &mut matcher);
-                let in_name = pattern.score(Utf32Str::new(name, &mut buf), &mut matcher).map(|s| s * 2);
-                let exact = (name.to_lowercase() == q).then_some(10_000);
-                let typo = if whole.is_none() { typo_score(&q, &name.to_lowercase()) } else { None };
-                let best = [whole, in_name, exact, typo].into_iter().flatten().max()?;
-                Some((path.as_str(), best))
-            })
-            .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.len().cmp(&b.0.len())).then(a.0.cmp(b.0)));
-        out.truncate(limit);
-        out
-    }
-
-    /// The versions of `path`, and where its content went when it disappeared from a
-    /// snapshot that has the same content under another path.
-    pub fn history(&self, path: &str, snapshots: &[(SnapshotId, Snapshot)]) -> Option<History> {
-        let versions = self.paths.get(path)?.clone();
-        let mut moved_to = Vec::new();
-        if let Some(last) = versions.last()
-            && let Some(content) = &last.content
-        {
-            // Snapshots after the last one holding the path.
-            let later: Vec<String> =
-                snapshots.iter().filter(|(_, s)| s.time_ns > last.time_ns).map(|(id, _)| id.to_hex()).collect();
-            for snap in &later {
-                let found = self.paths.iter().find(|(p, vs)| {
-                    p.as_str() != path && vs.iter().any(|v| &v.snapshot == snap && v.content.as_ref() == Some(content))
-                });
-                if let Some((p, _)) = found {
-                    moved_to.push((snap.clone(), p.clone()));
-                    break;
-                }
-            }
-        }
-        Some(History { path: path.to_string(), versions, moved_to })
-    }
-}
-
-/// How close a file name comes to the query with typos: the best Damerau-Levenshtein
-/// distance between the query and any part of the name of about its length, allowed 1 edit
-/// per 4 characters (at least 1). Scores below every fuzzy match of the same length.
-fn typo_score(query: &str, name: &str) -> Option<u32> {
-    let q: Vec<char> = query.chars().collect();
-    if q.len() < 3 {
-        return None;
-    }
-    let allowed = (q.len() / 4).max(1);
-    let n: Vec<char> = name.chars().collect();
-    let mut best: Option<usize> = None;
-    for len in q.len().saturating_sub(1)..=q.len() + 1 {
-        for start in 0..=n.len().saturating_sub(len) {
-            let Some(window) = n.get(start..start + len) else { continue };
-            let w: String = window.iter().collect();
-            let d = strsim::damerau_levenshtein(query, &w);
-            if d <= allowed && best.is_none_or(|b| d < b) {
-                best = Some(d);
-            }
-        }
-    }
-    best.map(|d| (q.len() as u32 * 8).saturating_sub(d as u32 * 12).max(1))
 }
 
 /// One difference between two trees.
@@ -412,18 +276,4 @@ fn diff_live(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn typos_within_the_allowance_match() {
-        assert!(typo_score("bakrae", "bakare.toml").is_some(), "a swapped pair");
-        assert!(typo_score("bakae", "bakare.toml").is_some(), "a missing letter");
-        assert!(typo_score("bakare", "bakare.toml") > typo_score("bakrae", "bakare.toml"));
-        assert!(typo_score("zzzzzz", "bakare.toml").is_none());
-        assert!(typo_score("ab", "ab").is_none(), "too short to guess at");
-    }
 }

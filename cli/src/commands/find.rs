@@ -4,7 +4,7 @@
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{Context as _, Result, bail};
-use bakare_planner::{Catalog, Version, diff};
+use bakare_planner::{NameIndex, Version, diff, index_path};
 use bakare_store::{Repository, Snapshot, SnapshotId};
 
 use crate::Outcome;
@@ -46,26 +46,38 @@ fn print_versions(versions: &[Version]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The name index of the repository, brought up to date; a note on stderr when it was
+/// rebuilt.
+fn name_index(ctx: &Context, repo: &Repository) -> Result<NameIndex> {
+    let all = repo.snapshots()?.snapshots;
+    let path = ctx.cache_folder(repo.config())?.map(|f| index_path(&f));
+    let idx = NameIndex::open(path.as_deref(), repo, &all)?;
+    if idx.report.rebuilt && !ctx.global.quiet {
+        eprintln!("bakare: the local name index was damaged or outdated and has been built again");
+    }
+    Ok(idx)
+}
+
 pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let snaps = chosen(&repo, &a.snapshot, a.host.as_deref())?;
-    let catalog = Catalog::build(&repo, &snaps)?;
-    let prefix = a.path.as_ref().map(|p| p.to_string_lossy().trim_end_matches('/').to_string());
-    let hits: Vec<(&str, u32)> = catalog
-        .find(&a.query, usize::MAX)
-        .into_iter()
-        .filter(|(p, _)| prefix.as_ref().is_none_or(|pre| p.starts_with(&format!("{pre}/"))))
-        .take(a.limit)
-        .collect();
+    let idx = name_index(ctx, &repo)?;
+    let started = std::time::Instant::now();
+    let prefix = a.path.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let hits = idx.find(&a.query, &snaps, prefix.as_deref(), a.limit)?;
+    let query_ms = started.elapsed().as_millis() as u64;
     if ctx.global.json {
-        for (path, score) in &hits {
-            let versions = catalog.paths.get(*path).cloned().unwrap_or_default();
-            out!("{}", serde_json::json!({"type": "match", "path": path, "score": score, "versions": versions}))?;
+        for h in &hits {
+            out!("{}", serde_json::json!({"type": "match", "path": h.path, "score": h.score, "versions": h.versions}))?;
         }
+        out!(
+            "{}",
+            serde_json::json!({"type": "summary", "matches": hits.len(), "snapshots": snaps.len(), "index": idx.report, "query_ms": query_ms})
+        )?;
     } else {
-        for (path, _) in &hits {
-            out!("{path}")?;
-            print_versions(catalog.paths.get(*path).map_or(&[][..], Vec::as_slice))?;
+        for h in &hits {
+            out!("{}", h.path)?;
+            print_versions(&h.versions)?;
         }
         if hits.is_empty() && !ctx.global.quiet {
             out!("no path in {} snapshots matches {:?}", snaps.len(), a.query)?;
@@ -77,11 +89,14 @@ pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
 pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let snaps = chosen(&repo, &[], a.host.as_deref())?;
-    let catalog = Catalog::build(&repo, &snaps)?;
+    let idx = name_index(ctx, &repo)?;
     let path = std::path::absolute(&a.path).unwrap_or_else(|_| a.path.clone());
-    let path = path.to_string_lossy().trim_end_matches('/').to_string();
-    let Some(h) = catalog.history(&path, &snaps) else {
-        bail!("no snapshot holds {path}");
+    let mut bytes = path.as_os_str().as_bytes();
+    while bytes.len() > 1 && bytes.ends_with(b"/") {
+        bytes = &bytes[..bytes.len() - 1];
+    }
+    let Some(h) = idx.history(bytes, &snaps)? else {
+        bail!("no snapshot holds {}", path.display());
     };
     if ctx.global.json {
         out!(
