@@ -5,11 +5,13 @@
 #   bench/find.sh N S [WORK_DIR]        (defaults: 200000 files, 50 snapshots)
 #
 # Makes the tree and the S snapshots with both tools (setup, timed but not compared; with
-# REUSE=1 an earlier setup in WORK_DIR is kept), then:
+# REUSE=1 an earlier setup in WORK_DIR is kept), then, with the figures `find --json` reports
+# (snapshots indexed, trees read, index and query milliseconds):
 #   - bakare find, first call: builds the local name index from all S snapshots;
 #   - bakare find, warm: answers from the index (the goal: under 300 ms);
 #   - one more 1 % mutation and backup, then bakare find: indexes only the new snapshot,
-#     reading only the folders that changed (compare with the first call);
+#     reading only the folders that changed (about 2/3 of them: 1 % of the files, spread);
+#   - one file changed and backed up, then bakare find: a few trees read;
 #   - restic find with a glob over the same snapshots.
 # bakare is $BAKARE or target/release/bakare of this checkout; restic from Debian's package.
 set -euo pipefail
@@ -50,14 +52,28 @@ row() { # row LABEL CMD...
   read -r wall rss < <(tail -1 "$work/time")
   printf "%-40s %8.3f s %7d MiB  %s lines\n" "$label" "$wall" $((rss / 1024)) "$(wc -l <"$work/out")"
 }
-row "bakare find (first: builds the index)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "$stem"
+# bfind LABEL QUERY: bakare find --json, with what its summary says of the index and query.
+bfind() {
+  row "$1" "$bakare" --json find --repo "$work/bakare.repo" --limit 5 "$2"
+  python3 -c 'import json,sys
+s=[json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
+i=s["index"]
+print("%44s indexed %d snapshots reading %d trees in %d ms; query %d ms; %d matches" % ("", i["snapshots_indexed"], i["trees_read"], i["index_ms"], s["query_ms"], s["matches"]))' "$work/out"
+}
+folders=$(find "$tree" -type d | wc -l)
+echo "tree: $(find "$tree" -type f | wc -l) files in $folders folders"
+bfind "bakare find (first: builds the index)" "$stem"
 for i in 1 2 3; do
-  row "bakare find (warm $i)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "$stem"
+  bfind "bakare find (warm $i)" "$stem"
 done
-row "bakare find (warm, typo)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "${stem:1:1}${stem:0:1}${stem:2}"
+bfind "bakare find (warm, typo)" "${stem:1:1}${stem:0:1}${stem:2}"
 python3 "$gen" mutate "$tree" --percent 1 --seed $((s + 1000 + RANDOM)) >/dev/null
 "$bakare" backup -q --repo "$work/bakare.repo" "$tree"
 restic backup -q --repo "$work/restic.repo" "$tree" >/dev/null
-row "bakare find (after 1 more snapshot)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "$stem"
-row "bakare find (warm again)" "$bakare" find --repo "$work/bakare.repo" --limit 5 "$stem"
+bfind "bakare find (1 more snapshot, 1 %)" "$stem"
+echo "changed" >>"$first"
+"$bakare" backup -q --repo "$work/bakare.repo" "$tree"
+restic backup -q --repo "$work/restic.repo" "$tree" >/dev/null
+bfind "bakare find (1 more snapshot, 1 file)" "$stem"
+bfind "bakare find (warm again)" "$stem"
 row "restic find" restic find --repo "$work/restic.repo" "*$stem*"
