@@ -339,6 +339,11 @@ fn json_lines(out: &str) -> Vec<serde_json::Value> {
     out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// `s` as a regular expression matching itself.
+fn regex_escape(s: &str) -> String {
+    s.chars().map(|c| if c.is_alphanumeric() || c == '/' { c.to_string() } else { format!("\\{c}") }).collect()
+}
+
 /// The matches of `find --json`, without its summary line.
 fn matches(out: &str) -> Vec<serde_json::Value> {
     json_lines(out).into_iter().filter(|v| v["type"] == "match").collect()
@@ -385,6 +390,19 @@ fn find_history_and_diff_across_snapshots() {
     let h = json_lines(&env.ok(&["--json", "history", &format!("{src}/notes/todo.txt")]));
     assert_eq!(h[0]["versions"].as_array().unwrap().len(), 1);
     assert_eq!(h[0]["moved_to"][0][1], format!("{src}/notes/done.txt"));
+    // The human output, with times and snapshot ids masked.
+    let human = |out: String| {
+        let mut settings = insta::Settings::clone_current();
+        settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "[TIME]");
+        settings.add_filter(r"  [0-9a-f]{8}  ", "  [SNAP]  ");
+        settings.add_filter(r"in [0-9a-f]{8}:", "in [SNAP]:");
+        settings.add_filter(&regex_escape(&src), "[SRC]");
+        (settings, out)
+    };
+    let (settings, out) = human(env.ok(&["find", "todo", "--limit", "2"]));
+    settings.bind(|| insta::assert_snapshot!("find_human", out));
+    let (settings, out) = human(env.ok(&["history", &format!("{src}/notes/todo.txt")]));
+    settings.bind(|| insta::assert_snapshot!("history_human", out));
     let missing = env.run(&["history", &format!("{src}/nope")]);
     assert_eq!(code(&missing), 1);
 
