@@ -102,30 +102,96 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at.checked_add(4)?).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)
 }
 
-/// A pack being filled. Blobs are sealed as they are added; nothing is written until
-/// [`PackBuilder::finish`].
+/// Where a pack being filled keeps its bytes: in memory, or in a spool file on the same
+/// file system as the repository (so that memory does not hold whole packs).
+enum Sink {
+    Memory(Vec<u8>),
+    File { file: std::io::BufWriter<std::fs::File>, path: std::path::PathBuf, len: usize, hash: blake3::Hasher },
+}
+
+/// A finished pack's bytes.
+pub(crate) enum PackBytes {
+    Memory(Vec<u8>),
+    /// A spool file to move into place ([`crate::backend::Backend::put_file`]).
+    File(std::path::PathBuf),
+}
+
+/// A pack being filled. Blobs are sealed as they are added; nothing is written to the
+/// repository until [`PackBuilder::finish`].
 pub(crate) struct PackBuilder {
     key: SymmetricKey,
     eph: EphemeralPublic,
-    buf: Vec<u8>,
+    /// `None` only once finished.
+    sink: Option<Sink>,
+    /// One sealed blob on its way to a spool file.
+    scratch: Vec<u8>,
     entries: Vec<PackEntry>,
 }
 
+fn spool_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::Backend(crate::backend::BackendError::io(path.display().to_string(), e))
+}
+
 impl PackBuilder {
+    /// A pack in memory that may grow to `capacity` bytes without reallocating (it starts
+    /// small: most packs of trees never fill).
     pub(crate) fn new(write: &WriteKey, capacity: usize) -> Result<Self> {
         let (eph, key) = write.data_public.ephemeral(PACK_PURPOSE)?;
-        let mut buf = Vec::with_capacity(capacity);
+        let mut buf = Vec::with_capacity(capacity.min(1 << 20));
         buf.extend_from_slice(&header(ObjectKind::Pack));
         buf.extend_from_slice(&eph.0);
-        Ok(Self { key, eph, buf, entries: Vec::new() })
+        Ok(Self { key, eph, sink: Some(Sink::Memory(buf)), scratch: Vec::new(), entries: Vec::new() })
+    }
+
+    /// A pack spooled to a new file in `dir`.
+    pub(crate) fn spooled(write: &WriteKey, dir: &std::path::Path, name: &str) -> Result<Self> {
+        let (eph, key) = write.data_public.ephemeral(PACK_PURPOSE)?;
+        let path = dir.join(name);
+        let f =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| spool_err(&path, e))?;
+        let mut file = std::io::BufWriter::with_capacity(256 << 10, f);
+        let mut hash = blake3::Hasher::new();
+        let mut start = header(ObjectKind::Pack).to_vec();
+        start.extend_from_slice(&eph.0);
+        use std::io::Write as _;
+        file.write_all(&start).map_err(|e| spool_err(&path, e))?;
+        hash.update(&start);
+        Ok(Self {
+            key,
+            eph,
+            sink: Some(Sink::File { file, path, len: start.len(), hash }),
+            scratch: Vec::new(),
+            entries: Vec::new(),
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.buf.len()
+        match &self.sink {
+            Some(Sink::Memory(b)) => b.len(),
+            Some(Sink::File { len, .. }) => *len,
+            None => 0,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Appends sealed bytes made by `seal` (which appends to the buffer it is given).
+    fn append(&mut self, seal: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        match &mut self.sink {
+            None => Err(StoreError::corrupt("pack", "already finished")),
+            Some(Sink::Memory(buf)) => seal(buf),
+            Some(Sink::File { file, path, len, hash }) => {
+                self.scratch.clear();
+                seal(&mut self.scratch)?;
+                use std::io::Write as _;
+                file.write_all(&self.scratch).map_err(|e| spool_err(path, e))?;
+                hash.update(&self.scratch);
+                *len += self.scratch.len();
+                Ok(())
+            }
+        }
     }
 
     /// Seals one blob into the pack; returns its sealed length.
@@ -137,17 +203,19 @@ impl PackBuilder {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<u32> {
-        let offset = self.buf.len();
-        self.key.seal_into(&blob_aad(&id, kind, compressed), payload, &mut self.buf)?;
+        let offset = self.len();
+        let key = self.key.clone();
+        self.append(|buf| Ok(key.seal_into(&blob_aad(&id, kind, compressed), payload, buf)?))?;
         let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
         let offset = u32::try_from(offset).map_err(|_| too_big())?;
-        let length = u32::try_from(self.buf.len() - offset as usize).map_err(|_| too_big())?;
+        let length = u32::try_from(self.len() - offset as usize).map_err(|_| too_big())?;
         self.entries.push(PackEntry { id, kind, compressed, offset, length, raw_len });
         Ok(length)
     }
 
-    /// Seals the blob table, appends the trailer and names the pack by its hash.
-    pub(crate) fn finish(mut self, index_key: &SymmetricKey) -> Result<(PackId, Vec<u8>, Vec<PackEntry>)> {
+    /// Seals the blob table, appends the trailer and names the pack by its hash. A spool
+    /// file is flushed and synced.
+    pub(crate) fn finish(mut self, index_key: &SymmetricKey) -> Result<(PackId, PackBytes, Vec<PackEntry>)> {
         let mut table = Vec::with_capacity(36 + self.entries.len() * ENTRY_LEN);
         table.extend_from_slice(&self.eph.0);
         let count = u32::try_from(self.entries.len()).map_err(|_| StoreError::corrupt("pack", "too many blobs"))?;
@@ -155,14 +223,38 @@ impl PackBuilder {
         for e in &self.entries {
             e.encode(&mut table);
         }
-        let start = self.buf.len();
-        index_key.seal_into(TABLE_AAD, &table, &mut self.buf)?;
-        let sealed_len =
-            u32::try_from(self.buf.len() - start).map_err(|_| StoreError::corrupt("pack", "table too big"))?;
-        self.buf.extend_from_slice(&sealed_len.to_le_bytes());
-        self.buf.extend_from_slice(TRAILER_MAGIC);
-        let id = PackId(checksum(&self.buf));
-        Ok((id, self.buf, self.entries))
+        self.append(|buf| {
+            let start = buf.len();
+            index_key.seal_into(TABLE_AAD, &table, buf)?;
+            let sealed_len =
+                u32::try_from(buf.len() - start).map_err(|_| StoreError::corrupt("pack", "table too big"))?;
+            buf.extend_from_slice(&sealed_len.to_le_bytes());
+            buf.extend_from_slice(TRAILER_MAGIC);
+            Ok(())
+        })?;
+        let entries = std::mem::take(&mut self.entries);
+        match self.sink.take() {
+            None => Err(StoreError::corrupt("pack", "already finished")),
+            Some(Sink::Memory(buf)) => Ok((PackId(checksum(&buf)), PackBytes::Memory(buf), entries)),
+            Some(Sink::File { file, path, hash, .. }) => {
+                let synced = file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all());
+                if let Err(e) = synced {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(spool_err(&path, e));
+                }
+                Ok((PackId(Digest(*hash.finalize().as_bytes())), PackBytes::File(path), entries))
+            }
+        }
+    }
+}
+
+impl Drop for PackBuilder {
+    /// A pack dropped unfinished (empty, or its backup failed) leaves no spool file.
+    fn drop(&mut self) {
+        if let Some(Sink::File { file, path, .. }) = self.sink.take() {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -256,6 +348,7 @@ mod tests {
         let id = BlobId(m.write.id_key.id(b"abc"));
         b.add(id, BlobKind::Data, false, 3, b"abc").unwrap();
         let (pid, bytes, entries) = b.finish(&m.write.index_key).unwrap();
+        let PackBytes::Memory(bytes) = bytes else { panic!("in memory") };
         assert_eq!(pid, PackId(checksum(&bytes)));
         let table = parse_blob_table("p", &bytes, &m.write.index_key).unwrap();
         assert_eq!(table.ephemeral, pack_ephemeral("p", &bytes).unwrap());

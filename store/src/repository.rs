@@ -16,13 +16,14 @@ use bakare_crypto::{
     Digest, EphemeralPublic, KdfParams, MasterKey, SymmetricKey, WriteKey, open_key_file, seal_key_file,
 };
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
 use crate::object::{get_named, get_verified, id_of_path};
 use crate::pack::{
-    MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackEntry, PackTable, pack_ephemeral, read_pack_table,
+    MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackBytes, PackEntry, PackTable, pack_ephemeral,
+    read_pack_table,
 };
 use crate::session::{Checkpoint, Session};
 use crate::snapshot::Snapshot;
@@ -174,6 +175,8 @@ pub struct Repository {
     compression_level: i32,
     /// Recovery shards written with each pack (0: none).
     parity: u16,
+    /// Where open packs are spooled (asked of the storage once).
+    spool: OnceLock<Option<std::path::PathBuf>>,
     pub stats: WriteStats,
 }
 
@@ -384,6 +387,7 @@ impl Repository {
             poisoned: std::sync::atomic::AtomicBool::new(false),
             compression_level: 3,
             parity: 0,
+            spool: OnceLock::new(),
             stats: WriteStats::default(),
         }
     }
@@ -612,7 +616,7 @@ impl Repository {
         payload: &[u8],
     ) -> Result<u64> {
         let target = self.config.pack_size as usize;
-        let mut builder = pool.take(|| PackBuilder::new(self.access.write_key(), target + target / 8))?;
+        let mut builder = pool.take(|| self.new_pack(target + target / 8))?;
         let stored = match builder.add(id, kind, compressed, raw_len, payload) {
             Ok(s) => s,
             Err(e) => {
@@ -630,12 +634,38 @@ impl Repository {
         Ok(u64::from(stored))
     }
 
+    /// A new open pack: spooled to a file where the storage offers a folder for it, so that
+    /// open packs cost no memory, else in memory.
+    fn new_pack(&self, capacity: usize) -> Result<PackBuilder> {
+        let key = self.access.write_key();
+        match self.spool.get_or_init(|| self.backend.spool_dir()) {
+            Some(dir) => {
+                static N: AtomicU64 = AtomicU64::new(0);
+                let name =
+                    format!(".tmp-spool-{}-{}-{}", std::process::id(), now_ns(), N.fetch_add(1, Ordering::Relaxed));
+                PackBuilder::spooled(key, dir, &name)
+            }
+            None => PackBuilder::new(key, capacity),
+        }
+    }
+
     fn write_pack(&self, builder: PackBuilder) -> Result<()> {
         let (id, bytes, entries) = builder.finish(&self.access.write_key().index_key)?;
-        self.backend.put(&pack_path(&id), &bytes)?;
-        if self.parity > 0 {
+        let parity = match (&bytes, self.parity) {
+            (_, 0) => None,
+            (PackBytes::Memory(b), n) => Some(crate::parity::encode(b, n)?),
+            (PackBytes::File(p), n) => {
+                let whole = std::fs::read(p).map_err(|e| StoreError::Backend(BackendError::io(pack_path(&id), e)))?;
+                Some(crate::parity::encode(&whole, n)?)
+            }
+        };
+        match bytes {
+            PackBytes::Memory(b) => self.backend.put(&pack_path(&id), &b)?,
+            PackBytes::File(p) => self.backend.put_file(&pack_path(&id), &p)?,
+        }
+        if let Some(parity) = parity {
             // After the pack: a crash between the two leaves a pack without parity, no harm.
-            self.backend.put(&crate::parity::parity_path(&id), &crate::parity::encode(&bytes, self.parity)?)?;
+            self.backend.put(&crate::parity::parity_path(&id), &parity)?;
         }
         crate::failpoint::hit("after-pack");
         self.stats.packs.fetch_add(1, Ordering::Relaxed);

@@ -75,6 +75,45 @@ impl Backend for LocalBackend {
         self.write_new(path, &target, bytes)
     }
 
+    fn spool_dir(&self) -> Option<PathBuf> {
+        let dir = self.root.join("packs");
+        if !self.root.is_dir() || fs::create_dir_all(&dir).is_err() {
+            return None;
+        }
+        // Spool files a killed process left behind: older than a day, no writer has them.
+        if let Ok(rd) = fs::read_dir(&dir) {
+            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+            for e in rd.flatten() {
+                let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < old);
+                if e.file_name().to_string_lossy().starts_with(".tmp-spool-") && stale {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Some(dir)
+    }
+
+    fn put_file(&self, path: &str, file: &Path) -> Result<(), BackendError> {
+        let target = self.full(path);
+        let result = (|| {
+            if target.exists() {
+                return fs::remove_file(file);
+            }
+            let dir = target.parent().unwrap_or(&self.root);
+            fs::create_dir_all(dir)?;
+            if let Some(t) = crate::clock::shifted_now() {
+                File::options().write(true).open(file)?.set_modified(t)?;
+            }
+            // The spool file was synced when it was finished.
+            fs::rename(file, &target)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(file);
+        }
+        result.map_err(|e| BackendError::io(path, e))
+    }
+
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
         let mut f = File::open(self.full(path)).map_err(|e| BackendError::io(path, e))?;
         let mut out = Vec::new();

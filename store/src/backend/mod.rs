@@ -70,6 +70,19 @@ pub trait Backend: Send + Sync {
     fn delete(&self, path: &str) -> Result<(), BackendError>;
     /// An object's size and the time it was written.
     fn stat(&self, path: &str) -> Result<ObjectStat, BackendError>;
+    /// A folder where whole objects may be spooled to files before [`Backend::put_file`]
+    /// moves them into place cheaply (the local folder: on the same file system); `None`
+    /// when objects are built in memory.
+    fn spool_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// [`Backend::put`] of the contents of `file`, which is removed (moved into place
+    /// where possible).
+    fn put_file(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
+        let bytes = std::fs::read(file).map_err(|e| BackendError::io(path, e))?;
+        self.put(path, &bytes)?;
+        std::fs::remove_file(file).map_err(|e| BackendError::io(path, e))
+    }
     /// [`Backend::list`] with each object's [`Backend::stat`]. An object deleted between the
     /// listing and its stat is left out.
     fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
