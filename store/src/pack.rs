@@ -106,7 +106,7 @@ pub(crate) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
 /// file system as the repository (so that memory does not hold whole packs).
 enum Sink {
     Memory(Vec<u8>),
-    File { file: std::io::BufWriter<std::fs::File>, path: std::path::PathBuf, len: usize, hash: blake3::Hasher },
+    File { file: std::io::BufWriter<std::fs::File>, path: std::path::PathBuf, len: usize, hash: Box<blake3::Hasher> },
 }
 
 /// A finished pack's bytes.
@@ -150,7 +150,7 @@ impl PackBuilder {
         let f =
             std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| spool_err(&path, e))?;
         let mut file = std::io::BufWriter::with_capacity(256 << 10, f);
-        let mut hash = blake3::Hasher::new();
+        let mut hash = Box::new(blake3::Hasher::new());
         let mut start = header(ObjectKind::Pack).to_vec();
         start.extend_from_slice(&eph.0);
         use std::io::Write as _;
