@@ -42,6 +42,28 @@ pub struct Global {
     /// so that reads of small files overlap]
     #[arg(long, global = true, env = "BAKARE_THREADS", hide_env_values = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Keep memory under about this much (K, M, G suffixes; at least 32M): sizes the read
+    /// buffers in flight and the local caches
+    #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: u64,
+}
+
+/// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`,
+/// `MB` and the like read the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (try 128M or 2G)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Subcommand, Debug)]

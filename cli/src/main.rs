@@ -50,6 +50,8 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
     let threads = cli.global.threads.unwrap_or(cores * 4).clamp(1, 256);
     // Only fails if a global pool exists already, and then that one serves.
+    tune_malloc(cli.global.memory_limit, cores);
+    bakare_planner::set_memory_limit(cli.global.memory_limit);
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let ctx = Context::new(cli.global);
     let result = match cli.command {
@@ -90,6 +92,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc's allocator keeps one arena per thread that allocates at once (up to 8 per core)
+/// and grows the size above which it maps memory directly as large buffers are freed, so
+/// freed read buffers stay resident: a first backup held 1.5 times its live heap. One arena
+/// per 64 MiB of the budget, at most one per core, and a fixed 1 MiB map threshold (large
+/// buffers go back to the system when freed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_malloc(limit: u64, cores: usize) {
+    let arenas = i32::try_from((limit >> 26).clamp(1, cores.max(1) as u64)).unwrap_or(1);
+    // SAFETY: mallopt only sets allocator parameters (it takes the allocator's lock); it is
+    // called first thing in main, before this process starts threads of its own.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc(_limit: u64, _cores: usize) {}
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().filter_map(|c| c.downcast_ref::<std::io::Error>()).any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

@@ -10,6 +10,7 @@
 //! [`bakare_store::Repository`] interface.
 
 mod backup;
+mod budget;
 mod chunker;
 mod counters;
 mod db;
@@ -26,6 +27,7 @@ mod restore;
 mod resume;
 
 pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, stat_walk};
+pub use budget::{memory_limit, set_memory_limit};
 pub use chunker::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};

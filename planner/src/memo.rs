@@ -44,7 +44,6 @@ const FORMAT_VERSION: u64 = 2;
 const VERSION: u8 = 3;
 const DIR_VERSION: u8 = 4;
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
-const CACHE_BYTES: usize = 32 << 20;
 /// Bytes of a folder's key: a keyed hash of its path.
 const FOLDER_KEY: usize = 16;
 /// Bytes of the checksum that ends every value.
@@ -531,7 +530,12 @@ fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// Opens with redb's integrity check. A panic inside redb on a damaged file is caught and
 /// treated like any other failure to open: the memo is only a cache.
 fn open_checked(path: &Path, check: bool) -> Result<Database, redb::Error> {
-    let open = || redb::Builder::new().set_check_integrity_on_open(check).set_cache_size(CACHE_BYTES).create(path);
+    let open = || {
+        redb::Builder::new()
+            .set_check_integrity_on_open(check)
+            .set_cache_size(crate::budget::db_cache_bytes())
+            .create(path)
+    };
     let db = match std::panic::catch_unwind(open) {
         Ok(result) => result?,
         Err(_) => return Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),

@@ -38,7 +38,6 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Layout of the file; another one is discarded and rebuilt.
 const LAYOUT: u8 = 1;
 const OPEN: u32 = u32::MAX;
-const CACHE_BYTES: usize = 64 << 20;
 const KINDS: [&str; 7] = ["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"];
 
 /// What one name was in a range of one set's snapshots.
@@ -407,7 +406,7 @@ fn fatal(f: Failure) -> PlanError {
 fn open_db(path: Option<&Path>) -> Result<Database, Failure> {
     let builder = || {
         let mut b = redb::Builder::new();
-        b.set_cache_size(CACHE_BYTES);
+        b.set_cache_size(crate::budget::db_cache_bytes());
         b
     };
     let Some(path) = path else {

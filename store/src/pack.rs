@@ -189,6 +189,10 @@ impl PackBuilder {
                 file.write_all(&self.scratch).map_err(|e| spool_err(path, e))?;
                 hash.update(&self.scratch);
                 *len += self.scratch.len();
+                if self.scratch.capacity() > 1 << 20 {
+                    // A large chunk passed through: do not keep its buffer with every open pack.
+                    self.scratch = Vec::new();
+                }
                 Ok(())
             }
         }
