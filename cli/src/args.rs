@@ -44,7 +44,7 @@ pub struct Global {
     pub threads: Option<usize>,
     /// Keep memory under about this much (K, M, G suffixes; at least 32M): sizes the read
     /// buffers in flight and the local caches
-    #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", hide_env_values = true, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: u64,
 }
 

@@ -17,15 +17,29 @@ pub struct Ticker {
     handle: Option<JoinHandle<()>>,
 }
 
+/// What a run is expected to cover: files and bytes (a backup: its set's last run; a
+/// restore: the snapshot's totals).
+#[derive(Clone, Copy, Debug)]
+pub struct Expected {
+    pub files: u64,
+    pub bytes: u64,
+}
+
 impl Ticker {
-    pub fn start(counters: Arc<Counters>, json: bool, quiet: bool, verb: &'static str) -> Self {
+    pub fn start(
+        counters: Arc<Counters>,
+        json: bool,
+        quiet: bool,
+        verb: &'static str,
+        expected: Option<Expected>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tty = std::io::stderr().is_terminal();
         let handle = if quiet || (!json && !tty) {
             None
         } else {
             let stop = stop.clone();
-            Some(std::thread::spawn(move || tick(&counters, &stop, json, verb)))
+            Some(std::thread::spawn(move || tick(&counters, &stop, json, verb, expected)))
         };
         Self { stop, handle }
     }
@@ -40,14 +54,31 @@ impl Drop for Ticker {
     }
 }
 
-fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str) {
+/// Bytes a run has covered: read or reused (backup), written (restore).
+fn done(c: &Counters) -> u64 {
+    (Counters::get(&c.bytes_read) + Counters::get(&c.bytes_reused)).max(Counters::get(&c.bytes_written))
+}
+
+fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str, expected: Option<Expected>) {
     let started = Instant::now();
-    let bar = (!json).then(|| {
-        let b = ProgressBar::new_spinner();
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
-            b.set_style(style);
+    let bar = (!json).then(|| match expected {
+        // A bar with a rate and an ETA when the size of the run is known.
+        Some(e) => {
+            let b = ProgressBar::new(e.bytes.max(1));
+            let template =
+                "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}";
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b
         }
-        b
+        None => {
+            let b = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
+                b.set_style(style);
+            }
+            b
+        }
     });
     let period = if json { Duration::from_secs(1) } else { Duration::from_millis(100) };
     let mut last = Instant::now();
@@ -57,26 +88,42 @@ fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str) {
             continue;
         }
         last = Instant::now();
-        let files = Counters::get(&c.files);
-        let read = Counters::get(&c.bytes_read).max(Counters::get(&c.bytes_written));
+        let files = Counters::get(&c.files) + Counters::get(&c.files_memo);
+        let covered = done(c);
         let secs = started.elapsed().as_secs_f64().max(0.001);
+        let rate = covered as f64 / secs;
         let current = c.current.lock().map(|s| s.clone()).unwrap_or_default();
-        match &bar {
-            Some(b) => b.set_message(format!(
-                "{verb}: {files} files, {}, {}/s, {} errors  {current}",
-                bytes(read),
-                bytes((read as f64 / secs) as u64),
-                Counters::get(&c.errors)
+        let errors = Counters::get(&c.errors);
+        match (&bar, expected) {
+            (Some(b), Some(e)) => {
+                // The estimate may be short (the tree grew): grow the bar rather than stall.
+                if covered > b.length().unwrap_or(0) {
+                    b.set_length(covered);
+                }
+                b.set_position(covered);
+                b.set_message(format!("{files}/{} files, {errors} errors  {current}", e.files));
+            }
+            (Some(b), None) => b.set_message(format!(
+                "{verb}: {files} files, {}, {}/s, {errors} errors  {current}",
+                bytes(covered),
+                bytes(rate as u64),
             )),
-            None => out!(
-                "{}",
-                serde_json::json!({
-                    "type": "progress", "verb": verb, "seconds": secs, "files": files,
-                    "dirs": Counters::get(&c.dirs), "bytes": read, "errors": Counters::get(&c.errors),
-                    "current": current,
-                })
-            )
-            .unwrap_or(()),
+            (None, _) => {
+                let eta = expected
+                    .filter(|e| rate > 0.0 && e.bytes > covered)
+                    .map(|e| ((e.bytes - covered) as f64 / rate).round() as u64);
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "type": "progress", "verb": verb, "seconds": secs, "files": files,
+                        "dirs": Counters::get(&c.dirs), "bytes": covered, "bytes_read": Counters::get(&c.bytes_read),
+                        "bytes_per_second": rate.round() as u64, "errors": errors, "current": current,
+                        "expected_files": expected.map(|e| e.files), "expected_bytes": expected.map(|e| e.bytes),
+                        "eta_seconds": eta,
+                    })
+                )
+                .unwrap_or(());
+            }
         }
     }
     if let Some(b) = bar {

@@ -329,6 +329,9 @@ pub fn backup(
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let id = repo.save_snapshot(&snapshot)?;
+    let files = snapshot.stats.files_new + snapshot.stats.files_changed + snapshot.stats.files_unchanged;
+    // Only an estimate for the next run's progress: a failure to store it costs nothing.
+    let _ = memo.set_totals(&set, files, snapshot.stats.total_bytes);
     // The snapshot now keeps everything reachable: the session and its checkpoints go.
     drop(heartbeat);
     let mut leftovers = checkpoints;
@@ -340,6 +343,16 @@ pub fn backup(
     }
     repo.remove_session(&session)?;
     Ok(BackupReport { id, snapshot, errors, memo_warnings, passes })
+}
+
+/// Files and bytes of the last complete backup of these paths with these options, as this
+/// machine's memo remembers them: what a progress display expects this run to cover.
+pub fn expected_totals(memo: &Memo, paths: &[PathBuf], options: &SessionOptions) -> Option<(u64, u64)> {
+    let mut abs: Vec<Vec<u8>> =
+        paths.iter().filter_map(|p| fs::canonicalize(p).ok()).map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    abs.sort();
+    abs.dedup();
+    memo.totals(&backup_set_id(&abs, options))
 }
 
 /// The id of a backup set: its paths and the options that decide what is in it. The memo's
@@ -700,6 +713,7 @@ impl Walk<'_> {
         {
             Counters::add(&self.run.counters.files_memo, 1);
             Counters::add(&self.run.counters.files_unchanged, 1);
+            Counters::add(&self.run.counters.bytes_reused, fp.size);
             return PlannedKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
         }
         let previous = record.map(|r| chunk_list_digest(&r.chunks));

@@ -17,6 +17,9 @@ pub struct Counters {
     pub bytes_total: AtomicU64,
     pub dirs: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Size of the files whose content came from the memo (with `bytes_read`: how far a
+    /// backup has come).
+    pub bytes_reused: AtomicU64,
     pub bytes_written: AtomicU64,
     pub errors: AtomicU64,
     /// The file most recently started, for display.
@@ -42,6 +45,7 @@ impl Counters {
             &self.files_changed,
             &self.files_unchanged,
             &self.bytes_total,
+            &self.bytes_reused,
             &self.dirs,
             &self.errors,
         ] {

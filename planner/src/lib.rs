@@ -26,7 +26,7 @@ mod repair;
 mod restore;
 mod resume;
 
-pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, stat_walk};
+pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};
 pub use budget::{memory_limit, set_memory_limit};
 pub use chunker::Chunker;
 pub use counters::Counters;

@@ -38,6 +38,8 @@ use crate::inputs::StatFingerprint;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const TRUST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trust");
+/// Per backup set: files and bytes of its last complete run (for progress estimates).
+const TOTALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totals");
 const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
 /// The layout of keys and values below; a database of another layout is started anew.
 const FORMAT_VERSION: u64 = 2;
@@ -391,6 +393,37 @@ impl Memo {
             Ok(decode_trust(set, v.value()))
         };
         read().ok().flatten()
+    }
+
+    /// Files and bytes of the last complete run of backup set `set`, if remembered.
+    pub fn totals(&self, set: &Digest) -> Option<(u64, u64)> {
+        let db = self.db.as_ref()?;
+        let read = || -> Result<Option<(u64, u64)>, redb::Error> {
+            let Some(table) = read_table(db, TOTALS)? else { return Ok(None) };
+            let Some(v) = table.get(set.as_bytes().as_slice())? else { return Ok(None) };
+            let v = v.value();
+            let (body, sum) = v.split_at(v.len().saturating_sub(SUM));
+            if sum != value_checksum(set.as_bytes(), body) || body.len() != 16 {
+                return Ok(None);
+            }
+            let half = |r: std::ops::Range<usize>| body.get(r).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            Ok(half(0..8).zip(half(8..16)))
+        };
+        read().ok().flatten()
+    }
+
+    /// Remembers the files and bytes of a complete run of backup set `set`.
+    pub fn set_totals(&self, set: &Digest, files: u64, bytes: u64) -> Result<(), redb::Error> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v = files.to_le_bytes().to_vec();
+        v.extend_from_slice(&bytes.to_le_bytes());
+        let sum = value_checksum(set.as_bytes(), &v);
+        v.extend_from_slice(&sum);
+        let txn = db.begin_write()?;
+        txn.open_table(TOTALS)?.insert(set.as_bytes().as_slice(), v.as_slice())?;
+        txn.commit()?;
+        Ok(())
     }
 
     /// Stores file and folder records, removes keys, and updates the trust table, in one

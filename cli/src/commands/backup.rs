@@ -14,7 +14,7 @@ use crate::Outcome;
 use crate::args::{BackupArgs, CheckpointArgs};
 use crate::context::Context;
 use crate::output::bytes;
-use crate::progress::Ticker;
+use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     // Check the sources before creating or unlocking anything.
@@ -101,7 +101,9 @@ pub fn run_backup(
 ) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let report = {
-        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup");
+        let expected = bakare_planner::expected_totals(&memo, paths, &opts.session_options)
+            .map(|(files, bytes)| Expected { files, bytes });
+        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup", expected);
         bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()).map_err(resumable)?
     };
     // Many new records leave the file's pages half full; compacting it makes the next

@@ -11,7 +11,7 @@ use crate::args::RestoreArgs;
 use crate::commands::ls::split_target;
 use crate::context::Context;
 use crate::output::bytes;
-use crate::progress::Ticker;
+use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
@@ -21,7 +21,13 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let began = Instant::now();
     let report = {
-        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "restore");
+        // The snapshot's totals, when all of it is restored.
+        let whole = path.is_empty() || path == "/";
+        let expected = whole.then(|| Expected {
+            files: snap.stats.files_new + snap.stats.files_changed + snap.stats.files_unchanged,
+            bytes: snap.stats.total_bytes,
+        });
+        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "restore", expected);
         bakare_planner::restore(&repo, start, &a.target, RestoreOptions { overwrite: a.overwrite }, &counters)?
     };
     crate::context::warn_index(&repo);
