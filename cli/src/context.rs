@@ -105,14 +105,26 @@ impl Context {
             if !allow_put_only {
                 bail!("{}", StoreError::NeedsMasterKey);
             }
-            return Repository::open_with_key(backend, Access::Write(key))
-                .with_context(|| format!("opening repository {location}"));
+            let repo = Repository::open_with_key(backend, Access::Write(key))
+                .with_context(|| format!("opening repository {location}"))?;
+            return self.local_index(repo);
         }
         // Check it is a repository before asking for a passphrase.
         Repository::read_config(backend.as_ref()).with_context(|| format!("opening repository {location}"))?;
         let pass = self.passphrase(false)?;
-        Repository::open_with_passphrase(backend, pass.as_bytes())
-            .with_context(|| format!("opening repository {location}"))
+        let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
+            .with_context(|| format!("opening repository {location}"))?;
+        self.local_index(repo)
+    }
+
+    /// Keeps the repository's blob index in `index.redb` in its cache folder rather than in
+    /// memory (none with --no-cache; in memory if the file is busy or unusable).
+    fn local_index(&self, repo: Repository) -> Result<Repository> {
+        if let Some(folder) = self.cache_folder(repo.config())? {
+            // Failing that, the index is read into memory as before: nothing is lost.
+            let _ = repo.use_local_index(&folder.join("index.redb"), bakare_planner::local_cache_bytes());
+        }
+        Ok(repo)
     }
 
     /// Opens with the master key and keeps the passphrase (repair may seal a new key file).
@@ -126,7 +138,7 @@ impl Context {
         let pass = self.passphrase(false)?;
         let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
             .with_context(|| format!("opening repository {location}"))?;
-        Ok((repo, pass))
+        Ok((self.local_index(repo)?, pass))
     }
 
     /// Opens the repository, creating it (and its key) first if the folder has none.
@@ -138,7 +150,7 @@ impl Context {
                 let pass = self.passphrase(true)?;
                 let repo = Repository::init(backend, pass.as_bytes(), KdfParams::default(), ChunkerParams::default())
                     .with_context(|| format!("creating repository {location}"))?;
-                Ok((repo, true))
+                Ok((self.local_index(repo)?, true))
             }
             _ => Ok((self.open(true)?, false)),
         }

@@ -7,8 +7,10 @@
 //!   that many exist at once (a reader waits for a permit). Their chunks are compressed and
 //!   sealed on every core, so one reader still keeps all cores busy.
 //! - open packs: spooled to files beside the repository ([`bakare_store`]), not in memory.
-//! - the memo's and the name index's redb caches: a sixteenth of the budget each, 4 to 64 MiB.
-//! - the blob index of a loaded repository, which grows with the repository.
+//! - the memo's, the name index's and the blob index's redb caches: a sixteenth of the budget
+//!   each, 4 to 64 MiB.
+//! - the blob index: in a local redb file (not memory), with only this run's blobs not yet in
+//!   an index segment held in memory (a checkpoint writes one at least every 20,000 files).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -25,8 +27,8 @@ pub fn memory_limit() -> u64 {
     LIMIT.load(Ordering::Relaxed)
 }
 
-/// The cache of a local redb database.
-pub(crate) fn db_cache_bytes() -> usize {
+/// The cache of a local redb database (memo, name index, blob index).
+pub fn local_cache_bytes() -> usize {
     usize::try_from(memory_limit() / 16).unwrap_or(usize::MAX).clamp(4 << 20, 64 << 20)
 }
 

@@ -27,7 +27,7 @@ mod restore;
 mod resume;
 
 pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};
-pub use budget::{memory_limit, set_memory_limit};
+pub use budget::{local_cache_bytes, memory_limit, set_memory_limit};
 pub use chunker::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};

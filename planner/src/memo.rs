@@ -566,7 +566,7 @@ fn open_checked(path: &Path, check: bool) -> Result<Database, redb::Error> {
     let open = || {
         redb::Builder::new()
             .set_check_integrity_on_open(check)
-            .set_cache_size(crate::budget::db_cache_bytes())
+            .set_cache_size(crate::budget::local_cache_bytes())
             .create(path)
     };
     let db = match std::panic::catch_unwind(open) {

@@ -406,7 +406,7 @@ fn fatal(f: Failure) -> PlanError {
 fn open_db(path: Option<&Path>) -> Result<Database, Failure> {
     let builder = || {
         let mut b = redb::Builder::new();
-        b.set_cache_size(crate::budget::db_cache_bytes());
+        b.set_cache_size(crate::budget::local_cache_bytes());
         b
     };
     let Some(path) = path else {

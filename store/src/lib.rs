@@ -12,6 +12,7 @@
 //! - [`verify`] and [`repair`]: the survey of every object, and repair from redundancy.
 
 pub mod backend;
+mod blobs;
 pub mod clock;
 mod config;
 mod error;

@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
@@ -17,6 +16,7 @@ use bakare_crypto::{
 };
 
 use crate::backend::{Backend, BackendError};
+use crate::blobs::{Blobs, DiskIndex, SegmentPacks};
 use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
@@ -80,80 +80,12 @@ pub struct WriteStats {
     pub packs: AtomicU64,
 }
 
-/// Blob ids are uniformly random (keyed BLAKE3), so their first 8 bytes are a good hash.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
-}
-
-/// Where a blob is, compactly: 20 bytes beside its 32-byte id.
-#[derive(Clone, Copy)]
-struct Slot {
-    pack: u32,
-    offset: u32,
-    length: u32,
-    raw_len: u32,
-    kind: BlobKind,
-    compressed: bool,
-}
-
-/// The in-memory blob index: ids to slots, and the packs slots point into.
-#[derive(Default)]
-struct BlobIndex {
-    blobs: HashMap<BlobId, Slot, BuildHasherDefault<IdHasher>>,
-    packs: Vec<PackId>,
-    pack_numbers: HashMap<PackId, u32>,
-}
-
-impl BlobIndex {
-    fn insert(&mut self, pack: PackId, e: &PackEntry) {
-        let next = u32::try_from(self.packs.len()).unwrap_or(u32::MAX);
-        let number = *self.pack_numbers.entry(pack).or_insert(next);
-        if number == next {
-            self.packs.push(pack);
-        }
-        let slot = Slot {
-            pack: number,
-            offset: e.offset,
-            length: e.length,
-            raw_len: e.raw_len,
-            kind: e.kind,
-            compressed: e.compressed,
-        };
-        self.blobs.insert(e.id, slot);
-    }
-
-    fn get(&self, id: &BlobId) -> Option<BlobLocation> {
-        let s = self.blobs.get(id)?;
-        let pack = *self.packs.get(s.pack as usize)?;
-        let entry = PackEntry {
-            id: *id,
-            kind: s.kind,
-            compressed: s.compressed,
-            offset: s.offset,
-            length: s.length,
-            raw_len: s.raw_len,
-        };
-        Some(BlobLocation { pack, entry })
-    }
-}
-
 /// An open repository.
 pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     access: Access,
-    index: RwLock<BlobIndex>,
+    index: RwLock<Blobs>,
     /// Set once the index segments have been read (lazily: a backup in which nothing
     /// changed never needs them).
     index_loaded: OnceLock<Result<(), String>>,
@@ -398,6 +330,12 @@ impl Repository {
         let mut fresh = Self::new(self.backend.clone(), self.config.clone(), self.access.clone());
         fresh.compression_level = self.compression_level;
         fresh.parity = self.parity;
+        if let Ok(index) = self.index.read()
+            && let Blobs::Disk(disk) = &*index
+        {
+            // The same local file, brought up to date when the fresh handle loads its index.
+            fresh.index = RwLock::new(Blobs::Disk(disk.share()));
+        }
         fresh
     }
 
@@ -469,13 +407,30 @@ impl Repository {
     fn read_index(&self) -> Result<()> {
         let paths = self.backend.list("index")?;
         let key = &self.access.write_key().index_key;
-        let mut index = BlobIndex::default();
-        for path in paths {
-            let loaded =
-                get_named(self.backend.as_ref(), &path).and_then(|bytes| IndexSegment::decode(&path, &bytes, key));
-            match loaded {
+        let read =
+            |path: &str| get_named(self.backend.as_ref(), path).and_then(|b| IndexSegment::decode(path, &b, key));
+        let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Blobs::Disk(disk) = &mut *current {
+            match self.sync_disk_index(disk, &paths, read) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // The local file failed: this run uses an index in memory.
+                    lock(&self.index_warnings)
+                        .push(format!("local index file unusable ({e}); reading the index into memory"));
+                    let pending = current.pending();
+                    let mut fresh = Blobs::default();
+                    for loc in pending {
+                        fresh.insert(loc.pack, &loc.entry);
+                    }
+                    *current = fresh;
+                }
+            }
+        }
+        let mut index = Blobs::default();
+        for path in &paths {
+            match read(path) {
                 Ok(seg) => {
-                    if let Some(id) = id_of_path(&path) {
+                    if let Some(id) = id_of_path(path) {
                         lock(&self.segments_used).insert(id);
                     }
                     for (pack, entries) in &seg.packs {
@@ -487,13 +442,79 @@ impl Repository {
                 Err(e) => lock(&self.index_warnings).push(e.to_string()),
             }
         }
-        let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Packs this handle wrote before the load are already in; keep them.
-        let mine = std::mem::take(&mut *current);
-        *current = index;
-        for loc in mine.blobs.keys().filter_map(|id| mine.get(id)) {
-            current.insert(loc.pack, &loc.entry);
+        for loc in current.pending() {
+            index.insert(loc.pack, &loc.entry);
         }
+        *current = index;
+        Ok(())
+    }
+
+    /// Brings the local index file up to date with the segments at `paths`: reads only the
+    /// new ones, or all of them again if one it holds is gone.
+    fn sync_disk_index(
+        &self,
+        disk: &mut DiskIndex,
+        paths: &[String],
+        read: impl Fn(&str) -> Result<IndexSegment>,
+    ) -> std::result::Result<(), redb::Error> {
+        let listed: HashMap<Digest, &String> = paths.iter().filter_map(|p| id_of_path(p).map(|id| (id, p))).collect();
+        let mut held = disk.segments()?;
+        if held.iter().any(|s| !listed.contains_key(s)) {
+            disk.clear()?;
+            held.clear();
+        }
+        let mut batch: Vec<(Digest, IndexSegment)> = Vec::new();
+        let flush = |disk: &mut DiskIndex, batch: &mut Vec<(Digest, IndexSegment)>| {
+            let refs: Vec<(Digest, SegmentPacks<'_>)> =
+                batch.iter().map(|(id, seg)| (*id, seg.packs.as_slice())).collect();
+            let r = disk.add_segments(&refs);
+            batch.clear();
+            r
+        };
+        for (id, path) in &listed {
+            if held.contains(id) {
+                continue;
+            }
+            match read(path) {
+                Ok(seg) => batch.push((*id, seg)),
+                Err(e) => {
+                    lock(&self.index_warnings).push(e.to_string());
+                    continue;
+                }
+            }
+            // A transaction per few hundred segments bounds what redb holds uncommitted.
+            if batch.len() >= 256 {
+                flush(disk, &mut batch)?;
+            }
+        }
+        flush(disk, &mut batch)?;
+        let now = disk.segments()?;
+        lock(&self.segments_used).extend(now.into_iter().filter(|s| listed.contains_key(s)));
+        Ok(())
+    }
+
+    /// Keeps the blob index in a local redb file at `path` (with a cache of `cache_bytes`)
+    /// instead of memory. Call before anything reads the index; if the file cannot be
+    /// opened (another process has it, or it is damaged), the index stays in memory and the
+    /// reason is returned.
+    pub fn use_local_index(&self, path: &std::path::Path, cache_bytes: usize) -> std::result::Result<(), String> {
+        let check = self.access.write_key().id_key.id(b"bakare local blob index v1");
+        let disk = match DiskIndex::open(path, cache_bytes, &check) {
+            Ok(d) => d,
+            Err(redb::Error::DatabaseAlreadyOpen) => return Err("in use by another bakare process".into()),
+            Err(e) => {
+                // Damaged: start it anew.
+                let _ = std::fs::remove_file(path);
+                DiskIndex::open(path, cache_bytes, &check).map_err(|e2| format!("{e}; then {e2}"))?
+            }
+        };
+        let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut swapped = Blobs::Disk(disk);
+        for loc in current.pending() {
+            swapped.insert(loc.pack, &loc.entry);
+        }
+        *current = swapped;
         Ok(())
     }
 
@@ -508,7 +529,7 @@ impl Repository {
 
     /// Number of blobs in the loaded index.
     pub fn index_len(&self) -> usize {
-        self.index.read().map(|m| m.blobs.len()).unwrap_or(0)
+        self.index.read().map(|m| m.len()).unwrap_or(0)
     }
 
     pub fn blob_id(&self, data: &[u8]) -> BlobId {
@@ -528,13 +549,13 @@ impl Repository {
     /// Whether a blob is in a written pack that a written index segment lists: what may be
     /// remembered across runs. `unindexed` is [`Repository::not_yet_indexed`].
     pub fn is_durable(&self, id: &BlobId, unindexed: &HashSet<BlobId>) -> bool {
-        !unindexed.contains(id) && self.index.read().map(|m| m.blobs.contains_key(id)).unwrap_or(false)
+        !unindexed.contains(id) && self.index.read().map(|m| m.contains(id)).unwrap_or(false)
     }
 
     /// Whether the repository has the blob (loading the index if needed).
     pub fn contains_blob(&self, id: &BlobId) -> Result<bool> {
         self.load_index()?;
-        Ok(self.index.read().map(|m| m.blobs.contains_key(id)).unwrap_or(false) || lock(&self.pending).contains(id))
+        Ok(self.index.read().map(|m| m.contains(id)).unwrap_or(false) || lock(&self.pending).contains(id))
     }
 
     /// Stores a blob unless the repository already has it.
@@ -554,7 +575,7 @@ impl Repository {
         if kind == BlobKind::Data {
             self.load_index()?;
         }
-        let known = self.index.read().map(|m| m.blobs.contains_key(&id)).unwrap_or(false);
+        let known = self.index.read().map(|m| m.contains(&id)).unwrap_or(false);
         if known || !lock(&self.pending).insert(id) {
             self.stats.blobs_deduped.fetch_add(1, Ordering::Relaxed);
             return Ok(SaveOutcome { id, stored: 0 });
@@ -709,11 +730,24 @@ impl Repository {
             return Ok(());
         }
         let written: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
-        let (id, bytes) = IndexSegment { packs }.encode(&self.access.write_key().index_key)?;
+        let segment = IndexSegment { packs };
+        let (id, bytes) = segment.encode(&self.access.write_key().index_key)?;
         self.backend.put(&format!("index/{id}"), &bytes)?;
         lock(&self.segments_used).insert(id);
         lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
+        self.add_to_local_index(id, &segment);
         Ok(())
+    }
+
+    /// Moves a segment this handle wrote into the local index file, so that its blobs no
+    /// longer take memory. If that fails they stay in memory: still correct.
+    fn add_to_local_index(&self, id: Digest, segment: &IndexSegment) {
+        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Blobs::Disk(disk) = &mut *index
+            && let Err(e) = disk.add_segments(&[(id, segment.packs.as_slice())])
+        {
+            lock(&self.index_warnings).push(format!("local index file: {e}"));
+        }
     }
 
     fn pack_key(&self, pack: &PackId) -> Result<SymmetricKey> {
@@ -956,8 +990,7 @@ impl Repository {
     /// garbage collection marked stay out: only its sweep may put them back. Returns how many.
     pub fn adopt_orphan_packs(&self) -> Result<usize> {
         self.load_index()?;
-        let mut known: HashSet<PackId> =
-            self.index.read().map(|m| m.pack_numbers.keys().copied().collect()).unwrap_or_default();
+        let mut known: HashSet<PackId> = self.index.read().map(|m| m.packs()).unwrap_or_default();
         known.extend(crate::gc::marked_packs(self)?);
         let key = &self.access.write_key().index_key;
         let mut orphans = Vec::new();
@@ -975,15 +1008,19 @@ impl Repository {
             return Ok(0);
         }
         let n = orphans.len();
-        let (id, bytes) = IndexSegment { packs: orphans.clone() }.encode(key)?;
+        let segment = IndexSegment { packs: orphans };
+        let (id, bytes) = segment.encode(key)?;
         self.backend.put(&format!("index/{id}"), &bytes)?;
         lock(&self.segments_used).insert(id);
-        let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (pack, entries) in &orphans {
-            for e in entries {
-                index.insert(*pack, e);
+        {
+            let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (pack, entries) in &segment.packs {
+                for e in entries {
+                    index.insert(*pack, e);
+                }
             }
         }
+        self.add_to_local_index(id, &segment);
         Ok(n)
     }
 }
