@@ -309,6 +309,42 @@ fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
 }
 
 #[test]
+fn the_local_blob_index_never_offers_what_the_repository_lost() {
+    let env = Env::new();
+    env.init();
+    for i in 0..20 {
+        env.write(&format!("src/f{i}"), format!("file {i} ").repeat(5000).as_bytes());
+    }
+    env.ok(&["backup", "-q", "src"]);
+    let cache = env.path(".cache/bakare");
+    let dir = fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    assert!(dir.join("index.redb").exists(), "the blob index is kept on disk");
+    // Everything the index file knows vanishes from the repository (as if garbage
+    // collection and repair had run elsewhere); the memo goes too, so every file is read.
+    for sub in ["index", "packs", "snapshots", "snapshots.mirror"] {
+        fs::remove_dir_all(env.path(&format!("repo/{sub}"))).unwrap();
+        fs::create_dir_all(env.path(&format!("repo/{sub}"))).unwrap();
+    }
+    fs::remove_file(dir.join("state.redb")).unwrap();
+    env.write("src/new", b"a new file");
+    let out = json_lines(&env.ok(&["--json", "backup", "src"]));
+    let summary = out.iter().find(|v| v["type"] == "summary").unwrap();
+    assert!(summary["bytes_added"].as_u64().unwrap() > 1000, "stored again, not deduplicated: {summary}");
+    let verify = env.run(&["verify", "--read-data"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    env.ok(&["restore", "latest", "--target", "out"]);
+    let src = fs::canonicalize(env.path("src")).unwrap();
+    let restored = env.path("out").join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::read(restored.join("f7")).unwrap(), fs::read(src.join("f7")).unwrap());
+
+    // A damaged index file is started anew, and the backup is still right.
+    fs::write(dir.join("index.redb"), vec![0x33; 20000]).unwrap();
+    env.write("src/f3", b"changed");
+    env.ok(&["backup", "-q", "src"]);
+    assert!(env.run(&["verify", "--read-data"]).status.success());
+}
+
+#[test]
 fn a_damaged_local_state_is_checked_in_a_child_and_started_anew() {
     let env = Env::new();
     env.init();
