@@ -93,11 +93,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc's allocator keeps one arena per thread that allocates at once (up to 8 per core)
-/// and grows the size above which it maps memory directly as large buffers are freed, so
-/// freed read buffers stay resident: a first backup held 1.5 times its live heap. One arena
-/// per 64 MiB of the budget, at most one per core, and a fixed 1 MiB map threshold (large
-/// buffers go back to the system when freed).
+/// glibc's allocator keeps one arena per thread that allocates at once (up to 8 per core),
+/// each holding on to what it freed: a first backup's peak RSS was 1.7 times that with
+/// one arena per core. One arena per 64 MiB of the budget, at most one per core. (A fixed
+/// low mmap threshold as well cost 10 % in page faults for no lower peak.)
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_malloc(limit: u64, cores: usize) {
@@ -106,7 +105,6 @@ fn tune_malloc(limit: u64, cores: usize) {
     // called first thing in main, before this process starts threads of its own.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
