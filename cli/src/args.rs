@@ -182,7 +182,8 @@ pub struct BackupArgs {
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]
     pub parity: u16,
-    /// Compression: off, fast, default or max
+    /// Compression: off, fast (zstd -1), default (zstd 1) or max (zstd 19); chunks that do
+    /// not compress are stored as they are
     #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
     pub compression: String,
     #[command(flatten)]

@@ -317,7 +317,7 @@ impl Repository {
             index_warnings: Mutex::default(),
             segments_used: Mutex::default(),
             poisoned: std::sync::atomic::AtomicBool::new(false),
-            compression_level: 3,
+            compression_level: 1,
             parity: 0,
             spool: OnceLock::new(),
             stats: WriteStats::default(),
