@@ -20,6 +20,28 @@ use crate::counters::Counters;
 use crate::error::{PlanError, io};
 
 const BLOCK: usize = 4096;
+/// At most this many bytes of adjacent chunks are read with one request.
+const RUN_BYTES: u64 = 16 << 20;
+
+/// How many of the first locations lie one after another in one pack (at least 1), within
+/// [`RUN_BYTES`].
+fn adjacent_run(locs: &[bakare_store::BlobLocation]) -> usize {
+    let Some(first) = locs.first() else { return 0 };
+    let mut end = u64::from(first.entry.offset) + u64::from(first.entry.length);
+    let mut n = 1;
+    for l in locs.iter().skip(1) {
+        let next_end = u64::from(l.entry.offset) + u64::from(l.entry.length);
+        if l.pack != first.pack
+            || u64::from(l.entry.offset) != end
+            || next_end - u64::from(first.entry.offset) > RUN_BYTES
+        {
+            break;
+        }
+        end = next_end;
+        n += 1;
+    }
+    n
+}
 
 /// How to restore.
 #[derive(Clone, Copy, Debug, Default)]
@@ -147,11 +169,37 @@ impl Ctx<'_> {
         }
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io(path))?;
         let mut written = 0u64;
-        for id in chunks {
-            let data = self.repo.load_blob(id)?;
-            write_sparse(&mut f, &data).map_err(io(path))?;
-            written += data.len() as u64;
-            Counters::add(&self.counters.bytes_written, data.len() as u64);
+        let locations = chunks
+            .iter()
+            .map(|id| self.repo.blob_location(id).ok_or_else(|| bakare_store::StoreError::UnknownBlob(id.to_hex())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rest = locations.as_slice();
+        while !rest.is_empty() {
+            // Chunks that lie one after another in one pack are read with one request.
+            let run = adjacent_run(rest);
+            let (now, later) = rest.split_at(run.max(1));
+            rest = later;
+            let blobs: Vec<Vec<u8>> = match now {
+                [one] => vec![self.repo.load_blob_at(one)?],
+                [first, ..] => {
+                    let start = u64::from(first.entry.offset);
+                    let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
+                    let bytes = self.repo.read_pack_range(&first.pack, start, len)?;
+                    now.iter()
+                        .map(|l| {
+                            let mut e = l.entry;
+                            e.offset -= first.entry.offset;
+                            self.repo.open_blob_in(&l.pack, &e, &bytes)
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                [] => Vec::new(),
+            };
+            for data in blobs {
+                write_sparse(&mut f, &data).map_err(io(path))?;
+                written += data.len() as u64;
+                Counters::add(&self.counters.bytes_written, data.len() as u64);
+            }
         }
         if written != size {
             return Err(bakare_store::StoreError::Corrupt {
@@ -200,4 +248,35 @@ fn apply_metadata(path: &Path, m: &Metadata, is_link: bool) -> Result<(), PlanEr
     }
     let t = FileTime::from_unix_time(m.mtime_ns.div_euclid(1_000_000_000), m.mtime_ns.rem_euclid(1_000_000_000) as u32);
     filetime::set_symlink_file_times(path, t, t).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bakare_store::crypto::Digest;
+    use bakare_store::{BlobKind, BlobLocation, PackEntry, PackId};
+
+    fn loc(pack: u8, offset: u32, length: u32) -> BlobLocation {
+        let entry = PackEntry {
+            id: BlobId(Digest([offset as u8; 32])),
+            kind: BlobKind::Data,
+            compressed: false,
+            offset,
+            length,
+            raw_len: length,
+        };
+        BlobLocation { pack: PackId(Digest([pack; 32])), entry }
+    }
+
+    #[test]
+    fn runs_of_adjacent_chunks() {
+        assert_eq!(adjacent_run(&[]), 0);
+        assert_eq!(adjacent_run(&[loc(1, 40, 10)]), 1);
+        let adjacent = [loc(1, 40, 10), loc(1, 50, 5), loc(1, 55, 100), loc(1, 300, 1)];
+        assert_eq!(adjacent_run(&adjacent), 3, "a gap ends the run");
+        assert_eq!(adjacent_run(&[loc(1, 40, 10), loc(2, 50, 5)]), 1, "another pack ends it");
+        assert_eq!(adjacent_run(&[loc(1, 50, 5), loc(1, 40, 10)]), 1, "so does going back");
+        let big = [loc(1, 0, 10 << 20), loc(1, 10 << 20, 10 << 20)];
+        assert_eq!(adjacent_run(&big), 1, "at most RUN_BYTES at once");
+    }
 }

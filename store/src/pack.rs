@@ -126,6 +126,8 @@ pub(crate) struct PackBuilder {
     /// One sealed blob on its way to a spool file.
     scratch: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// The thread that added the last blob (a pool hands a thread its own pack again).
+    pub(crate) last_writer: Option<std::thread::ThreadId>,
 }
 
 fn spool_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
@@ -140,7 +142,14 @@ impl PackBuilder {
         let mut buf = Vec::with_capacity(capacity.min(1 << 20));
         buf.extend_from_slice(&header(ObjectKind::Pack));
         buf.extend_from_slice(&eph.0);
-        Ok(Self { key, eph, sink: Some(Sink::Memory(buf)), scratch: Vec::new(), entries: Vec::new() })
+        Ok(Self {
+            key,
+            eph,
+            sink: Some(Sink::Memory(buf)),
+            scratch: Vec::new(),
+            entries: Vec::new(),
+            last_writer: None,
+        })
     }
 
     /// A pack spooled to a new file in `dir`.
@@ -162,6 +171,7 @@ impl PackBuilder {
             sink: Some(Sink::File { file, path, len: start.len(), hash }),
             scratch: Vec::new(),
             entries: Vec::new(),
+            last_writer: None,
         })
     }
 
