@@ -184,6 +184,8 @@ impl Ctx<'_> {
                 [first, ..] => {
                     let start = u64::from(first.entry.offset);
                     let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
+                    // The run's buffer is a share of the memory budget, as a large read is.
+                    let _permit = crate::budget::read_permit(len);
                     let bytes = self.repo.read_pack_range(&first.pack, start, len)?;
                     now.iter()
                         .map(|l| {
