@@ -49,6 +49,12 @@ struct Slot {
     compressed: bool,
 }
 
+impl Slot {
+    fn of(pack: u32, e: &PackEntry) -> Self {
+        Self { pack, offset: e.offset, length: e.length, raw_len: e.raw_len, kind: e.kind, compressed: e.compressed }
+    }
+}
+
 /// The in-memory blob index: ids to slots, and the packs slots point into.
 #[derive(Default)]
 pub(crate) struct MemoryIndex {
@@ -64,15 +70,7 @@ impl MemoryIndex {
         if number == next {
             self.packs.push(pack);
         }
-        let slot = Slot {
-            pack: number,
-            offset: e.offset,
-            length: e.length,
-            raw_len: e.raw_len,
-            kind: e.kind,
-            compressed: e.compressed,
-        };
-        self.blobs.insert(e.id, slot);
+        self.blobs.insert(e.id, Slot::of(number, e));
     }
 
     pub(crate) fn get(&self, id: &BlobId) -> Option<BlobLocation> {
@@ -212,20 +210,16 @@ impl DiskIndex {
 
     /// The segments the file holds.
     pub(crate) fn segments(&self) -> Result<HashSet<Digest>, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(SEGMENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashSet::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = HashSet::new();
-        for row in table.iter()? {
-            let (k, _) = row?;
-            if let Ok(d) = <[u8; 32]>::try_from(k.value()) {
-                out.insert(Digest(d));
+        with_table(&self.db, SEGMENTS, |table| {
+            let mut out = HashSet::new();
+            for row in table.iter()? {
+                let (k, _) = row?;
+                if let Ok(d) = <[u8; 32]>::try_from(k.value()) {
+                    out.insert(Digest(d));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Empties the file.
@@ -260,14 +254,7 @@ impl DiskIndex {
                         }
                     };
                     for e in entries {
-                        let slot = Slot {
-                            pack: number,
-                            offset: e.offset,
-                            length: e.length,
-                            raw_len: e.raw_len,
-                            kind: e.kind,
-                            compressed: e.compressed,
-                        };
+                        let slot = Slot::of(number, e);
                         blobs.insert(e.id.0.as_bytes().as_slice(), encode_slot(&e.id, &slot).as_slice())?;
                     }
                     self.pending.remove_pack(pack);
@@ -307,27 +294,35 @@ impl DiskIndex {
 
     fn packs(&self) -> HashSet<PackId> {
         let mut out: HashSet<PackId> = self.pending.pack_numbers.keys().copied().collect();
-        let read = || -> Result<Vec<PackId>, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let table = match txn.open_table(PACKS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
+        let read = with_table(&self.db, PACKS, |table| {
             let mut v = Vec::new();
             for row in table.iter()? {
                 let (k, val) = row?;
                 v.extend(decode_pack(k.value(), val.value()));
             }
             Ok(v)
-        };
-        out.extend(read().unwrap_or_default());
+        });
+        out.extend(read.unwrap_or_default());
         out
     }
 
     fn len(&self) -> usize {
         let n = || -> Result<u64, redb::Error> { Ok(self.db.begin_read()?.open_table(BLOBS)?.len()?) };
         n().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)) + self.pending.blobs.len()
+    }
+}
+
+/// Runs `read` on a table in a read transaction; a table never written reads as empty.
+fn with_table<K: redb::Key + 'static, V: redb::Value + 'static, T: Default>(
+    db: &Database,
+    def: TableDefinition<K, V>,
+    read: impl FnOnce(&redb::ReadOnlyTable<K, V>) -> Result<T, redb::Error>,
+) -> Result<T, redb::Error> {
+    let txn = db.begin_read()?;
+    match txn.open_table(def) {
+        Ok(table) => read(&table),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(T::default()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1065,16 +1065,11 @@ impl Repository {
 mod tests {
     use super::*;
 
+    /// Bytes no compressor can shrink: BLAKE3's output stream.
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0u8; n];
+        blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+        out
     }
 
     #[test]
