@@ -112,7 +112,8 @@ pub struct Repository {
     pub stats: WriteStats,
 }
 
-/// Open packs of one blob kind. At most [`MAX_OPEN_PACKS`] exist at once, so memory for
+/// Open packs of one blob kind. At most [`MAX_OPEN_PACKS`] exist at once (in memory; more
+/// when spooled to files, [`MAX_SPOOLED_PACKS`]), so memory for
 /// packs stays bounded however many threads save blobs; a writer waits for a free one.
 #[derive(Default)]
 struct PackPool {
@@ -124,13 +125,18 @@ struct PackPool {
 struct PoolState {
     free: Vec<PackBuilder>,
     open: usize,
+    /// Writers waiting for a pack: only then is the condvar signalled (each signal is a
+    /// system call).
+    waiting: usize,
 }
 
 const MAX_OPEN_PACKS: usize = 2;
+/// Spooled packs cost no memory: enough that writers seldom wait while one is written.
+const MAX_SPOOLED_PACKS: usize = 4;
 
 impl PackPool {
     /// A free open pack, a new one if fewer than the limit exist, else waits for one.
-    fn take(&self, new: impl Fn() -> Result<PackBuilder>) -> Result<PackBuilder> {
+    fn take(&self, limit: usize, new: impl Fn() -> Result<PackBuilder>) -> Result<PackBuilder> {
         let mut st = lock(&self.state);
         let me = std::thread::current().id();
         loop {
@@ -140,7 +146,7 @@ impl PackPool {
             if let Some(b) = mine.map(|i| st.free.swap_remove(i)).or_else(|| st.free.pop()) {
                 return Ok(b);
             }
-            if st.open < MAX_OPEN_PACKS {
+            if st.open < limit {
                 st.open += 1;
                 drop(st);
                 let made = new();
@@ -149,21 +155,31 @@ impl PackPool {
                 }
                 return made;
             }
+            st.waiting += 1;
             st = self.freed.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.waiting -= 1;
         }
     }
 
     fn give_back(&self, b: PackBuilder) {
-        lock(&self.state).free.push(b);
-        self.freed.notify_one();
+        let mut st = lock(&self.state);
+        st.free.push(b);
+        let wake = st.waiting > 0;
+        drop(st);
+        if wake {
+            self.freed.notify_one();
+        }
     }
 
     /// A pack was finished (or failed): its slot is free for a new one.
     fn release_slot(&self) {
         let mut st = lock(&self.state);
         st.open = st.open.saturating_sub(1);
+        let wake = st.waiting > 0;
         drop(st);
-        self.freed.notify_one();
+        if wake {
+            self.freed.notify_one();
+        }
     }
 
     /// Takes every free open pack (call when no writer is active).
@@ -666,7 +682,9 @@ impl Repository {
         payload: &[u8],
     ) -> Result<u64> {
         let target = self.config.pack_size as usize;
-        let mut builder = pool.take(|| self.new_pack(target + target / 8))?;
+        let spooled = self.spool.get_or_init(|| self.backend.spool_dir()).is_some();
+        let limit = if spooled { MAX_SPOOLED_PACKS } else { MAX_OPEN_PACKS };
+        let mut builder = pool.take(limit, || self.new_pack(target + target / 8))?;
         builder.last_writer = Some(std::thread::current().id());
         let stored = match builder.add(id, kind, compressed, raw_len, payload) {
             Ok(s) => s,
