@@ -286,13 +286,23 @@ impl NameIndex {
                                 continue;
                             }
                             let name = String::from_utf8_lossy(&n.name);
+                            // The typo pass looks at the name first: most fail its cheap checks.
+                            let typo = if typos {
+                                match typo_score(&q, &name.to_lowercase()) {
+                                    Some(t) => Some(t),
+                                    None => continue,
+                                }
+                            } else {
+                                None
+                            };
                             let path = format!("{dir}/{name}");
                             if under.as_ref().is_some_and(|u| !path.starts_with(u.as_str())) {
                                 continue;
                             }
                             let whole = pattern.score(Utf32Str::new(&path, buf), matcher);
                             let score = if typos {
-                                if whole.is_some() { None } else { typo_score(&q, &name.to_lowercase()) }
+                                // Matched by the fuzzy pass already.
+                                if whole.is_some() { None } else { typo }
                             } else {
                                 let in_name = pattern.score(Utf32Str::new(&name, buf), matcher).map(|s| s * 2);
                                 let exact = (name.to_lowercase() == q).then_some(10_000);
@@ -631,6 +641,22 @@ fn typo_score(query: &str, name: &str) -> Option<u32> {
         return None;
     }
     let allowed = (q.len() / 4).max(1);
+    if query.is_ascii() && name.is_ascii() {
+        // Cheapest first: too short, or lacking too many of the query's letters.
+        if name.len() + allowed < q.len() {
+            return None;
+        }
+        let mut present = [false; 128];
+        for b in name.bytes() {
+            if let Some(p) = present.get_mut(usize::from(b)) {
+                *p = true;
+            }
+        }
+        let absent = query.bytes().filter(|b| !present.get(usize::from(*b)).copied().unwrap_or(false)).count();
+        if absent > allowed {
+            return None;
+        }
+    }
     let n: Vec<char> = name.chars().collect();
     // Cheap first: a name within `allowed` edits holds all but `allowed` of the query's
     // characters.
@@ -647,22 +673,59 @@ fn typo_score(query: &str, name: &str) -> Option<u32> {
     if missing > allowed {
         return None;
     }
-    let mut best: Option<usize> = None;
-    for len in q.len().saturating_sub(1)..=q.len() + 1 {
-        for start in 0..=n.len().saturating_sub(len) {
-            let Some(window) = n.get(start..start + len) else { continue };
-            let d = strsim::generic_damerau_levenshtein(&q, window);
-            if d <= allowed && best.is_none_or(|b| d < b) {
-                best = Some(d);
+    let d = substring_distance(&q, &n);
+    (d <= allowed).then(|| (q.len() as u32 * 8).saturating_sub(d as u32 * 12).max(1))
+}
+
+/// The fewest edits (insert, delete, substitute, swap two neighbours) that turn `q` into
+/// some part of `n`: one pass of the optimal-string-alignment table with a free start and end
+/// in `n` (Sellers), O(|q| · |n|).
+fn substring_distance(q: &[char], n: &[char]) -> usize {
+    // Rows i-2, i-1 and i of the table; column j is "q[..i] ends at n[..j]".
+    let width = n.len() + 1;
+    let mut two = vec![0usize; width];
+    let mut one = vec![0usize; width];
+    let mut row = vec![0usize; width];
+    for (i, qc) in q.iter().enumerate() {
+        row[0] = i + 1;
+        for (j, nc) in n.iter().enumerate() {
+            let cost = usize::from(qc != nc);
+            let mut v = (one[j] + cost).min(one[j + 1] + 1).min(row[j] + 1);
+            if i > 0 && j > 0 && q.get(i - 1) == Some(nc) && n.get(j - 1) == Some(qc) {
+                v = v.min(two[j - 1] + 1);
             }
+            row[j + 1] = v;
         }
+        std::mem::swap(&mut two, &mut one);
+        std::mem::swap(&mut one, &mut row);
     }
-    best.map(|d| (q.len() as u32 * 8).saturating_sub(d as u32 * 12).max(1))
+    one.iter().copied().min().unwrap_or(q.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substring_distance_with_swaps() {
+        let c = |s: &str| s.chars().collect::<Vec<_>>();
+        assert_eq!(substring_distance(&c("bakare"), &c("x bakare.toml")), 0);
+        assert_eq!(substring_distance(&c("bakrae"), &c("bakare.toml")), 1, "a swap is one edit");
+        assert_eq!(substring_distance(&c("bakae"), &c("bakare.toml")), 1, "a missing letter");
+        assert_eq!(substring_distance(&c("bakxare"), &c("bakare")), 1, "an extra letter");
+        assert_eq!(substring_distance(&c("abc"), &c("")), 3);
+        assert_eq!(substring_distance(&c("zzz"), &c("bakare")), 3);
+        // Same as the windowed definition on every window of these names.
+        for (q, n) in [("rpeort", "annual-report-2024.pdf"), ("teh", "the"), ("ab", "ba")] {
+            let (q, n) = (c(q), c(n));
+            let windowed = (1..=n.len())
+                .flat_map(|len| n.windows(len).map(|w| strsim::generic_damerau_levenshtein(&q, w)).collect::<Vec<_>>())
+                .min()
+                .unwrap()
+                .min(q.len());
+            assert_eq!(substring_distance(&q, &n), windowed, "{q:?} in {n:?}");
+        }
+    }
 
     #[test]
     fn typos_within_the_allowance_match() {
