@@ -72,6 +72,9 @@ pub struct PackState {
     pub read: bool,
     /// Blobs that failed to open (known only when read).
     pub bad_blobs: HashSet<BlobId>,
+    /// Read whole and intact, with parity: whether the parity matches it (compared while
+    /// the pack was in memory, so that it is read once).
+    pub parity_matches: Option<bool>,
 }
 
 /// The outcome of a survey.
@@ -186,11 +189,9 @@ fn check_parity(repo: &Repository, s: &mut Survey, read_data: ReadData) -> Resul
         let pack_path = pack_path(&pack);
         let fits = match crate::parity::Parity::decode(&path, &bytes) {
             Err(e) => Err(e.to_string()),
-            // With --read-data the pack's shards are compared too (when the pack is intact).
-            Ok(p) if read_data.includes(&pack) => match backend.get(&pack_path) {
-                Ok(whole) if checksum(&whole) == pack.0 && !p.matches(&whole) => {
-                    Err("does not match its pack".to_string())
-                }
+            // With --read-data the pack's shards were compared when it was read (if intact).
+            Ok(_) if read_data.includes(&pack) => match s.packs.get(&pack).and_then(|st| st.parity_matches) {
+                Some(false) => Err("does not match its pack".to_string()),
                 _ => Ok(()),
             },
             Ok(p) => match backend.size(&pack_path) {
@@ -313,6 +314,8 @@ fn check_packs(
     let backend = repo.backend();
     let key = &repo.access().write_key().index_key;
     let mut present = HashSet::new();
+    let with_parity: HashSet<PackId> =
+        backend.list("parity")?.iter().filter_map(|p| id_of_path(p)).map(PackId).collect();
     for path in backend.list("packs")? {
         let Some(id) = id_of_path(&path).map(PackId) else {
             s.problem(&path, "name is not an id", false);
@@ -321,7 +324,7 @@ fn check_packs(
         present.insert(id);
         let mut state = PackState::default();
         if read_data.includes(&id) {
-            read_whole_pack(repo, s, &id, &path, indexed, &mut state);
+            read_whole_pack(repo, s, &id, &path, indexed, &mut state, with_parity.contains(&id));
         } else {
             match read_pack_table(backend.as_ref(), &path, key) {
                 Ok(t) => state.table = Some(t),
@@ -382,6 +385,7 @@ fn read_whole_pack(
     path: &str,
     indexed: &HashMap<PackId, Vec<PackEntry>>,
     state: &mut PackState,
+    has_parity: bool,
 ) {
     let key = &repo.access().write_key().index_key;
     let bytes = match repo.backend().get(path) {
@@ -395,6 +399,14 @@ fn read_whole_pack(
     s.bytes_read += bytes.len() as u64;
     if checksum(&bytes) != id.0 {
         state.damaged = true;
+    } else if has_parity {
+        // Compared now, while the pack is in memory: check_parity need not read it again.
+        let parity = crate::parity::parity_path(id);
+        state.parity_matches = repo
+            .backend()
+            .get(&parity)
+            .ok()
+            .and_then(|p| crate::parity::Parity::decode(&parity, &p).ok().map(|p| p.matches(&bytes)));
     }
     match crate::pack::parse_blob_table(path, &bytes, key) {
         Ok(t) => state.table = Some(t),
