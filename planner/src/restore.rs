@@ -168,6 +168,7 @@ impl Ctx<'_> {
             remove_any(path)?;
         }
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io(path))?;
+        let preallocated = preallocate(&f, size);
         let mut written = 0u64;
         let locations = chunks
             .iter()
@@ -198,7 +199,7 @@ impl Ctx<'_> {
                 [] => Vec::new(),
             };
             for data in blobs {
-                write_sparse(&mut f, &data).map_err(io(path))?;
+                write_sparse(&mut f, &data, preallocated).map_err(io(path))?;
                 written += data.len() as u64;
                 Counters::add(&self.counters.bytes_written, data.len() as u64);
             }
@@ -216,21 +217,42 @@ impl Ctx<'_> {
     }
 }
 
-/// Writes `data` at the current position, seeking over whole zero blocks.
-fn write_sparse(f: &mut File, data: &[u8]) -> std::io::Result<()> {
-    let mut run_start = 0usize;
+/// Files at least this large get their space reserved before they are written.
+const PREALLOCATE: u64 = 1 << 20;
+
+/// Reserves `size` bytes for a file about to be written (fewer fragments); whether it
+/// could (some file systems cannot, and a full disk need not stop a restore here).
+fn preallocate(f: &File, size: u64) -> bool {
+    size >= PREALLOCATE && rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, size).is_ok()
+}
+
+/// Writes `data` at the current position. Runs of whole zero blocks become holes: skipped
+/// with one seek, and punched out of a preallocated file.
+fn write_sparse(f: &mut File, data: &[u8], preallocated: bool) -> std::io::Result<()> {
+    let zero_block = |at: usize| data.get(at..at + BLOCK).is_some_and(|b| b.iter().all(|&x| x == 0));
+    let mut pending = 0usize;
     let mut at = 0usize;
     while at < data.len() {
-        let end = (at + BLOCK).min(data.len());
-        let block = data.get(at..end).unwrap_or_default();
-        if block.len() == BLOCK && block.iter().all(|&b| b == 0) {
-            f.write_all(data.get(run_start..at).unwrap_or_default())?;
-            f.seek(SeekFrom::Current(BLOCK as i64))?;
-            run_start = end;
+        if !zero_block(at) {
+            at += BLOCK;
+            continue;
         }
+        f.write_all(data.get(pending..at).unwrap_or_default())?;
+        let mut end = at + BLOCK;
+        while zero_block(end) {
+            end += BLOCK;
+        }
+        let len = (end - at) as u64;
+        if preallocated {
+            let pos = f.stream_position()?;
+            let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(&*f, punch, pos, len)?;
+        }
+        f.seek(SeekFrom::Current(len as i64))?;
+        pending = end;
         at = end;
     }
-    f.write_all(data.get(run_start..).unwrap_or_default())
+    f.write_all(data.get(pending..).unwrap_or_default())
 }
 
 fn remove_any(path: &Path) -> Result<(), PlanError> {
