@@ -549,7 +549,7 @@ fn decode_trust(set: &Digest, v: &[u8]) -> Option<Vec<Digest>> {
 }
 
 /// A table in a new read transaction; `None` before anything was ever written to it.
-fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     db: &Database,
     table: TableDefinition<K, V>,
 ) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {

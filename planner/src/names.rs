@@ -26,12 +26,12 @@ use bakare_store::{BlobId, Entry, Node, Repository, Snapshot, SnapshotId};
 use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 use rayon::prelude::*;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::find::{History, Version};
-use crate::memo::chunk_list_digest;
+use crate::memo::{chunk_list_digest, read_table};
 
 const FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folders");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -196,12 +196,7 @@ impl NameIndex {
     }
 
     fn load_state(&mut self) -> Result<(), Failure> {
-        let txn = self.db.begin_read().map_err(damaged)?;
-        let table = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(damaged(e)),
-        };
+        let Some(table) = read_table(&self.db, META).map_err(damaged)? else { return Ok(()) };
         match table.get("layout").map_err(damaged)? {
             Some(v) if v.value() == [LAYOUT] => {}
             Some(_) => return Err(damaged("another layout")),
@@ -340,12 +335,7 @@ impl NameIndex {
         };
         let key = self.keys.row(folder);
         let runs = {
-            let txn = self.db.begin_read().map_err(|e| fatal(damaged(e)))?;
-            let table = match txn.open_table(FOLDERS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(fatal(damaged(e))),
-            };
+            let Some(table) = read_table(&self.db, FOLDERS).map_err(|e| fatal(damaged(e)))? else { return Ok(None) };
             let Some(sealed) = table.get(key.as_slice()).map_err(|e| fatal(damaged(e)))? else { return Ok(None) };
             let f = self.keys.open_folder(&key, sealed.value()).map_err(fatal)?;
             match f.names.into_iter().find(|n| n.name == name) {
@@ -357,14 +347,16 @@ impl NameIndex {
         let Some(last) = versions.last() else { return Ok(None) };
         let mut moved_to = Vec::new();
         let later = view.later_than(last.time_ns);
-        if let (Some(content), false) = (last.content.clone(), later.is_empty()) {
+        // The newest version's content id, as stored (compared below without hex).
+        let content = runs.iter().filter_map(|r| r.ver.content).find(|c| Some(hex16(*c)) == last.content);
+        if let (Some(content), false) = (content, later.is_empty()) {
             let shown = String::from_utf8_lossy(path).into_owned();
             let mut best: Option<(i64, String, String)> = None;
             for (key, sealed) in self.rows().map_err(fatal)? {
                 let f = self.keys.open_folder(&key, &sealed).map_err(fatal)?;
                 for n in &f.names {
                     for r in &n.runs {
-                        if r.ver.content.map(hex16).as_deref() != Some(content.as_str()) {
+                        if r.ver.content != Some(content) {
                             continue;
                         }
                         for (time, id) in view.covered(r) {
@@ -389,12 +381,7 @@ impl NameIndex {
 
     /// Every sealed folder row.
     fn rows(&self) -> Result<Vec<Row>, Failure> {
-        let txn = self.db.begin_read().map_err(damaged)?;
-        let table = match txn.open_table(FOLDERS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(damaged(e)),
-        };
+        let Some(table) = read_table(&self.db, FOLDERS).map_err(damaged)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for row in table.iter().map_err(damaged)? {
             let (k, v) = row.map_err(damaged)?;
