@@ -270,10 +270,8 @@ impl DiskIndex {
         self.pending.insert(pack, e);
     }
 
-    fn slot(&self, id: &BlobId) -> Option<Slot> {
-        let txn = self.db.begin_read().ok()?;
-        let table = txn.open_table(BLOBS).ok()?;
-        let v = table.get(id.0.as_bytes().as_slice()).ok()??;
+    fn slot(txn: &redb::ReadTransaction, id: &BlobId) -> Option<Slot> {
+        let v = txn.open_table(BLOBS).ok()?.get(id.0.as_bytes().as_slice()).ok()??;
         decode_slot(id, v.value())
     }
 
@@ -281,15 +279,15 @@ impl DiskIndex {
         if let Some(l) = self.pending.get(id) {
             return Some(l);
         }
-        let s = self.slot(id)?;
+        // One read transaction for the blob and its pack.
         let txn = self.db.begin_read().ok()?;
-        let packs = txn.open_table(PACKS).ok()?;
-        let pack = decode_pack(s.pack, packs.get(s.pack).ok()??.value())?;
+        let s = Self::slot(&txn, id)?;
+        let pack = decode_pack(s.pack, txn.open_table(PACKS).ok()?.get(s.pack).ok()??.value())?;
         Some(BlobLocation { pack, entry: entry_of(id, &s) })
     }
 
     fn contains(&self, id: &BlobId) -> bool {
-        self.pending.contains(id) || self.slot(id).is_some()
+        self.pending.contains(id) || self.db.begin_read().ok().and_then(|txn| Self::slot(&txn, id)).is_some()
     }
 
     fn packs(&self) -> HashSet<PackId> {
@@ -307,8 +305,8 @@ impl DiskIndex {
     }
 
     fn len(&self) -> usize {
-        let n = || -> Result<u64, redb::Error> { Ok(self.db.begin_read()?.open_table(BLOBS)?.len()?) };
-        n().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)) + self.pending.blobs.len()
+        let n = with_table(&self.db, BLOBS, |t| Ok(t.len()?));
+        n.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)) + self.pending.blobs.len()
     }
 }
 

@@ -458,17 +458,10 @@ impl Repository {
         if let Blobs::Disk(disk) = &mut *current {
             match self.sync_disk_index(disk, &paths, read) {
                 Ok(()) => return Ok(()),
-                Err(e) => {
-                    // The local file failed: this run uses an index in memory.
-                    lock(&self.index_warnings)
-                        .push(format!("local index file unusable ({e}); reading the index into memory"));
-                    let pending = current.pending();
-                    let mut fresh = Blobs::default();
-                    for loc in pending {
-                        fresh.insert(loc.pack, &loc.entry);
-                    }
-                    *current = fresh;
-                }
+                // The local file failed: this run reads the index into memory (below, with
+                // this handle's pending blobs carried over as for any handle).
+                Err(e) => lock(&self.index_warnings)
+                    .push(format!("local index file unusable ({e}); reading the index into memory")),
             }
         }
         let mut index = Blobs::default();
@@ -522,7 +515,10 @@ impl Repository {
                 continue;
             }
             match read(path) {
-                Ok(seg) => batch.push((*id, seg)),
+                Ok(seg) => {
+                    held.insert(*id);
+                    batch.push((*id, seg));
+                }
                 Err(e) => {
                     lock(&self.index_warnings).push(e.to_string());
                     continue;
@@ -534,8 +530,8 @@ impl Repository {
             }
         }
         flush(disk, &mut batch)?;
-        let now = disk.segments()?;
-        lock(&self.segments_used).extend(now.into_iter().filter(|s| listed.contains_key(s)));
+        // Every segment the file now holds is listed: this handle relies on all of them.
+        lock(&self.segments_used).extend(held);
         Ok(())
     }
 
@@ -682,8 +678,7 @@ impl Repository {
         payload: &[u8],
     ) -> Result<u64> {
         let target = self.config.pack_size as usize;
-        let spooled = self.spool.get_or_init(|| self.backend.spool_dir()).is_some();
-        let limit = if spooled { MAX_SPOOLED_PACKS } else { MAX_OPEN_PACKS };
+        let limit = if self.spool_dir().is_some() { MAX_SPOOLED_PACKS } else { MAX_OPEN_PACKS };
         let mut builder = pool.take(limit, || self.new_pack(target + target / 8))?;
         builder.last_writer = Some(std::thread::current().id());
         let stored = match builder.add(id, kind, compressed, raw_len, payload) {
@@ -703,11 +698,16 @@ impl Repository {
         Ok(u64::from(stored))
     }
 
+    /// Where open packs are spooled, asked of the storage once.
+    fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.spool.get_or_init(|| self.backend.spool_dir()).as_deref()
+    }
+
     /// A new open pack: spooled to a file where the storage offers a folder for it, so that
     /// open packs cost no memory, else in memory.
     fn new_pack(&self, capacity: usize) -> Result<PackBuilder> {
         let key = self.access.write_key();
-        match self.spool.get_or_init(|| self.backend.spool_dir()) {
+        match self.spool_dir() {
             Some(dir) => {
                 static N: AtomicU64 = AtomicU64::new(0);
                 let name =
