@@ -49,9 +49,9 @@ fn main() -> ExitCode {
     let json = cli.global.json;
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
     let threads = cli.global.threads.unwrap_or(cores * 4).clamp(1, 256);
-    // Only fails if a global pool exists already, and then that one serves.
     tune_malloc(cli.global.memory_limit, cores);
     bakare_planner::set_memory_limit(cli.global.memory_limit);
+    // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     let ctx = Context::new(cli.global);
     let result = match cli.command {

@@ -329,9 +329,8 @@ pub fn backup(
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
     let id = repo.save_snapshot(&snapshot)?;
-    let files = snapshot.stats.files_new + snapshot.stats.files_changed + snapshot.stats.files_unchanged;
     // Only an estimate for the next run's progress: a failure to store it costs nothing.
-    let _ = memo.set_totals(&set, files, snapshot.stats.total_bytes);
+    let _ = memo.set_totals(&set, snapshot.stats.files(), snapshot.stats.total_bytes);
     // The snapshot now keeps everything reachable: the session and its checkpoints go.
     drop(heartbeat);
     let mut leftovers = checkpoints;

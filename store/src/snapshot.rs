@@ -32,6 +32,13 @@ pub struct SnapshotStats {
     pub duration_ms: u64,
 }
 
+impl SnapshotStats {
+    /// Files in the snapshot: new, changed and unchanged.
+    pub fn files(&self) -> u64 {
+        self.files_new + self.files_changed + self.files_unchanged
+    }
+}
+
 /// A finished backup.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {

@@ -23,10 +23,7 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let report = {
         // The snapshot's totals, when all of it is restored.
         let whole = path.is_empty() || path == "/";
-        let expected = whole.then(|| Expected {
-            files: snap.stats.files_new + snap.stats.files_changed + snap.stats.files_unchanged,
-            bytes: snap.stats.total_bytes,
-        });
+        let expected = whole.then(|| Expected { files: snap.stats.files(), bytes: snap.stats.total_bytes });
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "restore", expected);
         bakare_planner::restore(&repo, start, &a.target, RestoreOptions { overwrite: a.overwrite }, &counters)?
     };
