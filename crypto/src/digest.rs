@@ -65,9 +65,30 @@ pub fn checksum(bytes: &[u8]) -> Digest {
     Digest(*blake3::hash(bytes).as_bytes())
 }
 
+/// The first `N` bytes of BLAKE3(key length (u64 LE) ‖ key ‖ value): the checksum of a value
+/// in a local database, bound to its key so that a value moved under another key fails too.
+pub fn bound_checksum<const N: usize>(key: &[u8], value: &[u8]) -> [u8; N] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(key.len() as u64).to_le_bytes()).update(key).update(value);
+    let mut out = [0u8; N];
+    h.finalize_xof().fill(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bound_checksum_is_a_prefix_of_the_hash_of_length_key_and_value() {
+        // The layout docs/FORMAT.md gives for the local databases: any change breaks their files.
+        let mut whole = 3u64.to_le_bytes().to_vec();
+        whole.extend_from_slice(b"keyvalue");
+        let h = blake3::hash(&whole);
+        assert_eq!(bound_checksum::<16>(b"key", b"value"), h.as_bytes()[..16]);
+        assert_eq!(bound_checksum::<8>(b"key", b"value"), h.as_bytes()[..8]);
+        assert_ne!(bound_checksum::<8>(b"ke", b"yvalue"), bound_checksum::<8>(b"key", b"value"));
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -17,7 +17,7 @@ mod keyfile;
 mod keys;
 mod seal;
 
-pub use digest::{Digest, checksum};
+pub use digest::{Digest, bound_checksum, checksum};
 pub use error::CryptoError;
 pub use keyfile::{KdfParams, open_key_file, open_write_key_file, parse_key_file, seal_key_file, write_key_file};
 pub use keys::{ChunkerSeed, DataPublicKey, DataSecretKey, IdKey, MasterKey, WriteKey};

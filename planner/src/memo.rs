@@ -153,11 +153,7 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 fn value_checksum(key: &[u8], body: &[u8]) -> [u8; SUM] {
-    let mut h = blake3::Hasher::new();
-    h.update(&(key.len() as u64).to_le_bytes()).update(key).update(body);
-    let mut out = [0u8; SUM];
-    out.copy_from_slice(&h.finalize().as_bytes()[..SUM]);
-    out
+    bakare_store::crypto::bound_checksum(key, body)
 }
 
 /// A folder's tree id as last backed up.

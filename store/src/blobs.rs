@@ -114,11 +114,7 @@ const LAYOUT: u8 = 1;
 const SUM: usize = 8;
 
 fn sum(key: &[u8], body: &[u8]) -> [u8; SUM] {
-    let mut h = blake3::Hasher::new();
-    h.update(&(key.len() as u64).to_le_bytes()).update(key).update(body);
-    let mut out = [0u8; SUM];
-    out.copy_from_slice(&h.finalize().as_bytes()[..SUM]);
-    out
+    bakare_crypto::bound_checksum(key, body)
 }
 
 fn encode_slot(id: &BlobId, s: &Slot) -> Vec<u8> {
