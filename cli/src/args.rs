@@ -17,7 +17,9 @@ pub struct Cli {
 #[derive(Args, Debug)]
 #[command(next_display_order = 1000)]
 pub struct Global {
-    /// Repository folder [default: the user's data folder, bakare/repo]
+    /// Repository: a folder, s3://bucket/prefix (endpoint, region and credentials from the
+    /// usual AWS_* variables and ~/.aws files) or sftp://user@host[:port]/path (keys from
+    /// ssh-agent or ~/.ssh) [default: the user's data folder, bakare/repo]
     #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", hide_env_values = true, value_name = "REPO")]
     pub repo: Option<PathBuf>,
     /// Read the passphrase from this file (else BAKARE_PASSPHRASE, else a terminal prompt)
@@ -46,6 +48,47 @@ pub struct Global {
     /// buffers in flight and the local caches
     #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", hide_env_values = true, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
     pub memory_limit: u64,
+    /// Requests to a remote repository in flight at most (fewer after errors; uploads are
+    /// also bounded by --memory-limit)
+    #[arg(
+        long,
+        global = true,
+        env = "BAKARE_CONNECTIONS",
+        hide_env_values = true,
+        default_value_t = 8,
+        value_name = "N"
+    )]
+    pub connections: usize,
+    /// Stop resumably (exit 75) when a remote repository made no progress for this long
+    /// (s, m, h suffixes)
+    #[arg(long, global = true, env = "BAKARE_RETRY_BUDGET", hide_env_values = true, default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_budget: std::time::Duration,
+    /// A remote request that moves no bytes for this long is tried again (s, m suffixes)
+    #[arg(long, global = true, env = "BAKARE_STALL_TIMEOUT", hide_env_values = true, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_timeout: std::time::Duration,
+    /// SFTP host key check: strict (the host must be in ~/.ssh/known_hosts), add (add
+    /// unknown hosts) or accept (any key; for tests)
+    #[arg(long, global = true, env = "BAKARE_SFTP_KNOWN_HOSTS", hide_env_values = true, default_value = "strict", value_parser = ["strict", "add", "accept"])]
+    pub sftp_known_hosts: String,
+    /// SFTP private key file [default: ssh's own choice: the agent, ~/.ssh]
+    #[arg(long, global = true, env = "BAKARE_SFTP_KEY", hide_env_values = true, value_name = "FILE")]
+    pub sftp_key: Option<PathBuf>,
+}
+
+/// A duration: a number with an optional ms, s, m or h suffix (seconds without one).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 30s or 10m)"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    n.checked_mul(ms).map(std::time::Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`,

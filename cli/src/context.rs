@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use bakare_store::backend::{Backend, LocalBackend};
+use bakare_store::backend::{Backend, LocalBackend, RemoteBackend, RemoteOptions, RemoteUrl, RetryPolicy, Retrying};
 use bakare_store::crypto::{KdfParams, open_write_key_file};
 use bakare_store::{Access, ChunkerParams, Repository, StoreError};
 
@@ -29,8 +29,34 @@ impl Context {
         }
     }
 
+    /// The remote repository --repo names, if it names one.
+    pub fn remote_url(&self) -> Result<Option<RemoteUrl>> {
+        let Some(repo) = &self.global.repo else { return Ok(None) };
+        match repo.to_str().and_then(RemoteUrl::parse) {
+            None => Ok(None),
+            Some(Ok(url)) => Ok(Some(url)),
+            Some(Err(e)) => bail!("--repo {e}"),
+        }
+    }
+
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        Ok(Arc::new(LocalBackend::new(self.repo_path()?)))
+        let Some(url) = self.remote_url()? else {
+            return Ok(Arc::new(LocalBackend::new(self.repo_path()?)));
+        };
+        let g = &self.global;
+        // Each upload holds a pack (up to 18 MiB) twice: at most half the budget for them.
+        let uploads =
+            usize::try_from(g.memory_limit / 2 / (40 << 20)).unwrap_or(usize::MAX).clamp(1, g.connections.max(1));
+        let options = RemoteOptions {
+            stall_timeout: g.stall_timeout,
+            spool: self.cache_base()?.map(|b| b.join("spool")),
+            parallel_writes: uploads,
+            known_hosts: g.sftp_known_hosts.clone(),
+            ssh_key: g.sftp_key.clone(),
+        };
+        let remote = RemoteBackend::new(url.clone(), options).with_context(|| format!("opening {url}"))?;
+        let policy = RetryPolicy { budget: g.retry_budget, connections: g.connections, ..RetryPolicy::default() };
+        Ok(Arc::new(Retrying::new(remote, policy)))
     }
 
     /// The memo of this repository on this machine, or a disabled one with --no-cache.
@@ -57,16 +83,20 @@ impl Context {
     /// This machine's cache folder for the repository with this config, or `None` with
     /// --no-cache.
     pub fn cache_folder(&self, config: &bakare_store::Config) -> Result<Option<PathBuf>> {
+        Ok(self.cache_base()?.map(|b| b.join(config.id_hex())))
+    }
+
+    /// This machine's cache folder for all repositories, or `None` with --no-cache.
+    fn cache_base(&self) -> Result<Option<PathBuf>> {
         if self.global.no_cache {
             return Ok(None);
         }
-        let base = match &self.global.cache_dir {
-            Some(d) => d.clone(),
+        match &self.global.cache_dir {
+            Some(d) => Ok(Some(d.clone())),
             None => dirs::cache_dir()
-                .map(|d| d.join("bakare"))
-                .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user"))?,
-        };
-        Ok(Some(base.join(config.id_hex())))
+                .map(|d| Some(d.join("bakare")))
+                .ok_or_else(|| anyhow!("no --cache-dir given and no cache folder known for this user")),
+        }
     }
 
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.

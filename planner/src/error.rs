@@ -39,7 +39,11 @@ impl PlanError {
     /// Whether the run stopped because the repository's storage failed (full, unreachable),
     /// so that continuing it later can succeed.
     pub fn is_resumable(&self) -> bool {
-        matches!(self, PlanError::Resumable(_) | PlanError::Store(bakare_store::StoreError::Backend(_)))
+        match self {
+            PlanError::Resumable(_) => true,
+            PlanError::Store(bakare_store::StoreError::Backend(e)) => !e.is_permanent(),
+            _ => false,
+        }
     }
 }
 

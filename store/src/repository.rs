@@ -678,7 +678,11 @@ impl Repository {
         payload: &[u8],
     ) -> Result<u64> {
         let target = self.config.pack_size as usize;
-        let limit = if self.spool_dir().is_some() { MAX_SPOOLED_PACKS } else { MAX_OPEN_PACKS };
+        let limit = if self.spool_dir().is_some() {
+            self.backend.parallel_writes().max(MAX_SPOOLED_PACKS)
+        } else {
+            MAX_OPEN_PACKS
+        };
         let mut builder = pool.take(limit, || self.new_pack(target + target / 8))?;
         builder.last_writer = Some(std::thread::current().id());
         let stored = match builder.add(id, kind, compressed, raw_len, payload) {

@@ -38,7 +38,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     };
     let (mut repo, created) = opened?;
     if created {
-        super::init::report(ctx, &repo, &ctx.repo_path()?)?;
+        super::init::report(ctx, &repo, &repo.backend().location())?;
     }
     // zstd levels. The default is level 1: on a mixed 2 GB tree it made the repository
     // 1.3 % larger than level 3 for 10 % less time, and compression is most of a first

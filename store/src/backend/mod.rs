@@ -7,9 +7,13 @@
 
 mod local;
 mod memory;
+mod remote;
+mod retry;
 
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
+pub use remote::{RemoteBackend, RemoteOptions, RemoteUrl};
+pub use retry::{RetryPolicy, Retrying};
 
 use std::io;
 
@@ -27,6 +31,17 @@ pub enum BackendError {
     },
     #[error("{path}: short read: wanted {wanted} bytes at offset {offset}, object has {len}")]
     ShortRead { path: String, offset: u64, wanted: u64, len: u64 },
+    /// A failure that may pass if the operation is tried again: a connection reset or
+    /// stalled, a 5xx or 429 answer, a truncated body.
+    #[error("{path}: {message} (temporary)")]
+    Transient { path: String, message: String },
+    /// A failure that trying again cannot fix: bad credentials, a missing bucket, no
+    /// permission, a configuration the storage refuses.
+    #[error("{path}: {message}")]
+    Permanent { path: String, message: String },
+    /// The storage made no progress (no operation succeeded) for the whole retry budget.
+    #[error("{path}: the storage made no progress for {secs} s (retry budget spent); last error: {last}")]
+    GaveUp { path: String, secs: u64, last: String },
 }
 
 impl BackendError {
@@ -37,6 +52,17 @@ impl BackendError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// Whether no retry and no `bakare resume` can help until the user changes something
+    /// (credentials, the bucket's name).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent { .. })
     }
 }
 
@@ -76,12 +102,21 @@ pub trait Backend: Send + Sync {
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// How many packs may be written at once (each spooled pack in flight costs a file, not
+    /// memory; a remote store wants as many as it has connections).
+    fn parallel_writes(&self) -> usize {
+        4
+    }
     /// [`Backend::put`] of the contents of `file`, which is removed (moved into place
     /// where possible).
     fn put_file(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
-        let bytes = std::fs::read(file).map_err(|e| BackendError::io(path, e))?;
-        self.put(path, &bytes)?;
+        self.put_file_keep(path, file)?;
         std::fs::remove_file(file).map_err(|e| BackendError::io(path, e))
+    }
+    /// [`Backend::put`] of the contents of `file`, which stays (a retry reads it again).
+    fn put_file_keep(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
+        let bytes = std::fs::read(file).map_err(|e| BackendError::io(path, e))?;
+        self.put(path, &bytes)
     }
     /// [`Backend::list`] with each object's [`Backend::stat`]. An object deleted between the
     /// listing and its stat is left out.

@@ -1,0 +1,428 @@
+//! Remote storage through OpenDAL: S3-compatible object storage and SFTP.
+//!
+//! OpenDAL was chosen over `object_store` because one library and one API cover both S3
+//! and SFTP, with capability flags (conditional put, rename) to ask of each store; see
+//! ARCHITECTURE.md. OpenDAL is async; this backend owns a small tokio runtime and blocks
+//! on it, so the rest of bakare stays synchronous. Retries are not done here: wrap it in
+//! [`super::Retrying`], which needs errors classified as transient or permanent, and that
+//! is done here.
+//!
+//! Atomicity: an S3 PUT makes an object appear whole or not at all, and `put` asks for
+//! `If-None-Match: *` where the store claims to honour it (a refusal means the object
+//! exists, which is success). SFTP writes go to a `.tmp-` file beside the final name, then
+//! a rename (OpenSSH's atomic `posix-rename`) moves it into place. No partial object is ever
+//! left under a final name, and correctness does not depend on the store refusing
+//! overwrites: names are hashes of the bytes.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opendal::layers::TimeoutLayer;
+use opendal::services::{S3, Sftp};
+use opendal::{ErrorKind, Operator};
+
+use super::{Backend, BackendError, ObjectStat};
+
+/// Where a remote repository is, from `--repo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteUrl {
+    /// `s3://bucket/prefix`: endpoint, region and credentials come from the usual AWS
+    /// environment variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...)
+    /// and files (`~/.aws/config`, `~/.aws/credentials`, `AWS_PROFILE`).
+    S3 { bucket: String, prefix: String },
+    /// `sftp://[user@]host[:port]/path`: keys from ssh-agent or `~/.ssh`, as `ssh` finds
+    /// them (OpenDAL runs the system `ssh`).
+    Sftp { user: Option<String>, host: String, port: Option<u16>, path: String },
+}
+
+impl RemoteUrl {
+    /// `None` when `s` is not a remote URL (a local folder); an error for a remote URL that
+    /// does not parse.
+    pub fn parse(s: &str) -> Option<Result<Self, String>> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Some(Err(format!("{s:?}: no bucket (use s3://bucket/prefix)")));
+            }
+            return Some(Ok(Self::S3 { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string() }));
+        }
+        let rest = s.strip_prefix("sftp://")?;
+        let Some((authority, path)) = rest.split_once('/') else {
+            return Some(Err(format!("{s:?}: no path (use sftp://user@host/path/to/repo)")));
+        };
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h, Some(p)),
+                Err(_) => return Some(Err(format!("{s:?}: {p:?} is not a port"))),
+            },
+            None => (hostport, None),
+        };
+        if host.is_empty() || path.trim_matches('/').is_empty() {
+            return Some(Err(format!("{s:?}: use sftp://user@host[:port]/path/to/repo")));
+        }
+        Some(Ok(Self::Sftp { user, host: host.to_string(), port, path: format!("/{}", path.trim_matches('/')) }))
+    }
+}
+
+impl std::fmt::Display for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Self::Sftp { user, host, port, path } => {
+                write!(f, "sftp://")?;
+                if let Some(u) = user {
+                    write!(f, "{u}@")?;
+                }
+                write!(f, "{host}")?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                write!(f, "{path}")
+            }
+        }
+    }
+}
+
+/// How a remote backend talks to its store.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// A request that moves no bytes for this long fails (as transient); other requests
+    /// (stat, list, delete) get this long in all.
+    pub stall_timeout: Duration,
+    /// Packs are spooled here (a local folder) while they are filled, then uploaded from
+    /// the file; `None` builds them in memory.
+    pub spool: Option<PathBuf>,
+    /// Packs uploaded at once.
+    pub parallel_writes: usize,
+    /// SFTP host key checking: `strict` (the default: the host must be in known_hosts),
+    /// `add` (add unknown hosts) or `accept` (any key: for tests only).
+    pub known_hosts: String,
+    /// SFTP private key file; `None` lets ssh use the agent and `~/.ssh`.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self {
+            stall_timeout: Duration::from_secs(60),
+            spool: None,
+            parallel_writes: 4,
+            known_hosts: "strict".into(),
+            ssh_key: None,
+        }
+    }
+}
+
+/// A repository on S3-compatible storage or SFTP (see the module documentation).
+pub struct RemoteBackend {
+    op: Operator,
+    rt: tokio::runtime::Runtime,
+    url: RemoteUrl,
+    options: RemoteOptions,
+    /// Writes go to a temporary name, then a rename (SFTP); else straight to the name (S3).
+    via_rename: bool,
+    /// The store claims `If-None-Match: *` on writes.
+    conditional_put: bool,
+}
+
+impl RemoteBackend {
+    pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
+        let location = url.to_string();
+        let config = |e: opendal::Error| BackendError::Permanent { path: location.clone(), message: e.to_string() };
+        let op = match &url {
+            RemoteUrl::S3 { bucket, prefix } => {
+                let mut b = S3::default().bucket(bucket).root(&format!("/{prefix}"));
+                if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+                    b = b.disable_ec2_metadata();
+                }
+                Operator::new(b).map_err(config)?
+            }
+            RemoteUrl::Sftp { user, host, port, path } => {
+                let mut endpoint = String::from("ssh://");
+                if let Some(u) = user {
+                    endpoint.push_str(u);
+                    endpoint.push('@');
+                }
+                endpoint.push_str(host);
+                if let Some(p) = port {
+                    endpoint.push_str(&format!(":{p}"));
+                }
+                let mut b = Sftp::default().endpoint(&endpoint).root(path).known_hosts_strategy(&options.known_hosts);
+                if let Some(u) = user {
+                    b = b.user(u);
+                }
+                if let Some(k) = &options.ssh_key {
+                    b = b.key(&k.to_string_lossy());
+                }
+                Operator::new(b).map_err(config)?
+            }
+        };
+        let op =
+            op.layer(TimeoutLayer::new().with_timeout(options.stall_timeout).with_io_timeout(options.stall_timeout));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bakare-net")
+            .enable_all()
+            .build()
+            .map_err(|e| BackendError::Permanent {
+                path: location.clone(),
+                message: format!("starting the network runtime: {e}"),
+            })?;
+        let cap = op.info().capability();
+        let via_rename = matches!(url, RemoteUrl::Sftp { .. }) && cap.rename;
+        let conditional_put = cap.write_with_if_not_exists && !via_rename;
+        Ok(Self { op, rt, url, options, via_rename, conditional_put })
+    }
+
+    fn put_bytes(&self, path: &str, bytes: opendal::Buffer, if_absent: bool) -> Result<(), BackendError> {
+        if self.via_rename {
+            let tmp = temp_name(path);
+            let written = self.rt.block_on(async {
+                self.op.write(&tmp, bytes).await?;
+                self.op.rename(&tmp, path).await
+            });
+            if let Err(e) = written {
+                let _ = self.rt.block_on(self.op.delete(&tmp));
+                return Err(self.error(path, e));
+            }
+            return Ok(());
+        }
+        let conditional = if_absent && self.conditional_put;
+        match self.rt.block_on(self.op.write_with(path, bytes).if_not_exists(conditional).into_future()) {
+            Ok(_) => Ok(()),
+            // Already there: names are hashes of the bytes, so it holds these bytes.
+            Err(e) if conditional && e.kind() == ErrorKind::ConditionNotMatch => Ok(()),
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    /// Classifies an OpenDAL error: what retrying may fix is [`BackendError::Transient`].
+    fn error(&self, path: &str, e: opendal::Error) -> BackendError {
+        let message = e.to_string();
+        let path = path.to_string();
+        match e.kind() {
+            ErrorKind::NotFound if message.contains("NoSuchBucket") => BackendError::Permanent {
+                path,
+                message: format!("the bucket of {} does not exist ({})", self.url, first_line(&message)),
+            },
+            ErrorKind::NotFound => BackendError::NotFound { path },
+            ErrorKind::PermissionDenied => BackendError::Permanent {
+                path,
+                message: format!("permission denied by {} (check the credentials): {}", self.url, first_line(&message)),
+            },
+            ErrorKind::ConfigInvalid | ErrorKind::Unsupported | ErrorKind::IsADirectory | ErrorKind::NotADirectory => {
+                BackendError::Permanent { path, message: first_line(&message).to_string() }
+            }
+            ErrorKind::RangeNotSatisfied => BackendError::ShortRead { path, offset: 0, wanted: 0, len: 0 },
+            // Resets, timeouts, 5xx, 429, truncated bodies, and failures OpenDAL cannot name
+            // (an ssh connection that dropped): trying again may pass; the retry budget
+            // bounds how long.
+            _ => BackendError::Transient { path, message: first_line(&message).to_string() },
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// A temporary name beside `path` (listings skip `.tmp-` names).
+fn temp_name(path: &str) -> String {
+    let n = getrandom::u64().unwrap_or_else(|_| {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default()
+    });
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.tmp-{name}-{n:016x}"),
+        None => format!(".tmp-{path}-{n:016x}"),
+    }
+}
+
+fn stat_of(path: &str, m: &opendal::Metadata) -> Result<ObjectStat, BackendError> {
+    let modified = m.last_modified().ok_or_else(|| BackendError::Permanent {
+        path: path.to_string(),
+        message: "the storage gave no modification time".into(),
+    })?;
+    let t = SystemTime::from(modified);
+    let ns = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    };
+    Ok(ObjectStat { size: m.content_length(), modified_ns: ns })
+}
+
+fn folder(prefix: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() { String::new() } else { format!("{p}/") }
+}
+
+impl Backend for RemoteBackend {
+    fn location(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.put_bytes(path, opendal::Buffer::from(bytes.to_vec()), true)
+    }
+
+    fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
+        self.put_bytes(path, opendal::Buffer::from(bytes.to_vec()), false)
+    }
+
+    fn put_file_keep(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
+        let bytes = std::fs::read(file).map_err(|e| BackendError::io(path, e))?;
+        self.put_bytes(path, opendal::Buffer::from(bytes), true)
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
+        let buf = self.rt.block_on(self.op.read(path)).map_err(|e| self.error(path, e))?;
+        Ok(buf.to_vec())
+    }
+
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = offset.saturating_add(len);
+        let got = self.rt.block_on(self.op.read_with(path).range(offset..end).into_future());
+        let got = match got {
+            Ok(buf) if buf.len() as u64 == len => return Ok(buf.to_vec()),
+            Ok(buf) => buf.len() as u64,
+            Err(e) => match self.error(path, e) {
+                BackendError::ShortRead { .. } => 0,
+                other => return Err(other),
+            },
+        };
+        // Fewer bytes than asked: a short object is an error of the object, anything else
+        // a truncated answer, worth another try.
+        let size = self.size(path)?;
+        if size < end {
+            Err(BackendError::ShortRead { path: path.to_string(), offset, wanted: len, len: size })
+        } else {
+            Err(BackendError::Transient {
+                path: path.to_string(),
+                message: format!("truncated answer: {got} of {len} bytes"),
+            })
+        }
+    }
+
+    fn size(&self, path: &str) -> Result<u64, BackendError> {
+        Ok(self.stat(path)?.size)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        Ok(self.list_stat_inner(prefix, false)?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    fn delete(&self, path: &str) -> Result<(), BackendError> {
+        match self.rt.block_on(self.op.delete(path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
+        let m = self.rt.block_on(self.op.stat(path)).map_err(|e| self.error(path, e))?;
+        stat_of(path, &m)
+    }
+
+    fn spool_dir(&self) -> Option<PathBuf> {
+        let dir = self.options.spool.clone()?;
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    }
+
+    fn parallel_writes(&self) -> usize {
+        self.options.parallel_writes.max(1)
+    }
+
+    fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
+        self.list_stat_inner(prefix, true)
+    }
+}
+
+impl RemoteBackend {
+    /// One recursive listing; with `with_stat`, each object's stat from the listing where
+    /// the store gives it (S3 does), else from a stat of its own.
+    fn list_stat_inner(&self, prefix: &str, with_stat: bool) -> Result<Vec<(String, ObjectStat)>, BackendError> {
+        let dir = folder(prefix);
+        let entries = match self.rt.block_on(self.op.list_with(&dir).recursive(true).into_future()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.error(&dir, e)),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let path = entry.path().trim_start_matches('/');
+            let name = path.rsplit('/').next().unwrap_or(path);
+            if !entry.metadata().is_file() || name.starts_with(".tmp-") || name.is_empty() {
+                continue;
+            }
+            let stat = if !with_stat {
+                ObjectStat { size: 0, modified_ns: 0 }
+            } else if entry.metadata().last_modified().is_some() {
+                stat_of(path, entry.metadata())?
+            } else {
+                match self.stat(path) {
+                    Ok(s) => s,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            out.push((path.to_string(), stat));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(RemoteUrl::parse("/srv/repo"), None);
+        assert_eq!(RemoteUrl::parse("repo"), None);
+        assert_eq!(
+            RemoteUrl::parse("s3://bucket/some/prefix/"),
+            Some(Ok(RemoteUrl::S3 { bucket: "bucket".into(), prefix: "some/prefix".into() }))
+        );
+        assert_eq!(
+            RemoteUrl::parse("s3://bucket"),
+            Some(Ok(RemoteUrl::S3 { bucket: "bucket".into(), prefix: String::new() }))
+        );
+        assert!(matches!(RemoteUrl::parse("s3:///x"), Some(Err(_))));
+        assert_eq!(
+            RemoteUrl::parse("sftp://me@nas.local:2222/srv/bakare"),
+            Some(Ok(RemoteUrl::Sftp {
+                user: Some("me".into()),
+                host: "nas.local".into(),
+                port: Some(2222),
+                path: "/srv/bakare".into()
+            }))
+        );
+        assert_eq!(
+            RemoteUrl::parse("sftp://nas/backups/"),
+            Some(Ok(RemoteUrl::Sftp { user: None, host: "nas".into(), port: None, path: "/backups".into() }))
+        );
+        assert!(matches!(RemoteUrl::parse("sftp://nas"), Some(Err(_))));
+        assert!(matches!(RemoteUrl::parse("sftp://nas:x/p"), Some(Err(_))));
+        for s in ["s3://b/p", "sftp://u@h:22/a/b", "sftp://h/a"] {
+            let Some(Ok(u)) = RemoteUrl::parse(s) else { panic!("{s}") };
+            assert_eq!(u.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn temporary_names_sit_beside_the_final_one() {
+        let t = temp_name("packs/ab/abcdef");
+        assert!(t.starts_with("packs/ab/.tmp-abcdef-"), "{t}");
+        assert_ne!(temp_name("config"), temp_name("config"));
+    }
+}
