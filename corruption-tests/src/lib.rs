@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod remote;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,11 +43,21 @@ pub fn bakare_binary() -> PathBuf {
 pub struct Cli {
     pub dir: PathBuf,
     pub bin: PathBuf,
+    /// `--repo`: `dir/repo`, or a remote URL.
+    pub repo: String,
+    /// More environment for every command (a remote store's credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cli {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, bin: bakare_binary() }
+        let repo = dir.join("repo").to_string_lossy().into_owned();
+        Self { dir, bin: bakare_binary(), repo, env: Vec::new() }
+    }
+
+    /// A repository at a remote URL, with this environment; local caches in `dir`.
+    pub fn remote(dir: PathBuf, repo: &str, env: Vec<(String, String)>) -> Self {
+        Self { dir, bin: bakare_binary(), repo: repo.to_string(), env }
     }
 
     /// A command on the repository, as host `default` with its own cache folder.
@@ -56,8 +68,9 @@ impl Cli {
     /// A command as `host` (its own cache folder; backups record it as their host).
     pub fn cmd_as(&self, host: &str, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(&self.bin);
-        c.args(["--repo", self.dir.join("repo").to_str().unwrap()])
+        c.args(["--repo", &self.repo])
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BAKARE_PASSPHRASE", "pw")
             .env("BAKARE_CACHE_DIR", self.dir.join(format!("cache-{host}")))
             .env("BAKARE_CHECKPOINT_MIB", "1")

@@ -14,7 +14,9 @@
 //! left under a final name, and correctness does not depend on the store refusing
 //! overwrites: names are hashes of the bytes.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opendal::layers::TimeoutLayer;
@@ -128,7 +130,13 @@ pub struct RemoteBackend {
     via_rename: bool,
     /// The store claims `If-None-Match: *` on writes.
     conditional_put: bool,
+    /// ssh logins that failed with the server reachable, since the last success.
+    login_failures: AtomicU32,
 }
+
+/// ssh logins that may fail (a connection reset during the key exchange) before a failure
+/// to log in with the server reachable counts as permanent (a key or host key refused).
+const LOGIN_TRIES: u32 = 3;
 
 impl RemoteBackend {
     pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
@@ -176,27 +184,43 @@ impl RemoteBackend {
         let cap = op.info().capability();
         let via_rename = matches!(url, RemoteUrl::Sftp { .. }) && cap.rename;
         let conditional_put = cap.write_with_if_not_exists && !via_rename;
-        Ok(Self { op, rt, url, options, via_rename, conditional_put })
+        Ok(Self { op, rt, url, options, via_rename, conditional_put, login_failures: AtomicU32::new(0) })
     }
 
     fn put_bytes(&self, path: &str, bytes: opendal::Buffer, if_absent: bool) -> Result<(), BackendError> {
         if self.via_rename {
             let tmp = temp_name(path);
-            let written = self.rt.block_on(async {
+            let written = self.call(path, async {
                 self.op.write(&tmp, bytes).await?;
                 self.op.rename(&tmp, path).await
             });
-            if let Err(e) = written {
+            if written.is_err() {
                 let _ = self.rt.block_on(self.op.delete(&tmp));
-                return Err(self.error(path, e));
             }
-            return Ok(());
+            return written;
         }
         let conditional = if_absent && self.conditional_put;
-        match self.rt.block_on(self.op.write_with(path, bytes).if_not_exists(conditional).into_future()) {
-            Ok(_) => Ok(()),
-            // Already there: names are hashes of the bytes, so it holds these bytes.
-            Err(e) if conditional && e.kind() == ErrorKind::ConditionNotMatch => Ok(()),
+        self.call(path, async {
+            match self.op.write_with(path, bytes).if_not_exists(conditional).await {
+                Ok(_) => Ok(()),
+                // Already there: names are hashes of the bytes, so it holds these bytes.
+                Err(e) if conditional && e.kind() == ErrorKind::ConditionNotMatch => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Runs one request on the runtime, classifying its error.
+    fn call<T>(
+        &self,
+        path: &str,
+        fut: impl std::future::Future<Output = opendal::Result<T>>,
+    ) -> Result<T, BackendError> {
+        match self.rt.block_on(fut) {
+            Ok(v) => {
+                self.login_failures.store(0, Ordering::Relaxed);
+                Ok(v)
+            }
             Err(e) => Err(self.error(path, e)),
         }
     }
@@ -205,6 +229,29 @@ impl RemoteBackend {
     fn error(&self, path: &str, e: opendal::Error) -> BackendError {
         let message = e.to_string();
         let path = path.to_string();
+        if let RemoteUrl::Sftp { user, host, port, .. } = &self.url
+            && message.contains("failed to connect to the remote host")
+        {
+            // ssh says no more than this. With the server reachable, repeated failures are
+            // a refused key or host key; unreachable, the network is down, which may pass.
+            let reachable = (host.as_str(), port.unwrap_or(22))
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+            if reachable && self.login_failures.fetch_add(1, Ordering::Relaxed) + 1 >= LOGIN_TRIES {
+                let who = user.as_deref().map(|u| format!(" as {u}")).unwrap_or_default();
+                return BackendError::Permanent {
+                    path,
+                    message: format!(
+                        "ssh could not log in to {host}{who}: permission denied or host key refused \
+                         (check the key, ssh-agent, and known_hosts; try `ssh -p {} {host}`)",
+                        port.unwrap_or(22)
+                    ),
+                };
+            }
+            return BackendError::Transient { path, message: first_line(&message).to_string() };
+        }
         match e.kind() {
             ErrorKind::NotFound if message.contains("NoSuchBucket") => BackendError::Permanent {
                 path,
@@ -279,7 +326,7 @@ impl Backend for RemoteBackend {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
-        let buf = self.rt.block_on(self.op.read(path)).map_err(|e| self.error(path, e))?;
+        let buf = self.call(path, self.op.read(path))?;
         Ok(buf.to_vec())
     }
 
@@ -288,14 +335,11 @@ impl Backend for RemoteBackend {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(len);
-        let got = self.rt.block_on(self.op.read_with(path).range(offset..end).into_future());
-        let got = match got {
+        let got = match self.call(path, self.op.read_with(path).range(offset..end).into_future()) {
             Ok(buf) if buf.len() as u64 == len => return Ok(buf.to_vec()),
             Ok(buf) => buf.len() as u64,
-            Err(e) => match self.error(path, e) {
-                BackendError::ShortRead { .. } => 0,
-                other => return Err(other),
-            },
+            Err(BackendError::ShortRead { .. }) => 0,
+            Err(other) => return Err(other),
         };
         // Fewer bytes than asked: a short object is an error of the object, anything else
         // a truncated answer, worth another try.
@@ -319,15 +363,16 @@ impl Backend for RemoteBackend {
     }
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {
-        match self.rt.block_on(self.op.delete(path)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.error(path, e)),
-        }
+        self.call(path, async {
+            match self.op.delete(path).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        })
     }
 
     fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
-        let m = self.rt.block_on(self.op.stat(path)).map_err(|e| self.error(path, e))?;
+        let m = self.call(path, self.op.stat(path))?;
         stat_of(path, &m)
     }
 
@@ -351,11 +396,12 @@ impl RemoteBackend {
     /// the store gives it (S3 does), else from a stat of its own.
     fn list_stat_inner(&self, prefix: &str, with_stat: bool) -> Result<Vec<(String, ObjectStat)>, BackendError> {
         let dir = folder(prefix);
-        let entries = match self.rt.block_on(self.op.list_with(&dir).recursive(true).into_future()) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.error(&dir, e)),
-        };
+        let entries = self.call(&dir, async {
+            match self.op.list_with(&dir).recursive(true).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                other => other,
+            }
+        })?;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let path = entry.path().trim_start_matches('/');

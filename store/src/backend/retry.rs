@@ -5,7 +5,8 @@
 //! any other error is returned at once. The budget is one of *progress*, not of attempts:
 //! an operation gives up with [`BackendError::GaveUp`] only when no operation of this
 //! handle has succeeded for [`RetryPolicy::budget`] (and not before its own start), so a long
-//! backup over a flaky link keeps going while a dead link stops it in bounded time. Every
+//! backup over a flaky link keeps going while a dead link stops it in bounded time. From
+//! then on every operation of the handle fails at once: the command is stopping. Every
 //! operation is idempotent (object names are hashes of their bytes), so trying one again is
 //! always safe.
 //!
@@ -51,6 +52,9 @@ pub struct Retrying<B> {
     /// When an operation last succeeded.
     last_progress: Mutex<Instant>,
     retries: AtomicU64,
+    /// An operation gave up: every later one fails at once (the command is stopping; each
+    /// waiting out a budget of its own would only delay that).
+    gave_up: Mutex<Option<String>>,
 }
 
 struct Limiter {
@@ -71,6 +75,7 @@ impl<B: Backend> Retrying<B> {
             freed: Condvar::new(),
             last_progress: Mutex::new(Instant::now()),
             retries: AtomicU64::new(0),
+            gave_up: Mutex::new(None),
         }
     }
 
@@ -92,6 +97,10 @@ impl<B: Backend> Retrying<B> {
         let start = Instant::now();
         let mut attempt: u32 = 0;
         loop {
+            if let Some(last) = lock(&self.gave_up).clone() {
+                let secs = lock(&self.last_progress).elapsed().as_secs();
+                return Err(BackendError::GaveUp { path: path.to_string(), secs, last });
+            }
             self.acquire();
             let result = op(&self.inner);
             let failed = matches!(&result, Err(e) if e.is_transient());
@@ -104,16 +113,13 @@ impl<B: Backend> Retrying<B> {
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => e,
             };
-            self.retries.fetch_add(1, Ordering::Relaxed);
             let since = (*lock(&self.last_progress)).max(start);
             let stalled = since.elapsed();
             if stalled >= self.policy.budget {
-                return Err(BackendError::GaveUp {
-                    path: path.to_string(),
-                    secs: stalled.as_secs(),
-                    last: err.to_string(),
-                });
+                let last = lock(&self.gave_up).get_or_insert_with(|| err.to_string()).clone();
+                return Err(BackendError::GaveUp { path: path.to_string(), secs: stalled.as_secs(), last });
             }
+            self.retries.fetch_add(1, Ordering::Relaxed);
             let backoff = self.policy.first_delay.saturating_mul(1 << attempt.min(16)).min(self.policy.max_delay);
             // Full jitter, at least half the backoff: racing retries spread out.
             let delay = backoff / 2 + backoff.mul_f64(jitter() / 2.0);
@@ -313,6 +319,18 @@ mod tests {
         assert!(e.to_string().contains("packs/x") && e.to_string().contains("connection reset"), "{e}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
         assert!(b.retries() > 3, "{}", b.retries());
+    }
+
+    #[test]
+    fn after_giving_up_every_later_operation_fails_at_once() {
+        let b = Retrying::new(Flaky::new(usize::MAX, transient), fast(200));
+        assert!(matches!(b.get("a"), Err(BackendError::GaveUp { .. })));
+        let calls = b.inner().calls.load(Ordering::SeqCst);
+        let t = Instant::now();
+        let e = b.put("b", b"x").unwrap_err();
+        assert!(matches!(&e, BackendError::GaveUp { path, last, .. } if path == "b" && last.contains("reset")), "{e}");
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        assert_eq!(b.inner().calls.load(Ordering::SeqCst), calls, "no request after giving up");
     }
 
     #[test]

@@ -1,0 +1,447 @@
+//! Real remote stores on loopback for the remote tests, and a TCP proxy that breaks the
+//! connections through it.
+//!
+//! - [`Moto`]: moto's S3 server (`moto_server`, Python), one per test, with a bucket.
+//! - [`Sshd`]: Debian's OpenSSH server on a loopback port, with a generated host key and a
+//!   generated client key, serving SFTP.
+//! - [`FaultProxy`]: forwards a loopback port to a server, injecting resets, stalls,
+//!   truncated answers, dropped connections and black-hole windows, each chosen per
+//!   connection by a seeded generator.
+//!
+//! `.ci/run` installs moto and openssh-server and sets `BAKARE_REMOTE_TESTS=require`, so that
+//! a missing server fails the run; elsewhere a test without its server says so and passes.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::Rng;
+
+/// Whether a missing server fails the test (`BAKARE_REMOTE_TESTS=require`, set by CI).
+pub fn required() -> bool {
+    std::env::var("BAKARE_REMOTE_TESTS").is_ok_and(|v| v == "require")
+}
+
+/// A free loopback port (bound, then released: a race with other processes is possible but
+/// harmless here).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start: {status}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{what} did not listen on {port} within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// Says why a remote test cannot run; fails instead when CI requires the servers.
+pub fn skip(why: &str) {
+    assert!(!required(), "BAKARE_REMOTE_TESTS=require, but {why}");
+    eprintln!("skipping: {why}");
+}
+
+/// moto's S3 server on a loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl Moto {
+    /// Starts `moto_server` (from `BAKARE_MOTO` or PATH) and creates bucket `bakare`;
+    /// `None` if moto is not installed.
+    pub fn start() -> Option<Self> {
+        let bin = std::env::var_os("BAKARE_MOTO").map(PathBuf::from).or_else(|| on_path("moto_server"))?;
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_for_port(port, &mut child, "moto_server");
+        let moto = Self { child, port, bucket: "bakare".into() };
+        let status = http_status(port, &format!("PUT /{} HTTP/1.1", moto.bucket));
+        assert_eq!(status, 200, "creating the bucket");
+        Some(moto)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a bakare command needs to reach `endpoint` (this server, or a proxy
+    /// in front of it).
+    pub fn env(endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            // No profile files of the machine running the tests.
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status code of one bodiless HTTP request line sent to a loopback port.
+fn http_status(port: u16, request_line: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// OpenSSH's sshd on a loopback port serving SFTP to a generated key, killed on drop.
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    /// The client's private key file.
+    pub key: PathBuf,
+    /// A folder for repositories (`sftp://root@127.0.0.1:port/<root>/...`).
+    pub root: PathBuf,
+}
+
+impl Sshd {
+    /// Starts `/usr/sbin/sshd` with keys made in `dir`; `None` if sshd is not installed.
+    pub fn start(dir: &Path) -> Option<Self> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().map(PathBuf::from).find(|p| p.is_file())?;
+        std::fs::create_dir_all(dir).unwrap();
+        // sshd insists on its privilege-separation folder.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        for key in ["host", "client"] {
+            let _ = std::fs::remove_file(dir.join(key));
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ssh-keygen failed");
+        }
+        std::fs::copy(dir.join("client.pub"), dir.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 Subsystem sftp internal-sftp\nMaxStartups 128\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_for_port(port, &mut child, "sshd");
+        let root = dir.join("srv");
+        std::fs::create_dir_all(&root).unwrap();
+        Some(Self { child, port, key: dir.join("client"), root })
+    }
+
+    /// The environment a bakare command needs: the key, and any host key accepted (the
+    /// host key is new each run).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("BAKARE_SFTP_KEY".to_string(), self.key.to_string_lossy().into_owned()),
+            ("BAKARE_SFTP_KNOWN_HOSTS".to_string(), "accept".to_string()),
+        ]
+    }
+
+    /// A repository URL under the served folder, reached at `port` (this server's, or a
+    /// proxy's).
+    pub fn url(&self, port: u16, name: &str) -> String {
+        format!("sftp://root@127.0.0.1:{port}{}/{name}", self.root.display())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a [`FaultProxy`] does to the connections through it: each new connection gets at
+/// most one fault, with these chances (in percent), at a random point of its traffic.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Closed with a TCP reset after some bytes.
+    pub reset: u32,
+    /// Forwarding pauses for [`Faults::stall`] after some bytes.
+    pub stall_pct: u32,
+    pub stall: Duration,
+    /// The server's answer is cut after some bytes (a clean close: a truncated body).
+    pub truncate: u32,
+    /// Closed at once, before any byte.
+    pub drop: u32,
+    /// Faults strike within this many bytes of a connection's traffic.
+    pub within: u64,
+}
+
+/// What a [`FaultProxy`] did.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub connections: AtomicU64,
+    pub resets: AtomicU64,
+    pub stalls: AtomicU64,
+    pub truncations: AtomicU64,
+    pub drops: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl ProxyStats {
+    pub fn faults(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+            + self.stalls.load(Ordering::Relaxed)
+            + self.truncations.load(Ordering::Relaxed)
+            + self.drops.load(Ordering::Relaxed)
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{} connections, {} MiB, {} resets, {} stalls, {} truncations, {} drops",
+            self.connections.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed) >> 20,
+            self.resets.load(Ordering::Relaxed),
+            self.stalls.load(Ordering::Relaxed),
+            self.truncations.load(Ordering::Relaxed),
+            self.drops.load(Ordering::Relaxed)
+        )
+    }
+}
+
+struct Shared {
+    target: SocketAddr,
+    faults: Mutex<Faults>,
+    /// Accepts connections and forwards nothing (100 % loss).
+    blackhole: AtomicBool,
+    stop: AtomicBool,
+    stats: ProxyStats,
+    rng: Mutex<Rng>,
+}
+
+/// A TCP proxy on a loopback port that injects [`Faults`]; stops on drop. Every loop in it
+/// polls the stop flag, so nothing outlives the test.
+pub struct FaultProxy {
+    pub port: u16,
+    shared: Arc<Shared>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How a connection's faults play out.
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    Clean,
+    Reset(u64),
+    Stall(u64, Duration),
+    Truncate(u64),
+}
+
+impl FaultProxy {
+    pub fn start(target_port: u16, faults: Faults, seed: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            target: SocketAddr::from(([127, 0, 0, 1], target_port)),
+            faults: Mutex::new(faults),
+            blackhole: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stats: ProxyStats::default(),
+            rng: Mutex::new(Rng::new(seed)),
+        });
+        let s = shared.clone();
+        let accept = std::thread::spawn(move || {
+            while !s.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let s = s.clone();
+                        std::thread::spawn(move || serve(&s, client));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { port, shared, accept: Some(accept) }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    /// While on, every connection (new and open) forwards nothing: a 100 % loss window.
+    pub fn set_blackhole(&self, on: bool) {
+        self.shared.blackhole.store(on, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> &ProxyStats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(s: &Arc<Shared>, client: TcpStream) {
+    s.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nonblocking(false);
+    let plan = {
+        let f = *s.faults.lock().unwrap();
+        let mut rng = s.rng.lock().unwrap();
+        let roll = rng.below(100) as u32;
+        let at = if f.within == 0 { 0 } else { rng.next_u64() % f.within };
+        if roll < f.drop {
+            None
+        } else if roll < f.drop + f.reset {
+            Some(Plan::Reset(at))
+        } else if roll < f.drop + f.reset + f.stall_pct {
+            Some(Plan::Stall(at, f.stall))
+        } else if roll < f.drop + f.reset + f.stall_pct + f.truncate {
+            Some(Plan::Truncate(at))
+        } else {
+            Some(Plan::Clean)
+        }
+    };
+    let Some(plan) = plan else {
+        s.stats.drops.fetch_add(1, Ordering::Relaxed);
+        reset(&client);
+        return;
+    };
+    let Ok(server) = TcpStream::connect_timeout(&s.target, Duration::from_secs(5)) else {
+        reset(&client);
+        return;
+    };
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { return };
+    // Bytes through both directions of this connection, for the fault's trigger point.
+    let moved = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let up = {
+        let (s, moved, done) = (s.clone(), moved.clone(), done.clone());
+        std::thread::spawn(move || pump(&s, c2, s2, plan, &moved, &done, false))
+    };
+    pump(s, server, client, plan, &moved, &done, true);
+    let _ = up.join();
+}
+
+/// Copies `from` to `to` until either closes, the proxy stops or the plan strikes.
+fn pump(
+    s: &Shared,
+    mut from: TcpStream,
+    mut to: TcpStream,
+    plan: Plan,
+    moved: &AtomicU64,
+    done: &AtomicBool,
+    answers: bool,
+) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = vec![0u8; 64 << 10];
+    let mut stalled = false;
+    loop {
+        if s.stop.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) {
+            // The other direction ended (or reset) the connection: closing is its part.
+            return;
+        }
+        if s.blackhole.load(Ordering::Relaxed) {
+            // Swallow what arrives and forward nothing.
+            let _ = from.read(&mut buf);
+            continue;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => break,
+        };
+        let before = moved.fetch_add(n as u64, Ordering::Relaxed);
+        let after = before + n as u64;
+        s.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        match plan {
+            Plan::Reset(at) if after > at => {
+                if !done.swap(true, Ordering::Relaxed) {
+                    s.stats.resets.fetch_add(1, Ordering::Relaxed);
+                }
+                reset(&from);
+                reset(&to);
+                return;
+            }
+            Plan::Truncate(at) if answers && after > at => {
+                let keep = usize::try_from(at.saturating_sub(before)).unwrap_or(n).min(n);
+                let _ = to.write_all(&buf[..keep]);
+                if !done.swap(true, Ordering::Relaxed) {
+                    s.stats.truncations.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+            Plan::Stall(at, pause) if !stalled && after > at => {
+                stalled = true;
+                s.stats.stalls.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                while t.elapsed() < pause && !s.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            _ => {}
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// Closes with a TCP reset (SO_LINGER 0), as a dropped NAT entry or a crashed peer does.
+/// The reset is sent when the socket's last handle is dropped, soon after.
+fn reset(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
+}

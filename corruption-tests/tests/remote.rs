@@ -1,0 +1,424 @@
+//! Remote repositories on real servers on loopback: moto's S3 server and OpenSSH's SFTP.
+//!
+//! - The round trip every local repository gets (backup, dedup, restore byte-identical,
+//!   kill -9 then `resume`, `verify --read-data`) against both.
+//! - A backup of a few hundred MB through [`FaultProxy`] injecting resets, stalls,
+//!   truncated answers and dropped connections: it completes (or stops with 75 and resumes),
+//!   verify reads every byte clean, the restore is byte-identical.
+//! - A 100 % loss window mid-backup: exit 75 within the retry budget, then `resume`.
+//! - Permanent failures (a missing bucket, a key the server refuses) fail fast and say so.
+//! - `tc netem loss 10%` in a network namespace of the test's own, where the kernel has
+//!   netem; elsewhere the test says it skipped that part.
+//!
+//! `.ci/run` installs moto and openssh-server; see `bakare_corruption_tests::remote`.
+//! `REMOTE_FAULT_MIB` sizes the fault test's tree (256 by default).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bakare_corruption_tests::remote::{FaultProxy, Faults, Moto, Sshd, skip};
+use bakare_corruption_tests::{Cli, Rng, contents, gen_tree, mutate_tree, ok};
+
+/// Restores the newest snapshot of `src` and checks it is byte-identical to `src` now.
+fn assert_restores(cli: &Cli, src: &Path, expected: &BTreeMap<String, blake3::Hash>, what: &str) {
+    let got = cli.restored(&format!("latest:{}", src.display()));
+    if &got != expected {
+        let differ: Vec<_> =
+            expected.keys().chain(got.keys()).filter(|k| got.get(*k) != expected.get(*k)).take(5).collect();
+        panic!("{what}: {} files restored, {} expected; differing: {differ:?}", got.len(), expected.len());
+    }
+}
+
+fn json_summary(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.contains("\"summary\"")).unwrap_or_else(|| panic!("no summary in {text}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Writes `mib` MiB of incompressible data in files of `file_mib` MiB under `dir`.
+fn random_files(dir: &Path, mib: u64, file_mib: u64, seed: u64) {
+    fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(seed);
+    for i in 0..mib.div_ceil(file_mib) {
+        let mut bytes = Vec::with_capacity((file_mib << 20) as usize);
+        while bytes.len() < (file_mib << 20) as usize {
+            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        fs::write(dir.join(format!("big-{i:03}.bin")), bytes).unwrap();
+    }
+}
+
+/// Waits (bounded) until `pid` is stopped by a failpoint; false if it exited first.
+fn wait_stopped(child: &mut std::process::Child) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the backup neither stopped at its failpoint nor ended within 120 s");
+}
+
+/// The round trip of a local repository, on `cli`'s remote one.
+fn round_trip(cli: &Cli, work: &Path) {
+    cli.init();
+    let src = work.join("src");
+    gen_tree(&src, 300, 24, 7);
+    random_files(&src.join("media"), 6, 3, 1);
+    let src_arg = src.to_str().unwrap();
+    let first = cli.run(&["backup", "--json", src_arg]);
+    ok(&first, "first backup");
+    let added = json_summary(&first)["bytes_added"].as_u64().unwrap();
+    assert!(added > 6 << 20, "first backup added {added} bytes");
+    assert_restores(cli, &src, &contents(&src), "restore after the first backup");
+
+    // Dedup: the same files under another path, read again (no memo), add almost nothing.
+    let copy = work.join("copy");
+    fs::create_dir_all(&copy).unwrap();
+    let status = std::process::Command::new("cp").arg("-a").arg(&src).arg(copy.join("src")).status().unwrap();
+    assert!(status.success());
+    let second = cli.run(&["--no-cache", "backup", "--json", copy.to_str().unwrap()]);
+    ok(&second, "backup of a copy");
+    let again = json_summary(&second)["bytes_added"].as_u64().unwrap();
+    assert!(again < added / 20, "a copy of the tree added {again} bytes of {added}");
+
+    // Kill -9 mid-backup at its first checkpoint, then resume.
+    mutate_tree(&src, 30, 3);
+    random_files(&src.join("media2"), 8, 2, 2);
+    let mut child = cli.cmd(&["backup", "-q", src_arg]).env("BAKARE_FAILPOINT", "after-checkpoint").spawn().unwrap();
+    assert!(wait_stopped(&mut child), "the backup ended before its first checkpoint");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&cli.run(&["verify"]), "verify after the kill");
+    let resumed = cli.run(&["resume"]);
+    ok(&resumed, "resume");
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming backup"), "{resumed:?}");
+    assert_restores(cli, &src, &contents(&src), "restore after resume");
+
+    let verify = cli.run(&["verify", "--read-data"]);
+    ok(&verify, "verify --read-data");
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(said.contains("3 snapshots") && said.contains("no problems"), "{said}");
+}
+
+#[test]
+fn s3_round_trip_dedup_resume_and_verify() {
+    let Some(moto) = Moto::start() else { return skip("moto_server is not installed") };
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = Cli::remote(tmp.path().join("c"), "s3://bakare/round-trip", Moto::env(&moto.endpoint()));
+    round_trip(&cli, tmp.path());
+}
+
+#[test]
+fn sftp_round_trip_dedup_resume_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else { return skip("sshd is not installed") };
+    let cli = Cli::remote(tmp.path().join("c"), &sshd.url(sshd.port, "repo"), sshd.env());
+    round_trip(&cli, tmp.path());
+    // The same layout as a local folder: the files the SFTP server holds are a repository
+    // the local backend reads, and no temporary upload is left behind.
+    let local = Cli::new(tmp.path().join("local"));
+    let direct = std::process::Command::new(&local.bin)
+        .args(["--repo", sshd.root.join("repo").to_str().unwrap(), "--no-cache", "verify"])
+        .env("BAKARE_PASSPHRASE", "pw")
+        .output()
+        .unwrap();
+    ok(&direct, "verify of the SFTP folder as a local repository");
+    let mut stack = vec![sshd.root.join("repo")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            assert!(!e.file_name().to_string_lossy().starts_with(".tmp-"), "left over: {:?}", e.path());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+/// The fault mix of the proxy tests: about one connection in four is broken somehow.
+fn faults() -> Faults {
+    Faults { reset: 8, stall_pct: 4, stall: Duration::from_secs(3), truncate: 7, drop: 6, within: 3 << 20 }
+}
+
+/// Runs `backup` (then `resume` after each exit 75, at most `tries` times) to completion.
+fn backup_to_completion(cli: &Cli, args: &[&str], tries: usize) -> usize {
+    let mut stops = 0;
+    let mut out = cli.run(args);
+    while out.status.code() == Some(75) && stops < tries {
+        stops += 1;
+        out = cli.run(&["--retry-budget", "60s", "--stall-timeout", "1s", "resume", "-q"]);
+    }
+    ok(&out, "backup (and resumes) through the faulty proxy");
+    stops
+}
+
+#[test]
+fn s3_backup_through_resets_stalls_truncations_and_drops() {
+    let Some(moto) = Moto::start() else { return skip("moto_server is not installed") };
+    let tmp = tempfile::tempdir().unwrap();
+    let mib: u64 = std::env::var("REMOTE_FAULT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let src = tmp.path().join("src");
+    gen_tree(&src, 400, 16, 5);
+    random_files(&src.join("big"), mib, 8, 9);
+    let expected = contents(&src);
+    // A clean init, then every later request through the proxy.
+    let proxy = FaultProxy::start(moto.port, Faults::default(), 0xFA17);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let cli = Cli::remote(tmp.path().join("c"), "s3://bakare/faults", Moto::env(&endpoint));
+    cli.init();
+    proxy.set_faults(faults());
+    let t = Instant::now();
+    let stops = backup_to_completion(
+        &cli,
+        &[
+            "--retry-budget",
+            "60s",
+            "--stall-timeout",
+            "1s",
+            "--connections",
+            "4",
+            "backup",
+            "-q",
+            src.to_str().unwrap(),
+        ],
+        5,
+    );
+    eprintln!("backup of {mib} MiB through the proxy: {:?}, {stops} resumes; {}", t.elapsed(), proxy.stats().summary());
+    assert!(proxy.stats().faults() >= 10, "too few faults injected: {}", proxy.stats().summary());
+    // Reading back through the same faults.
+    let before = proxy.stats().faults();
+    let verify = cli.run(&["--stall-timeout", "1s", "verify", "--read-data"]);
+    ok(&verify, "verify --read-data through the faulty proxy");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("no problems"), "{verify:?}");
+    assert_restores(&cli, &src, &expected, "restore through the faulty proxy");
+    eprintln!("verify and restore through the proxy: {} more faults", proxy.stats().faults() - before);
+    assert!(proxy.stats().faults() > before, "no faults while reading: {}", proxy.stats().summary());
+}
+
+#[test]
+fn sftp_backup_through_resets_and_drops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else { return skip("sshd is not installed") };
+    let src = tmp.path().join("src");
+    gen_tree(&src, 200, 16, 6);
+    random_files(&src.join("big"), 48, 4, 10);
+    let expected = contents(&src);
+    let proxy = FaultProxy::start(sshd.port, Faults::default(), 0x5F7);
+    let cli = Cli::remote(tmp.path().join("c"), &sshd.url(proxy.port, "repo"), sshd.env());
+    cli.init();
+    // An ssh connection carries many requests: fewer, later faults than for S3.
+    proxy.set_faults(Faults { reset: 30, drop: 20, within: 8 << 20, ..Faults::default() });
+    let stops = backup_to_completion(
+        &cli,
+        &["--retry-budget", "60s", "--stall-timeout", "5s", "backup", "-q", src.to_str().unwrap()],
+        5,
+    );
+    eprintln!("SFTP backup through the proxy: {stops} resumes; {}", proxy.stats().summary());
+    assert!(proxy.stats().faults() >= 1, "too few faults injected: {}", proxy.stats().summary());
+    proxy.set_faults(Faults::default());
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
+    assert_restores(&cli, &src, &expected, "restore");
+}
+
+#[test]
+fn a_loss_window_longer_than_the_budget_stops_with_75_and_resume_finishes() {
+    let Some(moto) = Moto::start() else { return skip("moto_server is not installed") };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    random_files(&src, 96, 4, 3);
+    let expected = contents(&src);
+    let proxy = FaultProxy::start(moto.port, Faults::default(), 1);
+    let cli =
+        Cli::remote(tmp.path().join("c"), "s3://bakare/window", Moto::env(&format!("http://127.0.0.1:{}", proxy.port)));
+    cli.init();
+    let child = cli
+        .cmd(&["--retry-budget", "4s", "--stall-timeout", "1s", "backup", "--json", src.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // Once a few packs are up, the link goes dead.
+    let t = Instant::now();
+    while proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the backup sent nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.set_blackhole(true);
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    eprintln!("stopped {took:?} after the link went dead (budget 4 s, stall timeout 1 s)");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(took < Duration::from_secs(40), "gave up after {took:?} with a 4 s budget");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no progress") && err.contains("bakare resume"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"resumable\":true"), "{out:?}");
+    proxy.set_blackhole(false);
+    ok(&cli.run(&["verify"]), "verify after the stop");
+    ok(&cli.run(&["resume", "-q"]), "resume once the link is back");
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
+    assert_restores(&cli, &src, &expected, "restore after resume");
+}
+
+#[test]
+fn permanent_failures_fail_fast_and_say_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    if let Some(moto) = Moto::start() {
+        let cli = Cli::remote(tmp.path().join("s3"), "s3://no-such-bucket/x", Moto::env(&moto.endpoint()));
+        fs::create_dir_all(&cli.dir).unwrap();
+        for args in [&["init", "--kdf-memory-kib", "64"][..], &["snapshots"][..]] {
+            let t = Instant::now();
+            let out = cli.run(args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+            assert!(t.elapsed() < Duration::from_secs(20), "{args:?} took {:?}", t.elapsed());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("bucket") && err.contains("does not exist"), "{args:?}: {err}");
+        }
+    } else {
+        skip("moto_server is not installed");
+    }
+    if let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) {
+        // A key the server does not know.
+        let other = tmp.path().join("other-key");
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut env = sshd.env();
+        env[0].1 = other.to_string_lossy().into_owned();
+        let cli = Cli::remote(tmp.path().join("sftp"), &sshd.url(sshd.port, "repo"), env);
+        fs::create_dir_all(&cli.dir).unwrap();
+        let t = Instant::now();
+        let out = cli.run(&["init", "--kdf-memory-kib", "64"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ermission denied"), "{err}");
+    } else {
+        skip("sshd is not installed");
+    }
+}
+
+/// 10 % packet loss and short 100 % loss windows with `tc netem`, in a network namespace
+/// the test makes (root and the kernel's netem needed; skipped with a message otherwise).
+#[test]
+fn netem_loss_in_a_network_namespace() {
+    let ns = format!("bakare-netem-{}", std::process::id());
+    let sh = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).output();
+    match sh(&["ip", "netns", "add", &ns]) {
+        Ok(o) if o.status.success() => {}
+        other => return eprintln!("skipping netem: cannot create a network namespace ({other:?})"),
+    }
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ns = Ns(ns.clone());
+    let _ = sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+    let netem = sh(&["ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss", "10%"]);
+    match netem {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return eprintln!(
+                "skipping netem: this kernel has no netem qdisc ({}); the fault proxy tests cover loss",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Err(e) => return eprintln!("skipping netem: no tc ({e})"),
+    }
+    let Some(moto_bin) = std::env::var_os("BAKARE_MOTO").map(std::path::PathBuf::from).or_else(|| which("moto_server"))
+    else {
+        return skip("moto_server is not installed");
+    };
+    // moto and bakare both inside the namespace, over its lossy loopback.
+    let port = "5123";
+    let mut moto = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(moto_bin)
+        .args(["-H", "127.0.0.1", "-p", port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    random_files(&src, 32, 4, 4);
+    let expected = contents(&src);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let in_ns = |args: &[&str]| {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &ns]);
+        c.arg(bakare_corruption_tests::bakare_binary())
+            .args(["--repo", "s3://bakare/netem", "--stall-timeout", "2s", "--retry-budget", "120s"])
+            .args(args)
+            .env("BAKARE_PASSPHRASE", "pw")
+            .env("BAKARE_CACHE_DIR", tmp.path().join("cache"))
+            .envs(Moto::env(&endpoint));
+        c.output().unwrap()
+    };
+    let t = Instant::now();
+    loop {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg(format!(
+                "import urllib.request as u; u.urlopen(u.Request('{endpoint}/bakare', method='PUT'), timeout=2)"
+            ))
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "moto did not start in the namespace");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&in_ns(&["init", "-q", "--kdf-memory-kib", "64", "--pack-mib", "1"]), "init over 10 % loss");
+    // Short 100 % loss windows while the backup runs.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let windows = std::thread::scope(|s| {
+        let flapper = s.spawn(|| {
+            let mut n = 0;
+            for _ in 0..20 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(700));
+                let _ = sh(&[
+                    "ip", "netns", "exec", &ns, "tc", "qdisc", "change", "dev", "lo", "root", "netem", "loss", "100%",
+                ]);
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ = sh(&[
+                    "ip", "netns", "exec", &ns, "tc", "qdisc", "change", "dev", "lo", "root", "netem", "loss", "10%",
+                ]);
+                n += 1;
+            }
+            n
+        });
+        let out = in_ns(&["backup", "-q", src.to_str().unwrap()]);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        ok(&out, "backup over 10 % loss with 100 % loss windows");
+        flapper.join().unwrap()
+    });
+    ok(&in_ns(&["verify", "--read-data"]), "verify --read-data over 10 % loss");
+    let target = tmp.path().join("restored");
+    ok(&in_ns(&["restore", "-q", "latest", "--target", target.to_str().unwrap()]), "restore over 10 % loss");
+    assert_eq!(contents(&target.join(src.strip_prefix("/").unwrap())), expected);
+    eprintln!("netem: backup, verify and restore passed with {windows} 100 % loss windows");
+    let _ = moto.kill();
+    let _ = moto.wait();
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
