@@ -400,6 +400,7 @@ impl Pass<'_> {
             counters: counters.clone(),
             fresh: Mutex::default(),
             errors: Mutex::default(),
+            stopped: Mutex::default(),
         });
         let opts = self.opts;
         let walk = Walk {

@@ -20,6 +20,8 @@ pub struct RunContext {
     pub fresh: Mutex<Vec<MemoRecord>>,
     /// Files that could not be read, and why.
     pub errors: Mutex<Vec<(std::path::PathBuf, String)>>,
+    /// The repository failed: files not yet read are not read (the run is stopping).
+    pub stopped: Mutex<Option<crate::queries::Stop>>,
 }
 
 /// The database trait the queries are written against.

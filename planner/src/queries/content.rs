@@ -39,7 +39,8 @@ pub struct Stop {
 
 impl From<&StoreError> for Stop {
     fn from(e: &StoreError) -> Self {
-        Self { message: e.to_string(), resumable: matches!(e, StoreError::Backend(_)) }
+        // A refusal no retry can fix (credentials, a missing bucket) is not resumable.
+        Self { message: e.to_string(), resumable: matches!(e, StoreError::Backend(b) if !b.is_permanent()) }
     }
 }
 
@@ -48,6 +49,9 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
     let path = file.path(db);
     db.log(format!("file_content {}", path.display()));
     let run = db.run();
+    if let Some(stop) = run.stopped.lock().ok().and_then(|s| s.clone()) {
+        return Content::Fatal(stop);
+    }
     Counters::add(&run.counters.files, 1);
     run.counters.set_current(path);
     let read_ns = now_ns();
@@ -79,7 +83,13 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
             }
             Content::Unreadable(msg)
         }
-        Err(ReadError::Store(e)) => Content::Fatal(Stop::from(&e)),
+        Err(ReadError::Store(e)) => {
+            let stop = Stop::from(&e);
+            if let Ok(mut stopped) = run.stopped.lock() {
+                stopped.get_or_insert_with(|| stop.clone());
+            }
+            Content::Fatal(stop)
+        }
     }
 }
 

@@ -32,6 +32,7 @@ fn context(repo: Arc<Repository>) -> RunContext {
         counters: Arc::default(),
         fresh: Default::default(),
         errors: Default::default(),
+        stopped: Default::default(),
     }
 }
 
