@@ -153,6 +153,11 @@ impl Context {
         if let Some(folder) = self.cache_folder(repo.config())? {
             // Failing that, the index is read into memory as before: nothing is lost.
             let _ = repo.use_local_index(&folder.join("index.redb"), bakare_planner::local_cache_bytes());
+            if repo.backend().is_remote() {
+                // Busy (another bakare) or unusable: trees are downloaded, as without it.
+                let _ = std::fs::create_dir_all(&folder);
+                let _ = repo.use_tree_cache(&folder.join("trees.redb"));
+            }
         }
         Ok(repo)
     }

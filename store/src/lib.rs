@@ -29,6 +29,7 @@ mod repository;
 pub mod session;
 pub mod snapshot;
 pub mod tree;
+mod tree_cache;
 pub mod verify;
 
 pub use config::{ChunkerParams, Config, FORMAT_VERSION};

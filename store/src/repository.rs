@@ -109,6 +109,8 @@ pub struct Repository {
     parity: u16,
     /// Where open packs are spooled (asked of the storage once).
     spool: OnceLock<Option<std::path::PathBuf>>,
+    /// This machine's cache of tree blobs (remote repositories).
+    tree_cache: OnceLock<crate::tree_cache::TreeCache>,
     pub stats: WriteStats,
 }
 
@@ -340,6 +342,7 @@ impl Repository {
             compression_level: 1,
             parity: 0,
             spool: OnceLock::new(),
+            tree_cache: OnceLock::new(),
             stats: WriteStats::default(),
         }
     }
@@ -872,7 +875,30 @@ impl Repository {
     pub fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         self.access.master()?;
         let loc = self.blob_location(id).ok_or_else(|| StoreError::UnknownBlob(id.to_hex()))?;
-        self.load_blob_at(&loc)
+        let Some(cache) = self.tree_cache.get().filter(|_| loc.entry.kind == BlobKind::Tree) else {
+            return self.load_blob_at(&loc);
+        };
+        let path = pack_path(&loc.pack);
+        let key = crate::tree_cache::key(&loc.pack, loc.entry.offset);
+        // A cached copy is checked like a download; one that fails is read again.
+        if let Some(sealed) = cache.get(&key)
+            && let Ok(plain) = self.open_blob(&path, &loc.entry, &sealed)
+        {
+            return Ok(plain);
+        }
+        let sealed = self.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+        let plain = self.open_blob(&path, &loc.entry, &sealed)?;
+        cache.put(key, &sealed);
+        Ok(plain)
+    }
+
+    /// Keeps tree blobs read from the repository in `path` (a file of this machine's cache
+    /// folder), for repositories on remote storage. Not for `verify`, which always reads the
+    /// repository.
+    pub fn use_tree_cache(&self, path: &std::path::Path) -> std::result::Result<(), String> {
+        let cache = crate::tree_cache::TreeCache::open(path).map_err(|e| e.to_string())?;
+        let _ = self.tree_cache.set(cache);
+        Ok(())
     }
 
     /// Reads one blob at a given location (verify and repair try every known copy).

@@ -102,6 +102,10 @@ pub trait Backend: Send + Sync {
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// Whether the storage is reached over a network (then trees read are cached locally).
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// How many packs may be written at once (each spooled pack in flight costs a file, not
     /// memory; a remote store wants as many as it has connections).
     fn parallel_writes(&self) -> usize {

@@ -386,6 +386,10 @@ impl Backend for RemoteBackend {
         self.options.parallel_writes.max(1)
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
         self.list_stat_inner(prefix, true)
     }

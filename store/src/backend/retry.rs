@@ -202,6 +202,9 @@ impl<B: Backend> Backend for Retrying<B> {
     fn parallel_writes(&self) -> usize {
         self.inner.parallel_writes()
     }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
     /// The file stays until the upload succeeded, so every retry reads it again.
     fn put_file(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
         self.run(path, |b| b.put_file_keep(path, file))?;
