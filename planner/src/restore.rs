@@ -5,14 +5,15 @@
 //! sparse files stay holes. Metadata is applied after content: owner (when permitted), then
 //! mode (chown clears set-id bits), then times, and folders after their children.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use bakare_store::{BlobId, Entry, Metadata, Node, Repository};
+use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository};
 use filetime::FileTime;
 use rayon::prelude::*;
 
@@ -41,6 +42,102 @@ fn adjacent_run(locs: &[bakare_store::BlobLocation]) -> usize {
         n += 1;
     }
     n
+}
+
+/// Remote storage is read in spans of this many bytes of a pack when a file needs less:
+/// the next files' chunks usually lie right after (they were saved one after another), and
+/// a request per small file costs a round trip each.
+const SPAN: u64 = 4 << 20;
+
+/// The spans of packs read lately (remote repositories only), shared by the restoring
+/// threads; a span being read is waited for, not read twice.
+#[derive(Default)]
+struct Spans {
+    state: Mutex<SpanState>,
+    loaded: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SpanState {
+    spans: HashMap<(PackId, u64), Option<Arc<Vec<u8>>>>,
+    /// Ready spans, oldest first.
+    order: VecDeque<(PackId, u64)>,
+    sizes: HashMap<PackId, u64>,
+}
+
+impl Spans {
+    /// How many spans are kept: an eighth of the memory budget, 2 to 16.
+    fn capacity() -> usize {
+        usize::try_from(crate::budget::memory_limit() / 8 / SPAN).unwrap_or(16).clamp(2, 16)
+    }
+
+    /// `len` bytes at `start` of `pack`, from the span holding them (read first if needed).
+    fn read(&self, repo: &Repository, pack: &PackId, start: u64, len: u64) -> Result<Vec<u8>, PlanError> {
+        let index = start / SPAN;
+        let key = (*pack, index);
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            match st.spans.get(&key) {
+                Some(Some(span)) => {
+                    let at = usize::try_from(start - index * SPAN).unwrap_or(usize::MAX);
+                    let end = at.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                    return span.get(at..end).map(<[u8]>::to_vec).ok_or_else(|| {
+                        bakare_store::StoreError::Corrupt {
+                            object: bakare_store::pack_path(pack),
+                            reason: "a blob lies past the pack's end".into(),
+                        }
+                        .into()
+                    });
+                }
+                Some(None) => st = self.loaded.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner),
+                None => break,
+            }
+        }
+        st.spans.insert(key, None);
+        let size = st.sizes.get(pack).copied();
+        drop(st);
+        let fetched = (|| {
+            let size = match size {
+                Some(s) => s,
+                None => repo.pack_size(pack)?,
+            };
+            let span_len = size.saturating_sub(index * SPAN).min(SPAN);
+            repo.read_pack_range(pack, index * SPAN, span_len).map(|b| (size, b))
+        })();
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fetched {
+            Ok((size, bytes)) => {
+                st.sizes.insert(*pack, size);
+                st.spans.insert(key, Some(Arc::new(bytes)));
+                st.order.push_back(key);
+                while st.order.len() > Self::capacity() {
+                    if let Some(old) = st.order.pop_front() {
+                        st.spans.remove(&old);
+                    }
+                }
+                drop(st);
+                self.loaded.notify_all();
+                self.read(repo, pack, start, len)
+            }
+            Err(e) => {
+                st.spans.remove(&key);
+                drop(st);
+                self.loaded.notify_all();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether a run of chunks lies in one span and is small enough to read through [`Spans`].
+fn within_span(first: &bakare_store::BlobLocation, run: &[bakare_store::BlobLocation]) -> bool {
+    let start = u64::from(first.entry.offset);
+    let end = start + run.iter().map(|l| u64::from(l.entry.length)).sum::<u64>();
+    end - start <= SPAN / 4 && start / SPAN == (end.saturating_sub(1)) / SPAN
 }
 
 /// How to restore.
@@ -85,7 +182,24 @@ struct Ctx<'a> {
     opts: RestoreOptions,
     counters: &'a Counters,
     skipped: Mutex<Vec<(PathBuf, String)>>,
+    /// Spans of packs, when the repository is remote.
+    spans: Option<Spans>,
+    /// Remote only: small files waiting to be restored in pack order, a batch at a time.
+    pending: Mutex<Vec<PendingFile>>,
+    /// Remote only: folders whose metadata is applied last (their files come later).
+    folders: Mutex<Vec<(PathBuf, Metadata)>>,
 }
+
+/// A small file of a remote restore, restored with others of its batch in pack order.
+struct PendingFile {
+    path: PathBuf,
+    size: u64,
+    chunks: Vec<BlobId>,
+    meta: Metadata,
+}
+
+/// Small files restored together, sorted by where their chunks lie.
+const BATCH_FILES: usize = 20_000;
 
 /// Restores `start` into the folder `target` (created if missing). A tree's contents go
 /// directly into `target`; a single entry goes to `target/<its name>`.
@@ -103,13 +217,28 @@ pub fn restore(
         }
     }
     fs::create_dir_all(target).map_err(io(target))?;
-    let ctx = Ctx { repo, opts, counters, skipped: Mutex::default() };
+    let spans = repo.backend().is_remote().then(Spans::default);
+    let ctx = Ctx {
+        repo,
+        opts,
+        counters,
+        skipped: Mutex::default(),
+        spans,
+        pending: Mutex::default(),
+        folders: Mutex::default(),
+    };
     match start {
         Start::Tree(id) => ctx.tree(&id, target)?,
         Start::Entry(e) => {
             let path = target.join(std::ffi::OsStr::from_bytes(&e.name));
             ctx.entry(&e, &path)?;
         }
+    }
+    let rest = std::mem::take(&mut *lock(&ctx.pending));
+    ctx.restore_batch(rest)?;
+    // Children before their parents: each folder's times are set after its contents.
+    for (path, meta) in std::mem::take(&mut *lock(&ctx.folders)) {
+        apply_metadata(&path, &meta, false)?;
     }
     Ok(RestoreReport { skipped: ctx.skipped.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) })
 }
@@ -141,7 +270,24 @@ impl Ctx<'_> {
                     _ => {}
                 }
                 self.tree(tree, path)?;
+                if self.spans.is_some() {
+                    lock(&self.folders).push((path.to_path_buf(), e.meta));
+                    return Ok(());
+                }
                 apply_metadata(path, &e.meta, false)
+            }
+            Node::File { size, chunks } if self.spans.is_some() && *size <= SPAN / 4 => {
+                Counters::add(&self.counters.files, 1);
+                let file = PendingFile { path: path.to_path_buf(), size: *size, chunks: chunks.clone(), meta: e.meta };
+                let batch = {
+                    let mut pending = lock(&self.pending);
+                    pending.push(file);
+                    if pending.len() < BATCH_FILES {
+                        return Ok(());
+                    }
+                    std::mem::take(&mut *pending)
+                };
+                self.restore_batch(batch)
             }
             Node::File { size, chunks } => {
                 Counters::add(&self.counters.files, 1);
@@ -163,6 +309,25 @@ impl Ctx<'_> {
         }
     }
 
+    /// Restores a batch of small files in the order their chunks lie in the packs, a pack's
+    /// files on one thread: each span of a pack is then read about once.
+    fn restore_batch(&self, mut batch: Vec<PendingFile>) -> Result<(), PlanError> {
+        let first = |f: &PendingFile| {
+            f.chunks.first().and_then(|id| self.repo.blob_location(id)).map(|l| (l.pack, l.entry.offset))
+        };
+        let mut keyed: Vec<(Option<(PackId, u32)>, PendingFile)> = batch.drain(..).map(|f| (first(&f), f)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let groups: Vec<&[(Option<(PackId, u32)>, PendingFile)]> =
+            keyed.chunk_by(|a, b| a.0.map(|k| k.0) == b.0.map(|k| k.0)).collect();
+        groups.par_iter().try_for_each(|group| {
+            group.iter().try_for_each(|(_, f)| {
+                self.counters.set_current(&f.path);
+                self.file(&f.path, f.size, &f.chunks)?;
+                apply_metadata(&f.path, &f.meta, false)
+            })
+        })
+    }
+
     fn file(&self, path: &Path, size: u64, chunks: &[BlobId]) -> Result<(), PlanError> {
         if self.opts.overwrite && path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
             remove_any(path)?;
@@ -181,6 +346,21 @@ impl Ctx<'_> {
             let (now, later) = rest.split_at(run.max(1));
             rest = later;
             let blobs: Vec<Vec<u8>> = match now {
+                [first, ..] if self.spans.is_some() && within_span(first, now) => {
+                    let start = u64::from(first.entry.offset);
+                    let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
+                    let bytes = match &self.spans {
+                        Some(spans) => spans.read(self.repo, &first.pack, start, len)?,
+                        None => Vec::new(),
+                    };
+                    now.iter()
+                        .map(|l| {
+                            let mut e = l.entry;
+                            e.offset -= first.entry.offset;
+                            self.repo.open_blob_in(&l.pack, &e, &bytes)
+                        })
+                        .collect::<Result<_, _>>()?
+                }
                 [one] => vec![self.repo.load_blob_at(one)?],
                 [first, ..] => {
                     let start = u64::from(first.entry.offset);

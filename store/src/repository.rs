@@ -866,6 +866,11 @@ impl Repository {
     }
 
     /// Reads `len` bytes of a pack at `offset` (several adjacent blobs at once).
+    /// A pack's size in bytes, as the storage says.
+    pub fn pack_size(&self, pack: &PackId) -> Result<u64> {
+        Ok(self.backend.size(&pack_path(pack))?)
+    }
+
     pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: u64) -> Result<Vec<u8>> {
         self.access.master()?;
         Ok(self.backend.get_range(&pack_path(pack), offset, len)?)
