@@ -316,9 +316,8 @@ impl Ctx<'_> {
             f.chunks.first().and_then(|id| self.repo.blob_location(id)).map(|l| (l.pack, l.entry.offset))
         };
         let mut keyed: Vec<(Option<(PackId, u32)>, PendingFile)> = batch.drain(..).map(|f| (first(&f), f)).collect();
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        let groups: Vec<&[(Option<(PackId, u32)>, PendingFile)]> =
-            keyed.chunk_by(|a, b| a.0.map(|k| k.0) == b.0.map(|k| k.0)).collect();
+        keyed.sort_by_key(|a| a.0);
+        let groups: Vec<_> = keyed.chunk_by(|a, b| a.0.map(|k| k.0) == b.0.map(|k| k.0)).collect();
         groups.par_iter().try_for_each(|group| {
             group.iter().try_for_each(|(_, f)| {
                 self.counters.set_current(&f.path);
