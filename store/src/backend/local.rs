@@ -80,16 +80,7 @@ impl Backend for LocalBackend {
         if !self.root.is_dir() || fs::create_dir_all(&dir).is_err() {
             return None;
         }
-        // Spool files a killed process left behind: older than a day, no writer has them.
-        if let Ok(rd) = fs::read_dir(&dir) {
-            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
-            for e in rd.flatten() {
-                let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < old);
-                if e.file_name().to_string_lossy().starts_with(".tmp-spool-") && stale {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
+        super::remove_stale_spool_files(&dir);
         Some(dir)
     }
 

@@ -66,6 +66,19 @@ impl BackendError {
     }
 }
 
+/// Removes the spool files a killed process left in `dir`: older than a day, no writer has
+/// them.
+pub(crate) fn remove_stale_spool_files(dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    for e in rd.flatten() {
+        let stale = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < old);
+        if e.file_name().to_string_lossy().starts_with(".tmp-spool-") && stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// What the storage says of an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectStat {

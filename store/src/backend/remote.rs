@@ -379,6 +379,7 @@ impl Backend for RemoteBackend {
     fn spool_dir(&self) -> Option<PathBuf> {
         let dir = self.options.spool.clone()?;
         std::fs::create_dir_all(&dir).ok()?;
+        super::remove_stale_spool_files(&dir);
         Some(dir)
     }
 
