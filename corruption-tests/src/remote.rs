@@ -212,6 +212,10 @@ pub struct Faults {
     pub truncate: u32,
     /// Closed at once, before any byte.
     pub drop: u32,
+    /// Answered by the proxy with this HTTP status instead of the server (S3 only): 503
+    /// and 429 are the store's "slow down", 403 a refusal.
+    pub status_pct: u32,
+    pub status: u16,
     /// Faults strike within this many bytes of a connection's traffic.
     pub within: u64,
 }
@@ -224,6 +228,7 @@ pub struct ProxyStats {
     pub stalls: AtomicU64,
     pub truncations: AtomicU64,
     pub drops: AtomicU64,
+    pub statuses: AtomicU64,
     pub bytes: AtomicU64,
 }
 
@@ -233,17 +238,19 @@ impl ProxyStats {
             + self.stalls.load(Ordering::Relaxed)
             + self.truncations.load(Ordering::Relaxed)
             + self.drops.load(Ordering::Relaxed)
+            + self.statuses.load(Ordering::Relaxed)
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "{} connections, {} MiB, {} resets, {} stalls, {} truncations, {} drops",
+            "{} connections, {} MiB, {} resets, {} stalls, {} truncations, {} drops, {} error answers",
             self.connections.load(Ordering::Relaxed),
             self.bytes.load(Ordering::Relaxed) >> 20,
             self.resets.load(Ordering::Relaxed),
             self.stalls.load(Ordering::Relaxed),
             self.truncations.load(Ordering::Relaxed),
-            self.drops.load(Ordering::Relaxed)
+            self.drops.load(Ordering::Relaxed),
+            self.statuses.load(Ordering::Relaxed)
         )
     }
 }
@@ -273,6 +280,7 @@ enum Plan {
     Reset(u64),
     Stall(u64, Duration),
     Truncate(u64),
+    Status(u16),
 }
 
 impl FaultProxy {
@@ -345,6 +353,8 @@ fn serve(s: &Arc<Shared>, client: TcpStream) {
             Some(Plan::Stall(at, f.stall))
         } else if roll < f.drop + f.reset + f.stall_pct + f.truncate {
             Some(Plan::Truncate(at))
+        } else if roll < f.drop + f.reset + f.stall_pct + f.truncate + f.status_pct {
+            Some(Plan::Status(f.status))
         } else {
             Some(Plan::Clean)
         }
@@ -354,6 +364,11 @@ fn serve(s: &Arc<Shared>, client: TcpStream) {
         reset(&client);
         return;
     };
+    if let Plan::Status(code) = plan {
+        s.stats.statuses.fetch_add(1, Ordering::Relaxed);
+        answer_status(client, code);
+        return;
+    }
     let Ok(server) = TcpStream::connect_timeout(&s.target, Duration::from_secs(5)) else {
         reset(&client);
         return;
@@ -441,6 +456,33 @@ fn pump(
 }
 
 /// Closes with a TCP reset (SO_LINGER 0), as a dropped NAT entry or a crashed peer does.
+/// Reads a request's head and answers it with `code` in S3's XML error form, then closes.
+fn answer_status(mut client: TcpStream, code: u16) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (reason, s3_code) = match code {
+        403 => ("Forbidden", "AccessDenied"),
+        429 => ("Too Many Requests", "SlowDown"),
+        _ => ("Service Unavailable", "SlowDown"),
+    };
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3_code}</Code><Message>injected</Message></Error>"
+    );
+    let _ = write!(
+        client,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.shutdown(Shutdown::Both);
+}
+
 /// The reset is sent when the socket's last handle is dropped, soon after.
 fn reset(stream: &TcpStream) {
     let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));

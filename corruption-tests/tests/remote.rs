@@ -108,6 +108,15 @@ fn round_trip(cli: &Cli, work: &Path) {
     ok(&verify, "verify --read-data");
     let said = String::from_utf8_lossy(&verify.stdout);
     assert!(said.contains("3 snapshots") && said.contains("no problems"), "{said}");
+
+    // Retention and garbage collection on the remote store (listing with times, marks).
+    // Per host and paths: one of the tree, one of its copy.
+    ok(&cli.run(&["forget", "--keep-last", "1", "--prune"]), "forget --prune");
+    ok(&cli.run(&["prune"]), "prune");
+    let verify = cli.run(&["verify"]);
+    ok(&verify, "verify after prune");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("2 snapshots"), "{verify:?}");
+    assert_restores(cli, &src, &contents(&src), "restore after prune");
 }
 
 #[test]
@@ -125,7 +134,8 @@ fn sftp_round_trip_dedup_resume_and_verify() {
     let cli = Cli::remote(tmp.path().join("c"), &sshd.url(sshd.port, "repo"), sshd.env());
     round_trip(&cli, tmp.path());
     // The same layout as a local folder: the files the SFTP server holds are a repository
-    // the local backend reads, and no temporary upload is left behind.
+    // the local backend reads. Uploads the kill cut short stay as `.tmp-` files (never
+    // under a final name) until a prune a day later removes them: made two days old here.
     let local = Cli::new(tmp.path().join("local"));
     let direct = std::process::Command::new(&local.bin)
         .args(["--repo", sshd.root.join("repo").to_str().unwrap(), "--no-cache", "verify"])
@@ -133,21 +143,41 @@ fn sftp_round_trip_dedup_resume_and_verify() {
         .output()
         .unwrap();
     ok(&direct, "verify of the SFTP folder as a local repository");
-    let mut stack = vec![sshd.root.join("repo")];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            assert!(!e.file_name().to_string_lossy().starts_with(".tmp-"), "left over: {:?}", e.path());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
+    let temporaries = || {
+        let mut found = Vec::new();
+        let mut stack = vec![sshd.root.join("repo")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    found.push(e.path());
+                }
             }
         }
+        found
+    };
+    let two_days_ago = filetime::FileTime::from_unix_time(filetime::FileTime::now().unix_seconds() - 2 * 86_400, 0);
+    for t in temporaries() {
+        filetime::set_file_mtime(&t, two_days_ago).unwrap();
     }
+    ok(&cli.run(&["prune"]), "prune");
+    assert_eq!(temporaries(), Vec::<std::path::PathBuf>::new(), "left over after prune");
 }
 
 /// The fault mix of the proxy tests: about one connection in four is broken somehow.
 fn faults() -> Faults {
-    Faults { reset: 8, stall_pct: 4, stall: Duration::from_secs(3), truncate: 7, drop: 6, within: 3 << 20 }
+    Faults {
+        reset: 8,
+        stall_pct: 4,
+        stall: Duration::from_secs(3),
+        truncate: 7,
+        drop: 6,
+        status_pct: 5,
+        status: 503,
+        within: 3 << 20,
+    }
 }
 
 /// Runs `backup` (then `resume` after each exit 75, at most `tries` times) to completion.
@@ -284,6 +314,25 @@ fn permanent_failures_fail_fast_and_say_what_is_wrong() {
         }
     } else {
         skip("moto_server is not installed");
+    }
+    if let Some(moto) = Moto::start() {
+        // Every answer a refusal (a wrong secret on a store that checks it).
+        let proxy = FaultProxy::start(moto.port, Faults { status_pct: 100, status: 403, ..Faults::default() }, 4);
+        let cli = Cli::remote(
+            tmp.path().join("s3-403"),
+            "s3://bakare/refused",
+            Moto::env(&format!("http://127.0.0.1:{}", proxy.port)),
+        );
+        fs::create_dir_all(&cli.dir).unwrap();
+        let t = Instant::now();
+        let out = cli.run(&["snapshots"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("permission denied") && err.contains("credentials"), "{err}");
+        // The config, then its mirror: each asked once, not retried.
+        let asked = proxy.stats().connections.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(asked <= 2, "a refusal was retried: {asked} requests");
     }
     if let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) {
         // A key the server does not know.

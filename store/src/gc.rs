@@ -130,6 +130,8 @@ pub struct PruneReport {
     pub indexed_packs: usize,
     pub expired_sessions: usize,
     pub removed_checkpoints: usize,
+    /// Temporary files of killed writers (older than a day) removed.
+    pub removed_temporaries: usize,
     /// Index segments replaced by the rewrite.
     pub replaced_segments: usize,
     pub problems: Vec<String>,
@@ -363,6 +365,8 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     for s in &expired {
         repo.remove_session(s)?;
     }
+    // A day old: no writer still has them (uploads take minutes, not days).
+    report.removed_temporaries = backend.sweep_temporaries(now.saturating_sub(86_400 * SECOND))?;
     Ok(report)
 }
 

@@ -84,6 +84,31 @@ impl Backend for LocalBackend {
         Some(dir)
     }
 
+    fn sweep_temporaries(&self, before_ns: i64) -> Result<usize, BackendError> {
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(e.path());
+                    continue;
+                }
+                if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let written = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_nanos()).ok())
+                });
+                if written.is_some_and(|w| w < before_ns) && fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn put_file(&self, path: &str, file: &Path) -> Result<(), BackendError> {
         let target = self.full(path);
         let result = (|| {
@@ -195,5 +220,19 @@ mod tests {
         b.delete("packs/ab/abc").unwrap();
         b.delete("packs/ab/abc").unwrap();
         assert!(b.list("packs").unwrap().is_empty());
+    }
+
+    #[test]
+    fn temporaries_of_killed_writers_are_swept_when_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.put("packs/ab/abc", b"hello").unwrap();
+        std::fs::write(dir.path().join("packs/ab/.tmp-abc-1"), b"half").unwrap();
+        std::fs::write(dir.path().join(".tmp-config-2"), b"half").unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert_eq!(b.sweep_temporaries(now - 3_600_000_000_000).unwrap(), 0, "younger than the cutoff");
+        assert_eq!(b.sweep_temporaries(now + 1_000_000_000).unwrap(), 2);
+        assert!(!dir.path().join("packs/ab/.tmp-abc-1").exists());
+        assert_eq!(b.get("packs/ab/abc").unwrap(), b"hello");
     }
 }

@@ -115,6 +115,11 @@ pub trait Backend: Send + Sync {
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// Removes the temporary files (`.tmp-*`) that killed writers left, written before
+    /// `before_ns` by the storage's clock; how many it removed.
+    fn sweep_temporaries(&self, _before_ns: i64) -> Result<usize, BackendError> {
+        Ok(0)
+    }
     /// Whether the storage is reached over a network (then trees read are cached locally).
     fn is_remote(&self) -> bool {
         false
