@@ -43,7 +43,8 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
+/// The file `name` in a folder of PATH.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 

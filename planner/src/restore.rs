@@ -344,13 +344,18 @@ impl Ctx<'_> {
             let run = adjacent_run(rest);
             let (now, later) = rest.split_at(run.max(1));
             rest = later;
+            let spanned = self.spans.is_some() && now.first().is_some_and(|first| within_span(first, now));
             let blobs: Vec<Vec<u8>> = match now {
-                [first, ..] if self.spans.is_some() && within_span(first, now) => {
+                [] => Vec::new(),
+                [one] if !spanned => vec![self.repo.load_blob_at(one)?],
+                [first, ..] => {
                     let start = u64::from(first.entry.offset);
                     let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
+                    // A run's own buffer is a share of the memory budget, as a large read is.
+                    let _permit = (!spanned).then(|| crate::budget::read_permit(len));
                     let bytes = match &self.spans {
-                        Some(spans) => spans.read(self.repo, &first.pack, start, len)?,
-                        None => Vec::new(),
+                        Some(spans) if spanned => spans.read(self.repo, &first.pack, start, len)?,
+                        _ => self.repo.read_pack_range(&first.pack, start, len)?,
                     };
                     now.iter()
                         .map(|l| {
@@ -360,22 +365,6 @@ impl Ctx<'_> {
                         })
                         .collect::<Result<_, _>>()?
                 }
-                [one] => vec![self.repo.load_blob_at(one)?],
-                [first, ..] => {
-                    let start = u64::from(first.entry.offset);
-                    let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
-                    // The run's buffer is a share of the memory budget, as a large read is.
-                    let _permit = crate::budget::read_permit(len);
-                    let bytes = self.repo.read_pack_range(&first.pack, start, len)?;
-                    now.iter()
-                        .map(|l| {
-                            let mut e = l.entry;
-                            e.offset -= first.entry.offset;
-                            self.repo.open_blob_in(&l.pack, &e, &bytes)
-                        })
-                        .collect::<Result<_, _>>()?
-                }
-                [] => Vec::new(),
             };
             for data in blobs {
                 write_sparse(&mut f, &data, preallocated).map_err(io(path))?;

@@ -365,8 +365,10 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     for s in &expired {
         repo.remove_session(s)?;
     }
-    // A day old: no writer still has them (uploads take minutes, not days).
-    report.removed_temporaries = backend.sweep_temporaries(now.saturating_sub(86_400 * SECOND))?;
+    // Older than a session's expiry: a writer frozen that long has had its session
+    // expired too (its work is void), and a live one writes a temporary file for seconds.
+    let cutoff = now.saturating_sub(policy.session_expiry_ns.max(86_400 * SECOND));
+    report.removed_temporaries = backend.sweep_temporaries(cutoff)?;
     Ok(report)
 }
 

@@ -95,7 +95,9 @@ impl Backend for LocalBackend {
                     stack.push(e.path());
                     continue;
                 }
-                if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                // Spool files are their process's own (see `spool_dir`).
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(".tmp-") || name.starts_with(".tmp-spool-") {
                     continue;
                 }
                 let written = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| {
@@ -229,10 +231,12 @@ mod tests {
         b.put("packs/ab/abc", b"hello").unwrap();
         std::fs::write(dir.path().join("packs/ab/.tmp-abc-1"), b"half").unwrap();
         std::fs::write(dir.path().join(".tmp-config-2"), b"half").unwrap();
+        std::fs::write(dir.path().join("packs/.tmp-spool-1-2-3"), b"open pack").unwrap();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
         assert_eq!(b.sweep_temporaries(now - 3_600_000_000_000).unwrap(), 0, "younger than the cutoff");
         assert_eq!(b.sweep_temporaries(now + 1_000_000_000).unwrap(), 2);
         assert!(!dir.path().join("packs/ab/.tmp-abc-1").exists());
+        assert!(dir.path().join("packs/.tmp-spool-1-2-3").exists(), "spool files are their writer's");
         assert_eq!(b.get("packs/ab/abc").unwrap(), b"hello");
     }
 }

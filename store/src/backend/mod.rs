@@ -115,8 +115,8 @@ pub trait Backend: Send + Sync {
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
-    /// Removes the temporary files (`.tmp-*`) that killed writers left, written before
-    /// `before_ns` by the storage's clock; how many it removed.
+    /// Removes the temporary files (`.tmp-*`, not spool files) that killed writers left,
+    /// written before `before_ns` by the storage's clock; how many it removed.
     fn sweep_temporaries(&self, _before_ns: i64) -> Result<usize, BackendError> {
         Ok(0)
     }
