@@ -32,15 +32,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+/// Waits (bounded) until `port` accepts; false if the server exited first (its port was
+/// taken, say).
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> bool {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited at start: {status}");
+            eprintln!("{what} exited at start: {status}");
+            return false;
         }
         assert!(t.elapsed() < Duration::from_secs(60), "{what} did not listen on {port} within 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// The file `name` in a folder of PATH.
@@ -66,19 +70,37 @@ impl Moto {
     /// `None` if moto is not installed.
     pub fn start() -> Option<Self> {
         let bin = std::env::var_os("BAKARE_MOTO").map(PathBuf::from).or_else(|| on_path("moto_server"))?;
-        let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        wait_for_port(port, &mut child, "moto_server");
-        let moto = Self { child, port, bucket: "bakare".into() };
-        let status = http_status(port, &format!("PUT /{} HTTP/1.1", moto.bucket));
-        assert_eq!(status, 200, "creating the bucket");
-        Some(moto)
+        // A port released by `free_port` may be taken again by a parallel test before moto
+        // binds it: then the bucket is not made, and another port is tried.
+        let mut last = 0;
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            if !wait_for_port(port, &mut child, "moto_server") {
+                continue;
+            }
+            let mut moto = Self { child, port, bucket: "bakare".into() };
+            // The port may listen a moment before the application answers.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(20) {
+                if moto.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                last = http_status(port, &format!("PUT /{} HTTP/1.1", moto.bucket));
+                if last == 200 {
+                    return Some(moto);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(moto);
+        }
+        panic!("moto_server did not create a bucket (last status {last})");
     }
 
     pub fn endpoint(&self) -> String {
@@ -113,9 +135,12 @@ impl Drop for Moto {
 
 /// The status code of one bodiless HTTP request line sent to a loopback port.
 fn http_status(port: u16, request_line: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let sent = write!(s, "{request_line}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    if sent.is_err() {
+        return 0;
+    }
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
@@ -171,7 +196,7 @@ impl Sshd {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        wait_for_port(port, &mut child, "sshd");
+        assert!(wait_for_port(port, &mut child, "sshd"), "sshd did not start: see {}", dir.join("sshd.log").display());
         let root = dir.join("srv");
         std::fs::create_dir_all(&root).unwrap();
         Some(Self { child, port, key: dir.join("client"), root })
