@@ -469,3 +469,37 @@ fn netem_loss_in_a_network_namespace() {
     let _ = moto.kill();
     let _ = moto.wait();
 }
+
+#[test]
+fn trees_are_downloaded_once_then_read_from_the_local_cache() {
+    let Some(moto) = Moto::start() else { return skip("moto_server is not installed") };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 2000, 1, 8);
+    let proxy = FaultProxy::start(moto.port, Faults::default(), 2);
+    let cli =
+        Cli::remote(tmp.path().join("c"), "s3://bakare/cache", Moto::env(&format!("http://127.0.0.1:{}", proxy.port)));
+    cli.init();
+    ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    let bytes = || proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let listed = |what: &str| {
+        let before = bytes();
+        let out = cli.run(&["ls", "-R", "latest"]);
+        ok(&out, what);
+        assert!(String::from_utf8_lossy(&out.stdout).lines().count() > 2000, "{what}: {out:?}");
+        bytes() - before
+    };
+    let cold = listed("ls, trees downloaded");
+    let warm = listed("ls, trees from the cache");
+    eprintln!("ls through the proxy: {cold} bytes cold, {warm} bytes warm");
+    assert!(warm * 3 < cold, "the second ls moved {warm} bytes, the first {cold}");
+    // A damaged cache file is started anew: the same listing, trees downloaded again.
+    let cache = fs::read_dir(tmp.path().join("c/cache-default"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("trees.redb"))
+        .find(|p| p.exists())
+        .expect("trees.redb in the cache folder");
+    fs::write(&cache, vec![0x5a; 8192]).unwrap();
+    let again = listed("ls with a damaged tree cache");
+    assert!(again * 3 > cold, "after damage: {again} bytes, cold {cold}");
+}

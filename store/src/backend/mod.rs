@@ -7,11 +7,13 @@
 
 mod local;
 mod memory;
+#[cfg(feature = "remote")]
 mod remote;
 mod retry;
 
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
+#[cfg(feature = "remote")]
 pub use remote::{RemoteBackend, RemoteOptions, RemoteUrl};
 pub use retry::{RetryPolicy, Retrying};
 
