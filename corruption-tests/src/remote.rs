@@ -222,6 +222,9 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A bakare killed with -9 leaves its ssh ControlMaster (`ControlPersist=yes`, started
+        // by OpenDAL's openssh) running; they name this run's key file.
+        let _ = Command::new("pkill").arg("-f").arg(&self.key).stderr(Stdio::null()).status();
     }
 }
 
