@@ -77,6 +77,9 @@ impl Moto {
             let port = free_port();
             let mut child = Command::new(&bin)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                // Objects stay in moto's memory (24 GiB here) instead of spilling to temporary
+                // files past 5 MiB: the tests' disk use is their own trees, not the server's.
+                .env("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", (512u64 << 20).to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
