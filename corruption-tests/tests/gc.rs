@@ -167,3 +167,34 @@ fn frozen_with_an_unindexed_pack_past_expiry() {
     assert!(unindexed > 0);
     check_all(&cli, &src);
 }
+
+/// Frozen before its first checkpoint, past expiry, then killed right after the point where
+/// that checkpoint is written: the walk deduplicated against data the sweep deleted, so it
+/// is broken and must not leave a checkpoint naming that data. (Found by the two-host soak
+/// in CI: verify after a round reported "checkpoints/…: names blob … that is not available".)
+#[test]
+fn a_broken_walk_leaves_no_checkpoint_naming_swept_data() {
+    let (_tmp, cli, src) = forgotten_backup("broken-checkpoint");
+    bakare_corruption_tests::mutate_tree(std::path::Path::new(&src), 40, 11);
+    let mut c = cli
+        .cmd_as("c", &["--json", "backup", &src])
+        .env("BAKARE_FAILPOINT", "after-pack,after-checkpoint")
+        .env("BAKARE_CHECKPOINT_FILES", "40")
+        .spawn()
+        .unwrap();
+    wait_stopped(&mut c);
+    assert_eq!(std::fs::read_dir(cli.dir.join("repo/checkpoints")).unwrap().count(), 0, "frozen before a checkpoint");
+    prune(&cli, 2);
+    let second = prune(&cli, 11);
+    assert!(n(&second, "deleted_packs") > 0, "{second}");
+    assert!(signal(&c, "-CONT"));
+    // Continued, it goes on to its first checkpoint and stops there: killed, as a laptop whose
+    // battery ran out.
+    wait_stopped(&mut c);
+    c.kill().unwrap();
+    let _ = c.wait();
+    ok(&cli.run(&["verify"]), "verify after the killed broken walk");
+    // Its session expired in the sweep: the next backup starts afresh.
+    ok(&cli.cmd_as("c", &["backup", "-q", &src]).output().unwrap(), "the next backup");
+    check_all(&cli, &src);
+}

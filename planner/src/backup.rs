@@ -285,9 +285,15 @@ pub fn backup(
         passes += 1;
         let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
         let out = pass.run(&repo, memo, &counters, &mut seq)?;
-        checkpoints.extend(out.checkpoints.iter().cloned());
         if out.intact {
+            checkpoints.extend(out.checkpoints.iter().cloned());
             break out;
+        }
+        // A broken pass's checkpoints may name data a collector has swept since: they go
+        // before anything else can stop this backup (resume would check them, but verify
+        // rightly calls such a checkpoint a problem).
+        for path in &out.checkpoints {
+            repo.backend().delete(path).map_err(bakare_store::StoreError::from)?;
         }
         if passes >= MAX_PASSES {
             return Err(PlanError::Resumable(format!(
@@ -491,7 +497,11 @@ impl Walk<'_> {
         if let Ok(mut d) = self.dirs.lock() {
             d.extend(dirs_later);
         }
-        if !all && (!ready.is_empty() || !dirs_ready.is_empty()) {
+        // Once garbage collection has marked data this pass relied on, what it saved is
+        // void: no checkpoint may name it.
+        self.check_relied()?;
+        let broken = || self.broken.load(std::sync::atomic::Ordering::Relaxed);
+        if !all && !broken() && (!ready.is_empty() || !dirs_ready.is_empty()) {
             // In the repository too, so that resume works without this machine's memo.
             state.seq += 1;
             let entries = ready
@@ -506,8 +516,14 @@ impl Walk<'_> {
             state.written.push(path);
         }
         let stale = if all { take(&self.stale) } else { Vec::new() };
+        // Checked again: a mark may have come while the checkpoint was written.
         let present = self.check_relied()?;
-        let trust = if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+        if broken() {
+            for path in std::mem::take(&mut state.written) {
+                self.repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
+            }
+        }
+        let trust = if broken() {
             Trust::RevokeAll
         } else if self.trusted || all {
             Trust::Grant(&self.set, &present)
