@@ -391,6 +391,35 @@ impl Backend for RemoteBackend {
         true
     }
 
+    fn sweep_temporaries(&self, before_ns: i64) -> Result<usize, BackendError> {
+        if !self.via_rename {
+            return Ok(0);
+        }
+        let entries = self.call("", async {
+            match self.op.list_with("").recursive(true).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+                other => other,
+            }
+        })?;
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry.path().trim_start_matches('/');
+            let name = path.rsplit('/').next().unwrap_or(path);
+            if !entry.metadata().is_file() || !name.starts_with(".tmp-") {
+                continue;
+            }
+            let stat = match entry.metadata().last_modified() {
+                Some(_) => stat_of(path, entry.metadata())?,
+                None => self.stat(path)?,
+            };
+            if stat.modified_ns < before_ns {
+                self.delete(path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
         self.list_stat_inner(prefix, true)
     }

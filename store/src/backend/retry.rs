@@ -205,6 +205,9 @@ impl<B: Backend> Backend for Retrying<B> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn sweep_temporaries(&self, before_ns: i64) -> Result<usize, BackendError> {
+        self.run("", |b| b.sweep_temporaries(before_ns))
+    }
     /// The file stays until the upload succeeded, so every retry reads it again.
     fn put_file(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
         self.run(path, |b| b.put_file_keep(path, file))?;
