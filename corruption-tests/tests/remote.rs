@@ -134,7 +134,9 @@ fn sftp_round_trip_dedup_resume_and_verify() {
     let cli = Cli::remote(tmp.path().join("c"), &sshd.url(sshd.port, "repo"), sshd.env());
     round_trip(&cli, tmp.path());
     // The same layout as a local folder: the files the SFTP server holds are a repository
-    // the local backend reads.
+    // the local backend reads. Uploads the kill cut short stay as `.tmp-` files (never
+    // under a final name) until a prune after the session expiry removes them: made 8 days
+    // old here.
     let local = Cli::new(tmp.path().join("local"));
     let direct = std::process::Command::new(&local.bin)
         .args(["--repo", sshd.root.join("repo").to_str().unwrap(), "--no-cache", "verify"])
@@ -157,10 +159,12 @@ fn sftp_round_trip_dedup_resume_and_verify() {
         }
         found
     };
-    // Uploads the kill cut short stay as `.tmp-` files, never under a final name.
+    let long_ago = filetime::FileTime::from_unix_time(filetime::FileTime::now().unix_seconds() - 8 * 86_400, 0);
     for t in temporaries() {
-        assert!(t.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp-")));
+        filetime::set_file_mtime(&t, long_ago).unwrap();
     }
+    ok(&cli.run(&["prune"]), "prune");
+    assert_eq!(temporaries(), Vec::<std::path::PathBuf>::new(), "left over after prune");
 }
 
 /// The fault mix of the proxy tests: about one connection in four is broken somehow.

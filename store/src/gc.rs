@@ -130,6 +130,8 @@ pub struct PruneReport {
     pub indexed_packs: usize,
     pub expired_sessions: usize,
     pub removed_checkpoints: usize,
+    /// Temporary files of killed writers (older than a day) removed.
+    pub removed_temporaries: usize,
     /// Index segments replaced by the rewrite.
     pub replaced_segments: usize,
     pub problems: Vec<String>,
@@ -363,6 +365,10 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     for s in &expired {
         repo.remove_session(s)?;
     }
+    // Older than a session's expiry: a writer frozen that long has had its session
+    // expired too (its work is void), and a live one writes a temporary file for seconds.
+    let cutoff = now.saturating_sub(policy.session_expiry_ns.max(86_400 * SECOND));
+    report.removed_temporaries = backend.sweep_temporaries(cutoff)?;
     Ok(report)
 }
 
