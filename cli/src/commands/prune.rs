@@ -88,6 +88,9 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
             out!("{would}removed: {} expired sessions, {} checkpoints", r.expired_sessions, r.removed_checkpoints)?;
         }
+        if r.removed_temporaries > 0 {
+            out!("removed: {} temporary files that killed writers left", r.removed_temporaries)?;
+        }
         for d in &r.deferred {
             out!("deferred: {d}")?;
         }

@@ -32,7 +32,7 @@ impl LocalBackend {
         let dir = target.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(|e| BackendError::io(path, e))?;
         let tmp = dir.join(format!(".tmp-{}", random_suffix()));
-        let result = (|| {
+        let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(bytes)?;
             if let Some(t) = crate::clock::shifted_now() {
@@ -40,9 +40,15 @@ impl LocalBackend {
                 f.set_modified(t)?;
             }
             f.sync_all()?;
-            fs::rename(&tmp, target)?;
-            File::open(dir)?.sync_all()
-        })();
+            fs::rename(&tmp, target)
+        };
+        let result = match write() {
+            // A prune removed the temporary file (this process slept past the session
+            // expiry, see `sweep_temporaries`): write it once more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(),
+            other => other,
+        }
+        .and_then(|()| File::open(dir)?.sync_all());
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }

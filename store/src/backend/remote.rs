@@ -191,8 +191,16 @@ impl RemoteBackend {
         if self.via_rename {
             let tmp = temp_name(path);
             let written = self.call(path, async {
-                self.op.write(&tmp, bytes).await?;
-                self.op.rename(&tmp, path).await
+                self.op.write(&tmp, bytes.clone()).await?;
+                match self.op.rename(&tmp, path).await {
+                    // A prune removed the temporary file (this process slept past the
+                    // session expiry): write it once more.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        self.op.write(&tmp, bytes).await?;
+                        self.op.rename(&tmp, path).await
+                    }
+                    other => other,
+                }
             });
             if written.is_err() {
                 let _ = self.rt.block_on(self.op.delete(&tmp));
