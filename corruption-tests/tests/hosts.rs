@@ -4,7 +4,8 @@
 //! passes. After each round `verify` is clean and every snapshot still listed restores to
 //! exactly what its source held when it was taken.
 //!
-//! `GC_ROUNDS` sets the number of rounds (8 in CI; more for a soak).
+//! `GC_ROUNDS` sets the number of rounds (8 in CI; more for a soak), `GC_SEED` the seed of
+//! the kills and freezes (0 in CI; others for a soak that tries other moments).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -37,6 +38,7 @@ fn committed(out: &std::process::Output) -> Option<String> {
 #[test]
 fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
     let rounds: u64 = std::env::var("GC_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let seed: u64 = std::env::var("GC_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let tmp = tempfile::tempdir().unwrap();
     let srcs = [tmp.path().join("a"), tmp.path().join("b")];
     // The same seed: both trees start identical, so the hosts share chunks.
@@ -50,7 +52,7 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
     let mut events: BTreeMap<&str, u32> = BTreeMap::new();
     let mut restores = 0;
     for round in 0..rounds {
-        let mut rng = Rng::new(0x5EED + round);
+        let mut rng = Rng::new(0x5EED + round + (seed << 32));
         day += 2;
         for (i, s) in srcs.iter().enumerate() {
             mutate_tree(s, 30, round * 2 + i as u64);

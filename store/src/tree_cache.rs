@@ -18,6 +18,9 @@ use crate::ids::PackId;
 const SEALED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sealed_trees");
 /// Entries written per transaction.
 const BATCH: usize = 256;
+/// A file larger than this is started anew when opened: entries of packs that garbage
+/// collection deleted are never read again, and this bounds what they take.
+const MAX_BYTES: u64 = 4 << 30;
 
 pub(crate) type Key = [u8; 36];
 
@@ -34,8 +37,15 @@ pub(crate) struct TreeCache {
 }
 
 impl TreeCache {
-    /// Opens the file, starting it anew if it is damaged.
+    /// Opens the file, starting it anew if it is damaged or larger than 4 GiB.
     pub(crate) fn open(path: &Path) -> Result<Self, redb::Error> {
+        Self::open_capped(path, MAX_BYTES)
+    }
+
+    fn open_capped(path: &Path, max_bytes: u64) -> Result<Self, redb::Error> {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > max_bytes) {
+            let _ = std::fs::remove_file(path);
+        }
         let db = match Database::create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -90,5 +100,51 @@ impl Drop for TreeCache {
     fn drop(&mut self) {
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         self.write(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn filled(path: &Path) -> Vec<Key> {
+        let cache = TreeCache::open(path).unwrap();
+        let keys: Vec<Key> = (0..BATCH as u32 + 10).map(|i| key(&PackId(bakare_crypto::Digest([7; 32])), i)).collect();
+        for k in &keys {
+            cache.put(*k, &[1u8; 1024]);
+        }
+        keys
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_and_pending_ones_are_written_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trees.redb");
+        let keys = filled(&path);
+        let cache = TreeCache::open(&path).unwrap();
+        assert!(keys.iter().all(|k| cache.get(k).as_deref() == Some(&[1u8; 1024][..])));
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_started_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trees.redb");
+        let keys = filled(&path);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(TreeCache::open_capped(&path, size).unwrap().get(&keys[0]).is_some(), "at the cap it stays");
+        let cache = TreeCache::open_capped(&path, size - 1).unwrap();
+        assert!(keys.iter().all(|k| cache.get(k).is_none()));
+        assert!(std::fs::metadata(&path).unwrap().len() < size);
+    }
+
+    #[test]
+    fn a_damaged_file_is_started_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trees.redb");
+        std::fs::write(&path, b"not a redb file at all").unwrap();
+        let cache = TreeCache::open(&path).unwrap();
+        assert!(cache.get(&key(&PackId(bakare_crypto::Digest([0; 32])), 0)).is_none());
     }
 }
