@@ -52,7 +52,7 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
     let mut events: BTreeMap<&str, u32> = BTreeMap::new();
     let mut restores = 0;
     for round in 0..rounds {
-        let mut rng = Rng::new(0x5EED + round + (seed << 32));
+        let mut rng = Rng::new(0x5EED + round + seed.wrapping_mul(1_000_003));
         day += 2;
         for (i, s) in srcs.iter().enumerate() {
             mutate_tree(s, 30, round * 2 + i as u64);
