@@ -502,4 +502,23 @@ fn trees_are_downloaded_once_then_read_from_the_local_cache() {
     fs::write(&cache, vec![0x5a; 8192]).unwrap();
     let again = listed("ls with a damaged tree cache");
     assert!(again * 3 > cold, "after damage: {again} bytes, cold {cold}");
+    // Snapshot objects are cached too: a second `snapshots` lists them and reads none.
+    for _ in 0..15 {
+        ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "another backup");
+    }
+    fs::remove_file(&cache).unwrap();
+    let snapshots = |what: &str| {
+        let before = bytes();
+        let out = cli.run(&["--json", "snapshots"]);
+        ok(&out, what);
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(listed.len(), 16, "{what}");
+        bytes() - before
+    };
+    let cold = snapshots("snapshots, downloaded");
+    let warm = snapshots("snapshots, from the cache");
+    eprintln!("snapshots through the proxy: {cold} bytes cold, {warm} bytes warm");
+    // Both list the folders (most of `warm`); the first also reads 16 objects, each a
+    // signed request and an answer of well over 600 bytes.
+    assert!(cold.saturating_sub(warm) >= 16 * 600, "the second listing moved {warm} bytes, the first {cold}");
 }

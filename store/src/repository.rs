@@ -20,7 +20,7 @@ use crate::blobs::{Blobs, DiskIndex, SegmentPacks};
 use crate::config::{ChunkerParams, Config};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::index::{BlobLocation, IndexSegment};
-use crate::object::{get_named, get_verified, id_of_path};
+use crate::object::{get_named, get_verified, id_of_path, verify_name};
 use crate::pack::{
     MAX_BLOB_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackBuilder, PackBytes, PackEntry, PackTable, pack_ephemeral,
     read_pack_table,
@@ -968,23 +968,56 @@ impl Repository {
         ids.dedup();
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for id in ids {
-            match self.read_snapshot(&id, master) {
+        // Remote storage answers slowly but in parallel: as many readers as connections.
+        let readers = if self.backend.is_remote() { self.backend.parallel_writes().clamp(1, 16) } else { 1 };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let read: Vec<Vec<(SnapshotId, Result<Snapshot>)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..readers.min(ids.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            mine.push((*id, self.read_snapshot(id, master)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            // A reader that panicked takes the listing down with it, as it would on one
+            // thread: a snapshot silently left out would look like garbage to a prune.
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        for (id, r) in read.into_iter().flatten() {
+            match r {
                 Ok(s) => out.push((id, s)),
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        problems.sort();
         out.sort_by_key(|(id, s)| (s.time_ns, *id));
         Ok(SnapshotList { snapshots: out, problems })
     }
 
     fn read_snapshot(&self, id: &SnapshotId, master: &MasterKey) -> Result<Snapshot> {
+        let cache = self.tree_cache.get();
         let mut first_err = None;
         for dir in ["snapshots", "snapshots.mirror"] {
             let path = format!("{dir}/{id}");
-            match get_verified(self.backend.as_ref(), &path, id.digest())
-                .and_then(|b| Snapshot::decode(&path, &b, master))
+            // A cached copy is checked like a download; one that fails is read again.
+            if let Some(bytes) = cache.and_then(|c| c.get_object(&path))
+                && let Ok(s) =
+                    verify_name(&path, &bytes, id.digest()).and_then(|()| Snapshot::decode(&path, &bytes, master))
             {
+                return Ok(s);
+            }
+            let read = get_verified(self.backend.as_ref(), &path, id.digest()).and_then(|b| {
+                let s = Snapshot::decode(&path, &b, master)?;
+                if let Some(c) = cache {
+                    c.put_object(&path, &b);
+                }
+                Ok(s)
+            });
+            match read {
                 Ok(s) => return Ok(s),
                 Err(e) => {
                     first_err.get_or_insert(e);

@@ -1,12 +1,15 @@
-//! This machine's cache of tree blobs read from a remote repository (`trees.redb` in the
-//! cache folder), so that `ls`, `find`, `diff`, restores and incremental backups do not
-//! download the same trees again.
+//! This machine's cache of what is read from a remote repository and never changes under
+//! its name (`trees.redb` in the cache folder), so that `ls`, `find`, `diff`, `snapshots`,
+//! restores and incremental backups do not download it again:
 //!
-//! It holds the blobs as the repository stores them: sealed, so the file reveals nothing
-//! without the key, and every hit is opened and checked against its id like a download.
-//! An entry that fails that check is read from the repository again and replaced. Keys are
-//! the pack id and the offset in the pack (a blob stored twice has two sealed forms).
-//! `verify` never reads through it. New entries are written in batches.
+//! - tree blobs, as the repository stores them: sealed, so the file reveals nothing without
+//!   the key, and every hit is opened and checked against its id like a download. Keys are
+//!   the pack id and the offset in the pack (a blob stored twice has two sealed forms).
+//! - snapshot objects, by path: sealed too, and named by the hash of their bytes, so every
+//!   hit is checked against its name like a download.
+//!
+//! An entry that fails its check is read from the repository again and replaced. `verify`
+//! never reads through the cache. New entries are written in batches.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -16,6 +19,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use crate::ids::PackId;
 
 const SEALED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sealed_trees");
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("named_objects");
 /// Entries written per transaction.
 const BATCH: usize = 256;
 /// A file larger than this is started anew when opened: entries of packs that garbage
@@ -33,7 +37,23 @@ pub(crate) fn key(pack: &PackId, offset: u32) -> Key {
 
 pub(crate) struct TreeCache {
     db: Database,
-    pending: Mutex<Vec<(Key, Vec<u8>)>>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    trees: Vec<(Key, Vec<u8>)>,
+    objects: Vec<(String, Vec<u8>)>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.trees.len() + self.objects.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl TreeCache {
@@ -56,7 +76,7 @@ impl TreeCache {
                 Database::create(path)?
             }
         };
-        Ok(Self { db, pending: Mutex::new(Vec::new()) })
+        Ok(Self { db, pending: Mutex::new(Pending::default()) })
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<Vec<u8>> {
@@ -67,9 +87,25 @@ impl TreeCache {
     }
 
     pub(crate) fn put(&self, key: Key, sealed: &[u8]) {
+        self.add(|p| p.trees.push((key, sealed.to_vec())));
+    }
+
+    /// The bytes of the object at `path`, if cached.
+    pub(crate) fn get_object(&self, path: &str) -> Option<Vec<u8>> {
+        let tx = self.db.begin_read().ok()?;
+        let table = tx.open_table(OBJECTS).ok()?;
+        let v = table.get(path).ok()??;
+        Some(v.value().to_vec())
+    }
+
+    pub(crate) fn put_object(&self, path: &str, bytes: &[u8]) {
+        self.add(|p| p.objects.push((path.to_string(), bytes.to_vec())));
+    }
+
+    fn add(&self, f: impl FnOnce(&mut Pending)) {
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.push((key, sealed.to_vec()));
+            f(&mut p);
             if p.len() < BATCH {
                 return;
             }
@@ -79,15 +115,21 @@ impl TreeCache {
     }
 
     /// Writes what is pending (a failure only loses cache entries).
-    fn write(&self, batch: Vec<(Key, Vec<u8>)>) {
+    fn write(&self, batch: Pending) {
         if batch.is_empty() {
             return;
         }
         let Ok(tx) = self.db.begin_write() else { return };
         {
             let Ok(mut table) = tx.open_table(SEALED) else { return };
-            for (k, v) in &batch {
+            for (k, v) in &batch.trees {
                 if table.insert(&k[..], v.as_slice()).is_err() {
+                    return;
+                }
+            }
+            let Ok(mut table) = tx.open_table(OBJECTS) else { return };
+            for (k, v) in &batch.objects {
+                if table.insert(k.as_str(), v.as_slice()).is_err() {
                     return;
                 }
             }
@@ -125,6 +167,23 @@ mod tests {
         let keys = filled(&path);
         let cache = TreeCache::open(&path).unwrap();
         assert!(keys.iter().all(|k| cache.get(k).as_deref() == Some(&[1u8; 1024][..])));
+    }
+
+    #[test]
+    fn objects_are_kept_by_path_beside_the_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trees.redb");
+        {
+            let cache = TreeCache::open(&path).unwrap();
+            cache.put_object("snapshots/ab", b"one");
+            cache.put_object("snapshots.mirror/ab", b"two");
+            cache.put(key(&PackId(bakare_crypto::Digest([1; 32])), 5), b"tree");
+        }
+        let cache = TreeCache::open(&path).unwrap();
+        assert_eq!(cache.get_object("snapshots/ab").as_deref(), Some(&b"one"[..]));
+        assert_eq!(cache.get_object("snapshots.mirror/ab").as_deref(), Some(&b"two"[..]));
+        assert_eq!(cache.get_object("snapshots/cd"), None);
+        assert_eq!(cache.get(&key(&PackId(bakare_crypto::Digest([1; 32])), 5)).as_deref(), Some(&b"tree"[..]));
     }
 
     #[test]
