@@ -299,6 +299,39 @@ fn a_loss_window_longer_than_the_budget_stops_with_75_and_resume_finishes() {
     assert_restores(&cli, &src, &expected, "restore after resume");
 }
 
+/// SFTP through a 100 % loss window shorter than the budget: every request in flight, on the
+/// one ssh connection they share, stalls past the stall timeout. The backup must ride it
+/// out and finish by itself, whatever state the stalled connection is left in.
+#[test]
+fn sftp_rides_out_a_loss_window_shorter_than_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else { return skip("sshd is not installed") };
+    let src = tmp.path().join("src");
+    random_files(&src, 48, 4, 12);
+    let expected = contents(&src);
+    let proxy = FaultProxy::start(sshd.port, Faults::default(), 3);
+    let cli = Cli::remote(tmp.path().join("c"), &sshd.url(proxy.port, "repo"), sshd.env());
+    cli.init();
+    let child = cli
+        .cmd(&["--retry-budget", "60s", "--stall-timeout", "2s", "backup", "--json", src.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the backup sent nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.set_blackhole(true);
+    std::thread::sleep(Duration::from_secs(6));
+    proxy.set_blackhole(false);
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("finished {:?} after a 6 s loss window; {}", t.elapsed(), proxy.stats().summary());
+    ok(&out, "backup through a loss window");
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
+    assert_restores(&cli, &src, &expected, "restore after the loss window");
+}
+
 #[test]
 fn permanent_failures_fail_fast_and_say_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();

@@ -130,7 +130,7 @@ pub struct PruneReport {
     pub indexed_packs: usize,
     pub expired_sessions: usize,
     pub removed_checkpoints: usize,
-    /// Temporary files of killed writers (older than a day) removed.
+    /// Temporary files of killed writers (older than the session expiry) removed.
     pub removed_temporaries: usize,
     /// Index segments replaced by the rewrite.
     pub replaced_segments: usize,
