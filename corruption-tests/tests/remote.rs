@@ -261,6 +261,21 @@ fn sftp_backup_through_resets_and_drops() {
     assert_restores(&cli, &src, &expected, "restore");
 }
 
+/// Starts `backup --json src` with `flags`; once 8 MiB (a few packs) went through `proxy`,
+/// the link goes dead (a black hole, until the caller ends it).
+fn backup_then_cut(cli: &Cli, proxy: &FaultProxy, src: &Path, flags: &[&str]) -> std::process::Child {
+    let mut args = flags.to_vec();
+    args.extend(["backup", "--json", src.to_str().unwrap()]);
+    let child = cli.cmd(&args).spawn().unwrap();
+    let t = Instant::now();
+    while proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the backup sent nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.set_blackhole(true);
+    child
+}
+
 #[test]
 fn a_loss_window_longer_than_the_budget_stops_with_75_and_resume_finishes() {
     let Some(moto) = Moto::start() else { return skip("moto_server is not installed") };
@@ -272,17 +287,7 @@ fn a_loss_window_longer_than_the_budget_stops_with_75_and_resume_finishes() {
     let cli =
         Cli::remote(tmp.path().join("c"), "s3://bakare/window", Moto::env(&format!("http://127.0.0.1:{}", proxy.port)));
     cli.init();
-    let child = cli
-        .cmd(&["--retry-budget", "4s", "--stall-timeout", "1s", "backup", "--json", src.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    // Once a few packs are up, the link goes dead.
-    let t = Instant::now();
-    while proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20 {
-        assert!(t.elapsed() < Duration::from_secs(60), "the backup sent nothing");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    proxy.set_blackhole(true);
+    let child = backup_then_cut(&cli, &proxy, &src, &["--retry-budget", "4s", "--stall-timeout", "1s"]);
     let t = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = t.elapsed();
@@ -312,16 +317,7 @@ fn sftp_rides_out_a_loss_window_shorter_than_the_budget() {
     let proxy = FaultProxy::start(sshd.port, Faults::default(), 3);
     let cli = Cli::remote(tmp.path().join("c"), &sshd.url(proxy.port, "repo"), sshd.env());
     cli.init();
-    let child = cli
-        .cmd(&["--retry-budget", "60s", "--stall-timeout", "2s", "backup", "--json", src.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while proxy.stats().bytes.load(std::sync::atomic::Ordering::Relaxed) < 8 << 20 {
-        assert!(t.elapsed() < Duration::from_secs(60), "the backup sent nothing");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    proxy.set_blackhole(true);
+    let child = backup_then_cut(&cli, &proxy, &src, &["--retry-budget", "60s", "--stall-timeout", "2s"]);
     std::thread::sleep(Duration::from_secs(6));
     proxy.set_blackhole(false);
     let t = Instant::now();
