@@ -497,11 +497,14 @@ impl Walk<'_> {
         if let Ok(mut d) = self.dirs.lock() {
             d.extend(dirs_later);
         }
-        // Once garbage collection has marked data this pass relied on, what it saved is
-        // void: no checkpoint may name it.
-        self.check_relied()?;
         let broken = || self.broken.load(std::sync::atomic::Ordering::Relaxed);
-        if !all && !broken() && (!ready.is_empty() || !dirs_ready.is_empty()) {
+        let write = !all && (!ready.is_empty() || !dirs_ready.is_empty());
+        if write {
+            // Once garbage collection has marked data this pass relied on, what it saved is
+            // void: no checkpoint may name it.
+            self.check_relied()?;
+        }
+        if write && !broken() {
             // In the repository too, so that resume works without this machine's memo.
             state.seq += 1;
             let entries = ready
