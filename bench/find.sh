@@ -21,7 +21,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 work=${3:-/tmp/bakare-find-$n-$s}
 bakare=${BAKARE:-$root/target/release/bakare}
-gen=$root/../shared/bench/gen_tree.py
+cargo build --release -q --manifest-path "$root/Cargo.toml" -p bakare-testkit
+gen=$root/target/release/testkit
 export RESTIC_PASSWORD=bench BAKARE_PASSPHRASE=bench BAKARE_CACHE_DIR=$work/bakare.cache
 mkdir -p "$work"
 tree=$work/tree
@@ -29,12 +30,12 @@ if [ "${REUSE:-0}" = 1 ] && [ -f "$work/setup.done" ]; then
   echo "setup: reusing $work"
 else
   rm -rf "$tree" "$work/bakare.repo" "$work/restic.repo" "$BAKARE_CACHE_DIR" "$work/setup.done"
-  python3 "$gen" create "$tree" --files "$n" --mean-kib 1 >/dev/null
+  "$gen" create "$tree" --files "$n" --mean-kib 1 >/dev/null
   "$bakare" init --repo "$work/bakare.repo" >/dev/null
   restic init --repo "$work/restic.repo" >/dev/null
   start=$(date +%s.%N)
   for i in $(seq 1 "$s"); do
-    [ "$i" -gt 1 ] && python3 "$gen" mutate "$tree" --percent 1 --seed "$i" >/dev/null
+    [ "$i" -gt 1 ] && "$gen" mutate "$tree" --percent 1 --seed "$i" >/dev/null
     "$bakare" backup -q --repo "$work/bakare.repo" "$tree"
     restic backup -q --repo "$work/restic.repo" "$tree" >/dev/null
   done
@@ -67,7 +68,7 @@ for i in 1 2 3; do
   bfind "bakare find (warm $i)" "$stem"
 done
 bfind "bakare find (warm, typo)" "${stem:1:1}${stem:0:1}${stem:2}"
-python3 "$gen" mutate "$tree" --percent 1 --seed $((s + 1000 + RANDOM)) >/dev/null
+"$gen" mutate "$tree" --percent 1 --seed $((s + 1000 + RANDOM)) >/dev/null
 "$bakare" backup -q --repo "$work/bakare.repo" "$tree"
 restic backup -q --repo "$work/restic.repo" "$tree" >/dev/null
 bfind "bakare find (1 more snapshot, 1 %)" "$stem"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak memory at scale: a tree of N small files (gen_tree.py) plus B large files of 4 GiB
+# Peak memory at scale: a tree of N small files (the project's testkit) plus B large files of 4 GiB
 # (half random, half compressible), backed up and restored under --memory-limit, peak RSS
 # from /usr/bin/time -v. The goal: under 160 MiB with --memory-limit 128M, and under the
 # default limit (512M) without the option.
@@ -19,7 +19,8 @@ mkdir -p "$work"
 tree=$work/tree-$n-$big
 if [ ! -f "$tree.done" ]; then
   rm -rf "$tree"
-  python3 "$root/../shared/bench/gen_tree.py" create "$tree/small" --files "$n" --mean-kib 1 >/dev/null
+  cargo build --release -q --manifest-path "$root/Cargo.toml" -p bakare-testkit
+  "$root/target/release/testkit" create "$tree/small" --files "$n" --mean-kib 1 >/dev/null
   mkdir -p "$tree/large"
   for i in $(seq 1 "$big"); do
     if [ $((i % 2)) = 1 ]; then

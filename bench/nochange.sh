@@ -4,7 +4,7 @@
 #
 #   bench/nochange.sh N [WORK_DIR]          (TOOLS="bakare restic borg bupstash" to choose)
 #
-# Makes the tree once with ../shared/bench/gen_tree.py (--mean-kib 1) and keeps it in WORK_DIR.
+# Makes the tree once with the project's generator (testkit create) (--mean-kib 1) and keeps it in WORK_DIR.
 # For each tool: init, first backup, then a no-change backup with cold caches (drop_caches, as
 # root) and one warm. The walk rows are `bakare debug stat-walk`: the same parallel walker
 # lstat-ing every entry, touching no repository. Prints wall seconds and peak RSS
@@ -17,14 +17,15 @@ root=$(dirname "$here")
 work=${2:-/tmp/bakare-nochange-$n}
 tools=${TOOLS:-"bakare restic borg bupstash"}
 bakare=${BAKARE:-$root/target/release/bakare}
-gen=$root/../shared/bench/gen_tree.py
+cargo build --release -q --manifest-path "$root/Cargo.toml" -p bakare-testkit
+gen=$root/target/release/testkit
 export RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BAKARE_PASSPHRASE=bench
 export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 mkdir -p "$work"
 tree=$work/tree
 results=$work/results
 : >"$results"
-[ -d "$tree" ] || python3 "$gen" create "$tree" --files "$n" --mean-kib 1 >/dev/null
+[ -d "$tree" ] || "$gen" create "$tree" --files "$n" --mean-kib 1 >/dev/null
 
 # Cold steps: write back, let the (virtual) disk settle after big writes such as a first
 # backup, then drop the page cache. The same for every tool.

@@ -16,7 +16,8 @@ work=${2:-/tmp/bakare-remote}
 BAKARE=${BAKARE:-$root/target/release/bakare}
 mkdir -p "$work"
 tree=$work/tree-$files
-[ -d "$tree" ] || python3 "$root/../shared/bench/gen_tree.py" create "$tree" --files "$files" >/dev/null
+cargo build --release -q --manifest-path "$root/Cargo.toml" -p bakare-testkit
+[ -d "$tree" ] || "$root/target/release/testkit" create "$tree" --files "$files" >/dev/null
 mib=$(du -sm "$tree" | cut -f1)
 echo "tree: $(find "$tree" -type f | wc -l) files, $mib MiB"
 

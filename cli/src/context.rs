@@ -135,21 +135,43 @@ impl Context {
             if !allow_put_only {
                 bail!("{}", StoreError::NeedsMasterKey);
             }
-            let repo = Repository::open_with_key(backend, Access::Write(key))
-                .with_context(|| format!("opening repository {location}"))?;
+            let repo = Repository::open_with_key(backend, Access::Write(key)).map_err(|e| match e {
+                StoreError::NotARepository { .. } => anyhow::Error::from(NoRepository(location.clone())),
+                e => anyhow::Error::from(e).context(format!("opening repository {location}")),
+            })?;
             return self.local_index(repo);
         }
         // Check it is a repository before asking for a passphrase.
-        Repository::read_config(backend.as_ref()).with_context(|| format!("opening repository {location}"))?;
+        self.check_config(backend.as_ref())?;
         let pass = self.passphrase(false)?;
         let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
             .with_context(|| format!("opening repository {location}"))?;
         self.local_index(repo)
     }
 
+    /// Reads the repository's config (no key needed), or says there is no repository there
+    /// and how to create one.
+    fn check_config(&self, backend: &dyn Backend) -> Result<()> {
+        let location = backend.location();
+        match Repository::read_config(backend) {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotARepository { .. }) => Err(NoRepository(location).into()),
+            Err(e) => Err(e).with_context(|| format!("opening repository {location}")),
+        }
+    }
+
+    /// Says on stderr which repository a command opened (a typo in --repo shows at once).
+    pub fn say_opened(&self, repo: &Repository) {
+        if !self.global.quiet && !self.global.json {
+            let id = repo.config().id_hex();
+            eprintln!("repository {} at {}", id.get(..8).unwrap_or(&id), repo.backend().location());
+        }
+    }
+
     /// Keeps the repository's blob index in `index.redb` in its cache folder rather than in
     /// memory (none with --no-cache; in memory if the file is busy or unusable).
     fn local_index(&self, repo: Repository) -> Result<Repository> {
+        self.say_opened(&repo);
         if let Some(folder) = self.cache_folder(repo.config())? {
             // Failing that, the index is read into memory as before: nothing is lost.
             let _ = repo.use_local_index(&folder.join("index.redb"), bakare_planner::local_cache_bytes());
@@ -169,19 +191,29 @@ impl Context {
         }
         let backend = self.backend()?;
         let location = backend.location();
-        Repository::read_config(backend.as_ref()).with_context(|| format!("opening repository {location}"))?;
+        self.check_config(backend.as_ref())?;
         let pass = self.passphrase(false)?;
         let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
             .with_context(|| format!("opening repository {location}"))?;
         Ok((self.local_index(repo)?, pass))
     }
 
-    /// Opens the repository, creating it (and its key) first if the folder has none.
+    /// Opens the repository. Only the default repository of a person at a terminal is
+    /// created here, after saying where: a repository named by --repo or BAKARE_REPOSITORY
+    /// (a typo, an unmounted disk) or a run without a terminal (cron) needs `bakare init`,
+    /// so that a backup never goes silently to a new, wrong place.
     pub fn open_or_init(&self) -> Result<(Repository, bool)> {
         let backend = self.backend()?;
         let location = backend.location();
+        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         match Repository::read_config(backend.as_ref()) {
-            Err(StoreError::NotARepository { .. }) if self.global.key_file.is_none() => {
+            Err(StoreError::NotARepository { .. })
+                if self.global.key_file.is_none() && self.global.repo.is_none() && interactive =>
+            {
+                eprintln!(
+                    "bakare: no repository yet at {location}: creating one there (the default; --repo or \
+                     BAKARE_REPOSITORY choose another, `bakare init` creates one explicitly)"
+                );
                 let pass = self.passphrase(true)?;
                 let repo = Repository::init(backend, pass.as_bytes(), KdfParams::default(), ChunkerParams::default())
                     .with_context(|| format!("creating repository {location}"))?;
@@ -191,6 +223,18 @@ impl Context {
         }
     }
 }
+
+/// There is no repository where the command looked.
+#[derive(Debug)]
+pub struct NoRepository(pub String);
+
+impl std::fmt::Display for NoRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no repository at {0}; create one with `bakare init --repo {0}`", self.0)
+    }
+}
+
+impl std::error::Error for NoRepository {}
 
 /// Runs `bakare debug check-state PATH` in a child process: redb's integrity check, where a
 /// crash or an abort cannot take this process down. A child that cannot be started is no

@@ -1,6 +1,7 @@
 //! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error (or problems
 //! found by verify), 2 usage, 3 a backup finished but some files could not be read, 75 a
-//! backup stopped resumably (the repository's storage failed; `bakare resume` continues).
+//! backup stopped resumably (the repository's storage failed; `bakare resume` continues),
+//! 130 and 143 a backup interrupted by SIGINT or SIGTERM (it continues where it stopped).
 
 /// `println!` that returns the write error (a closed pipe ends the command quietly).
 macro_rules! out {
@@ -13,6 +14,7 @@ macro_rules! out {
 mod args;
 mod commands;
 mod context;
+mod interrupt;
 mod output;
 mod progress;
 
@@ -76,6 +78,17 @@ fn main() -> ExitCode {
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Problems) => ExitCode::FAILURE,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() => {
+            let code = e.downcast_ref::<interrupt::Interrupted>().map_or(130, interrupt::Interrupted::exit_code);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "type": "error", "interrupted": true, "message": format!("{e:#}") })
+                );
+            }
+            eprintln!("bakare: {e:#}");
+            ExitCode::from(code)
+        }
         Err(e) if e.downcast_ref::<Resumable>().is_some() => {
             if json {
                 println!("{}", serde_json::json!({ "type": "error", "resumable": true, "message": format!("{e:#}") }));

@@ -25,7 +25,11 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bakare"));
+        self.cmd_of(env!("CARGO_BIN_EXE_bakare"))
+    }
+
+    fn cmd_of(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.tmp.path())
@@ -56,10 +60,29 @@ impl Env {
         fs::write(p, content).unwrap();
     }
 
-    /// stderr with the temporary folder replaced, for snapshots.
+    /// stderr with the temporary folder and repository ids replaced, for snapshots.
     fn stderr(&self, out: &Output) -> String {
         let tmp = self.tmp.path().to_string_lossy().into_owned();
-        String::from_utf8_lossy(&out.stderr).replace(&tmp, "[TMP]")
+        let text = String::from_utf8_lossy(&out.stderr).replace(&tmp, "[TMP]");
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| match l.strip_prefix("repository ").and_then(|r| r.split_once(" at ")) {
+                Some((id, rest)) if id.len() == 8 => format!("repository [ID] at {rest}"),
+                _ => l.to_string(),
+            })
+            .collect();
+        if text.ends_with('\n') {
+            lines.push(String::new());
+        }
+        lines.join("\n")
+    }
+
+    /// Runs bakare on a pseudo-terminal (util-linux `script`), as a person at a terminal.
+    fn run_on_terminal(&self, args: &str) -> Option<Output> {
+        let script = ["/usr/bin/script", "/bin/script"].into_iter().find(|p| Path::new(p).exists())?;
+        let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_bakare"));
+        let mut c = self.cmd_of(script);
+        Some(c.env_remove("BAKARE_REPOSITORY").args(["-qec", &cmd, "/dev/null"]).env("TERM", "dumb").output().unwrap())
     }
 }
 
@@ -119,16 +142,47 @@ fn backup_restore_round_trip_with_json() {
 }
 
 #[test]
-fn first_backup_creates_the_default_repository() {
+fn only_a_person_at_a_terminal_gets_the_default_repository_created() {
     let env = Env::new();
     env.write("src/a.txt", b"hello");
-    let out = env.cmd().env_remove("BAKARE_REPOSITORY").args(["backup", "src"]).output().unwrap();
-    assert!(out.status.success(), "{}", env.stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("created repository"), "{stdout}");
+    // No terminal (cron): no repository is created, and the error says how to make one.
+    let cron = env.cmd().env_remove("BAKARE_REPOSITORY").args(["backup", "src"]).output().unwrap();
+    assert_eq!(code(&cron), 1);
+    insta::assert_snapshot!("err_default_repository_without_terminal", env.stderr(&cron));
+    assert!(!env.path("xdg-data/bakare/repo").exists(), "nothing created");
+    let Some(out) = env.run_on_terminal("backup src") else {
+        eprintln!("skipped the terminal half: util-linux `script` is not installed");
+        return;
+    };
+    let said = String::from_utf8_lossy(&out.stdout).replace(env.tmp.path().to_str().unwrap(), "[TMP]");
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("no repository yet at [TMP]/xdg-data/bakare/repo: creating one there"), "{said}");
+    assert!(said.contains("created repository"), "{said}");
     assert!(env.path("xdg-data/bakare/repo/config").is_file());
-    let again = env.cmd().env_remove("BAKARE_REPOSITORY").args(["backup", "src"]).output().unwrap();
+    let again = env.run_on_terminal("backup src").unwrap();
     assert!(!String::from_utf8_lossy(&again.stdout).contains("created repository"));
+}
+
+#[test]
+fn a_mistyped_repository_is_never_created() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a.txt", b"hello");
+    // --repo and BAKARE_REPOSITORY name a place: a typo there (or an unmounted disk) fails,
+    // even on a terminal.
+    let typo = env.run(&["backup", "--repo", "rpeo", "src"]);
+    assert_eq!(code(&typo), 1);
+    insta::assert_snapshot!("err_repository_typo", env.stderr(&typo));
+    let env_typo = env.cmd().env("BAKARE_REPOSITORY", env.path("mnt/backup")).args(["backup", "src"]).output().unwrap();
+    assert_eq!(code(&env_typo), 1);
+    assert!(!env.path("rpeo").exists() && !env.path("mnt").exists(), "nothing created");
+    if let Some(t) = env.run_on_terminal(&format!("backup --repo {} src", env.path("rpeo2").display())) {
+        assert!(!t.status.success());
+        assert!(!env.path("rpeo2").exists(), "not on a terminal either");
+    }
+    // Every command says which repository it opened.
+    let ok = env.run(&["backup", "src"]);
+    assert!(env.stderr(&ok).starts_with("repository [ID] at [TMP]/repo\n"), "{}", env.stderr(&ok));
 }
 
 #[test]

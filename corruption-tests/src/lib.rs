@@ -138,29 +138,16 @@ pub fn ok(out: &std::process::Output, what: &str) {
     );
 }
 
-/// Makes a deterministic source tree with `../shared/bench/gen_tree.py create`.
+/// Makes a deterministic source tree like a user's (the project's own generator, with
+/// symlinks, empty folders and odd names).
 pub fn gen_tree(dir: &Path, files: u32, mean_kib: u32, seed: u32) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
-    let status = std::process::Command::new("python3")
-        .arg(script)
-        .args(["create", dir.to_str().unwrap()])
-        .args(["--files", &files.to_string(), "--mean-kib", &mean_kib.to_string(), "--seed", &seed.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "gen_tree.py failed");
+    let spec = bakare_testkit::TreeSpec::new(u64::from(files)).mean_kib(f64::from(mean_kib)).seed(u64::from(seed));
+    bakare_testkit::create(dir, &spec).unwrap();
 }
 
-/// Changes `percent` of the files under `dir` as a user would, with `../shared/bench/gen_tree.py mutate`.
+/// Changes `percent` of the files under `dir` as a user would.
 pub fn mutate_tree(dir: &Path, percent: u32, seed: u64) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
-    let status = std::process::Command::new("python3")
-        .arg(script)
-        .args(["mutate", dir.to_str().unwrap(), "--percent", &percent.to_string(), "--seed", &seed.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "gen_tree.py mutate failed");
+    bakare_testkit::mutate(dir, percent, seed, true).unwrap();
 }
 
 /// A small deterministic generator (xorshift), so every run mutates the same bytes.
@@ -305,10 +292,14 @@ pub fn contents(root: &Path) -> BTreeMap<String, blake3::Hash> {
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() {
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if m.is_dir() {
                 stack.push(p);
+            } else if m.is_symlink() {
+                let target = fs::read_link(&p).unwrap();
+                out.insert(rel, blake3::hash(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str())));
             } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
                 out.insert(rel, blake3::hash(&fs::read(&p).unwrap()));
             }
         }
@@ -601,6 +592,7 @@ fn leave_interrupted_backup(repo: &Repository, source: &Path) {
         paths: vec![source.to_string_lossy().as_bytes().to_vec()],
         options: SessionOptions::default(),
         checkpoints: 1,
+        interrupted: false,
     };
     repo.put_session(&session).unwrap();
     let refs = CheckpointRefs { session: session.id, seq: 1, blobs };

@@ -81,3 +81,49 @@ fn kill_at_seeded_points_then_resume() {
     );
     assert!(killed >= n / 2, "too few kills landed mid-run ({killed} of {n})");
 }
+
+/// Ctrl-C (SIGINT) and SIGTERM: the backup says how to continue, exits 128 + the signal,
+/// and the same command run again at once continues it (no 3-heartbeat wait), reading only
+/// what the interrupted run had not finished; the result restores identical.
+#[test]
+fn an_interrupted_backup_says_so_and_the_same_command_continues_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 1500, 24, 12);
+    let expected = contents(&src);
+    let src_arg = src.to_str().unwrap();
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let run = Cli::new(tmp.path().join(format!("int{sig}")));
+        run.init();
+        let child = run.cmd(&["backup", "--compression", "max", "--threads", "1", src_arg]).spawn().unwrap();
+        // Once some packs are in the repository, the run is well under way.
+        let t = Instant::now();
+        while run.packs_bytes() < 3 * PACK && t.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(bakare_corruption_tests::signal(&child, sig));
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{sig}: {stderr}");
+        assert!(stderr.contains("interrupted: run the same command or `bakare resume` to continue"), "{sig}: {stderr}");
+        let sessions = fs::read_dir(run.dir.join("repo/sessions")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(sessions, 1, "the session stays, marked interrupted");
+        assert!(fs::read_dir(run.dir.join("repo/checkpoints")).unwrap().count() > 0, "a checkpoint was written");
+        // At once, not after three heartbeats.
+        let again = run.run(&["backup", src_arg]);
+        ok(&again, "the same backup again");
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(stderr.contains("continuing interrupted backup"), "{stderr}");
+        // "read:     X from N files (M files reused from the local memo without reading)"
+        let stdout = String::from_utf8_lossy(&again.stdout);
+        let line = stdout.lines().find(|l| l.starts_with("read:")).unwrap();
+        let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+        let (read, reused) = (numbers[numbers.len() - 2], numbers[numbers.len() - 1]);
+        assert!(reused > 0 && read < 1500, "{sig}: {read} files read again, {reused} reused from the checkpoint");
+        ok(&run.run(&["verify", "--read-data"]), "verify --read-data");
+        let out = run.dir.join("out");
+        ok(&run.run(&["restore", "-q", &format!("latest:{src_arg}"), "--target", out.to_str().unwrap()]), "restore");
+        assert_eq!(contents(&out), expected, "{sig}: the continued snapshot differs from the source");
+        assert_eq!(fs::read_dir(run.dir.join("repo/sessions")).map(|d| d.count()).unwrap_or(0), 0);
+    }
+}

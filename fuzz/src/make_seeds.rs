@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         paths: vec![b"/home/fuzz".to_vec()],
         options: bakare_store::SessionOptions::default(),
         checkpoints: 1,
+        interrupted: false,
     };
     write("session", 0, &session.encode(&key.write.index_key)?)?;
     let checkpoint = bakare_store::Checkpoint {

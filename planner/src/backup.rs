@@ -50,6 +50,9 @@ pub struct BackupOptions {
     /// Continue this interrupted session instead of starting one.
     pub resume: Option<Session>,
     pub checkpoints: CheckpointPolicy,
+    /// Set nonzero (by a signal handler) to stop the backup: it writes a checkpoint, marks
+    /// its session interrupted and returns [`PlanError::Interrupted`].
+    pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for BackupOptions {
@@ -63,6 +66,7 @@ impl Default for BackupOptions {
             session_options: SessionOptions::default(),
             resume: None,
             checkpoints: CheckpointPolicy::default(),
+            interrupt: Arc::default(),
         }
     }
 }
@@ -212,6 +216,17 @@ impl Drop for Heartbeat {
     }
 }
 
+/// When a walk writes a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checkpointing {
+    /// After a folder, if the policy says one is due: to the repository and the memo.
+    IfDue,
+    /// At the end of a complete walk: to the memo only (the snapshot follows).
+    Final,
+    /// The user stopped the walk: everything finished, to the repository and the memo.
+    Interrupted,
+}
+
 /// Garbage collection marking under a running backup makes it walk again; after this many
 /// walks it stops, resumable.
 const MAX_PASSES: u32 = 3;
@@ -257,7 +272,7 @@ pub fn backup(
     let mut stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
     let mut added = 0;
     let session = match &opts.resume {
-        Some(s) => Session { heartbeat_ns: time_ns, ..s.clone() },
+        Some(s) => Session { heartbeat_ns: time_ns, interrupted: false, ..s.clone() },
         None => Session {
             id: Session::new_id()?,
             host: opts.host.clone(),
@@ -266,6 +281,7 @@ pub fn backup(
             paths: abs_paths.clone(),
             options: opts.session_options.clone(),
             checkpoints: 0,
+            interrupted: false,
         },
     };
     repo.put_session(&session)?;
@@ -284,7 +300,17 @@ pub fn backup(
     let outcome = loop {
         passes += 1;
         let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
-        let out = pass.run(&repo, memo, &counters, &mut seq)?;
+        let out = match pass.run(&repo, memo, &counters, &mut seq) {
+            Err(PlanError::Interrupted) => {
+                // The heartbeat thread writes the session record: stop it first.
+                drop(heartbeat);
+                let ended =
+                    Session { interrupted: true, heartbeat_ns: clock::now_ns(), checkpoints: seq, ..session.clone() };
+                repo.put_session(&ended)?;
+                return Err(PlanError::Interrupted);
+            }
+            r => r?,
+        };
         if out.intact {
             checkpoints.extend(out.checkpoints.iter().cloned());
             break out;
@@ -407,6 +433,7 @@ impl Pass<'_> {
             fresh: Mutex::default(),
             errors: Mutex::default(),
             stopped: Mutex::default(),
+            interrupt: self.opts.interrupt.clone(),
         });
         let opts = self.opts;
         let walk = Walk {
@@ -431,12 +458,22 @@ impl Pass<'_> {
             session: self.session.id,
             memo_warnings: Mutex::new(memo.warnings.clone()),
         };
-        let Resolved(root, _) = if self.sources.whole {
-            walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))?
+        let resolved = if self.sources.whole {
+            walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))
         } else {
-            walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)?
+            walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)
         };
-        walk.checkpoint(true)?;
+        let Resolved(root, _) = match resolved {
+            Err(_) if run.interrupted() => {
+                // What was finished is kept: the files read go into a checkpoint, so that
+                // the same command (or `resume`) continues from here.
+                walk.checkpoint(Checkpointing::Interrupted)?;
+                *seq = walk.checkpointing.lock().map(|c| c.seq).unwrap_or(*seq);
+                return Err(PlanError::Interrupted);
+            }
+            r => r?,
+        };
+        walk.checkpoint(Checkpointing::Final)?;
         bakare_store::failpoint::hit("before-commit");
         // The fence: the last checkpoint checked, but a collector may have marked since.
         walk.check_relied()?;
@@ -471,7 +508,8 @@ impl Walk<'_> {
     /// Writes memo records whose blobs are durable, and a checkpoint object naming them:
     /// flushes packs and an index segment first. Runs when a limit of the policy is reached
     /// (or at the end, `all`); one thread at a time.
-    fn checkpoint(&self, all: bool) -> Result<(), PlanError> {
+    fn checkpoint(&self, mode: Checkpointing) -> Result<(), PlanError> {
+        let all = mode != Checkpointing::IfDue;
         let records = self.run.fresh.lock().map(|f| f.len()).unwrap_or(0);
         let guard = if all { self.checkpointing.lock().ok() } else { self.checkpointing.try_lock().ok() };
         let Some(mut state) = guard else { return Ok(()) };
@@ -498,7 +536,7 @@ impl Walk<'_> {
             d.extend(dirs_later);
         }
         let broken = || self.broken.load(std::sync::atomic::Ordering::Relaxed);
-        let write = !all && (!ready.is_empty() || !dirs_ready.is_empty());
+        let write = mode != Checkpointing::Final && (!ready.is_empty() || !dirs_ready.is_empty());
         if write {
             // Once garbage collection has marked data this pass relied on, what it saved is
             // void: no checkpoint may name it.
@@ -518,7 +556,7 @@ impl Walk<'_> {
             let path = self.repo.save_checkpoint(&Checkpoint { refs, entries })?;
             state.written.push(path);
         }
-        let stale = if all { take(&self.stale) } else { Vec::new() };
+        let stale = if mode == Checkpointing::Final { take(&self.stale) } else { Vec::new() };
         // Checked again: a mark may have come while the checkpoint was written.
         let present = self.check_relied()?;
         if broken() {
@@ -528,7 +566,7 @@ impl Walk<'_> {
         }
         let trust = if broken() {
             Trust::RevokeAll
-        } else if self.trusted || all {
+        } else if self.trusted || mode == Checkpointing::Final {
             Trust::Grant(&self.set, &present)
         } else {
             Trust::Revoke(&self.set)
@@ -540,7 +578,7 @@ impl Walk<'_> {
         }
         state.at = Instant::now();
         state.bytes_read = read;
-        if !all {
+        if mode == Checkpointing::IfDue {
             bakare_store::failpoint::hit("after-checkpoint");
         }
         Ok(())
@@ -582,6 +620,9 @@ impl Walk<'_> {
     }
 
     fn dir(&self, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
+        if self.run.interrupted() {
+            return Err(PlanError::Interrupted);
+        }
         Counters::add(&self.run.counters.dirs, 1);
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
@@ -654,7 +695,7 @@ impl Walk<'_> {
         {
             d.push(DirRecord::new(path, id));
         }
-        self.checkpoint(false)?;
+        self.checkpoint(Checkpointing::IfDue)?;
         Ok(Resolved(id, error))
     }
 

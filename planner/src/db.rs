@@ -22,6 +22,15 @@ pub struct RunContext {
     pub errors: Mutex<Vec<(std::path::PathBuf, String)>>,
     /// The repository failed: files not yet read are not read (the run is stopping).
     pub stopped: Mutex<Option<crate::queries::Stop>>,
+    /// Nonzero once the user asked the run to stop (the signal's number): files not yet read
+    /// are not read, and the backup checkpoints and ends as interrupted.
+    pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RunContext {
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
 }
 
 /// The database trait the queries are written against.

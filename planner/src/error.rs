@@ -31,6 +31,9 @@ pub enum PlanError {
     /// The repository's storage failed; `resume` continues once it is fixed.
     #[error("backup stopped: {0}")]
     Resumable(String),
+    /// The user stopped the backup (SIGINT, SIGTERM); it checkpointed and can be continued.
+    #[error("interrupted")]
+    Interrupted,
     #[error("path {0:?} is not in the snapshot")]
     NoSuchPath(String),
 }

@@ -10,14 +10,35 @@ use crate::memo::{DirRecord, Memo, MemoRecord};
 /// A session whose heartbeat is older than this many beats is dead.
 const DEAD_AFTER_BEATS: i64 = 3;
 
-/// The newest session of `host` (or the one whose id starts with `prefix`).
-pub fn find_session(repo: &Repository, host: &str, prefix: Option<&str>) -> Result<Option<Session>, PlanError> {
+/// The backup session `resume` continues: the one whose id starts with `prefix`, or (see
+/// below) the newest one of `host`.
+pub fn find_session(
+    repo: &Repository,
+    host: &str,
+    prefix: Option<&str>,
+    heartbeat_secs: u64,
+) -> Result<Option<Session>, PlanError> {
     let (sessions, _) = repo.sessions()?;
     // A session with no paths is a prune's, not a backup's.
-    Ok(sessions.into_iter().rev().filter(|s| !s.paths.is_empty()).find(|s| match prefix {
-        Some(p) => s.id_hex().starts_with(&p.to_ascii_lowercase()),
-        None => s.host == host,
-    }))
+    let mut backups = sessions.into_iter().rev().filter(|s| !s.paths.is_empty());
+    if let Some(p) = prefix {
+        return Ok(backups.find(|s| s.id_hex().starts_with(&p.to_ascii_lowercase())));
+    }
+    // Without a name: this host's newest stopped backup, else its newest (the user says it
+    // is not running: a kill -9 leaves a fresh heartbeat), else the stopped backup of a
+    // backup made here under another `--host` name (when only one host has any).
+    let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+    let now = clock::now_ns();
+    let all: Vec<Session> = backups.collect();
+    let is_stopped =
+        |s: &Session| s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS);
+    let own = || all.iter().filter(|s| s.host == host);
+    if let Some(s) = own().find(|s| is_stopped(s)).or_else(|| own().next()) {
+        return Ok(Some(s.clone()));
+    }
+    let stopped: Vec<&Session> = all.iter().filter(|s| is_stopped(s)).collect();
+    let hosts: std::collections::BTreeSet<&str> = stopped.iter().map(|s| s.host.as_str()).collect();
+    Ok(if hosts.len() == 1 { stopped.first().map(|s| (*s).clone()) } else { None })
 }
 
 /// A dead session of `host` that backed up exactly `paths`: a plain backup takes it over.
@@ -31,7 +52,9 @@ pub fn interrupted_session(
     let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
     let now = clock::now_ns();
     Ok(sessions.into_iter().rev().find(|s| {
-        s.host == host && s.paths == paths && now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS)
+        s.host == host
+            && s.paths == paths
+            && (s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS))
     }))
 }
 

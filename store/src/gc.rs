@@ -254,8 +254,12 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let mut still_marked: HashSet<PackId> = HashSet::new();
     for (path, record) in &records {
         let age = now.saturating_sub(record.mark_ns);
-        let holders: Vec<&Session> =
-            live.iter().filter(|s| s.started_ns < record.mark_ns.saturating_add(CLOCK_SKEW_NS)).collect();
+        // An interrupted backup holds nothing back: it runs no more, and when it is
+        // continued, the new walk reads the index afresh (its checkpoints keep their data).
+        let holders: Vec<&Session> = live
+            .iter()
+            .filter(|s| !s.interrupted && s.started_ns < record.mark_ns.saturating_add(CLOCK_SKEW_NS))
+            .collect();
         if age < policy.grace_ns || !holders.is_empty() {
             let why = if age < policy.grace_ns {
                 format!("{path}: marked {} ago, grace period not over", duration(age))

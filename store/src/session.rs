@@ -47,6 +47,30 @@ pub struct Session {
     pub options: SessionOptions,
     /// Checkpoints written so far.
     pub checkpoints: u32,
+    /// The backup was interrupted (SIGINT, SIGTERM) after writing its last checkpoint: it is
+    /// not running, so a re-run continues it at once and it holds no sweep back (a resumed
+    /// walk reads the index afresh), while its checkpoints still keep their data until the
+    /// session expires.
+    pub interrupted: bool,
+}
+
+/// A session record as written before `interrupted` existed (read, never written).
+#[derive(serde::Deserialize)]
+struct SessionV1 {
+    id: [u8; 16],
+    host: String,
+    started_ns: i64,
+    heartbeat_ns: i64,
+    paths: Vec<Vec<u8>>,
+    options: SessionOptions,
+    checkpoints: u32,
+}
+
+impl From<SessionV1> for Session {
+    fn from(v: SessionV1) -> Self {
+        let SessionV1 { id, host, started_ns, heartbeat_ns, paths, options, checkpoints } = v;
+        Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted: false }
+    }
 }
 
 impl Session {
@@ -86,7 +110,10 @@ impl Session {
         let mut aad = bytes.get(..8).unwrap_or_default().to_vec();
         aad.extend_from_slice(&id);
         let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        let s: Self = crate::object::decode_exact(name, &plain)?;
+        let s: Self = match crate::object::decode_exact(name, &plain) {
+            Ok(s) => s,
+            Err(e) => crate::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?,
+        };
         if s.id != id {
             return Err(StoreError::corrupt(name, "the session inside is another one"));
         }
@@ -151,6 +178,37 @@ mod tests {
     use bakare_crypto::MasterKey;
 
     #[test]
+    fn a_session_written_before_the_interrupted_flag_still_reads() {
+        #[derive(serde::Serialize)]
+        struct Old {
+            id: [u8; 16],
+            host: String,
+            started_ns: i64,
+            heartbeat_ns: i64,
+            paths: Vec<Vec<u8>>,
+            options: SessionOptions,
+            checkpoints: u32,
+        }
+        let m = MasterKey::generate().unwrap();
+        let old = Old {
+            id: [5; 16],
+            host: "h".into(),
+            started_ns: 1,
+            heartbeat_ns: 2,
+            paths: vec![],
+            options: SessionOptions::default(),
+            checkpoints: 3,
+        };
+        let head = header(ObjectKind::Session);
+        let mut aad = head.to_vec();
+        aad.extend_from_slice(&old.id);
+        let mut bytes = head.to_vec();
+        m.write.index_key.seal_into(&aad, &postcard::to_stdvec(&old).unwrap(), &mut bytes).unwrap();
+        let s = Session::decode("sessions/05050505050505050505050505050505", &bytes, &m.write.index_key).unwrap();
+        assert_eq!((s.checkpoints, s.interrupted), (3, false));
+    }
+
+    #[test]
     fn round_trips_and_tampering() {
         let m = MasterKey::generate().unwrap();
         let s = Session {
@@ -161,6 +219,7 @@ mod tests {
             paths: vec![b"/a".to_vec()],
             options: SessionOptions::default(),
             checkpoints: 0,
+            interrupted: true,
         };
         let bytes = s.encode(&m.write.index_key).unwrap();
         assert_eq!(Session::decode(&s.path(), &bytes, &m.write.index_key).unwrap(), s);

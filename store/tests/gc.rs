@@ -72,6 +72,7 @@ fn session(started_ns: i64, heartbeat_ns: i64) -> Session {
         paths: vec![b"/d".to_vec()],
         options: SessionOptions::default(),
         checkpoints: 0,
+        interrupted: false,
     }
 }
 
@@ -127,6 +128,22 @@ fn a_live_session_older_than_the_mark_holds_the_sweep_back() {
     assert_eq!(swept.deleted_packs, mark.marked_packs, "{swept:?}");
     assert_eq!(swept.expired_sessions, 1);
     assert!(backend.list("sessions").unwrap().is_empty());
+}
+
+#[test]
+fn an_interrupted_session_holds_no_sweep_back_but_keeps_its_checkpoints_data() {
+    let (_, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, _) = snapshot(&repo, 50, 2);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let now = clock::now_ns();
+    let stopped = Session { interrupted: true, ..session(now - DAY, now) };
+    repo.put_session(&stopped).unwrap();
+    let mark = run(&repo, immediate());
+    assert!(mark.marked_packs > 0);
+    let swept = run(&repo, immediate());
+    assert_eq!(swept.deleted_packs, mark.marked_packs, "Ctrl-C must not hold prune back for a week: {swept:?}");
+    assert_eq!(swept.live_sessions, 1, "the session stays, for resume");
 }
 
 #[test]

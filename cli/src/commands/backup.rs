@@ -74,6 +74,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),
+        interrupt: crate::interrupt::install(),
     };
     // An interrupted backup of the same paths from this host is taken over, not redone.
     if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)? {
@@ -107,7 +108,14 @@ pub fn run_backup(
         let expected = bakare_planner::expected_totals(&memo, paths, &opts.session_options)
             .map(|(files, bytes)| Expected { files, bytes });
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup", expected);
-        bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()).map_err(resumable)?
+        match bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()) {
+            Ok(r) => r,
+            Err(bakare_planner::PlanError::Interrupted) => {
+                memo.close();
+                return Err(crate::interrupt::Interrupted::from_flag(&opts.interrupt).into());
+            }
+            Err(e) => return Err(resumable(e)),
+        }
     };
     // Many new records leave the file's pages half full; compacting it makes the next
     // backups read fewer pages (a no-change backup reads every record).

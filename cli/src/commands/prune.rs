@@ -40,6 +40,7 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         paths: Vec::new(),
         options: SessionOptions::default(),
         checkpoints: 0,
+        interrupted: false,
     };
     let heartbeat = if a.dry_run {
         None

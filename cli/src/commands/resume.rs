@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, bail};
 use bakare_planner::{BackupOptions, Excludes, find_session, prepare_resume};
 
 use crate::Outcome;
@@ -14,10 +14,21 @@ use crate::context::Context;
 pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
     let mut repo = ctx.open(true)?;
     let host = this_host();
-    let session = find_session(&repo, &host, a.session.as_deref())?.ok_or_else(|| match &a.session {
-        Some(p) => anyhow!("no interrupted backup with id {p:?} in this repository"),
-        None => anyhow!("no interrupted backup of host {host:?} in this repository"),
-    })?;
+    let found = find_session(&repo, &host, a.session.as_deref(), a.checkpoint.heartbeat_secs)?;
+    let session = match (found, &a.session) {
+        (Some(s), _) => s,
+        (None, Some(p)) => bail!("no interrupted backup with id {p:?} in this repository"),
+        // A script that resumes after every run must not fail when there is nothing to do
+        // (a kill during start-up leaves no session).
+        (None, None) => {
+            if ctx.global.json {
+                out!("{}", serde_json::json!({"type": "resume", "session": null, "message": "nothing to resume"}))?;
+            } else if !ctx.global.quiet {
+                eprintln!("bakare: nothing to resume: no interrupted backup of host {host:?} in this repository");
+            }
+            return Ok(Outcome::Success);
+        }
+    };
     repo.set_compression_level(session.options.compression);
     repo.set_parity(session.options.parity);
     let memo = ctx.memo(&repo)?;
@@ -25,7 +36,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
     if !ctx.global.quiet && !ctx.global.json {
         eprintln!(
             "bakare: resuming backup {} ({} packs adopted, {} files from its checkpoints)",
-            &session.id_hex()[..8],
+            session.id_hex().get(..8).unwrap_or_default(),
             prepared.adopted_packs,
             prepared.imported_files
         );
@@ -42,6 +53,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         session_options: o.clone(),
         resume: Some(session.clone()),
         checkpoints: policy(&a.checkpoint),
+        interrupt: crate::interrupt::install(),
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();

@@ -52,6 +52,9 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
     if let Some(stop) = run.stopped.lock().ok().and_then(|s| s.clone()) {
         return Content::Fatal(stop);
     }
+    if run.interrupted() {
+        return Content::Fatal(Stop { message: "interrupted".into(), resumable: true });
+    }
     Counters::add(&run.counters.files, 1);
     run.counters.set_current(path);
     let read_ns = now_ns();

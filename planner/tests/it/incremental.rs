@@ -5,15 +5,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use bakare_planner::{BackupOptions, BackupReport, Memo, Start, backup, find_node};
 use bakare_store::{BlobId, ChunkerParams, Repository};
 
 use crate::engine::{describe, new_repo, opts, restore_folder};
-
-const GEN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/gen_tree.py");
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -60,9 +57,8 @@ impl Setup {
     }
 }
 
-fn gen_tree(args: &[&str]) {
-    let status = Command::new("python3").arg(GEN_TREE).args(args).status().expect("python3 runs gen_tree.py");
-    assert!(status.success(), "gen_tree.py {args:?} failed");
+fn gen_tree(dir: &Path, files: u64, seed: u64) {
+    bakare_testkit::create(dir, &bakare_testkit::TreeSpec::new(files).mean_kib(4.0).seed(seed)).unwrap();
 }
 
 /// Moves every mtime an hour back, so no file counts as modified "just now" (racy).
@@ -95,7 +91,7 @@ fn stat_files(root: &Path) -> BTreeMap<PathBuf, (u64, i64, u64)> {
 #[test]
 fn after_a_mutation_only_the_changed_files_are_read() {
     let s = Setup::new();
-    gen_tree(&["create", s.src.to_str().unwrap(), "--files", "400", "--mean-kib", "4", "--seed", "3"]);
+    gen_tree(&s.src, 400, 3);
     age(&s.src);
     let first = s.backup();
     assert_eq!(first.snapshot.stats.files_reused, 0);
@@ -107,7 +103,7 @@ fn after_a_mutation_only_the_changed_files_are_read() {
     assert_eq!(unchanged.snapshot.stats.files_reused, before.len() as u64);
     assert_eq!(s.src_tree(&unchanged), s.src_tree(&first), "same tree, same id");
 
-    gen_tree(&["mutate", s.src.to_str().unwrap(), "--percent", "5", "--seed", "4"]);
+    bakare_testkit::mutate(&s.src, 5, 4, true).unwrap();
     let after = stat_files(&s.src);
     let changed: Vec<_> = after.iter().filter(|(p, st)| before.get(*p) != Some(st)).collect();
     assert!(changed.len() >= 10, "the mutation changed {} files", changed.len());
@@ -176,7 +172,7 @@ fn a_metadata_only_change_is_recorded_without_reading() {
 #[test]
 fn a_lost_or_damaged_memo_costs_one_slower_run_never_a_wrong_snapshot() {
     let s = Setup::new();
-    gen_tree(&["create", s.src.to_str().unwrap(), "--files", "150", "--mean-kib", "4", "--seed", "5"]);
+    gen_tree(&s.src, 150, 5);
     age(&s.src);
     let first = s.backup();
     let n = stat_files(&s.src).len() as u64;
@@ -214,7 +210,7 @@ fn a_lost_or_damaged_memo_costs_one_slower_run_never_a_wrong_snapshot() {
 #[test]
 fn after_garbage_collection_remembered_chunks_are_checked_again() {
     let s = Setup::new();
-    gen_tree(&["create", s.src.to_str().unwrap(), "--files", "60", "--mean-kib", "4", "--seed", "6"]);
+    gen_tree(&s.src, 60, 6);
     age(&s.src);
     s.backup();
     assert_eq!(s.backup().snapshot.stats.files_read, 0);

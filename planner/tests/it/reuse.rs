@@ -33,6 +33,7 @@ fn context(repo: Arc<Repository>) -> RunContext {
         fresh: Default::default(),
         errors: Default::default(),
         stopped: Default::default(),
+        interrupt: Default::default(),
     }
 }
 
