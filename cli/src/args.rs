@@ -19,14 +19,16 @@ pub struct Cli {
 pub struct Global {
     /// Repository: a folder, s3://bucket/prefix (endpoint, region and credentials from the
     /// usual AWS_* variables and ~/.aws files) or sftp://user@host[:port]/path (keys from
-    /// ssh-agent or ~/.ssh) [default: the user's data folder, bakare/repo]
-    #[arg(long, short = 'r', global = true, env = "BAKARE_REPOSITORY", hide_env_values = true, value_name = "REPO")]
+    /// ssh-agent or ~/.ssh) [default: the user's data folder, bakare/repo] [env:
+    /// BAKARE_REPOSITORY]
+    #[arg(long, short = 'r', global = true, value_name = "REPO")]
     pub repo: Option<PathBuf>,
     /// Read the passphrase from this file (else BAKARE_PASSPHRASE, else a terminal prompt)
-    #[arg(long, global = true, env = "BAKARE_PASSPHRASE_FILE", hide_env_values = true, value_name = "FILE")]
+    /// [env: BAKARE_PASSPHRASE_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
-    /// Use this put-only key file instead of a passphrase (backup only)
-    #[arg(long, global = true, env = "BAKARE_KEY_FILE", hide_env_values = true, value_name = "FILE")]
+    /// Use this put-only key file instead of a passphrase (backup only) [env: BAKARE_KEY_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
     /// Print machine-readable JSON (JSON lines for progress)
     #[arg(long, global = true)]
@@ -35,18 +37,19 @@ pub struct Global {
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
     /// Folder for local state (the backup memo) [default: the user's cache folder, bakare]
-    #[arg(long, global = true, env = "BAKARE_CACHE_DIR", hide_env_values = true, value_name = "DIR")]
+    /// [env: BAKARE_CACHE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Use no local state: every file is read
     #[arg(long, global = true)]
     pub no_cache: bool,
     /// Worker threads for reading, hashing, compressing and writing [default: 4 per core,
-    /// so that reads of small files overlap]
-    #[arg(long, global = true, env = "BAKARE_THREADS", hide_env_values = true, value_name = "N")]
+    /// so that reads of small files overlap] [env: BAKARE_THREADS]
+    #[arg(long, global = true, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Keep memory under about this much (K, M, G suffixes; at least 32M): sizes the read
     /// buffers in flight and the local caches
-    #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", hide_env_values = true, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, global = true, env = "BAKARE_MEMORY_LIMIT", hide_env_values = true, default_value = "512M", value_name = "SIZE", value_parser = parse_memory_limit)]
     pub memory_limit: u64,
     /// Requests to a remote repository in flight at most (fewer after errors; uploads are
     /// also bounded by --memory-limit)
@@ -70,9 +73,54 @@ pub struct Global {
     /// unknown hosts) or accept (any key; for tests)
     #[arg(long, global = true, env = "BAKARE_SFTP_KNOWN_HOSTS", hide_env_values = true, default_value = "strict", value_parser = ["strict", "add", "accept"])]
     pub sftp_known_hosts: String,
-    /// SFTP private key file [default: ssh's own choice: the agent, ~/.ssh]
-    #[arg(long, global = true, env = "BAKARE_SFTP_KEY", hide_env_values = true, value_name = "FILE")]
+    /// SFTP private key file [default: ssh's own choice: the agent, ~/.ssh] [env:
+    /// BAKARE_SFTP_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
     pub sftp_key: Option<PathBuf>,
+}
+
+impl Global {
+    /// Options not given on the command line, from their environment variables. (Read here
+    /// rather than by clap, whose usage lines list every option an environment variable set,
+    /// as if it were required.)
+    pub fn fill_from_env(&mut self) -> Result<(), String> {
+        let path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        for (field, name) in [
+            (&mut self.repo, "BAKARE_REPOSITORY"),
+            (&mut self.passphrase_file, "BAKARE_PASSPHRASE_FILE"),
+            (&mut self.key_file, "BAKARE_KEY_FILE"),
+            (&mut self.cache_dir, "BAKARE_CACHE_DIR"),
+            (&mut self.sftp_key, "BAKARE_SFTP_KEY"),
+        ] {
+            if field.is_none() {
+                *field = path(name);
+            }
+        }
+        if self.threads.is_none()
+            && let Ok(v) = std::env::var("BAKARE_THREADS")
+        {
+            self.threads = Some(parse_threads(&v).map_err(|e| format!("BAKARE_THREADS: {e}"))?);
+        }
+        Ok(())
+    }
+}
+
+/// Worker threads: 1 to 256.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        Ok(_) => Err(format!("{s:?}: between 1 and 256 threads")),
+        Err(_) => Err(format!("{s:?} is not a number of threads")),
+    }
+}
+
+/// `--memory-limit`: a size of at least 32 MiB (less cannot hold one pack being written).
+pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 32 << 20 {
+        return Err(format!("{s:?} is too little: at least 32M"));
+    }
+    Ok(n)
 }
 
 /// A duration: a number with an optional ms, s, m or h suffix (seconds without one).
@@ -252,9 +300,15 @@ pub struct RestoreArgs {
     /// Folder to restore into
     #[arg(long, short = 't', value_name = "DIR")]
     pub target: PathBuf,
-    /// Restore into a folder that already has files, replacing files of the same name
+    /// Restore into a folder that already has files, replacing files of the same name; a
+    /// file already there with the snapshot's size and mtime is kept, so a restore run
+    /// again after an interruption continues where it stopped
     #[arg(long)]
     pub overwrite: bool,
+    /// Write what is readable of a damaged file, its lost ranges as holes (it is still
+    /// reported, and the exit code is 4)
+    #[arg(long)]
+    pub keep_damaged: bool,
 }
 
 #[derive(Args, Debug)]

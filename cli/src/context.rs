@@ -81,9 +81,13 @@ impl Context {
     }
 
     /// This machine's cache folder for the repository with this config, or `None` with
-    /// --no-cache.
+    /// --no-cache. Folders and files an older bakare made readable to others are made
+    /// private (the memo holds file names).
     pub fn cache_folder(&self, config: &bakare_store::Config) -> Result<Option<PathBuf>> {
-        Ok(self.cache_base()?.map(|b| b.join(config.id_hex())))
+        let Some(base) = self.cache_base()? else { return Ok(None) };
+        let folder = base.join(config.id_hex());
+        make_private(&base, &folder);
+        Ok(Some(folder))
     }
 
     /// This machine's cache folder for all repositories, or `None` with --no-cache.
@@ -164,7 +168,7 @@ impl Context {
     pub fn say_opened(&self, repo: &Repository) {
         if !self.global.quiet && !self.global.json {
             let id = repo.config().id_hex();
-            eprintln!("repository {} at {}", id.get(..8).unwrap_or(&id), repo.backend().location());
+            say!("repository {} at {}", id.get(..8).unwrap_or(&id), repo.backend().location());
         }
     }
 
@@ -210,7 +214,7 @@ impl Context {
             Err(StoreError::NotARepository { .. })
                 if self.global.key_file.is_none() && self.global.repo.is_none() && interactive =>
             {
-                eprintln!(
+                say!(
                     "bakare: no repository yet at {location}: creating one there (the default; --repo or \
                      BAKARE_REPOSITORY choose another, `bakare init` creates one explicitly)"
                 );
@@ -221,6 +225,26 @@ impl Context {
             }
             _ => Ok((self.open(true)?, false)),
         }
+    }
+}
+
+/// Takes group and other bits off `base`, `folder` and the files directly in `folder`
+/// (best effort: a cache that cannot be changed still works).
+fn make_private(base: &std::path::Path, folder: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |p: &std::path::Path, mode: u32| {
+        if let Ok(m) = std::fs::symlink_metadata(p)
+            && !m.file_type().is_symlink()
+            && m.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        }
+    };
+    tighten(base, 0o700);
+    tighten(folder, 0o700);
+    for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let p = e.path();
+        tighten(&p, if p.is_dir() { 0o700 } else { 0o600 });
     }
 }
 
@@ -263,6 +287,6 @@ fn check_in_child(path: &std::path::Path) -> Result<(), String> {
 /// by `bakare verify --repair`).
 pub fn warn_index(repo: &Repository) {
     for w in repo.index_warnings() {
-        eprintln!("bakare: warning: skipped a damaged index segment ({w})");
+        say!("bakare: warning: skipped a damaged index segment ({w})");
     }
 }

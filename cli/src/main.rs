@@ -1,5 +1,6 @@
 //! The `bakare` command. `main` maps errors to exit codes: 0 success, 1 error (or problems
-//! found by verify), 2 usage, 3 a backup finished but some files could not be read, 75 a
+//! found by verify), 2 usage, 3 a backup finished but some files could not be read, 4 a
+//! restore finished but some requested files were not restored completely, 75 a
 //! backup stopped resumably (the repository's storage failed; `bakare resume` continues),
 //! 130 and 143 a backup interrupted by SIGINT or SIGTERM (it continues where it stopped).
 
@@ -8,6 +9,23 @@ macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
         writeln!(std::io::stdout().lock(), $($t)*)
+    }};
+}
+
+/// `eprintln!` that never panics: a message that cannot be written (stderr closed, a full
+/// disk, a reader gone) is dropped rather than taking the command down.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
+/// `println!` for the last words of a command: never panics.
+macro_rules! last_out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
     }};
 }
 
@@ -44,14 +62,21 @@ pub enum Outcome {
     Partial,
     /// A check found problems (or repair could not undo all of them).
     Problems,
+    /// A restore wrote everything it could, but not all that was asked (exit 4).
+    Incomplete,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.global.fill_from_env() {
+        say!("bakare: error: {e}");
+        return ExitCode::from(2);
+    }
     let json = cli.global.json;
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
-    let threads = cli.global.threads.unwrap_or(cores * 4).clamp(1, 256);
+    let threads = cli.global.threads.unwrap_or((cores * 4).clamp(1, 256));
     tune_malloc(cli.global.memory_limit, cores);
+    private_files();
     bakare_planner::set_memory_limit(cli.global.memory_limit);
     // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
@@ -77,30 +102,31 @@ fn main() -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
         Ok(Outcome::Problems) => ExitCode::FAILURE,
+        Ok(Outcome::Incomplete) => ExitCode::from(4),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() => {
             let code = e.downcast_ref::<interrupt::Interrupted>().map_or(130, interrupt::Interrupted::exit_code);
             if json {
-                println!(
+                last_out!(
                     "{}",
                     serde_json::json!({ "type": "error", "interrupted": true, "message": format!("{e:#}") })
                 );
             }
-            eprintln!("bakare: {e:#}");
+            say!("bakare: {e:#}");
             ExitCode::from(code)
         }
         Err(e) if e.downcast_ref::<Resumable>().is_some() => {
             if json {
-                println!("{}", serde_json::json!({ "type": "error", "resumable": true, "message": format!("{e:#}") }));
+                last_out!("{}", serde_json::json!({ "type": "error", "resumable": true, "message": format!("{e:#}") }));
             }
-            eprintln!("bakare: error: {e:#}");
+            say!("bakare: error: {e:#}");
             ExitCode::from(75)
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "type": "error", "message": format!("{e:#}") }));
+                last_out!("{}", serde_json::json!({ "type": "error", "message": format!("{e:#}") }));
             }
-            eprintln!("bakare: error: {e:#}");
+            say!("bakare: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -118,6 +144,17 @@ fn tune_malloc(limit: u64, cores: usize) {
     // called first thing in main, before this process starts threads of its own.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+/// Everything bakare creates is its user's alone: local caches (the memo holds file names),
+/// spool files and local repositories are made 0600 in 0700 folders, as restic does.
+/// Restored files get their recorded modes explicitly, so the mask does not touch them.
+#[allow(unsafe_code)]
+fn private_files() {
+    // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
     }
 }
 

@@ -329,6 +329,27 @@ fn chmod_tree(p: &Path, mode: u32) {
 }
 
 #[test]
+fn a_folder_unreadable_at_backup_time_is_not_restored_silently_empty() {
+    let env = Env::new();
+    env.init();
+    env.write("src/ok", b"fine");
+    env.write("src/locked/inside", b"secret");
+    chmod_tree(&env.path("repo"), 0o777);
+    chmod_tree(&env.path("src"), 0o755);
+    fs::set_permissions(env.path("src/ok"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(env.path("src/locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = unprivileged(&env).args(["backup", "src"]).output().unwrap();
+    assert_eq!(code(&out), 3, "{}", env.stderr(&out));
+    let src = env.path("src").canonicalize().unwrap();
+    let restored = env.run(&["restore", &format!("latest:{}", src.display()), "--target", "out"]);
+    assert_eq!(code(&restored), 4, "{}", env.stderr(&restored));
+    let said = env.stderr(&restored);
+    assert!(said.contains("not restored completely: out/locked: folder incomplete"), "{said}");
+    assert!(said.contains("folder incomplete"), "{said}");
+    assert_eq!(fs::read(env.path("out/ok")).unwrap(), b"fine");
+}
+
+#[test]
 fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
     let env = Env::new();
     env.init();
@@ -353,11 +374,13 @@ fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
     assert_eq!(summary["files_new"], 2);
     let src = env.path("src").canonicalize().unwrap();
     let restored = env.run(&["restore", &format!("latest:{}", src.display()), "--target", "out"]);
-    assert!(restored.status.success());
+    // Everything else is restored; what was not is named, and the exit code says so.
+    assert_eq!(code(&restored), 4, "{}", env.stderr(&restored));
     assert_eq!(fs::read(env.path("out/good1")).unwrap(), b"one");
     assert_eq!(fs::read(env.path("out/sub/good2")).unwrap(), b"two");
     assert!(!env.path("out/bad").exists());
-    assert!(env.stderr(&restored).contains("not restored: at backup time: cannot read file"));
+    let said = env.stderr(&restored);
+    assert!(said.contains("not in the snapshot: it could not be read at backup time: cannot read file"), "{said}");
     let long = env.ok(&["--json", "ls", &format!("latest:{}/bad", src.display())]);
     assert!(long.contains("Permission denied"), "{long}");
 }
@@ -610,4 +633,75 @@ fn forget_and_prune_with_and_without_dry_run() {
     assert!(pruned[0]["young_packs"].as_u64().unwrap() > 0);
     assert!(fs::read_dir(env.path("repo/sessions")).unwrap().next().is_none(), "prune's session is gone");
     env.ok(&["restore", "latest", "--target", "out"]);
+}
+
+/// Messages people found misleading: causes printed twice, "1 snapshots", `history` on a
+/// folder, `forget ID --dry-run` not naming what it would remove, usage lines listing
+/// options set in the environment as if required, out-of-range options accepted, and a
+/// panic when stderr cannot be written.
+#[test]
+fn messages_say_what_is_so_once() {
+    let env = Env::new();
+    let twice = env.run(&["--repo", "/etc/passwd/x", "snapshots"]);
+    assert_eq!(code(&twice), 1);
+    insta::assert_snapshot!("err_cause_once", env.stderr(&twice));
+
+    env.init();
+    env.write("src/d/a", b"one");
+    env.ok(&["backup", "-q", "src"]);
+    let one = env.ok(&["snapshots"]);
+    assert!(one.ends_with("\n1 snapshot\n"), "{one}");
+
+    let src = env.path("src").canonicalize().unwrap();
+    let folder = env.run(&["history", src.join("d").to_str().unwrap()]);
+    assert_eq!(code(&folder), 1);
+    let msg = env.stderr(&folder);
+    assert!(msg.contains("is a folder") && msg.contains("`bakare ls "), "{msg}");
+
+    let forget = env.ok(&["forget", "latest", "--dry-run"]);
+    let id = env.ok(&["--json", "snapshots"]);
+    let id: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let short = &id[0]["id"].as_str().unwrap()[..8];
+    assert!(forget.contains(&format!("  {short} ")) && forget.contains("  remove\n"), "{forget}");
+    assert!(forget.ends_with("would remove 1 snapshot\n"), "{forget}");
+
+    let usage = env.cmd().env("BAKARE_PASSPHRASE_FILE", "/nonexistent").args(["backup"]).output().unwrap();
+    assert_eq!(code(&usage), 2);
+    insta::assert_snapshot!("err_usage_with_environment", env.stderr(&usage));
+
+    assert_eq!(code(&env.run(&["--threads", "0", "snapshots"])), 2);
+    assert_eq!(code(&env.run(&["--memory-limit", "1", "snapshots"])), 2);
+    assert_eq!(code(&env.cmd().env("BAKARE_THREADS", "0").args(["snapshots"]).output().unwrap()), 2);
+
+    // stderr on a full disk: the error is lost, the exit code is not (no panic, 101).
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = env.cmd().args(["--repo", "/nonexistent/repo", "snapshots"]).stderr(full).output().unwrap();
+    assert_eq!(code(&out), 1);
+}
+
+/// The local caches hold file names (the memo) and the repository holds everything: both
+/// are their user's alone, 0600 files in 0700 folders, and caches an older bakare left
+/// readable to others are made private.
+#[test]
+fn caches_and_repositories_are_private() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"one");
+    env.ok(&["--cache-dir", "cache", "backup", "-q", "src"]);
+    let mut stack = vec![env.path("cache"), env.path("repo")];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode() & 0o777);
+        seen += 1;
+        if m.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 10);
+    let memo = fs::read_dir(env.path("cache")).unwrap().next().unwrap().unwrap().path().join("state.redb");
+    fs::set_permissions(&memo, fs::Permissions::from_mode(0o644)).unwrap();
+    env.ok(&["--cache-dir", "cache", "backup", "-q", "src"]);
+    assert_eq!(fs::metadata(&memo).unwrap().mode() & 0o777, 0o600, "an old cache file is made private");
 }

@@ -86,9 +86,16 @@ impl Cli {
 
     /// Creates the folder and the repository (fast key derivation, 1 MiB packs).
     pub fn init(&self) {
+        self.init_with(&[]);
+    }
+
+    /// As [`Cli::init`], with more `init` arguments (`--chunk-kib 16`, say).
+    pub fn init_with(&self, more: &[&str]) {
         let _ = fs::remove_dir_all(&self.dir);
         fs::create_dir_all(&self.dir).unwrap();
-        let out = self.run(&["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"]);
+        let mut args = vec!["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"];
+        args.extend_from_slice(more);
+        let out = self.run(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -125,6 +132,24 @@ impl Cli {
 /// Sends a real signal (`-STOP`, `-CONT`, ...) to a child process; whether it was delivered.
 pub fn signal(child: &std::process::Child, sig: &str) -> bool {
     std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().is_ok_and(|s| s.success())
+}
+
+/// Waits until `child` is stopped (state `T` in /proc), at most a minute.
+pub fn wait_stopped(child: &mut std::process::Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the backup ended ({status}) before reaching its failpoint");
+        }
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the command name in parentheses.
+        if s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the backup never stopped at its failpoint");
 }
 
 /// Asserts a command succeeded, showing its output if not.
@@ -538,10 +563,10 @@ impl Fixture {
                 }
             }
             let missing: Vec<_> = want.keys().filter(|p| !got.contains_key(*p)).collect();
-            if missing.len() != report.skipped.len() {
+            if missing.len() != report.incomplete.len() {
                 return (
                     Outcome::Failed,
-                    format!("{} files missing but {} reported", missing.len(), report.skipped.len()),
+                    format!("{} files missing but {} reported", missing.len(), report.incomplete.len()),
                 );
             }
             lost += missing.len();
@@ -552,6 +577,34 @@ impl Fixture {
         } else {
             (Outcome::Repaired, String::new())
         }
+    }
+}
+
+impl Fixture {
+    /// Restores every snapshot with no repair first (readers must ride over damage to
+    /// metadata, which has a second copy): `Ok` when each is identical to what was backed up,
+    /// else why not.
+    pub fn restore_without_repair(&self) -> Result<(), String> {
+        let repo = self.repo();
+        let snaps = repo.snapshots().map_err(|e| e.to_string())?.snapshots;
+        for (id, snap) in &snaps {
+            let target = self.dir.path().join(format!("plain-restore-{}", id.short()));
+            let _ = fs::remove_dir_all(&target);
+            let start = find_node(&repo, snap.root, &self.source.to_string_lossy()).map_err(|e| e.to_string())?;
+            let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                restore(&repo, start, &target, RestoreOptions::default(), &Counters::default())
+            }))
+            .map_err(|_| "restore panicked".to_string())?
+            .map_err(|e| format!("restore of {}: {e}", id.short()))?;
+            if !report.incomplete.is_empty() {
+                return Err(format!("restore of {}: incomplete: {:?}", id.short(), report.incomplete));
+            }
+            if contents(&target) != self.expected[&snap.time_ns] {
+                return Err(format!("restore of {} differs", id.short()));
+            }
+            let _ = fs::remove_dir_all(&target);
+        }
+        Ok(())
     }
 }
 
@@ -593,6 +646,7 @@ fn leave_interrupted_backup(repo: &Repository, source: &Path) {
         options: SessionOptions::default(),
         checkpoints: 1,
         interrupted: false,
+        committing: None,
     };
     repo.put_session(&session).unwrap();
     let refs = CheckpointRefs { session: session.id, seq: 1, blobs };

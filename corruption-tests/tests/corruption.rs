@@ -62,6 +62,35 @@ fn every_kind_of_file_under_every_mutation() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// Damage to trees (each is in two packs) and to pack tables costs readers nothing: every
+/// snapshot restores identical straight away, with no repair in between.
+#[test]
+fn restore_rides_over_damaged_trees_without_repair() {
+    let fx = Fixture::new();
+    let n = iterations() / 2;
+    let mut table: BTreeMap<Kind, BTreeMap<&str, usize>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for kind in [Kind::TreeBlob, Kind::PackBlobTable] {
+        for i in 0..n {
+            let mutation = Mutation::ALL[i % Mutation::ALL.len()];
+            let mut rng = Rng::new(0x7EE5 << 32 | (kind as u64) << 24 | i as u64);
+            fx.reset();
+            let (changed, _) = fx.mutate(kind, mutation, &mut rng);
+            let outcome = match fx.restore_without_repair() {
+                Ok(()) if changed => "identical",
+                Ok(()) => "no-op",
+                Err(why) => {
+                    failures.push(format!("{kind:?} #{i} {mutation:?}: {why}"));
+                    "failed"
+                }
+            };
+            *table.entry(kind).or_default().entry(outcome).or_default() += 1;
+        }
+    }
+    println!("\nrestore with no repair after {n} mutations per kind: {table:?}");
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
 /// With parity, damaged packs are rebuilt in place: no data is lost to any mutation that
 /// leaves most of a pack (truncation may cut off more than parity covers; a stale copy of
 /// another pack leaves nothing of it).

@@ -6,29 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Output};
-use std::time::{Duration, Instant};
 
-use bakare_corruption_tests::{Cli, contents, gen_tree, ok, signal};
+use bakare_corruption_tests::{Cli, contents, gen_tree, ok, signal, wait_stopped};
 
 const DAY: i64 = 86_400;
-
-/// Waits until `child` is stopped (state `T` in /proc), at most a minute.
-fn wait_stopped(child: &mut Child) {
-    let stat = format!("/proc/{}/stat", child.id());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the backup ended ({status}) before reaching its failpoint");
-        }
-        let s = std::fs::read_to_string(&stat).unwrap_or_default();
-        // The state follows the command name in parentheses.
-        if s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the backup never stopped at its failpoint");
-}
 
 /// `bakare prune --json` as host `b`, `days` in the future; its report.
 fn prune(cli: &Cli, days: i64) -> serde_json::Value {

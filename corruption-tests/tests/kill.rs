@@ -127,3 +127,31 @@ fn an_interrupted_backup_says_so_and_the_same_command_continues_it() {
         assert_eq!(fs::read_dir(run.dir.join("repo/sessions")).map(|d| d.count()).unwrap_or(0), 0);
     }
 }
+
+/// Killed after its snapshot was written but before its session record was removed: the
+/// backup is finished. `resume` says so and writes no second snapshot; a plain backup of
+/// the same paths starts afresh instead of taking the session over.
+#[test]
+fn a_backup_killed_after_its_snapshot_is_finished_not_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 200, 8, 13);
+    let src_arg = src.to_str().unwrap();
+    let run = Cli::new(tmp.path().join("w"));
+    run.init();
+    let mut child = run.cmd(&["backup", "-q", src_arg]).env("BAKARE_FAILPOINT", "after-snapshot").spawn().unwrap();
+    bakare_corruption_tests::wait_stopped(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let count = |dir: &str| fs::read_dir(run.dir.join("repo").join(dir)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!((count("snapshots"), count("sessions")), (1, 1), "killed between the snapshot and the cleanup");
+    let out = run.run(&["resume"]);
+    ok(&out, "resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("had already committed snapshot"), "{stderr}");
+    assert_eq!((count("snapshots"), count("sessions"), count("checkpoints")), (1, 0, 0), "no second snapshot");
+    ok(&run.run(&["verify"]), "verify");
+    let again = run.run(&["resume"]);
+    ok(&again, "resume with nothing to resume");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to resume"));
+}

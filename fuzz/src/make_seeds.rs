@@ -83,6 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         options: bakare_store::SessionOptions::default(),
         checkpoints: 1,
         interrupted: false,
+        committing: None,
     };
     write("session", 0, &session.encode(&key.write.index_key)?)?;
     let checkpoint = bakare_store::Checkpoint {

@@ -263,7 +263,7 @@ pub fn backup(
     let mut sources = Sources::default();
     let mut abs_paths = Vec::new();
     for p in paths {
-        let abs = fs::canonicalize(p).map_err(|source| PlanError::Source { path: p.clone(), source })?;
+        let abs = fs::canonicalize(p).map_err(|cause| PlanError::Source { path: p.clone(), cause })?;
         sources.insert(&abs);
         abs_paths.push(abs.as_os_str().as_bytes().to_vec());
     }
@@ -272,7 +272,7 @@ pub fn backup(
     let mut stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
     let mut added = 0;
     let session = match &opts.resume {
-        Some(s) => Session { heartbeat_ns: time_ns, interrupted: false, ..s.clone() },
+        Some(s) => Session { heartbeat_ns: time_ns, interrupted: false, committing: None, ..s.clone() },
         None => Session {
             id: Session::new_id()?,
             host: opts.host.clone(),
@@ -282,6 +282,7 @@ pub fn backup(
             options: opts.session_options.clone(),
             checkpoints: 0,
             interrupted: false,
+            committing: None,
         },
     };
     repo.put_session(&session)?;
@@ -360,11 +361,17 @@ pub fn backup(
         stats,
         program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
     };
-    let id = repo.save_snapshot(&snapshot)?;
+    // The session says which snapshot it commits before the snapshot is written: killed
+    // between that and removing the session, it is finished, not resumed into a second one.
+    // (The heartbeat thread writes the session record too: it stops first.)
+    drop(heartbeat);
+    let id = repo.save_snapshot_after(&snapshot, |id| {
+        repo.put_session(&Session { committing: Some(*id), heartbeat_ns: clock::now_ns(), ..session.clone() })
+    })?;
+    bakare_store::failpoint::hit("after-snapshot");
     // Only an estimate for the next run's progress: a failure to store it costs nothing.
     let _ = memo.set_totals(&set, snapshot.stats.files(), snapshot.stats.total_bytes);
     // The snapshot now keeps everything reachable: the session and its checkpoints go.
-    drop(heartbeat);
     let mut leftovers = checkpoints;
     if opts.resume.is_some() {
         leftovers.extend(repo.checkpoints(&session.id)?.into_iter().map(|(p, _)| p));
@@ -605,7 +612,7 @@ impl Walk<'_> {
             .map(|(name, child)| {
                 let child_path = path.join(name);
                 let meta = fs::symlink_metadata(&child_path)
-                    .map_err(|source| PlanError::Source { path: child_path.clone(), source })?;
+                    .map_err(|cause| PlanError::Source { path: child_path.clone(), cause })?;
                 if child.whole {
                     self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files)
                 } else {

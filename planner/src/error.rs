@@ -8,20 +8,13 @@ use std::path::PathBuf;
 pub enum PlanError {
     #[error(transparent)]
     Store(#[from] bakare_store::StoreError),
-    #[error("source path {path} does not exist or cannot be read: {source}")]
-    Source {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (Causes are in the messages, not chained: `{:#}` would print them twice.)
+    #[error("source path {path} does not exist or cannot be read: {cause}")]
+    Source { path: PathBuf, cause: std::io::Error },
     #[error("invalid exclude pattern {pattern:?}: {reason}")]
     Exclude { pattern: String, reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("restore target {0} is not empty; use --overwrite to restore into it anyway")]
     TargetNotEmpty(PathBuf),
     #[error(transparent)]
@@ -52,5 +45,5 @@ impl PlanError {
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PlanError {
     let path = path.into();
-    move |source| PlanError::Io { path, source }
+    move |cause| PlanError::Io { path, cause }
 }

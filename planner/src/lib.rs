@@ -41,4 +41,4 @@ pub use names::{Hit, IndexReport, NameIndex, index_path};
 pub use queries::{Content, Stop, TreeResult, dir_tree, file_content};
 pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};
-pub use resume::{Prepared, find_session, interrupted_session, prepare_resume};
+pub use resume::{Prepared, find_session, finish_committed, interrupted_session, prepare_resume};

@@ -59,11 +59,22 @@ pub fn check(backend: Arc<dyn Backend>, access: Access, opts: &CheckOptions) -> 
             mid = verify(&open()?, opts.read_data)?;
         }
     }
-    if !mid.lost.is_empty() {
+    if mid.lost.iter().any(|l| !l.marked) && opts.source.is_none() {
+        out.actions.push(format!(
+            "{} files lost data in the repository; if they still exist where they were backed up from, \
+             `bakare verify --repair --source PATH` recovers them (marking them lost keeps what that needs)",
+            mid.lost.iter().filter(|l| !l.marked).count()
+        ));
+    }
+    if mid.lost.iter().any(|l| !l.marked) || !mid.healed.is_empty() {
         let repo = open()?;
         out.rewritten = mark_lost(&repo, &mid)?;
         for (old, new) in &out.rewritten {
-            out.actions.push(format!("rewrote snapshot {} as {} with its lost files marked", old.short(), new.short()));
+            out.actions.push(format!(
+                "rewrote snapshot {} as {} with its lost files marked (or healed ones unmarked)",
+                old.short(),
+                new.short()
+            ));
         }
     }
     out.after = Some(verify(&open()?, opts.read_data)?);

@@ -143,15 +143,27 @@ fn within_span(first: &bakare_store::BlobLocation, run: &[bakare_store::BlobLoca
 /// How to restore.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RestoreOptions {
-    /// Restore into a target that already has files, replacing what has the same name.
+    /// Restore into a target that already has files, replacing what has the same name
+    /// (a regular file already there with the snapshot's size and mtime is kept: a restore
+    /// run again after an interruption continues where it stopped).
     pub overwrite: bool,
+    /// Write what is readable of a damaged file, its lost ranges as holes, under its own
+    /// name (it is still reported as not restored completely).
+    pub keep_damaged: bool,
 }
 
 /// What a restore did.
 #[derive(Debug, Default)]
 pub struct RestoreReport {
-    /// Entries not restored, with the reason (unreadable at backup time, special files).
+    /// Special files, recorded only (FIFOs, sockets, devices): not an incomplete restore.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Entries not restored completely, with the reason: damage in the repository (each
+    /// named object), errors writing the target, or what could not be read at backup time.
+    pub incomplete: Vec<(PathBuf, String)>,
+    /// Files already in the target with the snapshot's size and mtime, left as they were.
+    pub kept: u64,
+    /// Trees read from their second copy (their first is damaged).
+    pub fallbacks: Vec<String>,
 }
 
 /// Where a restore starts: a whole tree, or one entry.
@@ -182,6 +194,8 @@ struct Ctx<'a> {
     opts: RestoreOptions,
     counters: &'a Counters,
     skipped: Mutex<Vec<(PathBuf, String)>>,
+    incomplete: Mutex<Vec<(PathBuf, String)>>,
+    kept: std::sync::atomic::AtomicU64,
     /// Spans of packs, when the repository is remote.
     spans: Option<Spans>,
     /// Remote only: small files waiting to be restored in pack order, a batch at a time.
@@ -223,6 +237,8 @@ pub fn restore(
         opts,
         counters,
         skipped: Mutex::default(),
+        incomplete: Mutex::default(),
+        kept: Default::default(),
         spans,
         pending: Mutex::default(),
         folders: Mutex::default(),
@@ -231,16 +247,44 @@ pub fn restore(
         Start::Tree(id) => ctx.tree(&id, target)?,
         Start::Entry(e) => {
             let path = target.join(std::ffi::OsStr::from_bytes(&e.name));
-            ctx.entry(&e, &path)?;
+            ctx.entry_or_record(&e, &path)?;
         }
     }
     let rest = std::mem::take(&mut *lock(&ctx.pending));
     ctx.restore_batch(rest)?;
     // Children before their parents: each folder's times are set after its contents.
     for (path, meta) in std::mem::take(&mut *lock(&ctx.folders)) {
-        apply_metadata(&path, &meta, false)?;
+        if let Err(e) = apply_metadata(&path, &meta, false) {
+            ctx.incomplete(&path, e)?;
+        }
     }
-    Ok(RestoreReport { skipped: ctx.skipped.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) })
+    let mut incomplete = ctx.incomplete.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    incomplete.sort();
+    Ok(RestoreReport {
+        skipped: ctx.skipped.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner),
+        incomplete,
+        kept: ctx.kept.into_inner(),
+        fallbacks: repo.take_tree_fallbacks(),
+    })
+}
+
+/// Whether an error ends the whole restore rather than one file: the storage is gone (no
+/// retry helped) or the key cannot read; damage to one object and errors writing one file
+/// are the file's alone.
+fn ends_the_restore(e: &PlanError) -> bool {
+    match e {
+        PlanError::Store(bakare_store::StoreError::Backend(b)) => !b.is_not_found(),
+        PlanError::Store(bakare_store::StoreError::NeedsMasterKey) => true,
+        _ => false,
+    }
+}
+
+/// The name a file is written under until it is complete (then renamed to its own).
+fn partial_name(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".bakare-partial");
+    path.with_file_name(name)
 }
 
 impl Ctx<'_> {
@@ -250,17 +294,50 @@ impl Ctx<'_> {
         }
     }
 
+    /// Records that `path` was not restored completely, unless the error ends the restore.
+    fn incomplete(&self, path: &Path, e: PlanError) -> Result<(), PlanError> {
+        if ends_the_restore(&e) {
+            return Err(e);
+        }
+        lock(&self.incomplete).push((path.to_path_buf(), e.to_string()));
+        Ok(())
+    }
+
+    /// A folder's entries, each on its own: one that fails is recorded, the others restored.
     fn tree(&self, id: &BlobId, dir: &Path) -> Result<(), PlanError> {
-        let tree = self.repo.load_tree(id)?;
-        tree.entries.par_iter().try_for_each(|e| self.entry(e, &dir.join(std::ffi::OsStr::from_bytes(&e.name))))
+        let tree = match self.repo.load_tree(id) {
+            Ok(t) => t,
+            Err(e) => return self.incomplete(dir, PlanError::from(e)),
+        };
+        tree.entries
+            .par_iter()
+            .try_for_each(|e| self.entry_or_record(e, &dir.join(std::ffi::OsStr::from_bytes(&e.name))))
+    }
+
+    fn entry_or_record(&self, e: &Entry, path: &Path) -> Result<(), PlanError> {
+        match self.entry(e, path) {
+            Ok(()) => Ok(()),
+            Err(err) => self.incomplete(path, err),
+        }
     }
 
     fn entry(&self, e: &Entry, path: &Path) -> Result<(), PlanError> {
-        if let Some(err) = &e.error
-            && !matches!(e.node, Node::Dir { .. })
-        {
-            self.skip(path, format!("not restored: at backup time: {err}"));
-            return Ok(());
+        if let Some(err) = &e.error {
+            let note = match &e.node {
+                // Marked lost by a repair: the data was lost in the repository, later.
+                Node::File { chunks, .. } if !chunks.is_empty() => format!("not restored: {err}"),
+                Node::Dir { .. } => format!("folder incomplete: its listing failed at backup time or later: {err}"),
+                _ => format!("not in the snapshot: it could not be read at backup time: {err}"),
+            };
+            // With --keep-damaged, what is left of a file marked lost is written (and the
+            // lost ranges reported by `file`).
+            let partly = self.opts.keep_damaged && matches!(&e.node, Node::File { chunks, .. } if !chunks.is_empty());
+            if !partly {
+                lock(&self.incomplete).push((path.to_path_buf(), note));
+            }
+            if !matches!(e.node, Node::Dir { .. }) && !partly {
+                return Ok(());
+            }
         }
         match &e.node {
             Node::Dir { tree } => {
@@ -292,8 +369,7 @@ impl Ctx<'_> {
             Node::File { size, chunks } => {
                 Counters::add(&self.counters.files, 1);
                 self.counters.set_current(path);
-                self.file(path, *size, chunks)?;
-                apply_metadata(path, &e.meta, false)
+                self.file(path, *size, chunks, &e.meta)
             }
             Node::Symlink { target } => {
                 if self.opts.overwrite && path.symlink_metadata().is_ok() {
@@ -321,55 +397,109 @@ impl Ctx<'_> {
         groups.par_iter().try_for_each(|group| {
             group.iter().try_for_each(|(_, f)| {
                 self.counters.set_current(&f.path);
-                self.file(&f.path, f.size, &f.chunks)?;
-                apply_metadata(&f.path, &f.meta, false)
+                match self.file(&f.path, f.size, &f.chunks, &f.meta) {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.incomplete(&f.path, e),
+                }
             })
         })
     }
 
-    fn file(&self, path: &Path, size: u64, chunks: &[BlobId]) -> Result<(), PlanError> {
-        if self.opts.overwrite && path.symlink_metadata().is_ok_and(|m| !m.is_file()) {
-            remove_any(path)?;
+    /// Restores one file: written under a temporary name beside its own, its metadata set,
+    /// then renamed, so that a file under its own name is always complete. A file already
+    /// there with the snapshot's size and mtime is kept (with `overwrite`).
+    fn file(&self, path: &Path, size: u64, chunks: &[BlobId], meta: &Metadata) -> Result<(), PlanError> {
+        if self.opts.overwrite
+            && let Ok(m) = path.symlink_metadata()
+        {
+            use std::os::unix::fs::MetadataExt;
+            if m.is_file() && m.len() == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == meta.mtime_ns {
+                self.kept.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            if !m.is_file() {
+                remove_any(path)?;
+            }
         }
+        let partial = partial_name(path);
+        let written = self.write_file(&partial, size, chunks);
+        let lost = match written {
+            Ok(lost) => lost,
+            Err(e) => {
+                let _ = fs::remove_file(&partial);
+                return Err(e);
+            }
+        };
+        if lost.is_empty() || self.opts.keep_damaged {
+            apply_metadata(&partial, meta, false)?;
+            fs::rename(&partial, path).map_err(io(path))?;
+        } else {
+            let _ = fs::remove_file(&partial);
+        }
+        match lost.first() {
+            None => Ok(()),
+            Some((_, first)) => {
+                let bytes: u64 = lost.iter().map(|(r, _)| r.end - r.start).sum();
+                let kept = if self.opts.keep_damaged { "; written with the lost ranges as holes" } else { "" };
+                lock(&self.incomplete).push((
+                    path.to_path_buf(),
+                    format!("{bytes} of {size} bytes lost in {} chunks (first: {first}){kept}", lost.len()),
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes a file's chunks to `path`; the byte ranges whose chunks could not be read, with
+    /// why (only with `keep_damaged`: else the first damaged chunk is the error).
+    fn write_file(
+        &self,
+        path: &Path,
+        size: u64,
+        chunks: &[BlobId],
+    ) -> Result<Vec<(std::ops::Range<u64>, String)>, PlanError> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io(path))?;
         let preallocated = preallocate(&f, size);
         let mut written = 0u64;
+        let mut lost = Vec::new();
         let locations = chunks
             .iter()
             .map(|id| self.repo.blob_location(id).ok_or_else(|| bakare_store::StoreError::UnknownBlob(id.to_hex())))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
+        let locations = match locations {
+            Ok(l) => l,
+            Err(e) if !self.opts.keep_damaged => return Err(e.into()),
+            // Some chunk is in no index: without its length the rest cannot be placed.
+            Err(e) => return Ok(vec![(0..size, e.to_string())]),
+        };
         let mut rest = locations.as_slice();
         while !rest.is_empty() {
             // Chunks that lie one after another in one pack are read with one request.
             let run = adjacent_run(rest);
             let (now, later) = rest.split_at(run.max(1));
             rest = later;
-            let spanned = self.spans.is_some() && now.first().is_some_and(|first| within_span(first, now));
-            let blobs: Vec<Vec<u8>> = match now {
-                [] => Vec::new(),
-                [one] if !spanned => vec![self.repo.load_blob_at(one)?],
-                [first, ..] => {
-                    let start = u64::from(first.entry.offset);
-                    let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
-                    // A run's own buffer is a share of the memory budget, as a large read is.
-                    let _permit = (!spanned).then(|| crate::budget::read_permit(len));
-                    let bytes = match &self.spans {
-                        Some(spans) if spanned => spans.read(self.repo, &first.pack, start, len)?,
-                        _ => self.repo.read_pack_range(&first.pack, start, len)?,
-                    };
-                    now.iter()
-                        .map(|l| {
-                            let mut e = l.entry;
-                            e.offset -= first.entry.offset;
-                            self.repo.open_blob_in(&l.pack, &e, &bytes)
-                        })
-                        .collect::<Result<_, _>>()?
+            let blobs = match self.read_run(now) {
+                Ok(b) => b.into_iter().map(Ok).collect(),
+                Err(e) if self.opts.keep_damaged && !ends_the_restore(&e) => {
+                    // One by one, to lose only the damaged chunks.
+                    now.iter().map(|l| self.repo.load_blob_at(l).map_err(|e| (u64::from(l.entry.raw_len), e))).collect()
                 }
+                Err(e) => return Err(e),
             };
+            let blobs: Vec<Result<Vec<u8>, (u64, bakare_store::StoreError)>> = blobs;
             for data in blobs {
-                write_sparse(&mut f, &data, preallocated).map_err(io(path))?;
-                written += data.len() as u64;
-                Counters::add(&self.counters.bytes_written, data.len() as u64);
+                match data {
+                    Ok(data) => {
+                        write_sparse(&mut f, &data, preallocated).map_err(io(path))?;
+                        written += data.len() as u64;
+                        Counters::add(&self.counters.bytes_written, data.len() as u64);
+                    }
+                    Err((len, e)) => {
+                        f.seek(SeekFrom::Current(i64::try_from(len).unwrap_or(i64::MAX))).map_err(io(path))?;
+                        lost.push((written..written + len, e.to_string()));
+                        written += len;
+                    }
+                }
             }
         }
         if written != size {
@@ -381,7 +511,33 @@ impl Ctx<'_> {
         }
         // Trailing holes: extend to the full length without writing.
         f.set_len(size).map_err(io(path))?;
-        Ok(())
+        Ok(lost)
+    }
+
+    /// Reads a run of adjacent chunks (one request; through the spans when remote).
+    fn read_run(&self, now: &[bakare_store::BlobLocation]) -> Result<Vec<Vec<u8>>, PlanError> {
+        let spanned = self.spans.is_some() && now.first().is_some_and(|first| within_span(first, now));
+        Ok(match now {
+            [] => Vec::new(),
+            [one] if !spanned => vec![self.repo.load_blob_at(one)?],
+            [first, ..] => {
+                let start = u64::from(first.entry.offset);
+                let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
+                // A run's own buffer is a share of the memory budget, as a large read is.
+                let _permit = (!spanned).then(|| crate::budget::read_permit(len));
+                let bytes = match &self.spans {
+                    Some(spans) if spanned => spans.read(self.repo, &first.pack, start, len)?,
+                    _ => self.repo.read_pack_range(&first.pack, start, len)?,
+                };
+                now.iter()
+                    .map(|l| {
+                        let mut e = l.entry;
+                        e.offset -= first.entry.offset;
+                        self.repo.open_blob_in(&l.pack, &e, &bytes)
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        })
     }
 }
 

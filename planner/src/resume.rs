@@ -2,7 +2,7 @@
 //! and bring its checkpoints into the memo (for when this machine's memo was lost), so that
 //! the continued backup reads only what was not finished.
 
-use bakare_store::{Repository, Session, clock};
+use bakare_store::{Repository, Session, SnapshotId, clock};
 
 use crate::error::PlanError;
 use crate::memo::{DirRecord, Memo, MemoRecord};
@@ -56,6 +56,21 @@ pub fn interrupted_session(
             && s.paths == paths
             && (s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS))
     }))
+}
+
+/// Tidies up after a backup killed once its snapshot was written but before its session
+/// record was removed: the snapshot stands, so the checkpoints and the record go. The
+/// snapshot's id, or `None` when the session had not committed (resume it).
+pub fn finish_committed(repo: &Repository, session: &Session) -> Result<Option<SnapshotId>, PlanError> {
+    let Some(id) = session.committing else { return Ok(None) };
+    if !repo.snapshot_exists(&id)? {
+        return Ok(None);
+    }
+    for (path, _) in repo.checkpoints(&session.id)? {
+        repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
+    }
+    repo.remove_session(session)?;
+    Ok(Some(id))
 }
 
 /// What preparing a resume did.

@@ -11,12 +11,10 @@ pub enum StoreError {
     #[error("{object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
     /// Decryption or authentication failed for a named object.
-    #[error("{object}: {source}")]
-    Crypto {
-        object: String,
-        #[source]
-        source: bakare_crypto::CryptoError,
-    },
+    /// Decryption or authentication failed for a named object (the cause is in the
+    /// message, not chained, so that it is printed once).
+    #[error("{object}: {cause}")]
+    Crypto { object: String, cause: bakare_crypto::CryptoError },
     #[error("{path} is not a bakare repository (no config found)")]
     NotARepository { path: String },
     #[error("a repository already exists at {path}")]
@@ -51,6 +49,6 @@ impl StoreError {
     }
 
     pub(crate) fn crypto(object: impl Into<String>, source: bakare_crypto::CryptoError) -> Self {
-        Self::Crypto { object: object.into(), source }
+        Self::Crypto { object: object.into(), cause: source }
     }
 }

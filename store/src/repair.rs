@@ -249,7 +249,8 @@ pub fn mark_lost(repo: &Repository, s: &Survey) -> Result<Vec<(SnapshotId, Snaps
     let mut rewritten: HashMap<BlobId, Option<BlobId>> = HashMap::new();
     for (id, copies) in &s.snapshots {
         let Some(snap) = copies.snapshot() else { continue };
-        if !s.lost.iter().any(|l| l.snapshot == id.to_hex()) {
+        let hex = id.to_hex();
+        if !s.lost.iter().any(|l| l.snapshot == hex && !l.marked) && !s.healed.iter().any(|(snap, _)| *snap == hex) {
             continue;
         }
         let root = rewrite(repo, s, &snap.root, &mut rewritten)?.unwrap_or(snap.root);
@@ -312,12 +313,25 @@ fn mark_entry(
         }
         Node::File { chunks, .. } => {
             let gone = chunks.iter().filter(|c| !s.available(c)).count();
+            // Found again (a later `--source`): the mark goes.
             if gone == 0 {
+                let healed = e.error.is_some() && !chunks.is_empty();
+                if healed {
+                    e.error = None;
+                }
+                return Ok(healed);
+            }
+            // The chunk list stays: a later `verify --repair --source` can still find the
+            // chunks in the file they came from and heal this entry.
+            let error = format!(
+                "content lost in the repository after the backup: {gone} of {} chunks damaged (marked by verify \
+                 --repair; `verify --repair --source PATH` recovers it if the file still exists)",
+                chunks.len()
+            );
+            if e.error.as_deref() == Some(error.as_str()) {
                 return Ok(false);
             }
-            e.error =
-                Some(format!("content lost: {gone} of {} chunks damaged (found by verify --repair)", chunks.len()));
-            chunks.clear();
+            e.error = Some(error);
             Ok(true)
         }
         _ => Ok(false),

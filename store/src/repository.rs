@@ -96,6 +96,8 @@ pub struct Repository {
     /// Packs written since the last index segment.
     unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
     pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
+    /// Packs whose blob table's copy of the key was tried after the prefix's key failed.
+    table_keys_tried: Mutex<HashSet<PackId>>,
     index_warnings: Mutex<Vec<String>>,
     /// Index segments this handle read or wrote: if garbage collection removes one, what
     /// this handle deduplicated against may be marked for deletion.
@@ -111,6 +113,11 @@ pub struct Repository {
     spool: OnceLock<Option<std::path::PathBuf>>,
     /// This machine's cache of tree blobs (remote repositories).
     tree_cache: OnceLock<crate::tree_cache::TreeCache>,
+    /// Every indexed copy of each tree, read from the segments the first time a tree's
+    /// indexed copy fails (the index offers one location per blob; trees have two).
+    tree_copies: OnceLock<HashMap<BlobId, Vec<BlobLocation>>>,
+    /// Trees read from their second copy because the first failed (for the caller's report).
+    tree_fallbacks: Mutex<Vec<String>>,
     pub stats: WriteStats,
 }
 
@@ -343,6 +350,9 @@ impl Repository {
             parity: 0,
             spool: OnceLock::new(),
             tree_cache: OnceLock::new(),
+            tree_copies: OnceLock::new(),
+            table_keys_tried: Mutex::default(),
+            tree_fallbacks: Mutex::default(),
             stats: WriteStats::default(),
         }
     }
@@ -922,7 +932,21 @@ impl Repository {
 
     fn open_blob(&self, path: &str, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
         let pack = id_of_path(path).map(PackId).ok_or_else(|| StoreError::corrupt(path, "bad pack name"))?;
-        self.open_sealed(path, &self.pack_key(&pack)?, entry, sealed)
+        let first = self.pack_key(&pack).and_then(|key| self.open_sealed(path, &key, entry, sealed));
+        if first.is_ok() || !lock(&self.table_keys_tried).insert(pack) {
+            return first;
+        }
+        // The pack's first bytes may be damaged: its blob table holds a copy of the
+        // ephemeral key (tried once per pack; a blob that is itself damaged stays an error).
+        let key = read_pack_table(self.backend.as_ref(), path, &self.access.write_key().index_key)
+            .and_then(|table| self.derive_pack_key(path, &table.ephemeral));
+        match key.and_then(|key| self.open_sealed(path, &key, entry, sealed).map(|plain| (key, plain))) {
+            Ok((key, plain)) => {
+                lock(&self.pack_keys).insert(pack, key);
+                Ok(plain)
+            }
+            Err(_) => first,
+        }
     }
 
     fn open_sealed(&self, path: &str, key: &SymmetricKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
@@ -944,16 +968,83 @@ impl Repository {
         self.save_blob(BlobKind::Tree, &tree.encode()?)
     }
 
+    /// Loads a tree; when its indexed copy is damaged or missing, from its other copy (every
+    /// tree is written to two packs), so that readers ride over what repair would fix.
     pub fn load_tree(&self, id: &BlobId) -> Result<Tree> {
-        Tree::decode(&format!("tree {}", id.short()), &self.load_blob(id)?)
+        let name = format!("tree {}", id.short());
+        let first = match self.load_blob(id).and_then(|b| Tree::decode(&name, &b)) {
+            Ok(tree) => return Ok(tree),
+            Err(StoreError::NeedsMasterKey) => return Err(StoreError::NeedsMasterKey),
+            Err(e) => e,
+        };
+        let tried = self.blob_location(id).map(|l| l.pack);
+        let copies = self.tree_copies().get(id).cloned().unwrap_or_default();
+        for loc in copies.iter().filter(|l| Some(l.pack) != tried) {
+            if let Ok(tree) = self.load_blob_at(loc).and_then(|b| Tree::decode(&name, &b)) {
+                lock(&self.tree_fallbacks).push(format!(
+                    "{name}: read from its second copy in {} ({first}); `bakare verify --repair` restores the first",
+                    pack_path(&loc.pack)
+                ));
+                return Ok(tree);
+            }
+        }
+        Err(first)
+    }
+
+    /// What [`Repository::load_tree`] read from a second copy, taken (each said once).
+    pub fn take_tree_fallbacks(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.tree_fallbacks))
+    }
+
+    fn tree_copies(&self) -> &HashMap<BlobId, Vec<BlobLocation>> {
+        self.tree_copies.get_or_init(|| {
+            let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
+            let key = &self.access.write_key().index_key;
+            for path in self.backend.list("index").unwrap_or_default() {
+                let Ok(seg) =
+                    get_named(self.backend.as_ref(), &path).and_then(|b| IndexSegment::decode(&path, &b, key))
+                else {
+                    continue;
+                };
+                for (pack, entries) in seg.packs {
+                    for e in entries.into_iter().filter(|e| e.kind == BlobKind::Tree) {
+                        copies.entry(e.id).or_default().push(BlobLocation { pack, entry: e });
+                    }
+                }
+            }
+            copies
+        })
     }
 
     /// Writes a snapshot (its mirror first). Call [`Repository::flush`] before.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        self.save_snapshot_after(snapshot, |_| Ok(()))
+    }
+
+    /// As [`Repository::save_snapshot`], calling `before` with the snapshot's id before
+    /// anything is written (a backup records it in its session first).
+    pub fn save_snapshot_after(
+        &self,
+        snapshot: &Snapshot,
+        before: impl FnOnce(&SnapshotId) -> Result<()>,
+    ) -> Result<SnapshotId> {
         let (id, bytes) = snapshot.encode(self.access.write_key())?;
+        before(&id)?;
         self.backend.put(&format!("snapshots.mirror/{id}"), &bytes)?;
         self.backend.put(&format!("snapshots/{id}"), &bytes)?;
         Ok(id)
+    }
+
+    /// Whether `snapshots/<id>` or its mirror exists (needs no key).
+    pub fn snapshot_exists(&self, id: &SnapshotId) -> Result<bool> {
+        for dir in ["snapshots", "snapshots.mirror"] {
+            match self.backend.size(&format!("{dir}/{id}")) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
     }
 
     /// Every readable snapshot, oldest first, and a message for each that could be read from

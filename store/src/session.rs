@@ -52,6 +52,10 @@ pub struct Session {
     /// walk reads the index afresh), while its checkpoints still keep their data until the
     /// session expires.
     pub interrupted: bool,
+    /// Written just before the snapshot: the id it is committed under. A session whose
+    /// snapshot exists is finished (killed before its record was removed); `resume` then
+    /// only tidies up instead of committing a second, identical snapshot.
+    pub committing: Option<crate::ids::SnapshotId>,
 }
 
 /// A session record as written before `interrupted` existed (read, never written).
@@ -69,7 +73,7 @@ struct SessionV1 {
 impl From<SessionV1> for Session {
     fn from(v: SessionV1) -> Self {
         let SessionV1 { id, host, started_ns, heartbeat_ns, paths, options, checkpoints } = v;
-        Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted: false }
+        Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted: false, committing: None }
     }
 }
 
@@ -220,6 +224,7 @@ mod tests {
             options: SessionOptions::default(),
             checkpoints: 0,
             interrupted: true,
+            committing: Some(crate::ids::SnapshotId(checksum(b"s"))),
         };
         let bytes = s.encode(&m.write.index_key).unwrap();
         assert_eq!(Session::decode(&s.path(), &bytes, &m.write.index_key).unwrap(), s);

@@ -61,6 +61,9 @@ pub struct LostFile {
     /// Bytes of the file in unavailable chunks (0 if unknown).
     pub lost_bytes: u64,
     pub lost_chunks: Vec<BlobId>,
+    /// An earlier `verify --repair` marked it lost (and kept its chunk list, so that a
+    /// later `--source` can still recover it): known, no longer a problem.
+    pub marked: bool,
 }
 
 /// What one pack looks like.
@@ -96,6 +99,9 @@ pub struct Survey {
     pub bytes_read: u64,
     /// Packs a GC mark lists.
     pub marked: HashSet<PackId>,
+    /// Files an earlier repair marked lost whose chunks are all available again (recovered
+    /// from a source): repair clears their mark. (snapshot hex, path)
+    pub healed: Vec<(String, String)>,
 }
 
 /// The two copies of a snapshot.
@@ -513,18 +519,27 @@ fn walk_snapshots(repo: &Repository, s: &mut Survey) {
         walk(repo, s, &mut clean, &root, "", &snap, &mut lost);
         s.lost.extend(lost);
     }
-    let lost_count = s.lost.len();
-    if lost_count > 0 {
-        let missing: Vec<BlobId> = s.missing.iter().copied().collect();
+    let unmarked = s.lost.iter().filter(|l| !l.marked).count();
+    if unmarked > 0 {
+        let missing: HashSet<BlobId> =
+            s.lost.iter().filter(|l| !l.marked).flat_map(|l| l.lost_chunks.iter().copied()).collect();
         let trees_lost = missing.iter().filter(|b| !s.locations.contains_key(b)).count();
-        s.problem(
-            "snapshots",
-            format!(
-                "{lost_count} files in snapshots reference {} unavailable blobs ({trees_lost} never stored)",
-                missing.len()
-            ),
-            false,
+        let problem = format!(
+            "{unmarked} files in snapshots reference {} unavailable blobs ({trees_lost} never stored)",
+            missing.len()
         );
+        s.problem("snapshots", problem, false);
+    }
+    let marked = s.lost.len() - unmarked;
+    if marked > 0 {
+        s.notes.push(format!(
+            "{marked} files were marked lost by an earlier repair; their chunk lists are kept: \
+             `bakare verify --repair --source PATH` recovers those whose files still exist"
+        ));
+    }
+    if !s.healed.is_empty() {
+        let n = s.healed.len();
+        s.problem("snapshots", format!("{n} files marked lost are complete again (repair clears the mark)"), true);
     }
 }
 
@@ -549,6 +564,7 @@ fn walk(
             path: format!("{path}/"),
             lost_bytes: 0,
             lost_chunks: vec![*id],
+            marked: false,
         });
         return false;
     };
@@ -559,6 +575,8 @@ fn walk(
             Node::Dir { tree } => ok &= walk(repo, s, clean, tree, &child, snap, lost),
             Node::File { chunks, .. } => {
                 let gone: Vec<BlobId> = chunks.iter().filter(|c| !s.available(c)).copied().collect();
+                // A file with an error and chunks was marked lost by a repair.
+                let marked = e.error.is_some() && !chunks.is_empty();
                 if !gone.is_empty() {
                     ok = false;
                     let lost_bytes = gone
@@ -566,7 +584,10 @@ fn walk(
                         .filter_map(|c| s.locations.get(c).and_then(|l| l.first()).map(|l| u64::from(l.entry.raw_len)))
                         .sum();
                     s.missing.extend(gone.iter().copied());
-                    lost.push(LostFile { snapshot: snap.to_hex(), path: child, lost_bytes, lost_chunks: gone });
+                    lost.push(LostFile { snapshot: snap.to_hex(), path: child, lost_bytes, lost_chunks: gone, marked });
+                } else if marked {
+                    ok = false;
+                    s.healed.push((snap.to_hex(), child));
                 }
             }
             _ => {}

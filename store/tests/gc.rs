@@ -73,6 +73,7 @@ fn session(started_ns: i64, heartbeat_ns: i64) -> Session {
         options: SessionOptions::default(),
         checkpoints: 0,
         interrupted: false,
+        committing: None,
     }
 }
 

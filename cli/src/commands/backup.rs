@@ -13,7 +13,7 @@ use bakare_store::SessionOptions;
 use crate::Outcome;
 use crate::args::{BackupArgs, CheckpointArgs};
 use crate::context::Context;
-use crate::output::bytes;
+use crate::output::{bytes, count};
 use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
@@ -77,10 +77,12 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         interrupt: crate::interrupt::install(),
     };
     // An interrupted backup of the same paths from this host is taken over, not redone.
-    if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)? {
+    if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)?
+        && bakare_planner::finish_committed(&repo, &session)?.is_none()
+    {
         let prepared = prepare_resume(&repo, &memo, &session)?;
         if !ctx.global.quiet && !ctx.global.json {
-            eprintln!(
+            say!(
                 "bakare: continuing interrupted backup {} ({} packs adopted, {} files from its checkpoints)",
                 session.id_hex().get(..8).unwrap_or_default(),
                 prepared.adopted_packs,
@@ -122,7 +124,7 @@ pub fn run_backup(
     if report.snapshot.stats.files_read >= COMPACT_AFTER_FILES
         && let Err(e) = memo.compact()
     {
-        eprintln!("bakare: warning: could not compact the local memo: {e}");
+        say!("bakare: warning: could not compact the local memo: {e}");
     }
     memo.close();
     crate::context::warn_index(&repo);
@@ -174,10 +176,10 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
         return Ok(());
     }
     for (path, msg) in &r.errors {
-        eprintln!("bakare: error: {}: {msg}", path.display());
+        say!("bakare: error: {}: {msg}", path.display());
     }
     for w in &r.memo_warnings {
-        eprintln!("bakare: warning: {w}");
+        say!("bakare: warning: {w}");
     }
     if ctx.global.quiet {
         return Ok(());
@@ -192,10 +194,10 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
     )?;
     out!("folders:  {}", s.dirs)?;
     out!(
-        "read:     {} from {} files ({} files reused from the local memo without reading)",
+        "read:     {} from {} ({} reused from the local memo without reading)",
         bytes(s.bytes_read),
-        s.files_read,
-        s.files_reused
+        count(s.files_read, "file", "files"),
+        count(s.files_reused, "file", "files")
     )?;
     out!("added:    {} (after deduplication and compression)", bytes(s.bytes_added))?;
     if r.passes > 1 {

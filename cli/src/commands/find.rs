@@ -16,7 +16,7 @@ use crate::output::{bytes, time};
 fn chosen(repo: &Repository, specs: &[String], host: Option<&str>) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let list = repo.snapshots()?;
     for p in &list.problems {
-        eprintln!("bakare: warning: unreadable snapshot: {p}");
+        say!("bakare: warning: unreadable snapshot: {p}");
     }
     let mut out: Vec<(SnapshotId, Snapshot)> = if specs.is_empty() {
         list.snapshots
@@ -53,7 +53,7 @@ fn name_index(ctx: &Context, repo: &Repository) -> Result<NameIndex> {
     let path = ctx.cache_folder(repo.config())?.map(|f| index_path(&f));
     let idx = NameIndex::open(path.as_deref(), repo, &all)?;
     if idx.report.rebuilt && !ctx.global.quiet {
-        eprintln!("bakare: the local name index was damaged or outdated and has been built again");
+        say!("bakare: the local name index was damaged or outdated and has been built again");
     }
     Ok(idx)
 }
@@ -80,7 +80,11 @@ pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
             print_versions(&h.versions)?;
         }
         if hits.is_empty() && !ctx.global.quiet {
-            out!("no path in {} snapshots matches {:?}", snaps.len(), a.query)?;
+            out!(
+                "no path in {} matches {:?}",
+                crate::output::count(snaps.len() as u64, "snapshot", "snapshots"),
+                a.query
+            )?;
         }
     }
     Ok(Outcome::Success)
@@ -96,7 +100,23 @@ pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
         bytes = &bytes[..bytes.len() - 1];
     }
     let Some(h) = idx.history(bytes, &snaps)? else {
-        bail!("no snapshot holds {}", path.display());
+        // A folder has no versions of its own: say so rather than that nothing holds it.
+        let text = String::from_utf8_lossy(bytes);
+        let folder = snaps.iter().rev().find_map(|(id, s)| match bakare_planner::find_node(&repo, s.root, &text) {
+            Ok(bakare_planner::Start::Tree(_)) => Some(*id),
+            _ => None,
+        });
+        match folder {
+            Some(id) => bail!(
+                "{} is a folder (in snapshot {}, among others): `history` lists the versions of a file; \
+                 `bakare ls {}:{}` lists the folder, `bakare find` searches in it",
+                path.display(),
+                id.short(),
+                id.short(),
+                path.display()
+            ),
+            None => bail!("no snapshot holds {}", path.display()),
+        }
     };
     if ctx.global.json {
         out!(

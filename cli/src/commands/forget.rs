@@ -26,7 +26,7 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let list = repo.snapshots()?;
     for p in &list.problems {
-        eprintln!("bakare: warning: {p}");
+        say!("bakare: warning: {p}");
     }
     let mut remove: Vec<SnapshotId> = Vec::new();
     for spec in &a.snapshots {
@@ -65,8 +65,20 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
                 out!("  {} {when}  {fate}", &d.id.to_hex()[..8])?;
             }
         }
+        // Snapshots named on the command line: say which, as the policy's groups do.
+        if groups.is_empty() {
+            for id in &remove {
+                let s = by_id.get(id);
+                let when = s.map(|s| time(s.time_ns)).unwrap_or_default();
+                let host = s.map(|s| s.host.clone()).unwrap_or_default();
+                let paths: Vec<String> = s
+                    .map(|s| s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+                    .unwrap_or_default();
+                out!("  {} {when}  {host}  {}  remove", id.short(), paths.join(" "))?;
+            }
+        }
         let verb = if a.gc.dry_run { "would remove" } else { "removed" };
-        out!("{verb} {} snapshots", remove.len())?;
+        out!("{verb} {}", crate::output::count(remove.len() as u64, "snapshot", "snapshots"))?;
     }
     if !a.gc.dry_run {
         for id in &remove {

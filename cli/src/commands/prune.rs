@@ -41,6 +41,7 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         options: SessionOptions::default(),
         checkpoints: 0,
         interrupted: false,
+        committing: None,
     };
     let heartbeat = if a.dry_run {
         None
@@ -64,12 +65,13 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         out!("{v}")?;
     } else if !ctx.global.quiet {
         let would = if a.dry_run { "would be " } else { "" };
+        use crate::output::count;
         out!(
-            "{} snapshots, {} running sessions, {} referenced blobs in {} packs",
-            r.snapshots,
-            r.live_sessions,
-            r.referenced_blobs,
-            r.packs
+            "{}, {}, {} in {}",
+            count(r.snapshots as u64, "snapshot", "snapshots"),
+            count(r.live_sessions as u64, "running session", "running sessions"),
+            count(r.referenced_blobs as u64, "referenced blob", "referenced blobs"),
+            count(r.packs as u64, "pack", "packs")
         )?;
         out!("{would}deleted: {} packs ({}), marked earlier", r.deleted_packs, bytes(r.deleted_bytes))?;
         if r.restored_packs > 0 {
@@ -97,7 +99,7 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         }
     }
     for p in &r.problems {
-        eprintln!("bakare: warning: {p}");
+        say!("bakare: warning: {p}");
     }
     Ok(Outcome::Success)
 }

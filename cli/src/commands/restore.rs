@@ -25,7 +25,8 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
         let whole = path.is_empty() || path == "/";
         let expected = whole.then(|| Expected { files: snap.stats.files(), bytes: snap.stats.total_bytes });
         let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "restore", expected);
-        bakare_planner::restore(&repo, start, &a.target, RestoreOptions { overwrite: a.overwrite }, &counters)?
+        let opts = RestoreOptions { overwrite: a.overwrite, keep_damaged: a.keep_damaged };
+        bakare_planner::restore(&repo, start, &a.target, opts, &counters)?
     };
     crate::context::warn_index(&repo);
     let files = Counters::get(&counters.files);
@@ -35,23 +36,44 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
         for (p, why) in &report.skipped {
             out!("{}", serde_json::json!({"type": "skipped", "path": p, "message": why}))?;
         }
+        for (p, why) in &report.incomplete {
+            out!("{}", serde_json::json!({"type": "incomplete", "path": p, "message": why}))?;
+        }
+        for w in &report.fallbacks {
+            out!("{}", serde_json::json!({"type": "warning", "message": w}))?;
+        }
         out!(
             "{}",
             serde_json::json!({"type": "summary", "snapshot": id.to_hex(), "files": files,
-                "dirs": Counters::get(&counters.dirs), "bytes": written, "seconds": secs, "skipped": report.skipped.len()})
+                "dirs": Counters::get(&counters.dirs), "bytes": written, "seconds": secs,
+                "skipped": report.skipped.len(), "incomplete": report.incomplete.len(), "kept": report.kept})
         )?;
     } else {
         for (p, why) in &report.skipped {
-            eprintln!("bakare: warning: {}: {why}", p.display());
+            say!("bakare: warning: {}: {why}", p.display());
+        }
+        for w in &report.fallbacks {
+            say!("bakare: warning: {w}");
+        }
+        for (p, why) in &report.incomplete {
+            say!("bakare: not restored completely: {}: {why}", p.display());
         }
         if !ctx.global.quiet {
+            let kept = if report.kept > 0 { format!(" ({} already there, kept)", report.kept) } else { String::new() };
             out!(
-                "restored snapshot {} to {}: {files} files, {} in {secs:.2} s",
+                "restored snapshot {} to {}: {files} files{kept}, {} in {secs:.2} s",
                 id.short(),
                 a.target.display(),
                 bytes(written)
             )?;
         }
+    }
+    if !report.incomplete.is_empty() {
+        say!(
+            "bakare: {} not restored completely (listed above); everything else was restored",
+            crate::output::count(report.incomplete.len() as u64, "entry", "entries")
+        );
+        return Ok(Outcome::Incomplete);
     }
     Ok(Outcome::Success)
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use bakare_planner::{BackupOptions, Excludes, find_session, prepare_resume};
+use bakare_planner::{BackupOptions, Excludes, find_session, finish_committed, prepare_resume};
 
 use crate::Outcome;
 use crate::args::ResumeArgs;
@@ -24,17 +24,33 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
             if ctx.global.json {
                 out!("{}", serde_json::json!({"type": "resume", "session": null, "message": "nothing to resume"}))?;
             } else if !ctx.global.quiet {
-                eprintln!("bakare: nothing to resume: no interrupted backup of host {host:?} in this repository");
+                say!("bakare: nothing to resume: no interrupted backup of host {host:?} in this repository");
             }
             return Ok(Outcome::Success);
         }
     };
+    if let Some(snapshot) = finish_committed(&repo, &session)? {
+        if ctx.global.json {
+            out!(
+                "{}",
+                serde_json::json!({"type": "resume", "session": session.id_hex(), "snapshot": snapshot.to_hex(),
+                "message": "already committed"})
+            )?;
+        } else if !ctx.global.quiet {
+            say!(
+                "bakare: backup {} had already committed snapshot {} before it stopped; nothing to resume",
+                session.id_hex().get(..8).unwrap_or_default(),
+                snapshot.short()
+            );
+        }
+        return Ok(Outcome::Success);
+    }
     repo.set_compression_level(session.options.compression);
     repo.set_parity(session.options.parity);
     let memo = ctx.memo(&repo)?;
     let prepared = prepare_resume(&repo, &memo, &session)?;
     if !ctx.global.quiet && !ctx.global.json {
-        eprintln!(
+        say!(
             "bakare: resuming backup {} ({} packs adopted, {} files from its checkpoints)",
             session.id_hex().get(..8).unwrap_or_default(),
             prepared.adopted_packs,

@@ -11,7 +11,7 @@ pub fn run(ctx: &Context) -> Result<Outcome> {
     let list = repo.snapshots()?;
     let (snaps, problems) = (&list.snapshots, &list.problems);
     for p in problems {
-        eprintln!("bakare: warning: unreadable snapshot: {p}");
+        say!("bakare: warning: unreadable snapshot: {p}");
     }
     if ctx.global.json {
         let list: Vec<_> = snaps
@@ -40,6 +40,6 @@ pub fn run(ctx: &Context) -> Result<Outcome> {
             paths.join(" ")
         )?;
     }
-    out!("{} snapshots", snaps.len())?;
+    out!("{}", crate::output::count(snaps.len() as u64, "snapshot", "snapshots"))?;
     Ok(Outcome::Success)
 }

@@ -7,7 +7,7 @@ use bakare_store::verify::{ReadData, Survey};
 use crate::Outcome;
 use crate::args::VerifyArgs;
 use crate::context::Context;
-use crate::output::bytes;
+use crate::output::{bytes, count};
 
 pub fn run(ctx: &Context, a: &VerifyArgs) -> Result<Outcome> {
     let (repo, pass) = ctx.open_master()?;
@@ -20,14 +20,18 @@ pub fn run(ctx: &Context, a: &VerifyArgs) -> Result<Outcome> {
         CheckOptions { read_data, repair: a.repair, source: a.source.clone(), passphrase: Some(pass.into_bytes()) };
     let out = check(repo.backend().clone(), repo.access().clone(), &opts)?;
     let last = out.after.as_ref().unwrap_or(&out.before);
-    let lost_any = !out.rewritten.is_empty() || !last.lost.is_empty();
+    // Files an earlier repair marked lost are known: no longer a failure of this run.
+    let lost_any = !out.rewritten.is_empty() || last.lost.iter().any(|l| !l.marked);
     if ctx.global.json {
         out!(
             "{}",
             serde_json::json!({
                 "type": "verify",
                 "problems": out.before.problems,
-                "lost": out.before.lost,
+                // What is still lost at the end (parity and --source may have recovered some
+                // of what was found lost), and what was found before repair.
+                "lost": last.lost,
+                "lost_found": out.before.lost,
                 "actions": out.actions,
                 "recovered_chunks": out.recovered,
                 "rewritten_snapshots": out.rewritten.iter().map(|(o, n)| [o.to_hex(), n.to_hex()]).collect::<Vec<_>>(),
@@ -54,21 +58,28 @@ fn print_survey(ctx: &Context, s: &Survey, prefix: &str) -> std::io::Result<()> 
         let how = if p.repairable { "repairable" } else { "not repairable" };
         out!("{prefix}{}: {} ({how})", p.object, p.problem)?;
     }
-    if !s.lost.is_empty() {
+    if s.lost.iter().any(|l| !l.marked) {
         out!("{prefix}files with lost data (snapshot, path, bytes):")?;
-        for l in &s.lost {
+        for l in s.lost.iter().filter(|l| !l.marked) {
             out!("  {} {} {}", l.snapshot.get(..8).unwrap_or(&l.snapshot), l.path, bytes(l.lost_bytes))?;
         }
     }
+    for n in &s.notes {
+        out!("{prefix}note: {n}")?;
+    }
     if !ctx.global.quiet {
         out!(
-            "{prefix}{} snapshots, {} packs, {} trees checked, {} blobs read ({}): {}",
-            s.snapshots.len(),
-            s.packs.len(),
-            s.trees_checked,
-            s.blobs_read,
+            "{prefix}{}, {}, {} checked, {} read ({}): {}",
+            count(s.snapshots.len() as u64, "snapshot", "snapshots"),
+            count(s.packs.len() as u64, "pack", "packs"),
+            count(s.trees_checked, "tree", "trees"),
+            count(s.blobs_read, "blob", "blobs"),
             bytes(s.bytes_read),
-            if s.is_clean() { "no problems".to_string() } else { format!("{} problems", s.problems.len()) }
+            if s.is_clean() {
+                "no problems".to_string()
+            } else {
+                count(s.problems.len() as u64, "problem", "problems")
+            }
         )?;
     }
     Ok(())

@@ -25,12 +25,9 @@ use std::io;
 pub enum BackendError {
     #[error("{path}: not found")]
     NotFound { path: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    /// (The cause is in the message, not chained: `{:#}` would print it twice.)
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: io::Error },
     #[error("{path}: short read: wanted {wanted} bytes at offset {offset}, object has {len}")]
     ShortRead { path: String, offset: u64, wanted: u64, len: u64 },
     /// A failure that may pass if the operation is tried again: a connection reset or
@@ -49,7 +46,11 @@ pub enum BackendError {
 impl BackendError {
     pub fn io(path: impl Into<String>, source: io::Error) -> Self {
         let path = path.into();
-        if source.kind() == io::ErrorKind::NotFound { Self::NotFound { path } } else { Self::Io { path, source } }
+        if source.kind() == io::ErrorKind::NotFound {
+            Self::NotFound { path }
+        } else {
+            Self::Io { path, cause: source }
+        }
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -1,0 +1,157 @@
+//! Restore under damage and interruption, through the real binary: one damaged blob costs
+//! only the files that use it (each named, exit code 4, `--keep-damaged` writes the rest with
+//! holes); a restore killed with SIGKILL leaves no partly written file under its own name,
+//! and the same restore run again (`--overwrite`) continues, keeping what was finished.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bakare_corruption_tests::{Cli, contents, ok};
+use bakare_store::backend::LocalBackend;
+use bakare_store::{BlobId, Node, Repository};
+
+/// Every file of a snapshot's tree below `id`: path (relative) -> chunks.
+fn files(repo: &Repository, id: &BlobId, at: &Path, out: &mut BTreeMap<PathBuf, Vec<BlobId>>) {
+    for e in repo.load_tree(id).unwrap().entries {
+        let path = at.join(std::ffi::OsStr::from_bytes(&e.name));
+        match e.node {
+            Node::Dir { tree } => files(repo, &tree, &path, out),
+            Node::File { chunks, .. } => {
+                out.insert(path, chunks);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn open(cli: &Cli) -> Repository {
+    Repository::open_with_passphrase(Arc::new(LocalBackend::new(cli.dir.join("repo"))), b"pw").unwrap()
+}
+
+/// The source folder's tree in the newest snapshot, and its files.
+fn source_files(repo: &Repository, src: &Path) -> BTreeMap<PathBuf, Vec<BlobId>> {
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let bakare_planner::Start::Tree(id) = bakare_planner::find_node(repo, snap.root, &src.to_string_lossy()).unwrap()
+    else {
+        panic!("a folder")
+    };
+    let mut out = BTreeMap::new();
+    files(repo, &id, Path::new(""), &mut out);
+    out
+}
+
+fn partials(root: &Path) -> Vec<String> {
+    contents(root).into_keys().filter(|p| p.ends_with(".bakare-partial")).collect()
+}
+
+#[test]
+fn one_damaged_blob_costs_only_the_files_that_use_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    bakare_testkit::create(&src, &bakare_testkit::TreeSpec::new(60).mean_kib(64.0).seed(21).extras(false)).unwrap();
+    let src = fs::canonicalize(&src).unwrap();
+    let cli = Cli::new(tmp.path().join("w"));
+    cli.init_with(&["--chunk-kib", "16"]);
+    ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    let repo = open(&cli);
+    let all = source_files(&repo, &src);
+    // A file whose first chunk is used by no other file, and the last byte of that chunk.
+    let (victim, chunks) = all
+        .iter()
+        .find(|(_, c)| c.len() > 1 && all.values().filter(|o| o.contains(&c[0])).count() == 1)
+        .map(|(p, c)| (p.clone(), c.clone()))
+        .unwrap();
+    let loc = repo.blob_location(&chunks[0]).unwrap();
+    let pack = cli.dir.join("repo").join(bakare_store::pack_path(&loc.pack));
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[(loc.entry.offset + loc.entry.length - 20) as usize] ^= 0x40;
+    fs::write(&pack, bytes).unwrap();
+
+    let expected = contents(&src);
+    let target = tmp.path().join("out");
+    let spec = format!("latest:{}", src.display());
+    let out = cli.run(&["restore", &spec, "--target", target.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let victim_s = victim.to_string_lossy().into_owned();
+    assert!(stderr.contains(&format!("not restored completely: {}", target.join(&victim).display())), "{stderr}");
+    assert!(stderr.contains("1 entry not restored completely (listed above)"), "{stderr}");
+    let got = contents(&target);
+    assert!(!got.contains_key(&victim_s), "no partly written file under its own name");
+    assert!(partials(&target).is_empty());
+    let mut want = expected.clone();
+    want.remove(&victim_s);
+    assert_eq!(got, want, "every other file restored identical");
+
+    // --keep-damaged: the readable bytes, the lost chunk as a hole.
+    let kept = tmp.path().join("kept");
+    let out = cli.run(&["restore", &spec, "--keep-damaged", "--target", kept.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("written with the lost ranges as holes"));
+    let original = fs::read(src.join(&victim)).unwrap();
+    let partial = fs::read(kept.join(&victim)).unwrap();
+    assert_eq!(partial.len(), original.len());
+    let lost = loc.entry.raw_len as usize;
+    assert!(partial[..lost].iter().all(|&b| b == 0), "the lost first chunk is zeros");
+    assert_eq!(partial[lost..], original[lost..], "the rest is the file's");
+}
+
+#[test]
+fn a_killed_restore_leaves_only_complete_files_and_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    bakare_testkit::create(&src, &bakare_testkit::TreeSpec::new(400).mean_kib(48.0).seed(22).big(1)).unwrap();
+    let src = fs::canonicalize(&src).unwrap();
+    let cli = Cli::new(tmp.path().join("w"));
+    cli.init();
+    ok(&cli.run(&["backup", "-q", "--compression", "off", src.to_str().unwrap()]), "backup");
+    let expected = contents(&src);
+    let target = tmp.path().join("out");
+    let spec = format!("latest:{}", src.display());
+    let mut killed_mid_file = false;
+    for attempt in 0..5u64 {
+        let _ = fs::remove_dir_all(&target);
+        let mut child =
+            cli.cmd(&["--threads", "1", "restore", "-q", &spec, "--target", target.to_str().unwrap()]).spawn().unwrap();
+        // Kill it once the big file is being written.
+        let big = target.join("big");
+        let t = std::time::Instant::now();
+        while t.elapsed().as_secs() < 30 && child.try_wait().unwrap().is_none() {
+            let partial = fs::read_dir(&big).ok().and_then(|d| {
+                d.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().ends_with(".bakare-partial"))
+            });
+            if partial.is_some_and(|p| p.metadata().is_ok_and(|m| m.len() > (8 << 20) + attempt * (4 << 20))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if !running {
+            continue;
+        }
+        killed_mid_file = true;
+        // Every file under its own name is whole; the one being written is under a temporary name.
+        let got = contents(&target);
+        for (path, hash) in &got {
+            if !path.ends_with(".bakare-partial") {
+                assert_eq!(Some(hash), expected.get(path), "{path}: a file under its own name is complete");
+            }
+        }
+        assert!(!partials(&target).is_empty(), "the file being written is under a temporary name");
+        // The same restore again continues, keeping what was done.
+        let again = cli.run(&["restore", &spec, "--overwrite", "--target", target.to_str().unwrap()]);
+        ok(&again, "restore again");
+        let said = String::from_utf8_lossy(&again.stdout);
+        assert!(said.contains("already there, kept"), "{said}");
+        assert_eq!(contents(&target), expected, "the continued restore is identical");
+        break;
+    }
+    assert!(killed_mid_file, "no kill landed while the big file was written");
+}
