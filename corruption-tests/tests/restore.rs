@@ -49,18 +49,17 @@ fn partials(root: &Path) -> Vec<String> {
     contents(root).into_keys().filter(|p| p.ends_with(".bakare-partial")).collect()
 }
 
-#[test]
-fn one_damaged_blob_costs_only_the_files_that_use_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
+/// A tree backed up with small chunks, and one data blob damaged: that of the first chunk
+/// of a file no other file shares it with. (cli, source, the file, its first chunk's raw length)
+fn damaged_repository(tmp: &Path) -> (Cli, PathBuf, PathBuf, usize) {
+    let src = tmp.join("src");
     bakare_testkit::create(&src, &bakare_testkit::TreeSpec::new(60).mean_kib(64.0).seed(21).extras(false)).unwrap();
     let src = fs::canonicalize(&src).unwrap();
-    let cli = Cli::new(tmp.path().join("w"));
+    let cli = Cli::new(tmp.join("w"));
     cli.init_with(&["--chunk-kib", "16"]);
     ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
     let repo = open(&cli);
     let all = source_files(&repo, &src);
-    // A file whose first chunk is used by no other file, and the last byte of that chunk.
     let (victim, chunks) = all
         .iter()
         .find(|(_, c)| c.len() > 1 && all.values().filter(|o| o.contains(&c[0])).count() == 1)
@@ -71,7 +70,13 @@ fn one_damaged_blob_costs_only_the_files_that_use_it() {
     let mut bytes = fs::read(&pack).unwrap();
     bytes[(loc.entry.offset + loc.entry.length - 20) as usize] ^= 0x40;
     fs::write(&pack, bytes).unwrap();
+    (cli, src, victim, loc.entry.raw_len as usize)
+}
 
+#[test]
+fn one_damaged_blob_costs_only_the_files_that_use_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cli, src, victim, lost) = damaged_repository(tmp.path());
     let expected = contents(&src);
     let target = tmp.path().join("out");
     let spec = format!("latest:{}", src.display());
@@ -96,7 +101,6 @@ fn one_damaged_blob_costs_only_the_files_that_use_it() {
     let original = fs::read(src.join(&victim)).unwrap();
     let partial = fs::read(kept.join(&victim)).unwrap();
     assert_eq!(partial.len(), original.len());
-    let lost = loc.entry.raw_len as usize;
     assert!(partial[..lost].iter().all(|&b| b == 0), "the lost first chunk is zeros");
     assert_eq!(partial[lost..], original[lost..], "the rest is the file's");
 }
@@ -154,4 +158,36 @@ fn a_killed_restore_leaves_only_complete_files_and_continues() {
         break;
     }
     assert!(killed_mid_file, "no kill landed while the big file was written");
+}
+
+/// `verify --repair` without `--source` marks the damaged file lost but keeps what a later
+/// `--source` needs: that later repair recovers it, and the restore is whole again. The
+/// restore in between says the data was lost in the repository, not at backup time.
+#[test]
+fn a_repair_without_source_never_prevents_a_later_one_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cli, src, victim, _) = damaged_repository(tmp.path());
+    let expected = contents(&src);
+    let first = cli.run(&["verify", "--read-data", "--repair"]);
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.contains("`bakare verify --repair --source PATH` recovers them"), "{said}");
+    let spec = format!("latest:{}", src.display());
+    let between = tmp.path().join("between");
+    let out = cli.run(&["restore", &spec, "--target", between.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("content lost in the repository after the backup"), "{stderr}");
+    assert!(!stderr.contains("at backup time"), "{stderr}");
+    // A plain verify now knows the loss: not a failure, but a note saying how to heal it.
+    let plain = cli.run(&["verify"]);
+    ok(&plain, "verify after the loss was marked");
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("marked lost by an earlier repair"));
+    // The source still has the file: the second repair recovers it.
+    let second = cli.run(&["verify", "--read-data", "--repair", "--source", src.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert!(said.contains("re-read 1 lost chunks") || said.contains("lost chunks from files under"), "{said}");
+    ok(&cli.run(&["verify", "--read-data"]), "verify after the second repair");
+    let after = tmp.path().join("after");
+    ok(&cli.run(&["restore", "-q", &spec, "--target", after.to_str().unwrap()]), "restore after healing");
+    assert_eq!(contents(&after), expected, "{} is whole again", victim.display());
 }

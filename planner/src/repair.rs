@@ -43,7 +43,10 @@ pub fn check(backend: Arc<dyn Backend>, access: Access, opts: &CheckOptions) -> 
     let repo = open()?;
     let before = verify(&repo, opts.read_data)?;
     let mut out = CheckOutcome { before, actions: Vec::new(), recovered: 0, rewritten: Vec::new(), after: None };
-    if !opts.repair || out.before.is_clean() {
+    // Files marked lost by an earlier repair are no problem, but with a source there is
+    // something to do: find their chunks again.
+    let healable = opts.source.is_some() && out.before.lost.iter().any(|l| l.marked);
+    if !opts.repair || (out.before.is_clean() && !healable) {
         return Ok(out);
     }
     out.actions = repair(&repo, &out.before, opts.passphrase.as_deref())?;
