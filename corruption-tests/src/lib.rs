@@ -393,6 +393,17 @@ impl Fixture {
         }
     }
 
+    /// The repository's files under `prefix` (relative paths), as the fixture left them.
+    pub fn objects(&self, prefix: &str) -> Vec<PathBuf> {
+        self.files(prefix)
+    }
+
+    /// Whether plain `verify` (no repair, no data read) reports a problem.
+    pub fn verify_finds_a_problem(&self) -> Result<bool, String> {
+        let repo = self.repo();
+        bakare_store::verify::verify(&repo, ReadData::No).map(|s| !s.is_clean()).map_err(|e| e.to_string())
+    }
+
     fn files(&self, prefix: &str) -> Vec<PathBuf> {
         self.pristine.keys().filter(|p| p.starts_with(prefix)).cloned().collect()
     }

@@ -102,6 +102,11 @@ pub struct Survey {
     /// Files an earlier repair marked lost whose chunks are all available again (recovered
     /// from a source): repair clears their mark. (snapshot hex, path)
     pub healed: Vec<(String, String)>,
+    /// Every blob some intact index segment lists.
+    pub indexed_blobs: HashSet<BlobId>,
+    /// Blobs snapshots use that no index segment lists (readers cannot find them, though a
+    /// pack holds them: repair rebuilds the index from the pack tables).
+    pub unindexed_refs: HashSet<BlobId>,
 }
 
 /// The two copies of a snapshot.
@@ -163,6 +168,7 @@ pub fn verify(repo: &Repository, read_data: ReadData) -> Result<Survey> {
     check_config(repo, &mut s);
     check_keys(repo, &mut s)?;
     let indexed = check_index(repo, &mut s)?;
+    s.indexed_blobs = indexed.values().flatten().map(|e| e.id).collect();
     let (marks, damaged_marks) = crate::gc::records(repo)?;
     for (path, problem) in damaged_marks {
         s.problem(path, format!("{problem} (repair removes it: the next prune marks its packs again)"), true);
@@ -519,6 +525,18 @@ fn walk_snapshots(repo: &Repository, s: &mut Survey) {
         walk(repo, s, &mut clean, &root, "", &snap, &mut lost);
         s.lost.extend(lost);
     }
+    // Available in a pack but listed by no segment: restore and backups cannot find them.
+    let unindexed = s.unindexed_refs.iter().filter(|b| s.available(b)).count();
+    if unindexed > 0 {
+        s.problem(
+            "index",
+            format!(
+                "{unindexed} blobs that snapshots use are in no index segment, so restores cannot find them \
+                 (their packs are intact: repair rebuilds the index from the pack tables)"
+            ),
+            true,
+        );
+    }
     let unmarked = s.lost.iter().filter(|l| !l.marked).count();
     if unmarked > 0 {
         let missing: HashSet<BlobId> =
@@ -557,6 +575,9 @@ fn walk(
         return true;
     }
     s.trees_checked += 1;
+    if !s.indexed_blobs.contains(id) {
+        s.unindexed_refs.insert(*id);
+    }
     let Some(tree) = load_tree(repo, s, id) else {
         s.missing.insert(*id);
         lost.push(LostFile {
@@ -574,6 +595,9 @@ fn walk(
         match &e.node {
             Node::Dir { tree } => ok &= walk(repo, s, clean, tree, &child, snap, lost),
             Node::File { chunks, .. } => {
+                for c in chunks.iter().filter(|c| !s.indexed_blobs.contains(c)) {
+                    s.unindexed_refs.insert(*c);
+                }
                 let gone: Vec<BlobId> = chunks.iter().filter(|c| !s.available(c)).copied().collect();
                 // A file with an error and chunks was marked lost by a repair.
                 let marked = e.error.is_some() && !chunks.is_empty();
