@@ -182,6 +182,13 @@ pub enum Command {
     /// Remove snapshots by a retention policy or by name
     Forget(ForgetArgs),
     /// Delete data no snapshot uses, in two phases that need no lock
+    ///
+    /// A prune marks what no snapshot uses (packs older than a day; partly used packs are
+    /// repacked first, their used blobs copied to new packs, until at most --max-unused of
+    /// the space is wasted), and a later prune deletes what was marked: a day after the mark
+    /// at the earliest, and once every backup that started before the mark has finished or
+    /// been silent for a week. The output says when the marked space comes back. `--now`
+    /// does both at once when no other backup or prune is running.
     Prune(GcArgs),
     /// Manage keys
     #[command(subcommand)]
@@ -420,6 +427,17 @@ pub struct GcArgs {
     /// Show what would be removed, deleted and marked; change nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Repack partly used packs until at most this share of the repository's space is
+    /// unused (0% to 100%; 100% never repacks)
+    #[arg(long, default_value = "5%", value_name = "PERCENT")]
+    pub max_unused: String,
+    /// Copy at most this much used data out of partly used packs in one prune (K, M, G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_repack_size: Option<u64>,
+    /// Mark and delete at once, without the waits; refused while any other backup or prune
+    /// is running (an interrupted backup is not: it reads the index afresh when continued)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub now: bool,
 }
 
 fn parse_subset(s: &str) -> Result<(u32, u32), String> {

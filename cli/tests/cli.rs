@@ -380,7 +380,7 @@ fn an_unreadable_file_is_recorded_and_the_rest_backed_up() {
     assert_eq!(fs::read(env.path("out/sub/good2")).unwrap(), b"two");
     assert!(!env.path("out/bad").exists());
     let said = env.stderr(&restored);
-    assert!(said.contains("not in the snapshot: it could not be read at backup time: cannot read file"), "{said}");
+    insta::assert_snapshot!("restore_incomplete", said);
     let long = env.ok(&["--json", "ls", &format!("latest:{}/bad", src.display())]);
     assert!(long.contains("Permission denied"), "{long}");
 }
@@ -625,6 +625,17 @@ fn forget_and_prune_with_and_without_dry_run() {
     assert_eq!(snapshots(), 2, "a dry run removes nothing");
     let dry = json_lines(&env.ok(&["--json", "prune", "--dry-run"]));
     assert_eq!(dry[0]["snapshots"], 2);
+    let human = env.ok(&["forget", "--keep-last", "1", "--dry-run"]);
+    insta::with_settings!({filters => vec![
+        (r"[0-9a-f]{8} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "[ID] [TIME]"),
+        (r"host \S+ paths \S+", "host [HOST] paths [SRC]"),
+    ]}, {
+        insta::assert_snapshot!("forget_dry_run", human);
+    });
+    let human = env.ok(&["prune", "--dry-run", "--min-pack-age-hours", "0"]);
+    insta::with_settings!({filters => vec![(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "[TIME]"), (r"\d+\.\d KiB|\d+ B", "[SIZE]")]}, {
+        insta::assert_snapshot!("prune_dry_run", human);
+    });
     assert_eq!(code(&env.run(&["forget"])), 1, "no policy and no snapshot: refused");
     env.ok(&["-q", "forget", "--keep-last", "1", "--prune"]);
     assert_eq!(snapshots(), 1);

@@ -179,3 +179,78 @@ fn a_broken_walk_leaves_no_checkpoint_naming_swept_data() {
     ok(&cli.cmd_as("c", &["backup", "-q", &src]).output().unwrap(), "the next backup");
     check_all(&cli, &src);
 }
+
+/// Churn as a user makes it: files edited, deleted, renamed and added over 20 snapshots, all
+/// but the last two forgotten. `prune --now` must leave the packs within 10 % of a fresh
+/// backup of what the kept snapshots hold, repacking partly used packs (whole unused packs
+/// alone would leave far more), and the kept snapshots must restore identical.
+#[test]
+fn prune_repacks_churn_down_to_what_the_kept_snapshots_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 600, 24, 31);
+    let src_arg = src.to_str().unwrap().to_string();
+    let cli = Cli::new(tmp.path().join("churn"));
+    cli.init();
+    let mut kept_states = Vec::new();
+    for round in 0..20u64 {
+        if round > 0 {
+            bakare_corruption_tests::mutate_tree(&src, 4, 200 + round);
+        }
+        ok(&cli.run(&["backup", "-q", &src_arg]), "backup");
+        kept_states.push(contents(&src));
+    }
+    let before = cli.packs_bytes();
+    ok(&cli.run(&["forget", "-q", "--keep-last", "2"]), "forget");
+    let pruned = cli.run(&["--json", "prune", "--now"]);
+    ok(&pruned, "prune --now");
+    let report: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&pruned.stdout).trim()).unwrap();
+    assert!(n(&report, "repacked_packs") > 0, "partly used packs were repacked: {report}");
+    let after = cli.packs_bytes();
+    // A fresh repository holding the same two states.
+    let fresh = Cli::new(tmp.path().join("fresh"));
+    fresh.init();
+    let copy = tmp.path().join("copy");
+    for state in [kept_states.len() - 2, kept_states.len() - 1] {
+        let _ = std::fs::remove_dir_all(&copy);
+        ok(
+            &cli.run(&[
+                "restore",
+                "-q",
+                &format!("latest~{}:{src_arg}", kept_states.len() - 1 - state),
+                "--target",
+                copy.to_str().unwrap(),
+            ]),
+            "restore",
+        );
+        assert_eq!(contents(&copy), kept_states[state], "kept snapshot {state} restores identical");
+        ok(&fresh.run(&["backup", "-q", copy.to_str().unwrap()]), "fresh backup");
+    }
+    let reference = fresh.packs_bytes();
+    println!(
+        "\nchurn: 20 snapshots, packs {} KiB; forget all but 2 and prune --now: {} KiB; a fresh backup of the 2 kept \
+         states: {} KiB ({:.1} %)",
+        before >> 10,
+        after >> 10,
+        reference >> 10,
+        100.0 * after as f64 / reference as f64
+    );
+    assert!(after * 100 <= reference * 110, "{after} B of packs left, a fresh backup takes {reference} B");
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data after the repack");
+    assert_eq!(cli.restored(&format!("latest:{src_arg}")), kept_states[kept_states.len() - 1]);
+}
+
+/// `prune --now` is refused while another backup runs (its waits are what protect it).
+#[test]
+fn prune_now_waits_for_nobody_so_it_refuses_while_a_backup_runs() {
+    let (_tmp, cli, src) = forgotten_backup("now");
+    let mut a = cli.cmd_as("a", &["backup", "-q", &src]).env("BAKARE_FAILPOINT", "before-commit").spawn().unwrap();
+    wait_stopped(&mut a);
+    let refused = cli.run(&["prune", "--now"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("prune --now refused: 1 backup or prune is running"));
+    assert!(signal(&a, "-CONT"));
+    ok(&finish(a), "the backup, continued");
+    ok(&cli.run(&["prune", "--now"]), "prune --now once nothing runs");
+    check_all(&cli, &src);
+}

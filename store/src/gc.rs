@@ -54,11 +54,23 @@ pub struct GcPolicy {
     pub session_expiry_ns: i64,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
+    /// Repack partly used data packs until the space they waste is at most this share of
+    /// all packs (restic's `--max-unused`, 5 % by default).
+    pub max_unused_percent: f64,
+    /// Copy at most this many bytes of used blobs out of partly used packs in one prune.
+    pub max_repack_bytes: u64,
 }
 
 impl Default for GcPolicy {
     fn default() -> Self {
-        Self { min_pack_age_ns: DAY, grace_ns: DAY, session_expiry_ns: 7 * DAY, dry_run: false }
+        Self {
+            min_pack_age_ns: DAY,
+            grace_ns: DAY,
+            session_expiry_ns: 7 * DAY,
+            dry_run: false,
+            max_unused_percent: 5.0,
+            max_repack_bytes: u64::MAX,
+        }
     }
 }
 
@@ -134,6 +146,16 @@ pub struct PruneReport {
     pub removed_temporaries: usize,
     /// Index segments replaced by the rewrite.
     pub replaced_segments: usize,
+    /// Partly used data packs whose used blobs were copied to new packs; they are marked
+    /// (among `marked_packs`) and their unused bytes come back with the sweep.
+    pub repacked_packs: usize,
+    /// Bytes of used blobs copied, and bytes the repacked packs hold that nothing uses.
+    pub repacked_bytes: u64,
+    pub repack_unused_bytes: u64,
+    /// Unused bytes left in partly used packs after this prune (within `max_unused_percent`).
+    pub unused_bytes_left: u64,
+    /// When the space marked now can come back at the earliest: the mark plus the grace period.
+    pub marked_space_back_ns: i64,
     pub problems: Vec<String>,
 }
 
@@ -302,6 +324,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
 
     // Mark.
     let mut candidates = Vec::new();
+    let mut partly: Vec<PartlyUsed> = Vec::new();
     for (path, st) in &pack_stats {
         let Some(id) = id_of_path(path).map(PackId) else { continue };
         if still_marked.contains(&id) || deleted.contains(&id) || restore.iter().any(|(p, _)| *p == id) {
@@ -310,6 +333,9 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         let old = now.saturating_sub(st.modified_ns) >= policy.min_pack_age_ns;
         if let Some(entries) = indexed.get(&id) {
             if uses(entries) {
+                if old && let Some(p) = PartlyUsed::of(id, st.size, entries, &referenced) {
+                    partly.push(p);
+                }
                 continue;
             }
             if old {
@@ -328,8 +354,21 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
             report.young_packs += 1;
         }
     }
-    report.marked_packs = candidates.len();
-    report.marked_bytes = candidates.iter().filter_map(|p| sizes.get(p)).sum();
+    let live_bytes: u64 = pack_stats
+        .iter()
+        .filter_map(|(path, st)| id_of_path(path).map(|id| (PackId(id), st.size)))
+        .filter(|(id, _)| !deleted.contains(id) && !candidates.contains(id) && !still_marked.contains(id))
+        .map(|(_, size)| size)
+        .sum();
+    let repack = plan_repack(partly, live_bytes, policy);
+    report.repacked_packs = repack.packs.len();
+    report.repacked_bytes = repack.packs.iter().map(|p| p.used).sum();
+    report.repack_unused_bytes = repack.packs.iter().map(|p| p.size - p.used).sum();
+    report.unused_bytes_left = repack.unused_left;
+    report.marked_packs = candidates.len() + repack.packs.len();
+    report.marked_bytes =
+        candidates.iter().filter_map(|p| sizes.get(p)).sum::<u64>() + repack.packs.iter().map(|p| p.size).sum::<u64>();
+    report.marked_space_back_ns = now.saturating_add(policy.grace_ns);
     report.deleted_packs = deletions.len();
     report.deleted_bytes = deletions.iter().filter_map(|p| sizes.get(p)).sum();
     report.expired_sessions = expired.len();
@@ -346,6 +385,12 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     }
     for path in &swept_records {
         backend.delete(path)?;
+    }
+    // Repack: the used blobs of partly used packs go to new packs, indexed before the old
+    // packs leave the index below; the old packs are then marked like unreferenced ones
+    // (deleted by a later sweep, once no backup that started before the mark can use them).
+    for pack in copy_used_blobs(repo, &repack.packs, &indexed, &referenced, &mut report)? {
+        candidates.push(pack);
     }
     let candidate_set: HashSet<PackId> = candidates.iter().copied().collect();
     let indexed_candidates: Vec<&PackId> = candidates.iter().filter(|p| indexed.contains_key(p)).collect();
@@ -374,6 +419,105 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let cutoff = now.saturating_sub(policy.session_expiry_ns.max(86_400 * SECOND));
     report.removed_temporaries = backend.sweep_temporaries(cutoff)?;
     Ok(report)
+}
+
+/// A data pack some of whose blobs are referenced: its size and the bytes those take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartlyUsed {
+    pub pack: PackId,
+    pub size: u64,
+    pub used: u64,
+}
+
+impl PartlyUsed {
+    /// `None` for packs with trees (they are in two packs each: repacking one would make a
+    /// third copy) or with nothing unused.
+    fn of(pack: PackId, size: u64, entries: &[PackEntry], referenced: &HashSet<BlobId>) -> Option<Self> {
+        if entries.iter().any(|e| e.kind != crate::BlobKind::Data) {
+            return None;
+        }
+        // What the unreferenced blobs take, with their rows of the blob table: the header and
+        // the rest of the table are the price of any pack, not waste.
+        let unused: u64 = entries
+            .iter()
+            .filter(|e| !referenced.contains(&e.id))
+            .map(|e| u64::from(e.length) + crate::pack::ENTRY_LEN as u64)
+            .sum();
+        (unused > 0).then_some(Self { pack, size, used: size.saturating_sub(unused) })
+    }
+
+    fn unused(&self) -> u64 {
+        self.size - self.used
+    }
+}
+
+/// Which partly used packs to repack.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepackPlan {
+    pub packs: Vec<PartlyUsed>,
+    /// Unused bytes in partly used packs once these are repacked.
+    pub unused_left: u64,
+}
+
+/// The packs wasting the largest share first, until the unused bytes left are at most
+/// `max_unused_percent` of `live_bytes` (all packs that stay), copying at most
+/// `max_repack_bytes`. A pack that is mostly unused costs little to repack and frees much.
+pub fn plan_repack(mut partly: Vec<PartlyUsed>, live_bytes: u64, policy: &GcPolicy) -> RepackPlan {
+    let allowed = (live_bytes as f64 * policy.max_unused_percent.clamp(0.0, 100.0) / 100.0) as u64;
+    partly.sort_by(|a, b| (b.unused() * a.size).cmp(&(a.unused() * b.size)).then(a.pack.0.0.cmp(&b.pack.0.0)));
+    let mut unused_left: u64 = partly.iter().map(PartlyUsed::unused).sum();
+    let mut copied = 0u64;
+    let mut packs = Vec::new();
+    for p in partly {
+        if unused_left <= allowed {
+            break;
+        }
+        if copied.saturating_add(p.used) > policy.max_repack_bytes {
+            continue;
+        }
+        copied += p.used;
+        unused_left -= p.unused();
+        packs.push(p);
+    }
+    RepackPlan { packs, unused_left }
+}
+
+/// Copies the referenced blobs of each pack to new packs and indexes them; returns the packs
+/// whose every used blob was copied (a pack with an unreadable blob is left, for verify).
+fn copy_used_blobs(
+    repo: &Repository,
+    packs: &[PartlyUsed],
+    indexed: &HashMap<PackId, Vec<PackEntry>>,
+    referenced: &HashSet<BlobId>,
+    report: &mut PruneReport,
+) -> Result<Vec<PackId>> {
+    let mut done = Vec::new();
+    for p in packs {
+        let entries = indexed.get(&p.pack).map(Vec::as_slice).unwrap_or_default();
+        let mut ok = true;
+        for e in entries.iter().filter(|e| referenced.contains(&e.id)) {
+            match repo.load_blob_at(&BlobLocation { pack: p.pack, entry: *e }) {
+                Ok(data) => {
+                    repo.save_blob_again(e.kind, e.id, &data)?;
+                }
+                Err(err) => {
+                    report
+                        .problems
+                        .push(format!("{}: not repacked: {err} (left for verify --repair)", pack_path(&p.pack)));
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            done.push(p.pack);
+        }
+    }
+    if !packs.is_empty() {
+        repo.flush()?;
+    }
+    report.repacked_packs = done.len();
+    Ok(done)
 }
 
 /// Writes `packs` as index segments of at most [`SEGMENT_BLOBS`] blobs each.
@@ -476,5 +620,23 @@ mod tests {
             b[i] ^= 1;
             assert!(GcRecord::decode("gc/x", &b, key).is_err(), "flip at {i}");
         }
+    }
+
+    fn partly(n: u8, size: u64, used: u64) -> PartlyUsed {
+        PartlyUsed { pack: PackId(Digest([n; 32])), size, used }
+    }
+
+    #[test]
+    fn repack_takes_the_most_wasteful_packs_until_the_waste_is_within_bounds() {
+        let policy = GcPolicy { max_unused_percent: 5.0, ..GcPolicy::default() };
+        let packs = vec![partly(1, 100, 90), partly(2, 100, 10), partly(3, 100, 50)];
+        // 1000 bytes of packs stay; 150 unused; 50 allowed.
+        let plan = plan_repack(packs.clone(), 1000, &policy);
+        assert_eq!(plan.packs.iter().map(|p| p.pack.0.0[0]).collect::<Vec<_>>(), vec![2, 3], "most waste first");
+        assert_eq!(plan.unused_left, 10);
+        assert!(plan_repack(packs.clone(), 1000, &GcPolicy { max_unused_percent: 100.0, ..policy }).packs.is_empty());
+        let capped = plan_repack(packs.clone(), 1000, &GcPolicy { max_repack_bytes: 40, ..policy });
+        assert_eq!(capped.packs.iter().map(|p| p.pack.0.0[0]).collect::<Vec<_>>(), vec![2], "at most 40 bytes copied");
+        assert_eq!(plan_repack(packs, 1_000_000, &policy).packs, vec![], "waste already within 5 %");
     }
 }

@@ -13,7 +13,7 @@ use crate::Outcome;
 use crate::args::GcArgs;
 use crate::commands::backup::this_host;
 use crate::context::Context;
-use crate::output::bytes;
+use crate::output::{bytes, count};
 
 pub fn run(ctx: &Context, a: &GcArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
@@ -22,12 +22,21 @@ pub fn run(ctx: &Context, a: &GcArgs) -> Result<Outcome> {
 
 pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcome> {
     let hour = 3_600_000_000_000i64;
-    let policy = GcPolicy {
+    let max_unused_percent = parse_percent(&a.max_unused)?;
+    let mut policy = GcPolicy {
         min_pack_age_ns: hours(a.min_pack_age_hours, hour),
         grace_ns: hours(a.grace_hours, hour),
         session_expiry_ns: hours(a.session_expiry_hours, hour),
         dry_run: a.dry_run,
+        max_unused_percent,
+        max_repack_bytes: a.max_repack_size.unwrap_or(u64::MAX),
     };
+    if a.now {
+        // Running: renewed within three heartbeats (a minute each), as `resume` judges.
+        refuse_while_running(&repo, 3 * 60 * 1_000_000_000)?;
+        policy.min_pack_age_ns = 0;
+        policy.grace_ns = 0;
+    }
     let host = this_host();
     // A session of its own: a sweep elsewhere waits for this prune as for a backup, so that
     // an index segment it writes late never lists a pack that sweep deletes.
@@ -50,7 +59,23 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         Some(Heartbeat::start(repo.clone(), session.clone(), std::time::Duration::from_secs(60)))
     };
     let own = heartbeat.as_ref().map(|_| &session);
-    let result = prune(&repo, &host, own, &policy);
+    // With --now: the mark, then at once the sweep of it (and of every earlier mark).
+    let result = prune(&repo, &host, own, &policy).and_then(|first| {
+        if !a.now {
+            return Ok(first);
+        }
+        let second = prune(&repo, &host, own, &policy)?;
+        Ok(bakare_store::gc::PruneReport {
+            deleted_packs: first.deleted_packs + second.deleted_packs,
+            deleted_bytes: first.deleted_bytes + second.deleted_bytes,
+            marked_packs: second.marked_packs,
+            marked_bytes: second.marked_bytes,
+            repacked_packs: first.repacked_packs + second.repacked_packs,
+            repacked_bytes: first.repacked_bytes + second.repacked_bytes,
+            repack_unused_bytes: first.repack_unused_bytes + second.repack_unused_bytes,
+            ..second
+        })
+    });
     if let Some(h) = heartbeat {
         drop(h);
         repo.remove_session(&session)?;
@@ -65,7 +90,6 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         out!("{v}")?;
     } else if !ctx.global.quiet {
         let would = if a.dry_run { "would be " } else { "" };
-        use crate::output::count;
         out!(
             "{}, {}, {} in {}",
             count(r.snapshots as u64, "snapshot", "snapshots"),
@@ -77,11 +101,28 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         if r.restored_packs > 0 {
             out!("{would}kept: {} marked packs that are used again", r.restored_packs)?;
         }
-        out!(
-            "{would}marked: {} unreferenced packs ({}), deleted by a prune after the grace period",
-            r.marked_packs,
-            bytes(r.marked_bytes)
-        )?;
+        if r.repacked_packs > 0 {
+            out!(
+                "{would}repacked: {} partly used packs: {} copied to new packs, {} unused in them",
+                r.repacked_packs,
+                bytes(r.repacked_bytes),
+                bytes(r.repack_unused_bytes)
+            )?;
+        }
+        if r.marked_packs > 0 {
+            out!(
+                "{would}marked: {} ({}), deleted by a prune run after {} UTC at the earliest (and once the \
+                 backups running now have finished); `prune --now` deletes at once when nothing else runs",
+                count(r.marked_packs as u64, "pack", "packs"),
+                bytes(r.marked_bytes),
+                crate::output::time(r.marked_space_back_ns)
+            )?;
+        } else {
+            out!("{would}marked: nothing")?;
+        }
+        if r.unused_bytes_left > 0 {
+            out!("unused: {} left in partly used packs (within --max-unused)", bytes(r.unused_bytes_left))?;
+        }
         if r.young_packs > 0 {
             out!("kept: {} unreferenced packs younger than the minimum age", r.young_packs)?;
         }
@@ -102,6 +143,34 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         say!("bakare: warning: {p}");
     }
     Ok(Outcome::Success)
+}
+
+/// `--max-unused`: "5%" or "5".
+fn parse_percent(s: &str) -> Result<f64> {
+    let t = s.trim().trim_end_matches('%');
+    match t.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => anyhow::bail!("--max-unused {s:?}: give a percentage from 0 to 100 (like 5%)"),
+    }
+}
+
+/// `--now` deletes without the waits that protect running backups: only when none runs.
+fn refuse_while_running(repo: &Repository, silent_ns: i64) -> Result<()> {
+    let (sessions, _) = repo.sessions()?;
+    let now = clock::now_ns();
+    let running: Vec<String> = sessions
+        .iter()
+        .filter(|s| !s.interrupted && now.saturating_sub(s.heartbeat_ns) <= silent_ns)
+        .map(|s| format!("{} on {}", s.id_hex().get(..8).unwrap_or_default(), s.host))
+        .collect();
+    if !running.is_empty() {
+        anyhow::bail!(
+            "prune --now refused: {} running ({}); run a plain `bakare prune`, which waits for them",
+            crate::output::count(running.len() as u64, "backup or prune is", "backups or prunes are"),
+            running.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn hours(h: f64, hour: i64) -> i64 {
