@@ -77,6 +77,7 @@ fn main() -> ExitCode {
     let threads = cli.global.threads.unwrap_or((cores * 4).clamp(1, 256));
     tune_malloc(cli.global.memory_limit, cores);
     private_files();
+    quiet_cache_panics();
     bakare_planner::set_memory_limit(cli.global.memory_limit);
     // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
@@ -145,6 +146,22 @@ fn tune_malloc(limit: u64, cores: usize) {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
     }
+}
+
+/// redb panics on some damaged files instead of returning an error; every call into it is
+/// made where such a panic is caught and the file set aside and rebuilt (a local cache
+/// costs speed, never correctness). Those panics get one line, not a backtrace; every
+/// other panic is reported as usual.
+fn quiet_cache_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
+        if in_redb {
+            say!("bakare: warning: a local cache file is damaged (redb could not read it); it is rebuilt");
+        } else {
+            default(info);
+        }
+    }));
 }
 
 /// Everything bakare creates is its user's alone: local caches (the memo holds file names),

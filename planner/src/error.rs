@@ -24,6 +24,9 @@ pub enum PlanError {
     /// The repository's storage failed; `resume` continues once it is fixed.
     #[error("backup stopped: {0}")]
     Resumable(String),
+    /// The local name index (`names.redb`) is damaged: delete it and build it again.
+    #[error("the local name index is damaged ({0})")]
+    NameIndexDamaged(String),
     /// The user stopped the backup (SIGINT, SIGTERM); it checkpointed and can be continued.
     #[error("interrupted")]
     Interrupted,

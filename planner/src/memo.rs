@@ -266,9 +266,14 @@ impl Memo {
     /// check is less than a week old. A clean close leaves a marker; a crash, another
     /// program, or damage to the marker means a check.
     pub fn needs_check(path: &Path) -> bool {
-        let Some(Marker { len, mtime, checked }) = Marker::read(path) else { return true };
+        let Some(Marker { len, mtime, checked, hash }) = Marker::read(path) else { return true };
         let now = bakare_store::clock::now_ns();
-        file_stamp(path) != Some((len, mtime)) || now.saturating_sub(checked) > RECHECK_NS || checked > now
+        // Length and mtime say nothing of a byte flipped in place (or a copy with the times
+        // kept): the content hash does. Hashing reads the file, which the run reads anyway.
+        file_stamp(path) != Some((len, mtime))
+            || now.saturating_sub(checked) > RECHECK_NS
+            || checked > now
+            || content_hash(path) != Some(hash)
     }
 
     /// Opens a file that [`Memo::needs_check`] says was left cleanly, without the full check
@@ -287,8 +292,9 @@ impl Memo {
         if let Some(path) = &self.path
             && let Some((len, mtime)) = file_stamp(path)
             && self.checked_ns > 0
+            && let Some(hash) = content_hash(path)
         {
-            Marker { len, mtime, checked: self.checked_ns }.write(path);
+            Marker { len, mtime, checked: self.checked_ns, hash }.write(path);
         }
     }
 
@@ -487,12 +493,20 @@ fn prefetch(path: &Path) {
     });
 }
 
-/// `state.redb.clean`: the file's length and mtime at its last clean close, and when redb's
-/// full check last passed on it (text: `length mtime_ns checked_ns`).
+/// BLAKE3 of a file's bytes.
+fn content_hash(path: &Path) -> Option<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).ok()?).ok()?;
+    Some(*h.finalize().as_bytes())
+}
+
+/// `state.redb.clean`: the file's length, mtime and content hash at its last clean close,
+/// and when redb's full check last passed on it (text: `length mtime_ns checked_ns hash`).
 struct Marker {
     len: u64,
     mtime: i64,
     checked: i64,
+    hash: [u8; 32],
 }
 
 impl Marker {
@@ -502,12 +516,18 @@ impl Marker {
         let len = fields.next()?.parse().ok()?;
         let mtime = fields.next()?.parse().ok()?;
         let checked = fields.next()?.parse().ok()?;
-        Some(Self { len, mtime, checked })
+        let hex = fields.next()?;
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self { len, mtime, checked, hash })
     }
 
     fn write(&self, path: &Path) {
+        let hex: String = self.hash.iter().map(|b| format!("{b:02x}")).collect();
         // A marker that is not written only costs a check next time.
-        let _ = std::fs::write(marker_path(path), format!("{} {} {}\n", self.len, self.mtime, self.checked));
+        let _ = std::fs::write(marker_path(path), format!("{} {} {} {hex}\n", self.len, self.mtime, self.checked));
     }
 }
 
@@ -625,6 +645,23 @@ mod tests {
         assert!(Memo::needs_check(&path), "written but not closed cleanly");
         std::fs::write(marker_path(&path), "garbage").unwrap();
         assert!(Memo::needs_check(&path));
+    }
+
+    #[test]
+    fn a_byte_flipped_with_length_and_mtime_kept_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let memo = Memo::open(&path);
+        memo.write(&[record("x"), record("y")], &[], &[], Trust::Keep).unwrap();
+        memo.close();
+        assert!(!Memo::needs_check(&path));
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        assert!(Memo::needs_check(&path), "same length and mtime, other content: checked");
     }
 
     #[test]

@@ -394,9 +394,7 @@ impl NameIndex {
 fn fatal(f: Failure) -> PlanError {
     match f {
         Failure::Repo(e) => e,
-        Failure::Damaged(why) => {
-            PlanError::Fatal(format!("the local name index is damaged ({why}); run the command again to rebuild it"))
-        }
+        Failure::Damaged(why) => PlanError::NameIndexDamaged(why),
     }
 }
 

@@ -171,6 +171,7 @@ pub(crate) type SegmentPacks<'a> = &'a [(PackId, Vec<PackEntry>)];
 pub(crate) struct DiskIndex {
     db: Arc<Database>,
     pending: MemoryIndex,
+    path: std::path::PathBuf,
 }
 
 impl DiskIndex {
@@ -181,7 +182,7 @@ impl DiskIndex {
             std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
         }
         let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
-        let idx = Self { db: Arc::new(db), pending: MemoryIndex::default() };
+        let idx = Self { db: Arc::new(db), pending: MemoryIndex::default(), path: path.to_path_buf() };
         let txn = idx.db.begin_write()?;
         let fits = {
             let meta = txn.open_table(META)?;
@@ -199,9 +200,13 @@ impl DiskIndex {
         Ok(idx)
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The same file for a fresh handle, with nothing of this handle's pending.
     pub(crate) fn share(&self) -> Self {
-        Self { db: self.db.clone(), pending: MemoryIndex::default() }
+        Self { db: self.db.clone(), pending: MemoryIndex::default(), path: self.path.clone() }
     }
 
     /// The segments the file holds.
@@ -341,17 +346,30 @@ impl Default for Blobs {
 }
 
 impl Blobs {
+    /// Where a blob is. A lookup in the local file that panics inside redb (a damaged file)
+    /// finds nothing; the reader then falls back to the repository's segments.
     pub(crate) fn get(&self, id: &BlobId) -> Option<BlobLocation> {
         match self {
             Blobs::Memory(m) => m.get(id),
-            Blobs::Disk(d) => d.get(id),
+            Blobs::Disk(d) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.get(id))).ok().flatten(),
         }
     }
 
     pub(crate) fn contains(&self, id: &BlobId) -> bool {
         match self {
             Blobs::Memory(m) => m.contains(id),
-            Blobs::Disk(d) => d.contains(id),
+            // A damaged file that finds nothing only makes the blob be stored again.
+            Blobs::Disk(d) => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.contains(id))).unwrap_or(false)
+            }
+        }
+    }
+
+    /// The local file behind this index, if it is one.
+    pub(crate) fn disk_path(&self) -> Option<&Path> {
+        match self {
+            Blobs::Memory(_) => None,
+            Blobs::Disk(d) => Some(&d.path),
         }
     }
 

@@ -430,12 +430,8 @@ pub struct PartlyUsed {
 }
 
 impl PartlyUsed {
-    /// `None` for packs with trees (they are in two packs each: repacking one would make a
-    /// third copy) or with nothing unused.
+    /// `None` for a pack with nothing unused.
     fn of(pack: PackId, size: u64, entries: &[PackEntry], referenced: &HashSet<BlobId>) -> Option<Self> {
-        if entries.iter().any(|e| e.kind != crate::BlobKind::Data) {
-            return None;
-        }
         // What the unreferenced blobs take, with their rows of the blob table: the header and
         // the rest of the table are the price of any pack, not waste.
         let unused: u64 = entries
@@ -492,11 +488,18 @@ fn copy_used_blobs(
     report: &mut PruneReport,
 ) -> Result<Vec<PackId>> {
     let mut done = Vec::new();
+    // A tree's copy goes to the trees' pool, or to the mirrors' when this prune already
+    // copied that tree once (its other pack is repacked too): two copies in two packs.
+    let mut trees_copied: HashSet<BlobId> = HashSet::new();
     for p in packs {
         let entries = indexed.get(&p.pack).map(Vec::as_slice).unwrap_or_default();
         let mut ok = true;
         for e in entries.iter().filter(|e| referenced.contains(&e.id)) {
             match repo.load_blob_at(&BlobLocation { pack: p.pack, entry: *e }) {
+                Ok(data) if e.kind == crate::BlobKind::Tree => {
+                    let again = !trees_copied.insert(e.id);
+                    repo.save_tree_copy(e.id, &data, again)?;
+                }
                 Ok(data) => {
                     repo.save_blob_again(e.kind, e.id, &data)?;
                 }

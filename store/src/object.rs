@@ -99,3 +99,54 @@ pub(crate) fn decode_exact<T: serde::de::DeserializeOwned>(name: &str, bytes: &[
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod format_doc {
+    use super::ObjectKind;
+
+    /// docs/FORMAT.md's table of object kinds, parsed: the row `kind: 1 config, 2 …`.
+    fn documented() -> Vec<(u8, String)> {
+        let doc = include_str!("../../docs/FORMAT.md");
+        let row = doc.lines().find(|l| l.contains("| kind: ")).unwrap_or_default();
+        let list = row.split("kind: ").nth(1).unwrap_or_default().trim_end_matches(['|', ' ']);
+        list.split(", ")
+            .filter_map(|item| {
+                let (n, name) = item.split_once(' ')?;
+                Some((n.parse().ok()?, name.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_object_kind_table_in_format_md_matches_the_code() {
+        let doc = documented();
+        // An exhaustive match: a new kind does not compile until it is named here (and then
+        // the table must list it).
+        let name = |k: ObjectKind| match k {
+            ObjectKind::Config => "config",
+            ObjectKind::Pack => "pack",
+            ObjectKind::Index => "index segment",
+            ObjectKind::Snapshot => "snapshot",
+            ObjectKind::Session => "session",
+            ObjectKind::Checkpoint => "checkpoint",
+            ObjectKind::Gc => "GC mark",
+            ObjectKind::Parity => "parity",
+        };
+        let kinds = [
+            ObjectKind::Config,
+            ObjectKind::Pack,
+            ObjectKind::Index,
+            ObjectKind::Snapshot,
+            ObjectKind::Session,
+            ObjectKind::Checkpoint,
+            ObjectKind::Gc,
+            ObjectKind::Parity,
+        ];
+        // The key files' kinds live in the crypto crate (2 and 8).
+        let mut code: Vec<(u8, String)> = kinds.iter().map(|k| (*k as u8, name(*k).to_string())).collect();
+        code.push((2, "master key file".into()));
+        code.push((8, "put-only key file".into()));
+        code.sort();
+        assert_eq!(doc, code, "docs/FORMAT.md's object kinds and the code disagree");
+    }
+}

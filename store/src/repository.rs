@@ -469,7 +469,16 @@ impl Repository {
             |path: &str| get_named(self.backend.as_ref(), path).and_then(|b| IndexSegment::decode(path, &b, key));
         let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Blobs::Disk(disk) = &mut *current {
-            match self.sync_disk_index(disk, &paths, read) {
+            // A damaged file can make redb panic: that is one more way for it to fail.
+            let synced =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_disk_index(disk, &paths, read)))
+                    .unwrap_or_else(|_| {
+                        Err(redb::Error::Corrupted(format!("{} made redb panic", disk.path().display())))
+                    });
+            if synced.is_err() {
+                let _ = std::fs::remove_file(disk.path());
+            }
+            match synced {
                 Ok(()) => return Ok(()),
                 // The local file failed: this run reads the index into memory (below, with
                 // this handle's pending blobs carried over as for any handle).
@@ -554,13 +563,18 @@ impl Repository {
     /// reason is returned.
     pub fn use_local_index(&self, path: &std::path::Path, cache_bytes: usize) -> std::result::Result<(), String> {
         let check = self.access.write_key().id_key.id(b"bakare local blob index v1");
-        let disk = match DiskIndex::open(path, cache_bytes, &check) {
+        // A damaged file may make redb panic rather than fail: caught, it is damage too.
+        let open = || {
+            std::panic::catch_unwind(|| DiskIndex::open(path, cache_bytes, &check))
+                .unwrap_or_else(|_| Err(redb::Error::Corrupted(format!("{} made redb panic", path.display()))))
+        };
+        let disk = match open() {
             Ok(d) => d,
             Err(redb::Error::DatabaseAlreadyOpen) => return Err("in use by another bakare process".into()),
             Err(e) => {
                 // Damaged: start it anew.
                 let _ = std::fs::remove_file(path);
-                DiskIndex::open(path, cache_bytes, &check).map_err(|e2| format!("{e}; then {e2}"))?
+                open().map_err(|e2| format!("{e}; then {e2}"))?
             }
         };
         let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -660,6 +674,25 @@ impl Repository {
         })?;
         lock(&self.pending).insert(id);
         let stored = self.seal_into_pack(kind, id, raw_len, data)?;
+        self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok(SaveOutcome { id, stored })
+    }
+
+    /// Stores one more copy of a tree, in the trees' pool or (`mirror`) the mirrors' pool
+    /// only: a repack replaces the copy of one pack, and the tree's other copy stays where
+    /// it is (each tree keeps two copies, in two packs).
+    pub fn save_tree_copy(&self, id: BlobId, data: &[u8], mirror: bool) -> Result<SaveOutcome> {
+        if self.blob_id(data) != id {
+            return Err(StoreError::corrupt(format!("tree {}", id.short()), "content does not match its id"));
+        }
+        let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
+            StoreError::corrupt(format!("tree {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
+        })?;
+        lock(&self.pending).insert(id);
+        let compressed = compress(self.compression_level, data);
+        let payload = compressed.as_deref().unwrap_or(data);
+        let pool = self.pools.get(if mirror { 2 } else { 1 }).ok_or_else(|| StoreError::corrupt("pools", "missing"))?;
+        let stored = self.seal_into(pool, BlobKind::Tree, id, raw_len, compressed.is_some(), payload)?;
         self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
         Ok(SaveOutcome { id, stored })
     }
@@ -808,10 +841,14 @@ impl Repository {
     /// longer take memory. If that fails they stay in memory: still correct.
     fn add_to_local_index(&self, id: Digest, segment: &IndexSegment) {
         let mut index = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Blobs::Disk(disk) = &mut *index
-            && let Err(e) = disk.add_segments(&[(id, segment.packs.as_slice())])
-        {
-            lock(&self.index_warnings).push(format!("local index file: {e}"));
+        if let Blobs::Disk(disk) = &mut *index {
+            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                disk.add_segments(&[(id, segment.packs.as_slice())]).map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err("redb panicked writing it".into()));
+            if let Err(e) = added {
+                lock(&self.index_warnings).push(format!("local index file: {e}"));
+            }
         }
     }
 
@@ -869,10 +906,61 @@ impl Repository {
         }
     }
 
-    /// Where a blob is, if the (loaded) index has it.
+    /// Where a blob is, if the (loaded) index has it. A blob the local index file does not
+    /// find may be the file's damage, not the repository's: the index is then read from the
+    /// repository's segments into memory (once per handle), the file removed (the next run
+    /// builds it again), and the blob looked up there.
     pub fn blob_location(&self, id: &BlobId) -> Option<BlobLocation> {
         self.load_index().ok()?;
+        let found = self.index.read().ok().and_then(|m| m.get(id));
+        if found.is_some() || !self.index_from_segments(id) {
+            return found;
+        }
         self.index.read().ok().and_then(|m| m.get(id))
+    }
+
+    /// Replaces a local index file by the index read into memory; whether it did (`false`
+    /// when the index is in memory already, or reading it failed). The file is removed only
+    /// if the repository's index has `missed`, which the file did not find.
+    fn index_from_segments(&self, missed: &BlobId) -> bool {
+        let path = match self.index.read() {
+            Ok(i) => match i.disk_path() {
+                Some(p) => p.to_path_buf(),
+                None => return false,
+            },
+            Err(_) => return false,
+        };
+        let key = &self.access.write_key().index_key;
+        let Ok(paths) = self.backend.list("index") else { return false };
+        let mut index = Blobs::default();
+        for seg_path in &paths {
+            match get_named(self.backend.as_ref(), seg_path).and_then(|b| IndexSegment::decode(seg_path, &b, key)) {
+                Ok(seg) => {
+                    for (pack, entries) in &seg.packs {
+                        for e in entries {
+                            index.insert(*pack, e);
+                        }
+                    }
+                }
+                Err(e) => lock(&self.index_warnings).push(e.to_string()),
+            }
+        }
+        let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for loc in current.pending() {
+            index.insert(loc.pack, &loc.entry);
+        }
+        let file_was_wrong = index.contains(missed);
+        *current = index;
+        if !file_was_wrong {
+            return true;
+        }
+        let _ = std::fs::remove_file(&path);
+        lock(&self.index_warnings).push(format!(
+            "the local index file {} missed a blob the repository has: read the index from the repository instead \
+             (the file is built again next time)",
+            path.display()
+        ));
+        true
     }
 
     /// Reads `len` bytes of a pack at `offset` (several adjacent blobs at once).

@@ -51,20 +51,66 @@ fn print_versions(versions: &[Version]) -> std::io::Result<()> {
 fn name_index(ctx: &Context, repo: &Repository) -> Result<NameIndex> {
     let all = repo.snapshots()?.snapshots;
     let path = ctx.cache_folder(repo.config())?.map(|f| index_path(&f));
-    let idx = NameIndex::open(path.as_deref(), repo, &all)?;
+    // Damage redb panics on is damage like any other: the file is built again.
+    let open =
+        || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| NameIndex::open(path.as_deref(), repo, &all)));
+    let idx = match open() {
+        Ok(idx) => idx?,
+        Err(_) => {
+            remove_index(ctx, repo, "it made redb panic")?;
+            open().map_err(|_| anyhow::anyhow!("the local name index could not be built (redb panicked twice)"))??
+        }
+    };
     if idx.report.rebuilt && !ctx.global.quiet {
         say!("bakare: the local name index was damaged or outdated and has been built again");
     }
     Ok(idx)
 }
 
+/// Deletes the local name index file (the next open builds it again).
+fn remove_index(ctx: &Context, repo: &Repository, why: &str) -> Result<()> {
+    if let Some(path) = ctx.cache_folder(repo.config())?.map(|f| index_path(&f)) {
+        if !ctx.global.quiet {
+            say!("bakare: the local name index is damaged ({why}); building it again");
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs a query on the name index; when the index turns out damaged on the way (a row that
+/// does not open, a panic inside redb), builds it again and runs the query once more, so
+/// that a damaged cache costs one slower run, never a failure.
+fn query<T>(
+    ctx: &Context,
+    repo: &Repository,
+    f: impl Fn(&NameIndex) -> Result<T, bakare_planner::PlanError>,
+) -> Result<(NameIndex, T)> {
+    let idx = name_index(ctx, repo)?;
+    let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&idx))) {
+        Ok(Ok(v)) => return Ok((idx, v)),
+        Ok(Err(bakare_planner::PlanError::NameIndexDamaged(why))) => why,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => "a query made redb panic".to_string(),
+    };
+    drop(idx);
+    remove_index(ctx, repo, &why)?;
+    let idx = name_index(ctx, repo)?;
+    let v = f(&idx)?;
+    Ok((idx, v))
+}
+
 pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let snaps = chosen(&repo, &a.snapshot, a.host.as_deref())?;
-    let idx = name_index(ctx, &repo)?;
     let started = std::time::Instant::now();
     let prefix = a.path.as_ref().map(|p| p.to_string_lossy().into_owned());
-    let hits = idx.find(&a.query, &snaps, prefix.as_deref(), a.limit)?;
+    let (idx, hits) = query(ctx, &repo, |idx| idx.find(&a.query, &snaps, prefix.as_deref(), a.limit))?;
     let query_ms = started.elapsed().as_millis() as u64;
     if ctx.global.json {
         for h in &hits {
@@ -93,13 +139,13 @@ pub fn find(ctx: &Context, a: &FindArgs) -> Result<Outcome> {
 pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
     let snaps = chosen(&repo, &[], a.host.as_deref())?;
-    let idx = name_index(ctx, &repo)?;
     let path = std::path::absolute(&a.path).unwrap_or_else(|_| a.path.clone());
     let mut bytes = path.as_os_str().as_bytes();
     while bytes.len() > 1 && bytes.ends_with(b"/") {
         bytes = &bytes[..bytes.len() - 1];
     }
-    let Some(h) = idx.history(bytes, &snaps)? else {
+    let (_, found) = query(ctx, &repo, |idx| idx.history(bytes, &snaps))?;
+    let Some(h) = found else {
         // A folder has no versions of its own: say so rather than that nothing holds it.
         let text = String::from_utf8_lossy(bytes);
         let folder = snaps.iter().rev().find_map(|(id, s)| match bakare_planner::find_node(&repo, s.root, &text) {

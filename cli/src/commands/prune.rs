@@ -59,22 +59,24 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         Some(Heartbeat::start(repo.clone(), session.clone(), std::time::Duration::from_secs(60)))
     };
     let own = heartbeat.as_ref().map(|_| &session);
-    // With --now: the mark, then at once the sweep of it (and of every earlier mark).
-    let result = prune(&repo, &host, own, &policy).and_then(|first| {
-        if !a.now {
-            return Ok(first);
+    // With --now: mark, then at once sweep, until a round marks nothing more (the sweep of
+    // one round's repack may leave packs that the next round marks).
+    let result = prune(&repo, &host, own, &policy).and_then(|mut total| {
+        for _ in 0..4 {
+            if !a.now || total.marked_packs == 0 {
+                break;
+            }
+            let next = prune(&repo, &host, own, &policy)?;
+            total = bakare_store::gc::PruneReport {
+                deleted_packs: total.deleted_packs + next.deleted_packs,
+                deleted_bytes: total.deleted_bytes + next.deleted_bytes,
+                repacked_packs: total.repacked_packs + next.repacked_packs,
+                repacked_bytes: total.repacked_bytes + next.repacked_bytes,
+                repack_unused_bytes: total.repack_unused_bytes + next.repack_unused_bytes,
+                ..next
+            };
         }
-        let second = prune(&repo, &host, own, &policy)?;
-        Ok(bakare_store::gc::PruneReport {
-            deleted_packs: first.deleted_packs + second.deleted_packs,
-            deleted_bytes: first.deleted_bytes + second.deleted_bytes,
-            marked_packs: second.marked_packs,
-            marked_bytes: second.marked_bytes,
-            repacked_packs: first.repacked_packs + second.repacked_packs,
-            repacked_bytes: first.repacked_bytes + second.repacked_bytes,
-            repack_unused_bytes: first.repack_unused_bytes + second.repack_unused_bytes,
-            ..second
-        })
+        Ok(total)
     });
     if let Some(h) = heartbeat {
         drop(h);
