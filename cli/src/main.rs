@@ -81,6 +81,12 @@ fn main() -> ExitCode {
     bakare_planner::set_memory_limit(cli.global.memory_limit);
     // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    // The ssh master connections an SFTP repository starts daemonize themselves; as their
+    // subreaper this process can end them when it ends, so none outlives the run.
+    let sftp = cli.global.repo.as_ref().is_some_and(|r| r.to_string_lossy().starts_with("sftp://"));
+    if sftp {
+        become_subreaper();
+    }
     let ctx = Context::new(cli.global);
     let result = match cli.command {
         Command::Init(a) => commands::init::run(&ctx, &a),
@@ -99,6 +105,9 @@ fn main() -> ExitCode {
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
         Command::Debug(DebugCommand::CheckState { path }) => commands::debug::check_state(&path),
     };
+    if sftp {
+        end_children();
+    }
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Partial) => ExitCode::from(3),
@@ -145,6 +154,58 @@ fn tune_malloc(limit: u64, cores: usize) {
     // called first thing in main, before this process starts threads of its own.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants (ssh masters that fork away).
+#[allow(unsafe_code)]
+fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Ends every child still running (the ssh masters of an SFTP repository): SIGTERM, then
+/// SIGKILL after a second, reaping each.
+#[allow(unsafe_code)]
+fn end_children() {
+    let me = std::process::id();
+    let children = || -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // The fields after the command name: state, then the parent's pid.
+                let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                ppid == Some(me)
+            })
+            .collect()
+    };
+    for (round, signal) in [(0, libc::SIGTERM), (1, libc::SIGKILL)] {
+        let pids = children();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in &pids {
+            // SAFETY: kill and waitpid on a child of this process; no memory is shared.
+            unsafe {
+                libc::kill(*pid, signal);
+            }
+        }
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(if round == 0 { 1000 } else { 200 });
+        while std::time::Instant::now() < deadline {
+            let mut status = 0;
+            // SAFETY: as above; WNOHANG never blocks.
+            let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if reaped <= 0 && children().is_empty() {
+                break;
+            }
+            if reaped <= 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 }
 

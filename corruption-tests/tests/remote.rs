@@ -324,6 +324,9 @@ fn sftp_rides_out_a_loss_window_shorter_than_the_budget() {
     let out = child.wait_with_output().unwrap();
     eprintln!("finished {:?} after a 6 s loss window; {}", t.elapsed(), proxy.stats().summary());
     ok(&out, "backup through a loss window");
+    // The connections the stall replaced were ended with the run (none holds its stdout).
+    let left = std::process::Command::new("pgrep").arg("-f").arg(&sshd.key).output().unwrap();
+    assert!(left.stdout.is_empty(), "ssh processes outlived the run: {}", String::from_utf8_lossy(&left.stdout));
     ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
     assert_restores(&cli, &src, &expected, "restore after the loss window");
 }
@@ -550,4 +553,33 @@ fn trees_are_downloaded_once_then_read_from_the_local_cache() {
     // Both list the folders (most of `warm`); the first also reads 16 objects, each a
     // signed request and an answer of well over 600 bytes.
     assert!(cold.saturating_sub(warm) >= 16 * 600, "the second listing moved {warm} bytes, the first {cold}");
+}
+
+/// No process an SFTP run starts outlives it: its output pipe closes when bakare exits (a
+/// script reading it does not hang), and no ssh master is left running.
+#[test]
+fn an_sftp_run_leaves_no_process_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else { return skip("sshd is not installed") };
+    let cli = Cli::remote(tmp.path().join("c"), &sshd.url(sshd.port, "repo"), sshd.env());
+    cli.init();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 40, 4, 9);
+    ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    for args in [&["snapshots"][..], &["ls", "latest"], &["verify"]] {
+        let mut child = cli.cmd(args).spawn().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+            let _ = tx.send(out);
+        });
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{args:?}");
+        let read = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(read.is_ok(), "{args:?}: stdout still open 20 s after bakare exited (an ssh master holds it)");
+        let left = std::process::Command::new("pgrep").arg("-f").arg(&sshd.key).output().unwrap();
+        assert!(left.stdout.is_empty(), "{args:?}: processes left: {}", String::from_utf8_lossy(&left.stdout));
+    }
 }
