@@ -111,6 +111,26 @@ fn a_deleted_index_segment_is_found_and_rebuilt() {
     println!("\ndeleted index segments ({} of them, one at a time): {rows:?}", segments.len());
 }
 
+/// A damaged parity object is rewritten with as many recovery shards as it had (4 here), not
+/// with a fixed 2.
+#[test]
+fn a_rewritten_parity_object_keeps_its_recovery_count() {
+    let fx = Fixture::with_parity(4);
+    for i in 0..6 {
+        fx.reset();
+        let mutation = [Mutation::BitFlip, Mutation::Overwrite, Mutation::ZeroRun][i % 3];
+        let (changed, at_risk) = fx.mutate(Kind::Parity, mutation, &mut Rng::new(0x9A21 + i as u64));
+        assert!(changed);
+        let (outcome, why) = fx.judge(&at_risk);
+        assert_eq!(outcome, Outcome::Repaired, "{why}");
+        for p in fx.objects("parity") {
+            let bytes = std::fs::read(fx.repo_dir().join(&p)).unwrap();
+            let parity = bakare_store::parity::Parity::decode("p", &bytes).unwrap();
+            assert_eq!(parity.recovery_count(), 4, "#{i} {mutation:?}: {} rewritten with fewer shards", p.display());
+        }
+    }
+}
+
 /// With parity, damaged packs are rebuilt in place: no data is lost to any mutation that
 /// leaves most of a pack (truncation may cut off more than parity covers; a stale copy of
 /// another pack leaves nothing of it).

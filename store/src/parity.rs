@@ -86,6 +86,21 @@ pub struct Parity<'a> {
     recovery_total: usize,
 }
 
+/// How many recovery shards a damaged parity object of a `pack_len`-byte pack was made
+/// with, read from its header when the object's length agrees with that count: what a
+/// repair writes it anew with. `None` when that cannot be told.
+pub fn recovery_count_of(bytes: &[u8], pack_len: u64) -> Option<u16> {
+    let field = bytes.get(HEADER_LEN + 10..HEADER_LEN + 12)?;
+    let recovery = u16::from_le_bytes(field.try_into().ok()?);
+    if recovery == 0 || recovery > MAX_RECOVERY {
+        return None;
+    }
+    let r = usize::from(recovery);
+    let size = shard_bytes(usize::try_from(pack_len).ok()?);
+    let expected = HEADER_LEN + FIXED + (DATA_SHARDS + r) * HASH + r * size + 32;
+    (bytes.len() == expected).then_some(recovery)
+}
+
 impl<'a> Parity<'a> {
     /// Checks and parses a parity object named `name`.
     pub fn decode(name: &str, bytes: &'a [u8]) -> Result<Self> {
@@ -135,6 +150,11 @@ impl<'a> Parity<'a> {
                 .iter()
                 .zip(&self.data_hashes)
                 .all(|(s, h)| shard_hash(s).as_slice() == *h)
+    }
+
+    /// How many recovery shards the object was made with.
+    pub fn recovery_count(&self) -> u16 {
+        u16::try_from(self.recovery_total).unwrap_or(MAX_RECOVERY)
     }
 
     /// Rebuilds `pack` (its damaged or cut-short bytes) if few enough shards are damaged and
@@ -219,5 +239,17 @@ mod tests {
         let mut d = small.clone();
         d[3] = 0;
         assert_eq!(Parity::decode("parity/y", &p2).unwrap().recover(&id, &d).unwrap(), small);
+    }
+
+    #[test]
+    fn a_damaged_objects_recovery_count_is_read_back_when_its_length_agrees() {
+        let pack = vec![7u8; 100_000];
+        let mut bytes = encode(&pack, 4).unwrap();
+        let last = bytes.len() - 40;
+        bytes[last] ^= 1;
+        assert!(Parity::decode("p", &bytes).is_err(), "damaged");
+        assert_eq!(recovery_count_of(&bytes, pack.len() as u64), Some(4));
+        bytes.truncate(bytes.len() - 10);
+        assert_eq!(recovery_count_of(&bytes, pack.len() as u64), None, "cut short: unknown");
     }
 }

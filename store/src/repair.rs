@@ -148,6 +148,23 @@ fn rebuild_from_parity(repo: &Repository, s: &Survey, done: &mut Vec<String>) ->
 /// Rewrites damaged parity objects of intact packs, and removes those of packs that are gone.
 fn repair_parity(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done: &mut Vec<String>) -> Result<()> {
     let backend = repo.backend();
+    let damaged: Vec<&str> =
+        s.problems.iter().filter(|p| p.object.starts_with("parity/")).map(|p| p.object.as_str()).collect();
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    // Read before anything is deleted: the damaged objects' own counts, and the usual one.
+    let damaged_bytes: HashMap<String, Vec<u8>> =
+        damaged.iter().filter_map(|o| backend.get(o).ok().map(|b| (o.to_string(), b))).collect();
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    for path in backend.list("parity")?.iter().filter(|p| !damaged.contains(&p.as_str())) {
+        if let Ok(b) = backend.get(path)
+            && let Ok(parity) = crate::parity::Parity::decode(path, &b)
+        {
+            *counts.entry(parity.recovery_count()).or_default() += 1;
+        }
+    }
+    let usual = counts.into_iter().max_by_key(|(c, n)| (*n, *c)).map(|(c, _)| c);
     for p in s.problems.iter().filter(|p| p.object.starts_with("parity/")) {
         let pack = id_of_path(&p.object).map(PackId);
         let intact = pack.filter(|id| s.packs.contains_key(id) && (rebuilt.contains(id) || !needs_salvage(s, id)));
@@ -155,8 +172,15 @@ fn repair_parity(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done:
         match intact {
             Some(id) => {
                 let bytes = backend.get(&pack_path(&id))?;
-                backend.put(&p.object, &crate::parity::encode(&bytes, PARITY_ON_REPAIR)?)?;
-                done.push(format!("rewrote {} from its pack", p.object));
+                // As many recovery shards as it had: its header says, if its length agrees;
+                // else as many as most other parity objects have.
+                let count = damaged_bytes
+                    .get(&p.object)
+                    .and_then(|d| crate::parity::recovery_count_of(d, bytes.len() as u64))
+                    .or(usual)
+                    .unwrap_or(PARITY_ON_REPAIR);
+                backend.put(&p.object, &crate::parity::encode(&bytes, count)?)?;
+                done.push(format!("rewrote {} from its pack ({count} recovery shards)", p.object));
             }
             None => done.push(format!("removed {}", p.object)),
         }
