@@ -106,7 +106,11 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
                 let _ = pruner.wait();
             }
             for extra in [2, 11] {
-                ok(&at(cli.cmd_as("d", &["-q", "prune"]), day + extra).output().unwrap(), "prune during a freeze");
+                let out = at(cli.cmd_as("d", &["--json", "prune"]), day + extra).output().unwrap();
+                ok(&out, "prune during a freeze");
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                *events.entry("packs repacked under a freeze").or_default() +=
+                    report["repacked_packs"].as_u64().unwrap_or(0) as u32;
             }
             day += 11;
             let child = if v == 2 { &pruner } else { &backups[v] };
@@ -146,7 +150,22 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
         }
         model.retain(|id, _| listed.iter().any(|s| s["id"] == id.as_str()));
     }
+    // Last, everything reclaimable at once (nothing runs any more): repacked, swept, and every
+    // snapshot still whole.
+    let out = at(cli.cmd_as("d", &["--json", "prune", "--now"]), day + 1).output().unwrap();
+    ok(&out, "prune --now at the end");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    *events.entry("packs repacked by the last prune --now").or_default() +=
+        report["repacked_packs"].as_u64().unwrap_or(0) as u32;
     ok(&cli.run(&["verify", "--read-data"]), "verify --read-data at the end");
+    let listed = cli.run(&["--json", "snapshots"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    for s in &listed {
+        let id = s["id"].as_str().unwrap();
+        let (src, expected) = &model[id];
+        assert_eq!(&cli.restored(&format!("{id}:{src}")), expected, "after prune --now: snapshot {id} of {src}");
+        restores += 1;
+    }
     assert!(Path::new(&cli.dir.join("repo/packs")).exists());
     println!(
         "\n{rounds} rounds of two hosts + forget/prune (time pushed {day} days): {events:?}; {restores} snapshot restores identical; verify clean after every round"
