@@ -255,3 +255,35 @@ fn prune_now_waits_for_nobody_so_it_refuses_while_a_backup_runs() {
     ok(&cli.run(&["prune", "--now"]), "prune --now once nothing runs");
     check_all(&cli, &src);
 }
+
+/// A prune frozen after reading the repository, past its session's expiry, while another
+/// prune marks and sweeps: continued, it must not rewrite the index from what it read (that
+/// would list the packs the other one deleted); it stops and says why.
+#[test]
+fn a_prune_frozen_while_another_prunes_writes_nothing_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    gen_tree(&a, 150, 16, 51);
+    gen_tree(&b, 150, 16, 52);
+    let cli = Cli::new(tmp.path().join("frozen-prune"));
+    cli.init();
+    for src in [&a, &b] {
+        ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    }
+    ok(&cli.run(&["forget", "-q", "latest~1"]), "forget the first");
+    let at = |args: &[&str], days: i64| {
+        let mut c = cli.cmd_as("c", args);
+        c.env("BAKARE_CLOCK_OFFSET_SECS", (days * DAY).to_string());
+        c
+    };
+    let mut frozen = at(&["--json", "prune"], 2).env("BAKARE_FAILPOINT", "prune-before-rewrite").spawn().unwrap();
+    wait_stopped(&mut frozen);
+    ok(&cli.run(&["forget", "-q", "latest"]), "forget the second");
+    ok(&at(&["prune"], 4).output().unwrap(), "prune while the first is frozen");
+    ok(&at(&["prune"], 13).output().unwrap(), "prune after its session expired");
+    assert!(signal(&frozen, "-CONT"));
+    let out = finish(frozen);
+    ok(&cli.run(&["verify"]), "verify after the frozen prune continued");
+    assert_eq!(out.status.code(), Some(1), "the frozen prune stops");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another prune changed the index"), "{out:?}");
+}

@@ -39,6 +39,9 @@ pub enum StoreError {
         "this machine's clock differs from the storage's by {skew_secs} s; garbage collection judges ages by both, so it does not run (set the clock right)"
     )]
     ClockSkew { skew_secs: i64 },
+    /// Garbage collection found the repository changed under it by another prune.
+    #[error("{0}")]
+    Raced(String),
     #[error("{0}")]
     Crypt(#[from] bakare_crypto::CryptoError),
 }

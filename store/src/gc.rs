@@ -377,7 +377,14 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         return Ok(report);
     }
 
-    // Writes, each step safe to interrupt. Put back what is referenced again first.
+    // Writes, each step safe to interrupt. Each batch first checks that no other prune ran
+    // since this one read the repository (it may have slept, frozen, past its session's
+    // expiry): what this one decided would then list or delete packs on stale knowledge.
+    let read_marks: HashSet<String> =
+        records.iter().map(|(p, _)| p.clone()).chain(record_problems.iter().map(|(p, _)| p.clone())).collect();
+    let fence = |swept: &[String]| unchanged_since(repo, &segment_paths, &read_marks, swept);
+    fence(&[])?;
+    // Put back what is referenced again first.
     write_segments(repo, restore)?;
     for pack in &deletions {
         backend.delete(&pack_path(pack))?;
@@ -392,6 +399,9 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     for pack in copy_used_blobs(repo, &repack.packs, &indexed, &referenced, &mut report)? {
         candidates.push(pack);
     }
+    // Copying can take long: check again before the index is rewritten and the mark written.
+    crate::failpoint::hit("prune-before-rewrite");
+    fence(&swept_records)?;
     let candidate_set: HashSet<PackId> = candidates.iter().copied().collect();
     let indexed_candidates: Vec<&PackId> = candidates.iter().filter(|p| indexed.contains_key(p)).collect();
     if !indexed_candidates.is_empty() {
@@ -419,6 +429,24 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     let cutoff = now.saturating_sub(policy.session_expiry_ns.max(86_400 * SECOND));
     report.removed_temporaries = backend.sweep_temporaries(cutoff)?;
     Ok(report)
+}
+
+/// Errs when the repository's index segments or GC marks are not what this prune read (less
+/// the marks it swept itself): another prune ran in between.
+fn unchanged_since(repo: &Repository, segments: &[String], marks: &HashSet<String>, swept: &[String]) -> Result<()> {
+    let now_segments: HashSet<String> = repo.backend().list("index")?.into_iter().collect();
+    let now_marks: HashSet<String> = repo.backend().list("gc")?.into_iter().collect();
+    let expected_marks: HashSet<&String> = marks.iter().filter(|m| !swept.contains(m)).collect();
+    let segments_gone = segments.iter().any(|s| !now_segments.contains(s));
+    let marks_changed = now_marks.iter().collect::<HashSet<_>>() != expected_marks;
+    if segments_gone || marks_changed {
+        return Err(StoreError::Raced(
+            "another prune changed the index or the marks while this one ran (it was paused or slow); \
+             this one stopped before writing on what it had read: run prune again"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A data pack some of whose blobs are referenced: its size and the bytes those take.
