@@ -661,17 +661,10 @@ impl Repository {
         Ok(SaveOutcome { id, stored })
     }
 
-    /// The pools a blob of `kind` is sealed into: trees go into two different packs, so one
-    /// damaged pack never loses a folder listing.
     /// Stores a blob even if the index says the repository has it (repair: the indexed copy
     /// is damaged).
     pub fn save_blob_again(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<SaveOutcome> {
-        if self.blob_id(data) != id {
-            return Err(StoreError::corrupt(format!("blob {}", id.short()), "content does not match its id"));
-        }
-        let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
-            StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
-        })?;
+        let raw_len = self.checked_raw_len(id, data)?;
         lock(&self.pending).insert(id);
         let stored = self.seal_into_pack(kind, id, raw_len, data)?;
         self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
@@ -682,12 +675,7 @@ impl Repository {
     /// only: a repack replaces the copy of one pack, and the tree's other copy stays where
     /// it is (each tree keeps two copies, in two packs).
     pub fn save_tree_copy(&self, id: BlobId, data: &[u8], mirror: bool) -> Result<SaveOutcome> {
-        if self.blob_id(data) != id {
-            return Err(StoreError::corrupt(format!("tree {}", id.short()), "content does not match its id"));
-        }
-        let raw_len = u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
-            StoreError::corrupt(format!("tree {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
-        })?;
+        let raw_len = self.checked_raw_len(id, data)?;
         lock(&self.pending).insert(id);
         let compressed = compress(self.compression_level, data);
         let payload = compressed.as_deref().unwrap_or(data);
@@ -697,6 +685,19 @@ impl Repository {
         Ok(SaveOutcome { id, stored })
     }
 
+    /// The length of a blob given with its id, once checked that it is that blob's and not
+    /// over the limit.
+    fn checked_raw_len(&self, id: BlobId, data: &[u8]) -> Result<u32> {
+        if self.blob_id(data) != id {
+            return Err(StoreError::corrupt(format!("blob {}", id.short()), "content does not match its id"));
+        }
+        u32::try_from(data.len()).ok().filter(|&l| l <= MAX_BLOB_LEN).ok_or_else(|| {
+            StoreError::corrupt(format!("blob {}", id.short()), format!("{} bytes exceed the blob limit", data.len()))
+        })
+    }
+
+    /// The pools a blob of `kind` is sealed into: trees go into two different packs, so one
+    /// damaged pack never loses a folder listing.
     fn pools_for(&self, kind: BlobKind) -> &[PackPool] {
         match kind {
             BlobKind::Data => self.pools.get(..1).unwrap_or_default(),

@@ -58,8 +58,9 @@ pub struct Session {
     pub committing: Option<crate::ids::SnapshotId>,
 }
 
-/// A session record as written before `interrupted` existed (read, never written).
-#[derive(serde::Deserialize)]
+/// A session record as written before `interrupted` existed (read, never written; tests
+/// write it).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct SessionV1 {
     id: [u8; 16],
     host: String,
@@ -183,18 +184,8 @@ mod tests {
 
     #[test]
     fn a_session_written_before_the_interrupted_flag_still_reads() {
-        #[derive(serde::Serialize)]
-        struct Old {
-            id: [u8; 16],
-            host: String,
-            started_ns: i64,
-            heartbeat_ns: i64,
-            paths: Vec<Vec<u8>>,
-            options: SessionOptions,
-            checkpoints: u32,
-        }
         let m = MasterKey::generate().unwrap();
-        let old = Old {
+        let old = SessionV1 {
             id: [5; 16],
             host: "h".into(),
             started_ns: 1,
