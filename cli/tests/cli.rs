@@ -139,6 +139,13 @@ fn backup_restore_round_trip_with_json() {
     // A single file restores under its own name.
     env.ok(&["restore", &format!("latest:{}/a.txt", src.display()), "--target", "one"]);
     assert_eq!(fs::read(env.path("one/a.txt")).unwrap(), b"hello");
+    // A name of 250 bytes (the temporary name a file is written under must not be longer).
+    let long = "x".repeat(250);
+    env.write(&format!("long/{long}"), b"long name");
+    env.ok(&["backup", "-q", "long"]);
+    let long_src = env.path("long").canonicalize().unwrap();
+    env.ok(&["restore", &format!("latest:{}", long_src.display()), "--target", "long-out"]);
+    assert_eq!(fs::read(env.path("long-out").join(&long)).unwrap(), b"long name");
 }
 
 #[test]

@@ -46,7 +46,10 @@ fn source_files(repo: &Repository, src: &Path) -> BTreeMap<PathBuf, Vec<BlobId>>
 }
 
 fn partials(root: &Path) -> Vec<String> {
-    contents(root).into_keys().filter(|p| p.ends_with(".bakare-partial")).collect()
+    contents(root)
+        .into_keys()
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(".bakare-partial-")))
+        .collect()
 }
 
 /// A tree backed up with small chunks, and one data blob damaged: that of the first chunk
@@ -127,7 +130,7 @@ fn a_killed_restore_leaves_only_complete_files_and_continues() {
         let t = std::time::Instant::now();
         while t.elapsed().as_secs() < 30 && child.try_wait().unwrap().is_none() {
             let partial = fs::read_dir(&big).ok().and_then(|d| {
-                d.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().ends_with(".bakare-partial"))
+                d.filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with(".bakare-partial-"))
             });
             if partial.is_some_and(|p| p.metadata().is_ok_and(|m| m.len() > (8 << 20) + attempt * (4 << 20))) {
                 break;
@@ -144,7 +147,7 @@ fn a_killed_restore_leaves_only_complete_files_and_continues() {
         // Every file under its own name is whole; the one being written is under a temporary name.
         let got = contents(&target);
         for (path, hash) in &got {
-            if !path.ends_with(".bakare-partial") {
+            if !path.rsplit('/').next().is_some_and(|n| n.starts_with(".bakare-partial-")) {
                 assert_eq!(Some(hash), expected.get(path), "{path}: a file under its own name is complete");
             }
         }

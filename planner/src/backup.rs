@@ -216,6 +216,9 @@ impl Drop for Heartbeat {
     }
 }
 
+/// The message of the stop a file query returns once the run is interrupted.
+pub(crate) const INTERRUPTED: &str = "interrupted";
+
 /// When a walk writes a checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Checkpointing {
@@ -471,7 +474,8 @@ impl Pass<'_> {
             walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)
         };
         let Resolved(root, _) = match resolved {
-            Err(_) if run.interrupted() => {
+            // Only the interruption's own stop: any other error is reported as itself.
+            Err(PlanError::Interrupted) => {
                 // What was finished is kept: the files read go into a checkpoint, so that
                 // the same command (or `resume`) continues from here.
                 walk.checkpoint(Checkpointing::Interrupted)?;
@@ -731,6 +735,9 @@ impl Walk<'_> {
         let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error });
         match dir_tree(&db, dir) {
             TreeResult::Saved(id) => Ok(*id),
+            TreeResult::Fatal(stop) if stop.resumable && stop.message == INTERRUPTED && self.run.interrupted() => {
+                Err(PlanError::Interrupted)
+            }
             TreeResult::Fatal(stop) if stop.resumable => Err(PlanError::Resumable(stop.message.clone())),
             TreeResult::Fatal(stop) => Err(PlanError::Fatal(stop.message.clone())),
         }

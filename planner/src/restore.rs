@@ -279,12 +279,26 @@ fn ends_the_restore(e: &PlanError) -> bool {
     }
 }
 
-/// The name a file is written under until it is complete (then renamed to its own).
+/// Temporary names of files being restored start with this.
+const PARTIAL_PREFIX: &str = ".bakare-partial-";
+
+/// The name a file is written under until it is complete (then renamed to its own): short,
+/// whatever the length of the file's own name, and unique, so that no entry of the snapshot
+/// and no other file being restored can have it.
 fn partial_name(path: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(".bakare-partial");
-    path.with_file_name(name)
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!("{PARTIAL_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Removes what an interrupted restore left in `dir`: its temporary files (`overwrite` only:
+/// the folder was restored into before).
+fn remove_partials(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -309,6 +323,9 @@ impl Ctx<'_> {
             Ok(t) => t,
             Err(e) => return self.incomplete(dir, PlanError::from(e)),
         };
+        if self.opts.overwrite {
+            remove_partials(dir);
+        }
         tree.entries
             .par_iter()
             .try_for_each(|e| self.entry_or_record(e, &dir.join(std::ffi::OsStr::from_bytes(&e.name))))
@@ -432,6 +449,12 @@ impl Ctx<'_> {
         };
         if lost.is_empty() || self.opts.keep_damaged {
             apply_metadata(&partial, meta, false)?;
+            if !lost.is_empty() {
+                // Not the snapshot's mtime: a restore run again with --overwrite must not
+                // take this damaged copy for a finished one.
+                let now = FileTime::now();
+                filetime::set_file_times(&partial, now, now).map_err(io(&partial))?;
+            }
             fs::rename(&partial, path).map_err(io(path))?;
         } else {
             let _ = fs::remove_file(&partial);
@@ -469,8 +492,12 @@ impl Ctx<'_> {
         let locations = match locations {
             Ok(l) => l,
             Err(e) if !self.opts.keep_damaged => return Err(e.into()),
-            // Some chunk is in no index: without its length the rest cannot be placed.
-            Err(e) => return Ok(vec![(0..size, e.to_string())]),
+            // Some chunk is in no index: without its length the rest cannot be placed, so
+            // the whole file is a hole of its size.
+            Err(e) => {
+                f.set_len(size).map_err(io(path))?;
+                return Ok(vec![(0..size, e.to_string())]);
+            }
         };
         let mut rest = locations.as_slice();
         while !rest.is_empty() {

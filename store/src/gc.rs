@@ -188,6 +188,25 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     if !session_problems.is_empty() {
         return Err(refuse(&session_problems));
     }
+    // One prune at a time: two that read a little apart could settle the same mark two ways
+    // (one indexing a pack again, the other deleting it). A prune running (renewed within
+    // three heartbeats) that started first goes on; this one does nothing.
+    if let Some(own) = own_session {
+        let first = live.iter().find(|s| {
+            s.paths.is_empty()
+                && !s.interrupted
+                && now.saturating_sub(s.heartbeat_ns) <= 3 * 60 * SECOND
+                && (s.started_ns, s.id) < (own.started_ns, own.id)
+        });
+        if let Some(other) = first {
+            report.deferred.push(format!(
+                "another prune is running ({} on {}): this one changed nothing; run it again when that one is done",
+                other.id_hex(),
+                other.host
+            ));
+            return Ok(report);
+        }
+    }
     let (records, record_problems) = records(repo)?;
     report.problems.extend(
         record_problems.iter().map(|(_, p)| format!("{p} (verify --repair removes it; its packs are marked again)")),
@@ -382,7 +401,17 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     // expiry): what this one decided would then list or delete packs on stale knowledge.
     let read_marks: HashSet<String> =
         records.iter().map(|(p, _)| p.clone()).chain(record_problems.iter().map(|(p, _)| p.clone())).collect();
-    let fence = |swept: &[String]| unchanged_since(repo, &segment_paths, &read_marks, swept);
+    let fence = |swept: &[String]| {
+        // Paused this long, its session may have expired and other prunes have run: what it
+        // read is too old to act on, whatever the listings say.
+        if clock::now_ns().saturating_sub(now) > policy.session_expiry_ns / 2 {
+            return Err(StoreError::Raced(
+                "this prune was paused for days after it read the repository; it stopped before writing: run it again"
+                    .into(),
+            ));
+        }
+        unchanged_since(repo, &segment_paths, &read_marks, swept)
+    };
     fence(&[])?;
     // Put back what is referenced again first.
     write_segments(repo, restore)?;

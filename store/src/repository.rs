@@ -96,8 +96,12 @@ pub struct Repository {
     /// Packs written since the last index segment.
     unindexed: Mutex<Vec<(PackId, Vec<PackEntry>)>>,
     pack_keys: Mutex<HashMap<PackId, SymmetricKey>>,
-    /// Packs whose blob table's copy of the key was tried after the prefix's key failed.
-    table_keys_tried: Mutex<HashSet<PackId>>,
+    /// The key from each pack's blob table, read when the prefix's key failed (`None`: the
+    /// table gave none).
+    table_keys: Mutex<HashMap<PackId, Option<SymmetricKey>>>,
+    /// Held while the index is read from the segments in place of a local file that missed a
+    /// blob (once per handle; `true` once done).
+    index_fallback: Mutex<bool>,
     index_warnings: Mutex<Vec<String>>,
     /// Index segments this handle read or wrote: if garbage collection removes one, what
     /// this handle deduplicated against may be marked for deletion.
@@ -351,7 +355,8 @@ impl Repository {
             spool: OnceLock::new(),
             tree_cache: OnceLock::new(),
             tree_copies: OnceLock::new(),
-            table_keys_tried: Mutex::default(),
+            table_keys: Mutex::default(),
+            index_fallback: Mutex::new(false),
             tree_fallbacks: Mutex::default(),
             stats: WriteStats::default(),
         }
@@ -924,6 +929,12 @@ impl Repository {
     /// when the index is in memory already, or reading it failed). The file is removed only
     /// if the repository's index has `missed`, which the file did not find.
     fn index_from_segments(&self, missed: &BlobId) -> bool {
+        // One thread reads the segments; the others wait and look again.
+        let mut done = lock(&self.index_fallback);
+        if *done {
+            return true;
+        }
+        *done = true;
         let path = match self.index.read() {
             Ok(i) => match i.disk_path() {
                 Some(p) => p.to_path_buf(),
@@ -937,6 +948,9 @@ impl Repository {
         for seg_path in &paths {
             match get_named(self.backend.as_ref(), seg_path).and_then(|b| IndexSegment::decode(seg_path, &b, key)) {
                 Ok(seg) => {
+                    if let Some(id) = id_of_path(seg_path) {
+                        lock(&self.segments_used).insert(id);
+                    }
                     for (pack, entries) in &seg.packs {
                         for e in entries {
                             index.insert(*pack, e);
@@ -1022,19 +1036,31 @@ impl Repository {
     fn open_blob(&self, path: &str, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
         let pack = id_of_path(path).map(PackId).ok_or_else(|| StoreError::corrupt(path, "bad pack name"))?;
         let first = self.pack_key(&pack).and_then(|key| self.open_sealed(path, &key, entry, sealed));
-        if first.is_ok() || !lock(&self.table_keys_tried).insert(pack) {
+        if first.is_ok() {
             return first;
         }
         // The pack's first bytes may be damaged: its blob table holds a copy of the
-        // ephemeral key (tried once per pack; a blob that is itself damaged stays an error).
-        let key = read_pack_table(self.backend.as_ref(), path, &self.access.write_key().index_key)
-            .and_then(|table| self.derive_pack_key(path, &table.ephemeral));
-        match key.and_then(|key| self.open_sealed(path, &key, entry, sealed).map(|plain| (key, plain))) {
-            Ok((key, plain)) => {
+        // ephemeral key. It is read once per pack (other threads wait for it) and tried on
+        // every blob the prefix's key fails on; a blob that is itself damaged stays an error.
+        let table_key = {
+            let mut keys = lock(&self.table_keys);
+            match keys.get(&pack) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = read_pack_table(self.backend.as_ref(), path, &self.access.write_key().index_key)
+                        .and_then(|table| self.derive_pack_key(path, &table.ephemeral))
+                        .ok();
+                    keys.insert(pack, k.clone());
+                    k
+                }
+            }
+        };
+        match table_key.and_then(|key| self.open_sealed(path, &key, entry, sealed).ok().map(|plain| (key, plain))) {
+            Some((key, plain)) => {
                 lock(&self.pack_keys).insert(pack, key);
                 Ok(plain)
             }
-            Err(_) => first,
+            None => first,
         }
     }
 

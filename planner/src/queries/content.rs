@@ -53,7 +53,7 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
         return Content::Fatal(stop);
     }
     if run.interrupted() {
-        return Content::Fatal(Stop { message: "interrupted".into(), resumable: true });
+        return Content::Fatal(Stop { message: crate::backup::INTERRUPTED.into(), resumable: true });
     }
     Counters::add(&run.counters.files, 1);
     run.counters.set_current(path);
