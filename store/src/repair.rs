@@ -266,8 +266,10 @@ fn rebuild_index(repo: &Repository, done: &mut Vec<String>) -> Result<()> {
 }
 
 /// Rewrites every snapshot that references unavailable blobs: files missing data get an
-/// error and no chunks, unreadable folders become empty with an error; the new snapshot is
-/// tagged `repaired` and the old one (both copies) is removed. Returns old and new ids.
+/// error and keep their chunk list (a later `--source` may find them again), unreadable
+/// folders become empty with an error; the new snapshot is tagged `repaired` and the old one
+/// (both copies) is removed. Files an earlier repair marked whose chunks are all available
+/// again lose their mark. Returns old and new ids.
 pub fn mark_lost(repo: &Repository, s: &Survey) -> Result<Vec<(SnapshotId, SnapshotId)>> {
     let mut out = Vec::new();
     let mut rewritten: HashMap<BlobId, Option<BlobId>> = HashMap::new();
