@@ -194,3 +194,16 @@ fn a_repair_without_source_never_prevents_a_later_one_with_it() {
     ok(&cli.run(&["restore", "-q", &spec, "--target", after.to_str().unwrap()]), "restore after healing");
     assert_eq!(contents(&after), expected, "{} is whole again", victim.display());
 }
+
+/// `verify --repair --json` lists as lost only what stays lost: a file `--source` recovered
+/// is among what was found (`lost_found`), not among the losses.
+#[test]
+fn verify_json_lists_as_lost_only_what_stays_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cli, src, _, _) = damaged_repository(tmp.path());
+    let out = cli.run(&["--json", "verify", "--read-data", "--repair", "--source", src.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(v["lost_found"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["lost"].as_array().unwrap().len(), 0, "recovered from the source: {v}");
+    assert_eq!(v["recovered_chunks"], 1);
+}

@@ -59,7 +59,11 @@ impl Pending {
 impl TreeCache {
     /// Opens the file, starting it anew if it is damaged or larger than 4 GiB.
     pub(crate) fn open(path: &Path) -> Result<Self, redb::Error> {
-        Self::open_capped(path, MAX_BYTES)
+        // A damaged file can make redb panic: caught, that is damage like any other.
+        std::panic::catch_unwind(|| Self::open_capped(path, MAX_BYTES)).unwrap_or_else(|_| {
+            let _ = std::fs::remove_file(path);
+            Self::open_capped(path, MAX_BYTES)
+        })
     }
 
     fn open_capped(path: &Path, max_bytes: u64) -> Result<Self, redb::Error> {
@@ -80,6 +84,11 @@ impl TreeCache {
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<Vec<u8>> {
+        // Every hit is checked by the caller; a lookup that panics is a miss.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get_unguarded(key))).ok().flatten()
+    }
+
+    fn get_unguarded(&self, key: &Key) -> Option<Vec<u8>> {
         let tx = self.db.begin_read().ok()?;
         let table = tx.open_table(SEALED).ok()?;
         let v = table.get(&key[..]).ok()??;
@@ -92,6 +101,10 @@ impl TreeCache {
 
     /// The bytes of the object at `path`, if cached.
     pub(crate) fn get_object(&self, path: &str) -> Option<Vec<u8>> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get_object_unguarded(path))).ok().flatten()
+    }
+
+    fn get_object_unguarded(&self, path: &str) -> Option<Vec<u8>> {
         let tx = self.db.begin_read().ok()?;
         let table = tx.open_table(OBJECTS).ok()?;
         let v = table.get(path).ok()??;
@@ -114,8 +127,13 @@ impl TreeCache {
         self.write(batch);
     }
 
-    /// Writes what is pending (a failure only loses cache entries).
+    /// Writes what is pending (a failure, a panic inside redb included, only loses cache
+    /// entries).
     fn write(&self, batch: Pending) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_unguarded(batch)));
+    }
+
+    fn write_unguarded(&self, batch: Pending) {
         if batch.is_empty() {
             return;
         }
