@@ -156,31 +156,46 @@ fn a_backup_killed_after_its_snapshot_is_finished_not_resumed() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to resume"));
 }
 
-/// A backup made with `--host H` and killed is continued by a plain `bakare resume`, as the
-/// exit-75 message says, not only by `resume SESSION`.
+/// A backup made with `--host H` and stopped (SIGTERM here; exit 75 marks its session the
+/// same way) is continued by a plain `bakare resume`, as the exit-75 message says. Killed
+/// with SIGKILL it may look alive: plain `resume` names it and `resume ID` continues it.
 #[test]
-fn a_killed_backup_with_another_host_name_is_resumed_by_plain_resume() {
+fn a_stopped_backup_with_another_host_name_is_resumed_by_plain_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     gen_tree(&src, 300, 16, 14);
     let expected = contents(&src);
     let src_arg = src.to_str().unwrap();
-    let run = Cli::new(tmp.path().join("w"));
-    run.init();
-    let mut child = run
-        .cmd(&["backup", "-q", "--host", "nas-job", src_arg])
-        .env("BAKARE_FAILPOINT", "after-checkpoint")
-        .spawn()
-        .unwrap();
-    bakare_corruption_tests::wait_stopped(&mut child);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let out = run.run(&["--json", "resume"]);
-    ok(&out, "plain resume");
-    let snaps: serde_json::Value = serde_json::from_slice(&run.run(&["--json", "snapshots"]).stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1);
-    assert_eq!(snaps[0]["host"], "nas-job");
-    let out_dir = run.dir.join("out");
-    ok(&run.run(&["restore", "-q", &format!("latest:{src_arg}"), "--target", out_dir.to_str().unwrap()]), "restore");
-    assert_eq!(contents(&out_dir), expected);
+    for sig in ["-TERM", "-KILL"] {
+        let run = Cli::new(tmp.path().join(format!("w{sig}")));
+        run.init();
+        let mut child = run
+            .cmd(&["backup", "-q", "--host", "nas-job", src_arg])
+            .env("BAKARE_FAILPOINT", "after-checkpoint")
+            .spawn()
+            .unwrap();
+        bakare_corruption_tests::wait_stopped(&mut child);
+        assert!(bakare_corruption_tests::signal(&child, sig));
+        assert!(bakare_corruption_tests::signal(&child, "-CONT"));
+        child.wait().unwrap();
+        let out = run.run(&["resume"]);
+        if sig == "-KILL" {
+            assert_eq!(out.status.code(), Some(1));
+            let said = String::from_utf8_lossy(&out.stderr);
+            let id = said.split("`bakare resume ").nth(1).and_then(|r| r.split('`').next()).unwrap().to_string();
+            assert!(said.contains("may still be running"), "{said}");
+            ok(&run.run(&["resume", &id]), "resume ID");
+        } else {
+            ok(&out, "plain resume");
+        }
+        let snaps: serde_json::Value = serde_json::from_slice(&run.run(&["--json", "snapshots"]).stdout).unwrap();
+        assert_eq!(snaps.as_array().unwrap().len(), 1, "{sig}");
+        assert_eq!(snaps[0]["host"], "nas-job");
+        let out_dir = run.dir.join("out");
+        ok(
+            &run.run(&["restore", "-q", &format!("latest:{src_arg}"), "--target", out_dir.to_str().unwrap()]),
+            "restore",
+        );
+        assert_eq!(contents(&out_dir), expected, "{sig}");
+    }
 }

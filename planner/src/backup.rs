@@ -305,15 +305,20 @@ pub fn backup(
         passes += 1;
         let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
         let out = match pass.run(&repo, memo, &counters, &mut seq) {
-            Err(PlanError::Interrupted) => {
-                // The heartbeat thread writes the session record: stop it first.
+            Ok(out) => out,
+            // Stopped, by the user or by a failure (a full or unreachable storage: exit 75):
+            // the session says it runs no more, so a plain `resume` continues it at once and
+            // it holds no prune back. (The heartbeat thread writes the record: it stops first.)
+            Err(e) => {
                 drop(heartbeat);
                 let ended =
                     Session { interrupted: true, heartbeat_ns: clock::now_ns(), checkpoints: seq, ..session.clone() };
-                repo.put_session(&ended)?;
-                return Err(PlanError::Interrupted);
+                let marked = repo.put_session(&ended);
+                if matches!(e, PlanError::Interrupted) {
+                    marked?;
+                }
+                return Err(e);
             }
-            r => r?,
         };
         if out.intact {
             checkpoints.extend(out.checkpoints.iter().cloned());

@@ -21,6 +21,17 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         // A script that resumes after every run must not fail when there is nothing to do
         // (a kill during start-up leaves no session).
         (None, None) => {
+            // A backup that may still be running (renewed lately) is named, not taken over.
+            let (sessions, _) = repo.sessions()?;
+            if let Some(s) = sessions.iter().rev().find(|s| !s.paths.is_empty()) {
+                let id = s.id_hex();
+                let short = id.get(..8).unwrap_or_default();
+                bail!(
+                    "no stopped backup of host {host:?}; backup {short} of host {:?} may still be running (its \
+                     heartbeat is recent): if it is not, `bakare resume {short}` continues it",
+                    s.host
+                );
+            }
             if ctx.global.json {
                 out!("{}", serde_json::json!({"type": "resume", "session": null, "message": "nothing to resume"}))?;
             } else if !ctx.global.quiet {
