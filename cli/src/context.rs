@@ -13,11 +13,13 @@ use crate::args::Global;
 
 pub struct Context {
     pub global: Global,
+    /// The cache folders were made private (once per command).
+    private: std::sync::Once,
 }
 
 impl Context {
     pub fn new(global: Global) -> Self {
-        Self { global }
+        Self { global, private: std::sync::Once::new() }
     }
 
     pub fn repo_path(&self) -> Result<PathBuf> {
@@ -86,7 +88,7 @@ impl Context {
     pub fn cache_folder(&self, config: &bakare_store::Config) -> Result<Option<PathBuf>> {
         let Some(base) = self.cache_base()? else { return Ok(None) };
         let folder = base.join(config.id_hex());
-        make_private(&base, &folder);
+        self.private.call_once(|| make_private(&base, &folder));
         Ok(Some(folder))
     }
 

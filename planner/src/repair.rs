@@ -62,14 +62,14 @@ pub fn check(backend: Arc<dyn Backend>, access: Access, opts: &CheckOptions) -> 
             mid = verify(&open()?, opts.read_data)?;
         }
     }
-    if mid.lost.iter().any(|l| !l.marked) && opts.source.is_none() {
+    let newly_lost = mid.unmarked_lost().count();
+    if newly_lost > 0 && opts.source.is_none() {
         out.actions.push(format!(
-            "{} files lost data in the repository; if they still exist where they were backed up from, \
-             `bakare verify --repair --source PATH` recovers them (marking them lost keeps what that needs)",
-            mid.lost.iter().filter(|l| !l.marked).count()
+            "{newly_lost} files lost data in the repository; if they still exist where they were backed up from, \
+             `bakare verify --repair --source PATH` recovers them (marking them lost keeps what that needs)"
         ));
     }
-    if mid.lost.iter().any(|l| !l.marked) || !mid.healed.is_empty() {
+    if newly_lost > 0 || !mid.healed.is_empty() {
         let repo = open()?;
         out.rewritten = mark_lost(&repo, &mid)?;
         for (old, new) in &out.rewritten {

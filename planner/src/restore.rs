@@ -340,16 +340,17 @@ impl Ctx<'_> {
 
     fn entry(&self, e: &Entry, path: &Path) -> Result<(), PlanError> {
         if let Some(err) = &e.error {
-            let note = match &e.node {
-                // Marked lost by a repair: the data was lost in the repository, later.
-                Node::File { chunks, .. } if !chunks.is_empty() => format!("not restored: {err}"),
-                Node::Dir { .. } => format!("folder incomplete: its listing failed at backup time or later: {err}"),
-                _ => format!("not in the snapshot: it could not be read at backup time: {err}"),
-            };
-            // With --keep-damaged, what is left of a file marked lost is written (and the
-            // lost ranges reported by `file`).
-            let partly = self.opts.keep_damaged && matches!(&e.node, Node::File { chunks, .. } if !chunks.is_empty());
+            // A file with chunks and an error was marked lost by a repair: its data was lost
+            // in the repository, later. With --keep-damaged what is left of it is written (and
+            // the lost ranges reported by `file`).
+            let marked_lost = matches!(&e.node, Node::File { chunks, .. } if !chunks.is_empty());
+            let partly = self.opts.keep_damaged && marked_lost;
             if !partly {
+                let note = match &e.node {
+                    _ if marked_lost => format!("not restored: {err}"),
+                    Node::Dir { .. } => format!("folder incomplete: its listing failed at backup time or later: {err}"),
+                    _ => format!("not in the snapshot: it could not be read at backup time: {err}"),
+                };
                 lock(&self.incomplete).push((path.to_path_buf(), note));
             }
             if !matches!(e.node, Node::Dir { .. }) && !partly {
@@ -505,7 +506,7 @@ impl Ctx<'_> {
             let run = adjacent_run(rest);
             let (now, later) = rest.split_at(run.max(1));
             rest = later;
-            let blobs = match self.read_run(now) {
+            let blobs: Vec<Result<Vec<u8>, (u64, bakare_store::StoreError)>> = match self.read_run(now) {
                 Ok(b) => b.into_iter().map(Ok).collect(),
                 Err(e) if self.opts.keep_damaged && !ends_the_restore(&e) => {
                     // One by one, to lose only the damaged chunks.
@@ -513,7 +514,6 @@ impl Ctx<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            let blobs: Vec<Result<Vec<u8>, (u64, bakare_store::StoreError)>> = blobs;
             for data in blobs {
                 match data {
                     Ok(data) => {

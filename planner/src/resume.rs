@@ -27,11 +27,9 @@ pub fn find_session(
     // Without a name: this host's newest stopped backup, else its newest (the user says it
     // is not running: a kill -9 leaves a fresh heartbeat), else the stopped backup of a
     // backup made here under another `--host` name (when only one host has any).
-    let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
     let now = clock::now_ns();
     let all: Vec<Session> = backups.collect();
-    let is_stopped =
-        |s: &Session| s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS);
+    let is_stopped = |s: &Session| stopped(s, now, heartbeat_secs);
     let own = || all.iter().filter(|s| s.host == host);
     if let Some(s) = own().find(|s| is_stopped(s)).or_else(|| own().next()) {
         return Ok(Some(s.clone()));
@@ -49,13 +47,15 @@ pub fn interrupted_session(
     heartbeat_secs: u64,
 ) -> Result<Option<Session>, PlanError> {
     let (sessions, _) = repo.sessions()?;
-    let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
     let now = clock::now_ns();
-    Ok(sessions.into_iter().rev().find(|s| {
-        s.host == host
-            && s.paths == paths
-            && (s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS))
-    }))
+    Ok(sessions.into_iter().rev().find(|s| s.host == host && s.paths == paths && stopped(s, now, heartbeat_secs)))
+}
+
+/// Whether a session runs no more: it says so (interrupted, or failed), or its heartbeat
+/// is more than [`DEAD_AFTER_BEATS`] beats old.
+fn stopped(s: &Session, now: i64, heartbeat_secs: u64) -> bool {
+    let beat = i64::try_from(heartbeat_secs).unwrap_or(i64::MAX).saturating_mul(1_000_000_000);
+    s.interrupted || now.saturating_sub(s.heartbeat_ns) > beat.saturating_mul(DEAD_AFTER_BEATS)
 }
 
 /// Tidies up after a backup killed once its snapshot was written but before its session

@@ -39,6 +39,8 @@ const DAY: i64 = 24 * HOUR;
 pub const CLOCK_SKEW_NS: i64 = 10 * 60 * SECOND;
 /// A prune refuses to run when this host's clock and the storage's differ by more.
 pub const MAX_SKEW_NS: i64 = 5 * 60 * SECOND;
+/// A session renewed within this long (three heartbeats of a minute) counts as running.
+pub const RUNNING_NS: i64 = 3 * 60 * SECOND;
 /// Blobs per rewritten index segment.
 const SEGMENT_BLOBS: usize = 100_000;
 
@@ -195,7 +197,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
         let first = live.iter().find(|s| {
             s.paths.is_empty()
                 && !s.interrupted
-                && now.saturating_sub(s.heartbeat_ns) <= 3 * 60 * SECOND
+                && now.saturating_sub(s.heartbeat_ns) <= RUNNING_NS
                 && (s.started_ns, s.id) < (own.started_ns, own.id)
         });
         if let Some(other) = first {
@@ -373,16 +375,17 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
             report.young_packs += 1;
         }
     }
+    let unreferenced: HashSet<PackId> = candidates.iter().copied().collect();
     let live_bytes: u64 = pack_stats
         .iter()
         .filter_map(|(path, st)| id_of_path(path).map(|id| (PackId(id), st.size)))
-        .filter(|(id, _)| !deleted.contains(id) && !candidates.contains(id) && !still_marked.contains(id))
+        .filter(|(id, _)| !deleted.contains(id) && !unreferenced.contains(id) && !still_marked.contains(id))
         .map(|(_, size)| size)
         .sum();
     let repack = plan_repack(partly, live_bytes, policy);
     report.repacked_packs = repack.packs.len();
     report.repacked_bytes = repack.packs.iter().map(|p| p.used).sum();
-    report.repack_unused_bytes = repack.packs.iter().map(|p| p.size - p.used).sum();
+    report.repack_unused_bytes = repack.packs.iter().map(PartlyUsed::unused).sum();
     report.unused_bytes_left = repack.unused_left;
     report.marked_packs = candidates.len() + repack.packs.len();
     report.marked_bytes =

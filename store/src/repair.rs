@@ -276,7 +276,7 @@ pub fn mark_lost(repo: &Repository, s: &Survey) -> Result<Vec<(SnapshotId, Snaps
     for (id, copies) in &s.snapshots {
         let Some(snap) = copies.snapshot() else { continue };
         let hex = id.to_hex();
-        if !s.lost.iter().any(|l| l.snapshot == hex && !l.marked) && !s.healed.iter().any(|(snap, _)| *snap == hex) {
+        if !s.unmarked_lost().any(|l| l.snapshot == hex) && !s.healed.iter().any(|(snap, _)| *snap == hex) {
             continue;
         }
         let root = rewrite(repo, s, &snap.root, &mut rewritten)?.unwrap_or(snap.root);

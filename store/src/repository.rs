@@ -467,11 +467,37 @@ impl Repository {
             .map_err(|reason| StoreError::Corrupt { object: "index".into(), reason })
     }
 
+    /// Reads and authenticates the index segment at `path`.
+    fn read_segment(&self, path: &str) -> Result<IndexSegment> {
+        get_named(self.backend.as_ref(), path)
+            .and_then(|b| IndexSegment::decode(path, &b, &self.access.write_key().index_key))
+    }
+
+    /// The index the segments at `paths` make, in memory; each segment read is recorded as
+    /// used, each unreadable one as a warning.
+    fn memory_index(&self, paths: &[String]) -> Blobs {
+        let mut index = Blobs::default();
+        for path in paths {
+            match self.read_segment(path) {
+                Ok(seg) => {
+                    if let Some(id) = id_of_path(path) {
+                        lock(&self.segments_used).insert(id);
+                    }
+                    for (pack, entries) in &seg.packs {
+                        for e in entries {
+                            index.insert(*pack, e);
+                        }
+                    }
+                }
+                Err(e) => lock(&self.index_warnings).push(e.to_string()),
+            }
+        }
+        index
+    }
+
     fn read_index(&self) -> Result<()> {
         let paths = self.backend.list("index")?;
-        let key = &self.access.write_key().index_key;
-        let read =
-            |path: &str| get_named(self.backend.as_ref(), path).and_then(|b| IndexSegment::decode(path, &b, key));
+        let read = |path: &str| self.read_segment(path);
         let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Blobs::Disk(disk) = &mut *current {
             // A damaged file can make redb panic: that is one more way for it to fail.
@@ -491,22 +517,7 @@ impl Repository {
                     .push(format!("local index file unusable ({e}); reading the index into memory")),
             }
         }
-        let mut index = Blobs::default();
-        for path in &paths {
-            match read(path) {
-                Ok(seg) => {
-                    if let Some(id) = id_of_path(path) {
-                        lock(&self.segments_used).insert(id);
-                    }
-                    for (pack, entries) in &seg.packs {
-                        for e in entries {
-                            index.insert(*pack, e);
-                        }
-                    }
-                }
-                Err(e) => lock(&self.index_warnings).push(e.to_string()),
-            }
-        }
+        let mut index = self.memory_index(&paths);
         // Packs this handle wrote before the load are already in; keep them.
         for loc in current.pending() {
             index.insert(loc.pack, &loc.entry);
@@ -942,24 +953,8 @@ impl Repository {
             },
             Err(_) => return false,
         };
-        let key = &self.access.write_key().index_key;
         let Ok(paths) = self.backend.list("index") else { return false };
-        let mut index = Blobs::default();
-        for seg_path in &paths {
-            match get_named(self.backend.as_ref(), seg_path).and_then(|b| IndexSegment::decode(seg_path, &b, key)) {
-                Ok(seg) => {
-                    if let Some(id) = id_of_path(seg_path) {
-                        lock(&self.segments_used).insert(id);
-                    }
-                    for (pack, entries) in &seg.packs {
-                        for e in entries {
-                            index.insert(*pack, e);
-                        }
-                    }
-                }
-                Err(e) => lock(&self.index_warnings).push(e.to_string()),
-            }
-        }
+        let mut index = self.memory_index(&paths);
         let mut current = self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for loc in current.pending() {
             index.insert(loc.pack, &loc.entry);
@@ -1114,13 +1109,8 @@ impl Repository {
     fn tree_copies(&self) -> &HashMap<BlobId, Vec<BlobLocation>> {
         self.tree_copies.get_or_init(|| {
             let mut copies: HashMap<BlobId, Vec<BlobLocation>> = HashMap::new();
-            let key = &self.access.write_key().index_key;
             for path in self.backend.list("index").unwrap_or_default() {
-                let Ok(seg) =
-                    get_named(self.backend.as_ref(), &path).and_then(|b| IndexSegment::decode(&path, &b, key))
-                else {
-                    continue;
-                };
+                let Ok(seg) = self.read_segment(&path) else { continue };
                 for (pack, entries) in seg.packs {
                     for e in entries.into_iter().filter(|e| e.kind == BlobKind::Tree) {
                         copies.entry(e.id).or_default().push(BlobLocation { pack, entry: e });

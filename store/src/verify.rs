@@ -148,6 +148,11 @@ impl Survey {
             .filter(move |loc| self.packs.get(&loc.pack).is_some_and(|p| !p.bad_blobs.contains(&id)))
     }
 
+    /// Files that lost data and that no earlier repair marked lost yet.
+    pub fn unmarked_lost(&self) -> impl Iterator<Item = &LostFile> {
+        self.lost.iter().filter(|l| !l.marked)
+    }
+
     /// Whether nothing at all is wrong.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
@@ -537,10 +542,9 @@ fn walk_snapshots(repo: &Repository, s: &mut Survey) {
             true,
         );
     }
-    let unmarked = s.lost.iter().filter(|l| !l.marked).count();
+    let unmarked = s.unmarked_lost().count();
     if unmarked > 0 {
-        let missing: HashSet<BlobId> =
-            s.lost.iter().filter(|l| !l.marked).flat_map(|l| l.lost_chunks.iter().copied()).collect();
+        let missing: HashSet<BlobId> = s.unmarked_lost().flat_map(|l| l.lost_chunks.iter().copied()).collect();
         let trees_lost = missing.iter().filter(|b| !s.locations.contains_key(b)).count();
         let problem = format!(
             "{unmarked} files in snapshots reference {} unavailable blobs ({trees_lost} never stored)",

@@ -32,8 +32,7 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         max_repack_bytes: a.max_repack_size.unwrap_or(u64::MAX),
     };
     if a.now {
-        // Running: renewed within three heartbeats (a minute each), as `resume` judges.
-        refuse_while_running(&repo, 3 * 60 * 1_000_000_000)?;
+        refuse_while_running(&repo, bakare_store::gc::RUNNING_NS)?;
         policy.min_pack_age_ns = 0;
         policy.grace_ns = 0;
     }

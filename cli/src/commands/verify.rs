@@ -21,7 +21,7 @@ pub fn run(ctx: &Context, a: &VerifyArgs) -> Result<Outcome> {
     let out = check(repo.backend().clone(), repo.access().clone(), &opts)?;
     let last = out.after.as_ref().unwrap_or(&out.before);
     // Files an earlier repair marked lost are known: no longer a failure of this run.
-    let lost_any = !out.rewritten.is_empty() || last.lost.iter().any(|l| !l.marked);
+    let lost_any = !out.rewritten.is_empty() || last.unmarked_lost().next().is_some();
     if ctx.global.json {
         out!(
             "{}",
@@ -58,9 +58,9 @@ fn print_survey(ctx: &Context, s: &Survey, prefix: &str) -> std::io::Result<()> 
         let how = if p.repairable { "repairable" } else { "not repairable" };
         out!("{prefix}{}: {} ({how})", p.object, p.problem)?;
     }
-    if s.lost.iter().any(|l| !l.marked) {
+    if s.unmarked_lost().next().is_some() {
         out!("{prefix}files with lost data (snapshot, path, bytes):")?;
-        for l in s.lost.iter().filter(|l| !l.marked) {
+        for l in s.unmarked_lost() {
             out!("  {} {} {}", l.snapshot.get(..8).unwrap_or(&l.snapshot), l.path, bytes(l.lost_bytes))?;
         }
     }
