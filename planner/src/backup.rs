@@ -272,7 +272,7 @@ pub fn backup(
     }
     abs_paths.sort();
     abs_paths.dedup();
-    let mut stored_before = repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
+    let mut stored_before = repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
     let mut added = 0;
     let session = match &opts.resume {
         Some(s) => Session { heartbeat_ns: time_ns, interrupted: false, committing: None, ..s.clone() },
@@ -338,7 +338,7 @@ pub fn backup(
         // Walk again on a fresh handle, checking every memo record against its index.
         let fresh = Arc::new(repo.reopen());
         fresh.load_index()?;
-        added += repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before;
+        added += repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before;
         stored_before = 0;
         repo = fresh;
         counters.restart_pass();
@@ -354,7 +354,7 @@ pub fn backup(
         dirs: Counters::get(&c.dirs),
         errors: errors.len() as u64,
         bytes_read: Counters::get(&c.bytes_read),
-        bytes_added: added + repo.stats.bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
+        bytes_added: added + repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
         total_bytes: Counters::get(&c.bytes_total),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };

@@ -82,7 +82,7 @@ pub struct Prepared {
 
 /// Adopts unindexed packs and imports the session's checkpoints into `memo`.
 pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Result<Prepared, PlanError> {
-    let adopted_packs = repo.adopt_orphan_packs()?;
+    let adopted_packs = bakare_store::maintenance::orphans::adopt(repo)?;
     let mut records = Vec::new();
     let mut dirs = Vec::new();
     // The memo will trust these without reading the index, so each blob they name is checked

@@ -12,35 +12,27 @@
 //! - [`verify`] and [`repair`]: the survey of every object, and repair from redundancy.
 
 pub mod backend;
-mod blobs;
 pub mod clock;
-mod config;
 mod error;
 pub mod failpoint;
-pub mod forget;
-pub mod gc;
+pub mod format;
 mod ids;
-mod index;
-mod object;
-mod pack;
-pub mod parity;
-pub mod repair;
-mod repository;
-pub mod session;
-pub mod snapshot;
-pub mod tree;
-mod tree_cache;
-pub mod verify;
+pub mod local;
+pub mod maintenance;
+mod repo;
 
-pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use error::StoreError;
+pub use format::config::{ChunkerParams, Config};
+pub use format::index::{BlobLocation, IndexSegment};
+pub use format::object::FORMAT_VERSION;
+pub use format::pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
+pub use format::session::{Checkpoint, CheckpointRefs, Session, SessionOptions};
+pub use format::snapshot::{Snapshot, SnapshotStats};
+pub use format::tree::{Entry, Metadata, Node, Tree};
+pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
-pub use index::{BlobLocation, IndexSegment};
-pub use pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
-pub use repository::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
-pub use session::{Checkpoint, CheckpointRefs, Session, SessionOptions};
-pub use snapshot::{Snapshot, SnapshotStats};
-pub use tree::{Entry, Metadata, Node, Tree};
+pub use maintenance::{forget, gc, repair, verify};
+pub use repo::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
 
 pub use bakare_crypto as crypto;
 

@@ -233,11 +233,11 @@ fn inserting_100_bytes_into_64_mib_adds_a_few_chunks() {
     fs::write(src.join("big"), &data).unwrap();
     let repo = new_repo(&tmp.path().join("repo"), ChunkerParams::default());
     run_backup(&repo, &src);
-    let before = repo.stats.data_blobs_new.load(std::sync::atomic::Ordering::Relaxed);
+    let before = repo.stats().data_blobs_new.load(std::sync::atomic::Ordering::Relaxed);
     data.splice(32 << 20..32 << 20, [0xAB; 100]);
     fs::write(src.join("big"), &data).unwrap();
     let report = run_backup(&repo, &src);
-    let new_data_blobs = repo.stats.data_blobs_new.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let new_data_blobs = repo.stats().data_blobs_new.load(std::sync::atomic::Ordering::Relaxed) - before;
     eprintln!("new chunks after the insertion: {new_data_blobs}, bytes added {}", report.snapshot.stats.bytes_added);
     assert!(new_data_blobs <= 3, "{new_data_blobs} new chunks");
     assert!(report.snapshot.stats.bytes_added < 20 << 20);

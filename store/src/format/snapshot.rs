@@ -7,9 +7,9 @@
 
 use bakare_crypto::{Digest, EphemeralPublic, MasterKey, SymmetricKey, WriteKey, checksum};
 
+use crate::format::object::{ObjectKind, check_header, header};
+use crate::format::pack::le_u32;
 use crate::ids::{BlobId, SnapshotId};
-use crate::object::{ObjectKind, check_header, header};
-use crate::pack::le_u32;
 use crate::{Result, StoreError};
 
 const PURPOSE: &[u8] = b"snapshot";
@@ -93,7 +93,7 @@ impl Snapshot {
 
     /// Parses the authenticated details part.
     pub fn decode_details(name: &str, plain: &[u8]) -> Result<Self> {
-        crate::object::decode_exact(name, plain)
+        crate::format::object::decode_exact(name, plain)
     }
 
     /// Reads only the index-key part.
@@ -122,7 +122,7 @@ fn split<'a>(name: &str, bytes: &'a [u8]) -> Result<Parts<'a>> {
 
 fn decode_refs_of(name: &str, parts: &Parts<'_>, index_key: &SymmetricKey) -> Result<SnapshotRefs> {
     let plain = index_key.open(parts.head, parts.refs).map_err(|e| StoreError::crypto(name, e))?;
-    crate::object::decode_exact(name, &plain)
+    crate::format::object::decode_exact(name, &plain)
 }
 
 impl SnapshotId {

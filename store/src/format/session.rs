@@ -13,9 +13,9 @@
 
 use bakare_crypto::{Digest, SymmetricKey, WriteKey, checksum};
 
+use crate::format::object::{ObjectKind, check_header, header};
+use crate::format::pack::le_u32;
 use crate::ids::BlobId;
-use crate::object::{ObjectKind, check_header, header};
-use crate::pack::le_u32;
 use crate::{Result, StoreError};
 
 const CHECKPOINT_CONTEXT: &str = "bakare 2026-11 checkpoint body v1";
@@ -115,9 +115,9 @@ impl Session {
         let mut aad = bytes.get(..8).unwrap_or_default().to_vec();
         aad.extend_from_slice(&id);
         let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        let s: Self = match crate::object::decode_exact(name, &plain) {
+        let s: Self = match crate::format::object::decode_exact(name, &plain) {
             Ok(s) => s,
-            Err(e) => crate::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?,
+            Err(e) => crate::format::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?,
         };
         if s.id != id {
             return Err(StoreError::corrupt(name, "the session inside is another one"));
@@ -165,14 +165,14 @@ impl Checkpoint {
     pub fn decode_refs(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<CheckpointRefs> {
         let (head, refs, _) = Self::split(name, bytes)?;
         let plain = index_key.open(head, refs).map_err(|e| StoreError::crypto(name, e))?;
-        crate::object::decode_exact(name, &plain)
+        crate::format::object::decode_exact(name, &plain)
     }
 
     pub fn decode(name: &str, bytes: &[u8], key: &WriteKey) -> Result<Self> {
         let refs = Self::decode_refs(name, bytes, &key.index_key)?;
         let (head, _, body) = Self::split(name, bytes)?;
         let plain = key.id_key.derive(CHECKPOINT_CONTEXT).open(head, body).map_err(|e| StoreError::crypto(name, e))?;
-        let entries = crate::object::decode_exact(name, &plain)?;
+        let entries = crate::format::object::decode_exact(name, &plain)?;
         Ok(Self { refs, entries })
     }
 }

@@ -14,8 +14,8 @@
 
 use bakare_crypto::checksum;
 
+use crate::format::object::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::ids::PackId;
-use crate::object::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::{Result, StoreError};
 
 /// Data shards per pack.

@@ -17,6 +17,9 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use crate::ids::PackId;
+use crate::local::db;
+
+const LAYOUT: db::Layout = db::Layout { kind: "bakare tree cache", version: 1 };
 
 const SEALED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sealed_trees");
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("named_objects");
@@ -57,35 +60,21 @@ impl Pending {
 }
 
 impl TreeCache {
-    /// Opens the file, starting it anew if it is damaged or larger than 4 GiB.
-    pub(crate) fn open(path: &Path) -> Result<Self, redb::Error> {
-        // A damaged file can make redb panic: caught, that is damage like any other.
-        std::panic::catch_unwind(|| Self::open_capped(path, MAX_BYTES)).unwrap_or_else(|_| {
-            let _ = std::fs::remove_file(path);
-            Self::open_capped(path, MAX_BYTES)
-        })
+    /// Opens the file under the local files' convention ([`db`]), starting it anew if it is
+    /// damaged or larger than 4 GiB.
+    pub(crate) fn open(path: &Path) -> Result<Self, db::OpenError> {
+        Self::open_capped(path, MAX_BYTES)
     }
 
-    fn open_capped(path: &Path, max_bytes: u64) -> Result<Self, redb::Error> {
-        if std::fs::metadata(path).is_ok_and(|m| m.len() > max_bytes) {
-            let _ = std::fs::remove_file(path);
-        }
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(redb::DatabaseError::DatabaseAlreadyOpen.into());
-            }
-            Err(_) => {
-                let _ = std::fs::remove_file(path);
-                Database::create(path)?
-            }
-        };
+    fn open_capped(path: &Path, max_bytes: u64) -> Result<Self, db::OpenError> {
+        let opts = db::Options { cache_bytes: 16 << 20, max_bytes: Some(max_bytes), ..db::Options::default() };
+        let db = db::open(path, LAYOUT, &opts)?.db;
         Ok(Self { db, pending: Mutex::new(Pending::default()) })
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<Vec<u8>> {
         // Every hit is checked by the caller; a lookup that panics is a miss.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get_unguarded(key))).ok().flatten()
+        db::guard(|| self.get_unguarded(key)).flatten()
     }
 
     fn get_unguarded(&self, key: &Key) -> Option<Vec<u8>> {
@@ -101,7 +90,7 @@ impl TreeCache {
 
     /// The bytes of the object at `path`, if cached.
     pub(crate) fn get_object(&self, path: &str) -> Option<Vec<u8>> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get_object_unguarded(path))).ok().flatten()
+        db::guard(|| self.get_object_unguarded(path)).flatten()
     }
 
     fn get_object_unguarded(&self, path: &str) -> Option<Vec<u8>> {
@@ -130,7 +119,7 @@ impl TreeCache {
     /// Writes what is pending (a failure, a panic inside redb included, only loses cache
     /// entries).
     fn write(&self, batch: Pending) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_unguarded(batch)));
+        let _ = db::guard(|| self.write_unguarded(batch));
     }
 
     fn write_unguarded(&self, batch: Pending) {

@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::format::snapshot::Snapshot;
 use crate::ids::SnapshotId;
-use crate::repository::Repository;
-use crate::snapshot::Snapshot;
+use crate::repo::Repository;
 use crate::{Result, StoreError};
 
 /// How many of each period to keep. All zero keeps nothing.

@@ -4,11 +4,8 @@
 
 use bakare_crypto::{DataPublicKey, checksum};
 
-use crate::object::{ObjectKind, check_header, header};
+use crate::format::object::{ObjectKind, check_header, header};
 use crate::{Result, StoreError};
-
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
 
 /// Content-defined chunking parameters, fixed at init for the life of the repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,7 +73,7 @@ impl Config {
         if checksum(body).0[..] != *sum {
             return Err(StoreError::corrupt(name, "checksum mismatch"));
         }
-        let config: Self = crate::object::decode_exact(name, rest)?;
+        let config: Self = crate::format::object::decode_exact(name, rest)?;
         config.chunker.check().map_err(|e| StoreError::corrupt(name, e))?;
         if config.pack_size < 1024 {
             return Err(StoreError::corrupt(name, "pack size too small"));
@@ -114,7 +111,7 @@ mod tests {
     fn trailing_bytes_are_refused_even_with_a_valid_checksum() {
         // Found by the `config` fuzz target: a body with bytes after the config and a
         // matching checksum decoded, and re-encoded differently.
-        let found = include_bytes!("../tests/data/config-trailing-bytes.bin");
+        let found = include_bytes!("../../tests/data/config-trailing-bytes.bin");
         assert!(matches!(Config::decode("config", found), Err(StoreError::Corrupt { .. })));
         let mut bytes = sample().encode().unwrap();
         bytes.truncate(bytes.len() - 32);

@@ -5,9 +5,9 @@
 
 use bakare_crypto::{Digest, SymmetricKey};
 
+use crate::format::object::{ObjectKind, open_object, seal_object};
+use crate::format::pack::{ENTRY_LEN, PackEntry, decode_entries, le_u32};
 use crate::ids::{BlobId, PackId};
-use crate::object::{ObjectKind, open_object, seal_object};
-use crate::pack::{ENTRY_LEN, PackEntry, decode_entries, le_u32};
 use crate::{Result, StoreError};
 
 /// A blob's place: its pack and its entry there.

@@ -21,15 +21,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bakare_crypto::{Digest, SymmetricKey};
-
+use crate::format::index::IndexSegment;
+pub use crate::format::marks::{GcRecord, Records, marked_packs, records};
+use crate::format::object::{get_named, id_of_path};
+use crate::format::pack::{PackEntry, read_pack_table};
+use crate::format::session::{Checkpoint, Session};
+use crate::format::tree::{Node, Tree};
 use crate::ids::{BlobId, PackId};
-use crate::index::IndexSegment;
-use crate::object::{ObjectKind, get_named, id_of_path, open_object, seal_object};
-use crate::pack::{PackEntry, read_pack_table};
-use crate::repository::{Repository, pack_path};
-use crate::session::{Checkpoint, Session};
-use crate::tree::{Node, Tree};
+use crate::repo::{Repository, pack_path};
 use crate::{BlobLocation, Result, StoreError, clock};
 
 const SECOND: i64 = 1_000_000_000;
@@ -74,51 +73,6 @@ impl Default for GcPolicy {
             max_repack_bytes: u64::MAX,
         }
     }
-}
-
-/// A mark: packs that were unreferenced and are no longer indexed, waiting for the sweep.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GcRecord {
-    /// When the index no longer offered the candidates.
-    pub mark_ns: i64,
-    pub host: String,
-    pub candidates: Vec<PackId>,
-}
-
-impl GcRecord {
-    /// Encodes and seals the record; returns its id (the hash of the bytes) and the bytes.
-    pub fn encode(&self, index_key: &SymmetricKey) -> Result<(Digest, Vec<u8>)> {
-        let plain = postcard::to_stdvec(self).map_err(|e| StoreError::corrupt("gc record", e.to_string()))?;
-        seal_object(ObjectKind::Gc, &plain, index_key)
-    }
-
-    /// Authenticates and parses a record (its name was checked by the caller).
-    pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
-        crate::object::decode_exact(name, &open_object(name, ObjectKind::Gc, bytes, index_key)?)
-    }
-}
-
-/// GC records by path, and (path, problem) of each that could not be read.
-pub type Records = (Vec<(String, GcRecord)>, Vec<(String, String)>);
-
-/// The readable GC records, and the path and problem of each that could not be read.
-pub fn records(repo: &Repository) -> Result<Records> {
-    let key = &repo.access().write_key().index_key;
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for path in repo.backend().list("gc")? {
-        let read = get_named(repo.backend().as_ref(), &path).and_then(|b| GcRecord::decode(&path, &b, key));
-        match read {
-            Ok(r) => out.push((path, r)),
-            Err(e) => problems.push((path, e.to_string())),
-        }
-    }
-    Ok((out, problems))
-}
-
-/// Every pack some GC record lists: not to be indexed again by anything but the sweep.
-pub fn marked_packs(repo: &Repository) -> Result<HashSet<PackId>> {
-    Ok(records(repo)?.0.into_iter().flat_map(|(_, r)| r.candidates).collect())
 }
 
 /// What a prune did (or, with `dry_run`, would do).
@@ -209,7 +163,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
             return Ok(report);
         }
     }
-    let (records, record_problems) = records(repo)?;
+    let (records, record_problems) = records(backend, key)?;
     report.problems.extend(
         record_problems.iter().map(|(_, p)| format!("{p} (verify --repair removes it; its packs are marked again)")),
     );
@@ -420,7 +374,7 @@ pub fn prune(repo: &Repository, host: &str, own_session: Option<&Session>, polic
     write_segments(repo, restore)?;
     for pack in &deletions {
         backend.delete(&pack_path(pack))?;
-        backend.delete(&crate::parity::parity_path(pack))?;
+        backend.delete(&crate::format::parity::parity_path(pack))?;
     }
     for path in &swept_records {
         backend.delete(path)?;
@@ -497,7 +451,7 @@ impl PartlyUsed {
         let unused: u64 = entries
             .iter()
             .filter(|e| !referenced.contains(&e.id))
-            .map(|e| u64::from(e.length) + crate::pack::ENTRY_LEN as u64)
+            .map(|e| u64::from(e.length) + crate::format::pack::ENTRY_LEN as u64)
             .sum();
         (unused > 0).then_some(Self { pack, size, used: size.saturating_sub(unused) })
     }
@@ -668,7 +622,7 @@ fn duration(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bakare_crypto::checksum;
+    use bakare_crypto::{Digest, checksum};
 
     #[test]
     fn record_round_trips_and_refuses_tampering() {

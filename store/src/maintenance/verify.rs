@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bakare_crypto::{Digest, checksum};
 
+use crate::format::index::{BlobLocation, IndexSegment};
+use crate::format::object::{get_named, get_verified, id_of_path, verify_name};
+use crate::format::pack::{PackEntry, PackTable, read_pack_table};
+use crate::format::session::{Checkpoint, Session};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{Node, Tree};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
-use crate::index::{BlobLocation, IndexSegment};
-use crate::object::{get_named, get_verified, id_of_path, verify_name};
-use crate::pack::{PackEntry, PackTable, read_pack_table};
-use crate::repository::{Repository, pack_path};
-use crate::session::{Checkpoint, Session};
-use crate::snapshot::Snapshot;
-use crate::tree::{Node, Tree};
+use crate::repo::{Repository, pack_path};
 use crate::{Config, Result};
 
 /// How much data to read.
@@ -174,7 +174,8 @@ pub fn verify(repo: &Repository, read_data: ReadData) -> Result<Survey> {
     check_keys(repo, &mut s)?;
     let indexed = check_index(repo, &mut s)?;
     s.indexed_blobs = indexed.values().flatten().map(|e| e.id).collect();
-    let (marks, damaged_marks) = crate::gc::records(repo)?;
+    let (marks, damaged_marks) =
+        crate::format::marks::records(repo.backend().as_ref(), &repo.access().write_key().index_key)?;
     for (path, problem) in damaged_marks {
         s.problem(path, format!("{problem} (repair removes it: the next prune marks its packs again)"), true);
     }
@@ -204,7 +205,7 @@ fn check_parity(repo: &Repository, s: &mut Survey, read_data: ReadData) -> Resul
             }
         };
         let pack_path = pack_path(&pack);
-        let fits = match crate::parity::Parity::decode(&path, &bytes) {
+        let fits = match crate::format::parity::Parity::decode(&path, &bytes) {
             Err(e) => Err(e.to_string()),
             // With --read-data the pack's shards were compared when it was read (if intact).
             Ok(_) if read_data.includes(&pack) => match s.packs.get(&pack).and_then(|st| st.parity_matches) {
@@ -418,14 +419,14 @@ fn read_whole_pack(
         state.damaged = true;
     } else if has_parity {
         // Compared now, while the pack is in memory: check_parity need not read it again.
-        let parity = crate::parity::parity_path(id);
+        let parity = crate::format::parity::parity_path(id);
         state.parity_matches = repo
             .backend()
             .get(&parity)
             .ok()
-            .and_then(|p| crate::parity::Parity::decode(&parity, &p).ok().map(|p| p.matches(&bytes)));
+            .and_then(|p| crate::format::parity::Parity::decode(&parity, &p).ok().map(|p| p.matches(&bytes)));
     }
-    match crate::pack::parse_blob_table(path, &bytes, key) {
+    match crate::format::pack::parse_blob_table(path, &bytes, key) {
         Ok(t) => state.table = Some(t),
         Err(e) => s.problem(path, format!("{e} (blobs located through the index)"), true),
     }

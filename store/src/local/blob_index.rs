@@ -18,9 +18,10 @@ use std::sync::Arc;
 use bakare_crypto::Digest;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::format::index::BlobLocation;
+use crate::format::pack::PackEntry;
 use crate::ids::{BlobId, BlobKind, PackId};
-use crate::index::BlobLocation;
-use crate::pack::PackEntry;
+use crate::local::db;
 
 /// Blob ids are uniformly random (keyed BLAKE3), so their first 8 bytes are a good hash.
 #[derive(Default)]
@@ -109,31 +110,21 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const PACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("packs");
 const PACK_NUMBERS: TableDefinition<&[u8], u32> = TableDefinition::new("pack_numbers");
 const SEGMENTS: TableDefinition<&[u8], u64> = TableDefinition::new("segments");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const LAYOUT: u8 = 1;
-const SUM: usize = 8;
-
-fn sum(key: &[u8], body: &[u8]) -> [u8; SUM] {
-    bakare_crypto::bound_checksum(key, body)
-}
+/// Layout 2: values checked by [`db::seal_value`] (layout 1 had 8-byte checksums).
+const LAYOUT: db::Layout = db::Layout { kind: "bakare blob index", version: 2 };
 
 fn encode_slot(id: &BlobId, s: &Slot) -> Vec<u8> {
-    let mut v = Vec::with_capacity(18 + SUM);
+    let mut v = Vec::with_capacity(18 + db::SUM);
     for n in [s.pack, s.offset, s.length, s.raw_len] {
         v.extend_from_slice(&n.to_le_bytes());
     }
     v.push(s.kind.to_byte());
     v.push(u8::from(s.compressed));
-    let c = sum(id.0.as_bytes(), &v);
-    v.extend_from_slice(&c);
-    v
+    db::seal_value(id.0.as_bytes(), v)
 }
 
 fn decode_slot(id: &BlobId, v: &[u8]) -> Option<Slot> {
-    let (body, c) = v.split_at_checked(18)?;
-    if c != sum(id.0.as_bytes(), body) {
-        return None;
-    }
+    let body = db::open_value(id.0.as_bytes(), v).filter(|b| b.len() == 18)?;
     let u = |i: usize| body.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
     Some(Slot {
         pack: u(0)?,
@@ -150,17 +141,11 @@ fn decode_slot(id: &BlobId, v: &[u8]) -> Option<Slot> {
 }
 
 fn pack_value(number: u32, pack: &PackId) -> Vec<u8> {
-    let mut v = pack.0.as_bytes().to_vec();
-    let c = sum(&number.to_le_bytes(), &v);
-    v.extend_from_slice(&c);
-    v
+    db::seal_value(&number.to_le_bytes(), pack.0.as_bytes().to_vec())
 }
 
 fn decode_pack(number: u32, v: &[u8]) -> Option<PackId> {
-    let (body, c) = v.split_at_checked(32)?;
-    if c != sum(&number.to_le_bytes(), body) {
-        return None;
-    }
+    let body = db::open_value(&number.to_le_bytes(), v)?;
     Some(PackId(Digest(body.try_into().ok()?)))
 }
 
@@ -175,29 +160,12 @@ pub(crate) struct DiskIndex {
 }
 
 impl DiskIndex {
-    /// Opens (or creates) the file; one of another layout or written under another key is
-    /// emptied.
-    pub(crate) fn open(path: &Path, cache_bytes: usize, key_check: &Digest) -> Result<Self, redb::Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
-        }
-        let db = redb::Builder::new().set_cache_size(cache_bytes).create(path)?;
-        let idx = Self { db: Arc::new(db), pending: MemoryIndex::default(), path: path.to_path_buf() };
-        let txn = idx.db.begin_write()?;
-        let fits = {
-            let meta = txn.open_table(META)?;
-            let layout = meta.get("layout")?.map(|v| v.value().to_vec());
-            let key = meta.get("key")?.map(|v| v.value().to_vec());
-            layout.as_deref() == Some(&[LAYOUT][..]) && key.as_deref() == Some(key_check.as_bytes().as_slice())
-        };
-        if !fits {
-            clear(&txn)?;
-            let mut meta = txn.open_table(META)?;
-            meta.insert("layout", [LAYOUT].as_slice())?;
-            meta.insert("key", key_check.as_bytes().as_slice())?;
-        }
-        txn.commit()?;
-        Ok(idx)
+    /// Opens (or creates) the file under the local files' convention ([`db`]): one that is
+    /// damaged, of another layout or written under another key is started anew.
+    pub(crate) fn open(path: &Path, cache_bytes: usize, key_check: &Digest) -> Result<Self, db::OpenError> {
+        let opts = db::Options { cache_bytes, key: Some(key_check.0), ..db::Options::default() };
+        let opened = db::open(path, LAYOUT, &opts)?;
+        Ok(Self { db: Arc::new(opened.db), pending: MemoryIndex::default(), path: path.to_path_buf() })
     }
 
     pub(crate) fn path(&self) -> &Path {

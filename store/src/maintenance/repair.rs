@@ -17,14 +17,14 @@ use std::collections::{HashMap, HashSet};
 
 use bakare_crypto::seal_key_file;
 
+use crate::format::index::IndexSegment;
+use crate::format::object::id_of_path;
+use crate::format::pack::{PackEntry, read_pack_table};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{Entry, Node, Tree};
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
-use crate::index::IndexSegment;
-use crate::object::id_of_path;
-use crate::pack::{PackEntry, read_pack_table};
-use crate::repository::{Repository, pack_path};
-use crate::snapshot::Snapshot;
-use crate::tree::{Entry, Node, Tree};
-use crate::verify::Survey;
+use crate::maintenance::verify::Survey;
+use crate::repo::{Repository, pack_path};
 use crate::{Result, StoreError};
 
 /// Recovery shards of a parity object that repair writes anew (its old count is unreadable).
@@ -132,9 +132,9 @@ fn rebuild_from_parity(repo: &Repository, s: &Survey, done: &mut Vec<String>) ->
     let backend = repo.backend();
     let mut rebuilt = HashSet::new();
     for pack in s.packs.keys().filter(|p| needs_salvage(s, p)) {
-        let name = crate::parity::parity_path(pack);
+        let name = crate::format::parity::parity_path(pack);
         let Ok(parity) = backend.get(&name) else { continue };
-        let Ok(p) = crate::parity::Parity::decode(&name, &parity) else { continue };
+        let Ok(p) = crate::format::parity::Parity::decode(&name, &parity) else { continue };
         let damaged = backend.get(&pack_path(pack)).unwrap_or_default();
         if let Some(bytes) = p.recover(pack, &damaged) {
             backend.replace(&pack_path(pack), &bytes)?;
@@ -159,7 +159,7 @@ fn repair_parity(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done:
     let mut counts: HashMap<u16, usize> = HashMap::new();
     for path in backend.list("parity")?.iter().filter(|p| !damaged.contains(&p.as_str())) {
         if let Ok(b) = backend.get(path)
-            && let Ok(parity) = crate::parity::Parity::decode(path, &b)
+            && let Ok(parity) = crate::format::parity::Parity::decode(path, &b)
         {
             *counts.entry(parity.recovery_count()).or_default() += 1;
         }
@@ -176,10 +176,10 @@ fn repair_parity(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done:
                 // else as many as most other parity objects have.
                 let count = damaged_bytes
                     .get(&p.object)
-                    .and_then(|d| crate::parity::recovery_count_of(d, bytes.len() as u64))
+                    .and_then(|d| crate::format::parity::recovery_count_of(d, bytes.len() as u64))
                     .or(usual)
                     .unwrap_or(PARITY_ON_REPAIR);
-                backend.put(&p.object, &crate::parity::encode(&bytes, count)?)?;
+                backend.put(&p.object, &crate::format::parity::encode(&bytes, count)?)?;
                 done.push(format!("rewrote {} from its pack ({count} recovery shards)", p.object));
             }
             None => done.push(format!("removed {}", p.object)),
@@ -199,7 +199,7 @@ fn salvage(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done: &mut 
         // The table's copy of the ephemeral key, for blobs the pack's own copy cannot open.
         let table = s.packs.get(pack).and_then(|p| p.table.as_ref());
         let (mut saved, mut lost) = (0, 0);
-        let entries: Vec<&crate::index::BlobLocation> =
+        let entries: Vec<&crate::format::index::BlobLocation> =
             s.locations.values().flatten().filter(|l| l.pack == *pack).collect();
         for loc in entries {
             let id = loc.entry.id;
@@ -227,7 +227,7 @@ fn salvage(repo: &Repository, s: &Survey, rebuilt: &HashSet<PackId>, done: &mut 
     repo.flush()?;
     for pack in &damaged {
         repo.backend().delete(&pack_path(pack))?;
-        repo.backend().delete(&crate::parity::parity_path(pack))?;
+        repo.backend().delete(&crate::format::parity::parity_path(pack))?;
         done.push(format!("removed damaged {}", pack_path(pack)));
     }
     Ok(())

@@ -79,7 +79,7 @@ impl Tree {
     }
 
     pub fn decode(name: &str, bytes: &[u8]) -> Result<Self> {
-        let tree: Self = crate::object::decode_exact(name, bytes)?;
+        let tree: Self = crate::format::object::decode_exact(name, bytes)?;
         let sorted = tree.entries.windows(2).all(|w| w.first().map(|a| &a.name) < w.get(1).map(|b| &b.name));
         let names_ok = tree
             .entries

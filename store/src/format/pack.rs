@@ -17,8 +17,8 @@
 use bakare_crypto::{Digest, EphemeralPublic, SEAL_OVERHEAD, SymmetricKey, WriteKey, checksum};
 
 use crate::backend::Backend;
+use crate::format::object::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::ids::{BlobId, BlobKind, PackId};
-use crate::object::{HEADER_LEN, ObjectKind, check_header, header};
 use crate::{Result, StoreError};
 
 pub(crate) const PACK_PREFIX_LEN: usize = HEADER_LEN + 32;

@@ -5,8 +5,10 @@
 use bakare_crypto::{Digest, SymmetricKey, checksum};
 
 use crate::backend::Backend;
-use crate::config::FORMAT_VERSION;
 use crate::{Result, StoreError};
+
+/// The format version this build writes and reads (the header's last byte).
+pub const FORMAT_VERSION: u8 = 1;
 
 pub(crate) const MAGIC: &[u8; 6] = b"bakare";
 pub(crate) const HEADER_LEN: usize = 8;
@@ -106,7 +108,7 @@ mod format_doc {
 
     /// docs/FORMAT.md's table of object kinds, parsed: the row `kind: 1 config, 2 …`.
     fn documented() -> Vec<(u8, String)> {
-        let doc = include_str!("../../docs/FORMAT.md");
+        let doc = include_str!("../../../docs/FORMAT.md");
         let row = doc.lines().find(|l| l.contains("| kind: ")).unwrap_or_default();
         let list = row.split("kind: ").nth(1).unwrap_or_default().trim_end_matches(['|', ' ']);
         list.split(", ")

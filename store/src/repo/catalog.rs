@@ -1,0 +1,197 @@
+//! Snapshots, session records and checkpoints of a repository: written, listed (remote
+//! storage in parallel, through the tree cache), and named (`latest~N`, id prefixes).
+
+use std::sync::atomic::Ordering;
+
+use bakare_crypto::MasterKey;
+
+use super::{Repository, SnapshotList};
+use crate::format::object::{get_verified, id_of_path, verify_name};
+use crate::format::session::{Checkpoint, Session};
+use crate::format::snapshot::Snapshot;
+use crate::ids::SnapshotId;
+use crate::{Result, StoreError};
+
+impl Repository {
+    /// Writes a snapshot (its mirror first). Call [`Repository::flush`] before.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        self.save_snapshot_after(snapshot, |_| Ok(()))
+    }
+
+    /// As [`Repository::save_snapshot`], calling `before` with the snapshot's id before
+    /// anything is written (a backup records it in its session first).
+    pub fn save_snapshot_after(
+        &self,
+        snapshot: &Snapshot,
+        before: impl FnOnce(&SnapshotId) -> Result<()>,
+    ) -> Result<SnapshotId> {
+        let (id, bytes) = snapshot.encode(self.core.access.write_key())?;
+        before(&id)?;
+        self.core.backend.put(&format!("snapshots.mirror/{id}"), &bytes)?;
+        self.core.backend.put(&format!("snapshots/{id}"), &bytes)?;
+        Ok(id)
+    }
+
+    /// Whether `snapshots/<id>` or its mirror exists (needs no key).
+    pub fn snapshot_exists(&self, id: &SnapshotId) -> Result<bool> {
+        for dir in ["snapshots", "snapshots.mirror"] {
+            match self.core.backend.size(&format!("{dir}/{id}")) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Every readable snapshot, oldest first, and a message for each that could be read from
+    /// neither its file nor its mirror.
+    pub fn snapshots(&self) -> Result<SnapshotList> {
+        let master = self.core.access.master()?;
+        let mut ids: Vec<SnapshotId> = Vec::new();
+        for dir in ["snapshots", "snapshots.mirror"] {
+            ids.extend(self.core.backend.list(dir)?.iter().filter_map(|p| id_of_path(p)).map(SnapshotId));
+        }
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        // Remote storage answers slowly but in parallel: as many readers as connections.
+        let readers = if self.core.backend.is_remote() { self.core.backend.parallel_writes().clamp(1, 16) } else { 1 };
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let read: Vec<Vec<(SnapshotId, Result<Snapshot>)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..readers.min(ids.len()))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            mine.push((*id, self.read_snapshot(id, master)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            // A reader that panicked takes the listing down with it, as it would on one
+            // thread: a snapshot silently left out would look like garbage to a prune.
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        for (id, r) in read.into_iter().flatten() {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        problems.sort();
+        out.sort_by_key(|(id, s)| (s.time_ns, *id));
+        Ok(SnapshotList { snapshots: out, problems })
+    }
+
+    fn read_snapshot(&self, id: &SnapshotId, master: &MasterKey) -> Result<Snapshot> {
+        let cache = self.reader.tree_cache.get();
+        let mut first_err = None;
+        for dir in ["snapshots", "snapshots.mirror"] {
+            let path = format!("{dir}/{id}");
+            // A cached copy is checked like a download; one that fails is read again.
+            if let Some(bytes) = cache.and_then(|c| c.get_object(&path))
+                && let Ok(s) =
+                    verify_name(&path, &bytes, id.digest()).and_then(|()| Snapshot::decode(&path, &bytes, master))
+            {
+                return Ok(s);
+            }
+            let read = get_verified(self.core.backend.as_ref(), &path, id.digest()).and_then(|b| {
+                let s = Snapshot::decode(&path, &b, master)?;
+                if let Some(c) = cache {
+                    c.put_object(&path, &b);
+                }
+                Ok(s)
+            });
+            match read {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| StoreError::NoSuchSnapshot(id.to_hex())))
+    }
+
+    /// Resolves `latest`, `latest~N` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        let mut all = self.snapshots()?.snapshots;
+        if let Some(back) = spec.strip_prefix("latest") {
+            let n: usize = match back.strip_prefix('~') {
+                None if back.is_empty() => 0,
+                Some(n) => n.parse().map_err(|_| StoreError::NoSuchSnapshot(spec.into()))?,
+                None => return Err(StoreError::NoSuchSnapshot(spec.into())),
+            };
+            if all.is_empty() {
+                return Err(StoreError::NoSnapshots);
+            }
+            let at = all.len().checked_sub(n + 1).ok_or_else(|| StoreError::NoSuchSnapshot(spec.into()))?;
+            return Ok(all.swap_remove(at));
+        }
+        let spec_lc = spec.to_ascii_lowercase();
+        if spec_lc.is_empty() || !spec_lc.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NoSuchSnapshot(spec.into()));
+        }
+        let mut matches: Vec<_> = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lc)).collect();
+        match matches.len() {
+            0 => Err(StoreError::NoSuchSnapshot(spec.into())),
+            1 => Ok(matches.remove(0)),
+            count => Err(StoreError::AmbiguousSnapshot { spec: spec.into(), count }),
+        }
+    }
+
+    /// Writes (or renews) a session record.
+    pub fn put_session(&self, session: &Session) -> Result<()> {
+        let bytes = session.encode(&self.core.access.write_key().index_key)?;
+        Ok(self.core.backend.replace(&session.path(), &bytes)?)
+    }
+
+    pub fn remove_session(&self, session: &Session) -> Result<()> {
+        Ok(self.core.backend.delete(&session.path())?)
+    }
+
+    /// Every readable session record, oldest first, and why any could not be read.
+    pub fn sessions(&self) -> Result<(Vec<Session>, Vec<String>)> {
+        let key = &self.core.access.write_key().index_key;
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for path in self.core.backend.list("sessions")? {
+            match self.core.backend.get(&path).map_err(StoreError::from).and_then(|b| Session::decode(&path, &b, key)) {
+                Ok(s) => out.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        out.sort_by_key(|s| (s.started_ns, s.id));
+        Ok((out, problems))
+    }
+
+    /// Writes a checkpoint. Call after the flush that made its blobs durable.
+    pub fn save_checkpoint(&self, checkpoint: &Checkpoint) -> Result<String> {
+        let (id, bytes) = checkpoint.encode(self.core.access.write_key())?;
+        let path = format!("checkpoints/{id}");
+        self.core.backend.put(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// The checkpoints of one session, in order; damaged ones are skipped.
+    pub fn checkpoints(&self, session: &[u8; 16]) -> Result<Vec<(String, Checkpoint)>> {
+        let key = self.core.access.write_key();
+        let mut out = Vec::new();
+        for path in self.core.backend.list("checkpoints")? {
+            let Some(id) = id_of_path(&path) else { continue };
+            let Ok(bytes) = get_verified(self.core.backend.as_ref(), &path, &id) else { continue };
+            match Checkpoint::decode_refs(&path, &bytes, &key.index_key) {
+                Ok(r) if r.session == *session => {
+                    if let Ok(c) = Checkpoint::decode(&path, &bytes, key) {
+                        out.push((path, c));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.sort_by_key(|(_, c)| c.refs.seq);
+        Ok(out)
+    }
+}

@@ -1,0 +1,119 @@
+//! Creating and opening a repository: the master key sealed under a passphrase (two key
+//! files), `config` and its mirror, and the check that a key in hand belongs to the
+//! repository.
+
+use std::sync::Arc;
+
+use bakare_crypto::{KdfParams, MasterKey, open_key_file, seal_key_file};
+
+use super::{Access, Core, Repository, now_ns};
+use crate::backend::Backend;
+use crate::format::config::{ChunkerParams, Config};
+use crate::format::object::{get_verified, id_of_path};
+use crate::{Result, StoreError};
+
+impl Repository {
+    /// Creates a repository: a new master key sealed under `passphrase`, then `config.mirror`
+    /// and `config` (written last: its presence is what makes the folder a repository).
+    pub fn init(backend: Arc<dyn Backend>, passphrase: &[u8], kdf: KdfParams, chunker: ChunkerParams) -> Result<Self> {
+        Self::init_with_pack_size(backend, passphrase, kdf, chunker, 16 << 20)
+    }
+
+    /// As [`Repository::init`], with a target pack size in bytes (small packs are for tests).
+    pub fn init_with_pack_size(
+        backend: Arc<dyn Backend>,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        chunker: ChunkerParams,
+        pack_size: u32,
+    ) -> Result<Self> {
+        if backend.get("config").is_ok() || backend.get("config.mirror").is_ok() {
+            return Err(StoreError::AlreadyExists { path: backend.location() });
+        }
+        chunker.check().map_err(|e| StoreError::corrupt("config", e))?;
+        let master = MasterKey::generate()?;
+        // Two independently sealed key files (own salt and nonce): one rotted key file must
+        // not lock the owner out.
+        for _ in 0..2 {
+            let key_file = seal_key_file(&master, passphrase, kdf)?;
+            backend.put(&format!("keys/{}", bakare_crypto::checksum(&key_file)), &key_file)?;
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| bakare_crypto::CryptoError::Random(e.to_string()))?;
+        let config = Config {
+            id,
+            chunker,
+            data_public: master.write.data_public.0,
+            pack_size: pack_size.max(64 << 10),
+            created_ns: now_ns(),
+        };
+        let bytes = config.encode()?;
+        backend.put("config.mirror", &bytes)?;
+        backend.put("config", &bytes)?;
+        Ok(Self::assemble(Core { backend, config, access: Access::Master(master) }))
+    }
+
+    /// Reads `config`, falling back to `config.mirror` if it is missing or damaged.
+    pub fn read_config(backend: &dyn Backend) -> Result<Config> {
+        let primary = backend.get("config").map_err(StoreError::from).and_then(|b| Config::decode("config", &b));
+        match primary {
+            Ok(c) => Ok(c),
+            Err(e @ StoreError::NewerFormat { .. }) => Err(e),
+            Err(first) => match backend.get("config.mirror") {
+                Ok(b) => Config::decode("config.mirror", &b),
+                Err(e) if e.is_not_found() && matches!(first, StoreError::Backend(ref b) if b.is_not_found()) => {
+                    Err(StoreError::NotARepository { path: backend.location() })
+                }
+                Err(_) => Err(first),
+            },
+        }
+    }
+
+    /// Opens with a passphrase, trying each key file.
+    pub fn open_with_passphrase(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Self> {
+        let config = Self::read_config(backend.as_ref())?;
+        let mut last = StoreError::WrongPassphrase;
+        for path in backend.list("keys")? {
+            let Some(name) = id_of_path(&path) else { continue };
+            let bytes = match get_verified(backend.as_ref(), &path, &name) {
+                Ok(b) => b,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            match open_key_file(&bytes, passphrase) {
+                Ok(master) => return Self::with_key(backend, config, Access::Master(master)),
+                Err(bakare_crypto::CryptoError::WrongPassphrase) => {}
+                Err(e) => last = StoreError::crypto(path, e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens with a key already in hand (master or put-only).
+    pub fn open_with_key(backend: Arc<dyn Backend>, access: Access) -> Result<Self> {
+        let config = Self::read_config(backend.as_ref())?;
+        Self::with_key(backend, config, access)
+    }
+
+    fn with_key(backend: Arc<dyn Backend>, config: Config, access: Access) -> Result<Self> {
+        let key_public = access.write_key().data_public;
+        // A stale or foreign `config` that still decodes: the mirror may be the right one.
+        let config = if key_public == config.data_public() {
+            config
+        } else {
+            match backend.get("config.mirror").map(|b| Config::decode("config.mirror", &b)) {
+                Ok(Ok(mirror)) if mirror.data_public() == key_public => mirror,
+                _ => config,
+            }
+        };
+        if key_public != config.data_public() {
+            return Err(StoreError::KeyMismatch {
+                expected: config.data_public().fingerprint(),
+                found: key_public.fingerprint(),
+            });
+        }
+        Ok(Self::assemble(Core { backend, config, access }))
+    }
+}
