@@ -646,6 +646,12 @@ fn forget_and_prune_with_and_without_dry_run() {
     assert_eq!(code(&env.run(&["forget"])), 1, "no policy and no snapshot: refused");
     env.ok(&["-q", "forget", "--keep-last", "1", "--prune"]);
     assert_eq!(snapshots(), 1);
+    // With the forgotten snapshot's packs old enough, the dry run shows its plan step by step.
+    let human = env.ok(&["prune", "--dry-run", "--min-pack-age-hours", "0"]);
+    assert!(human.contains("the plan, in order:\n  1. "), "{human}");
+    assert!(human.contains(". mark ") && human.contains("packs/"), "{human}");
+    let dry = json_lines(&env.ok(&["--json", "prune", "--dry-run", "--min-pack-age-hours", "0"]));
+    assert!(dry[0]["steps"].as_array().is_some_and(|s| !s.is_empty()), "{dry:?}");
     let pruned = json_lines(&env.ok(&["--json", "prune"]));
     assert_eq!(pruned[0]["marked_packs"], 0, "a day must pass before anything is marked");
     assert!(pruned[0]["young_packs"].as_u64().unwrap() > 0);

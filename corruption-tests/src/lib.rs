@@ -306,7 +306,7 @@ fn leave_gc_mark(repo: &Arc<Repository>, extra: &Path) {
     let r = backup(repo.clone(), &Memo::disabled(), &[extra.to_path_buf()], &opts, Arc::default()).unwrap();
     bakare_store::forget::remove_snapshot(repo, &r.id).unwrap();
     let policy = bakare_store::gc::GcPolicy { min_pack_age_ns: 0, ..bakare_store::gc::GcPolicy::default() };
-    let report = bakare_store::gc::prune(repo, "h", None, &policy).unwrap();
+    let report = bakare_store::prune::prune(repo, "h", None, &policy).unwrap();
     assert!(report.marked_packs > 0, "the fixture has a mark");
 }
 

@@ -31,7 +31,7 @@ pub use format::snapshot::{Snapshot, SnapshotStats};
 pub use format::tree::{Entry, Metadata, Node, Tree};
 pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
-pub use maintenance::{forget, gc, repair, verify};
+pub use maintenance::{forget, gc, prune, repair, verify};
 pub use repo::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
 
 pub use bakare_crypto as crypto;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bakare_store::backend::{Backend, MemoryBackend};
 use bakare_store::crypto::KdfParams;
-use bakare_store::gc::{GcPolicy, PruneReport, prune};
+use bakare_store::gc::GcPolicy;
+use bakare_store::prune::{PruneReport, prune};
 use bakare_store::{
     BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Session, SessionOptions, Snapshot, SnapshotId,
     SnapshotStats, StoreError, Tree, clock,
@@ -203,4 +204,44 @@ fn refuses_with_a_skewed_clock_or_an_unreadable_snapshot() {
     let refused = prune(&repo, "h", None, &immediate()).unwrap_err();
     assert!(refused.to_string().contains("verify --repair"), "{refused}");
     assert_eq!(backend.list("packs").unwrap(), packs, "nothing was deleted");
+}
+
+/// Every object's path, for comparing the repository before and after.
+fn listing(backend: &MemoryBackend) -> Vec<String> {
+    let mut all = Vec::new();
+    for prefix in ["packs", "index", "snapshots", "snapshots.mirror", "sessions", "checkpoints", "gc", "keys"] {
+        all.extend(backend.list(prefix).unwrap());
+    }
+    all
+}
+
+#[test]
+fn a_plan_writes_nothing_and_its_execution_does_what_its_steps_say() {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 4);
+    let (gone, _) = snapshot(&repo, 100, 4);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let before = listing(&backend);
+
+    let plan = bakare_store::prune::plan(&repo, "gc-host", None, &immediate()).unwrap();
+    assert_eq!(listing(&backend), before, "planning writes nothing");
+    assert!(!plan.is_empty());
+    let steps = plan.steps();
+    assert!(steps.iter().any(|s| s.starts_with("mark ") && s.contains("packs/")), "{steps:?}");
+    assert!(steps.iter().any(|s| s.starts_with("rewrite the index")), "{steps:?}");
+    assert!(!steps.iter().any(|s| s.starts_with("delete ")), "nothing was marked before: {steps:?}");
+    let planned = plan.report.marked_packs;
+    assert!(planned > 0);
+    let done = bakare_store::prune::execute(&repo, plan, &immediate()).unwrap();
+    assert_eq!(done.marked_packs, planned, "the execution marks what the plan said");
+    assert_eq!(backend.list("gc").unwrap().len(), 1);
+
+    // The next plan sweeps that mark, and says so.
+    let sweep = bakare_store::prune::plan(&repo, "gc-host", None, &immediate()).unwrap();
+    let steps = sweep.steps();
+    assert!(steps.iter().any(|s| s.starts_with(&format!("delete {planned} packs marked earlier"))), "{steps:?}");
+    assert!(steps.iter().any(|s| s.starts_with("remove 1 settled marks")), "{steps:?}");
+    let swept = bakare_store::prune::execute(&repo, sweep, &immediate()).unwrap();
+    assert_eq!(swept.deleted_packs, planned);
+    assert!(bakare_store::prune::plan(&repo, "gc-host", None, &immediate()).unwrap().is_empty(), "nothing left to do");
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use bakare_planner::Heartbeat;
-use bakare_store::gc::{GcPolicy, prune};
+use bakare_store::gc::GcPolicy;
+use bakare_store::prune::prune;
 use bakare_store::{Repository, Session, SessionOptions, clock};
 
 use crate::Outcome;
@@ -58,25 +59,17 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         Some(Heartbeat::start(repo.clone(), session.clone(), std::time::Duration::from_secs(60)))
     };
     let own = heartbeat.as_ref().map(|_| &session);
-    // With --now: mark, then at once sweep, until a round marks nothing more (the sweep of
-    // one round's repack may leave packs that the next round marks).
-    let result = prune(&repo, &host, own, &policy).and_then(|mut total| {
-        for _ in 0..4 {
-            if !a.now || total.marked_packs == 0 {
-                break;
-            }
-            let next = prune(&repo, &host, own, &policy)?;
-            total = bakare_store::gc::PruneReport {
-                deleted_packs: total.deleted_packs + next.deleted_packs,
-                deleted_bytes: total.deleted_bytes + next.deleted_bytes,
-                repacked_packs: total.repacked_packs + next.repacked_packs,
-                repacked_bytes: total.repacked_bytes + next.repacked_bytes,
-                repack_unused_bytes: total.repack_unused_bytes + next.repack_unused_bytes,
-                ..next
-            };
-        }
-        Ok(total)
-    });
+    // A dry run computes the plan and shows it; nothing is written. With --now: mark, then
+    // at once sweep, until a round marks nothing more.
+    let mut steps = Vec::new();
+    let result = if a.dry_run {
+        bakare_store::prune::plan(&repo, &host, own, &policy).map(|plan| {
+            steps = plan.steps();
+            plan.report
+        })
+    } else {
+        prune_rounds(&repo, &host, own, &policy, a.now)
+    };
     if let Some(h) = heartbeat {
         drop(h);
         repo.remove_session(&session)?;
@@ -87,63 +80,106 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), "prune".into());
             o.insert("dry_run".into(), a.dry_run.into());
+            if a.dry_run {
+                o.insert("steps".into(), steps.clone().into());
+            }
         }
         out!("{v}")?;
     } else if !ctx.global.quiet {
-        let would = if a.dry_run { "would be " } else { "" };
-        out!(
-            "{}, {}, {} in {}",
-            count(r.snapshots as u64, "snapshot", "snapshots"),
-            count(r.live_sessions as u64, "running session", "running sessions"),
-            count(r.referenced_blobs as u64, "referenced blob", "referenced blobs"),
-            count(r.packs as u64, "pack", "packs")
-        )?;
-        out!("{would}deleted: {} packs ({}), marked earlier", r.deleted_packs, bytes(r.deleted_bytes))?;
-        if r.restored_packs > 0 {
-            out!("{would}kept: {} marked packs that are used again", r.restored_packs)?;
-        }
-        if r.repacked_packs > 0 {
-            out!(
-                "{would}repacked: {} partly used packs: {} copied to new packs, {} unused in them",
-                r.repacked_packs,
-                bytes(r.repacked_bytes),
-                bytes(r.repack_unused_bytes)
-            )?;
-        }
-        if r.marked_packs > 0 {
-            out!(
-                "{would}marked: {} ({}), deleted by a prune run after {} UTC at the earliest (and once the \
-                 backups running now have finished); `prune --now` deletes at once when nothing else runs",
-                count(r.marked_packs as u64, "pack", "packs"),
-                bytes(r.marked_bytes),
-                crate::output::time(r.marked_space_back_ns)
-            )?;
-        } else {
-            out!("{would}marked: nothing")?;
-        }
-        if r.unused_bytes_left > 0 {
-            out!("unused: {} left in partly used packs (within --max-unused)", bytes(r.unused_bytes_left))?;
-        }
-        if r.young_packs > 0 {
-            out!("kept: {} unreferenced packs younger than the minimum age", r.young_packs)?;
-        }
-        if r.indexed_packs > 0 {
-            out!("{would}indexed: {} packs no index segment listed", r.indexed_packs)?;
-        }
-        if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
-            out!("{would}removed: {} expired sessions, {} checkpoints", r.expired_sessions, r.removed_checkpoints)?;
-        }
-        if r.removed_temporaries > 0 {
-            out!("removed: {} temporary files that killed writers left", r.removed_temporaries)?;
-        }
-        for d in &r.deferred {
-            out!("deferred: {d}")?;
+        print_report(&r, a.dry_run)?;
+        if a.dry_run && !steps.is_empty() {
+            out!("the plan, in order:")?;
+            for (i, step) in steps.iter().enumerate() {
+                out!("  {}. {step}", i + 1)?;
+            }
         }
     }
     for p in &r.problems {
         say!("bakare: warning: {p}");
     }
     Ok(Outcome::Success)
+}
+
+/// One prune, or with `--now` rounds of mark and sweep until a round marks nothing more
+/// (the sweep of one round's repack may leave packs that the next round marks).
+fn prune_rounds(
+    repo: &Repository,
+    host: &str,
+    own: Option<&Session>,
+    policy: &GcPolicy,
+    now: bool,
+) -> bakare_store::Result<bakare_store::prune::PruneReport> {
+    prune(repo, host, own, policy).and_then(|mut total| {
+        for _ in 0..4 {
+            if !now || total.marked_packs == 0 {
+                break;
+            }
+            let next = prune(repo, host, own, policy)?;
+            total = bakare_store::prune::PruneReport {
+                deleted_packs: total.deleted_packs + next.deleted_packs,
+                deleted_bytes: total.deleted_bytes + next.deleted_bytes,
+                repacked_packs: total.repacked_packs + next.repacked_packs,
+                repacked_bytes: total.repacked_bytes + next.repacked_bytes,
+                repack_unused_bytes: total.repack_unused_bytes + next.repack_unused_bytes,
+                ..next
+            };
+        }
+        Ok(total)
+    })
+}
+
+/// The report as lines for a person.
+fn print_report(r: &bakare_store::prune::PruneReport, dry_run: bool) -> Result<()> {
+    let would = if dry_run { "would be " } else { "" };
+    out!(
+        "{}, {}, {} in {}",
+        count(r.snapshots as u64, "snapshot", "snapshots"),
+        count(r.live_sessions as u64, "running session", "running sessions"),
+        count(r.referenced_blobs as u64, "referenced blob", "referenced blobs"),
+        count(r.packs as u64, "pack", "packs")
+    )?;
+    out!("{would}deleted: {} packs ({}), marked earlier", r.deleted_packs, bytes(r.deleted_bytes))?;
+    if r.restored_packs > 0 {
+        out!("{would}kept: {} marked packs that are used again", r.restored_packs)?;
+    }
+    if r.repacked_packs > 0 {
+        out!(
+            "{would}repacked: {} partly used packs: {} copied to new packs, {} unused in them",
+            r.repacked_packs,
+            bytes(r.repacked_bytes),
+            bytes(r.repack_unused_bytes)
+        )?;
+    }
+    if r.marked_packs > 0 {
+        out!(
+            "{would}marked: {} ({}), deleted by a prune run after {} UTC at the earliest (and once the \
+                 backups running now have finished); `prune --now` deletes at once when nothing else runs",
+            count(r.marked_packs as u64, "pack", "packs"),
+            bytes(r.marked_bytes),
+            crate::output::time(r.marked_space_back_ns)
+        )?;
+    } else {
+        out!("{would}marked: nothing")?;
+    }
+    if r.unused_bytes_left > 0 {
+        out!("unused: {} left in partly used packs (within --max-unused)", bytes(r.unused_bytes_left))?;
+    }
+    if r.young_packs > 0 {
+        out!("kept: {} unreferenced packs younger than the minimum age", r.young_packs)?;
+    }
+    if r.indexed_packs > 0 {
+        out!("{would}indexed: {} packs no index segment listed", r.indexed_packs)?;
+    }
+    if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
+        out!("{would}removed: {} expired sessions, {} checkpoints", r.expired_sessions, r.removed_checkpoints)?;
+    }
+    if r.removed_temporaries > 0 {
+        out!("removed: {} temporary files that killed writers left", r.removed_temporaries)?;
+    }
+    for d in &r.deferred {
+        out!("deferred: {d}")?;
+    }
+    Ok(())
 }
 
 /// `--max-unused`: "5%" or "5".

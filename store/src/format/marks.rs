@@ -53,3 +53,25 @@ pub fn records(backend: &dyn Backend, key: &SymmetricKey) -> Result<Records> {
 pub fn marked_packs(backend: &dyn Backend, key: &SymmetricKey) -> Result<HashSet<PackId>> {
     Ok(records(backend, key)?.0.into_iter().flat_map(|(_, r)| r.candidates).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::PackId;
+    use bakare_crypto::{Digest, checksum};
+
+    #[test]
+    fn record_round_trips_and_refuses_tampering() {
+        let m = bakare_crypto::MasterKey::generate().unwrap();
+        let key = &m.write.index_key;
+        let r = GcRecord { mark_ns: 5, host: "h".into(), candidates: vec![PackId(Digest([1; 32]))] };
+        let (id, bytes) = r.encode(key).unwrap();
+        assert_eq!(id, checksum(&bytes));
+        assert_eq!(GcRecord::decode("gc/x", &bytes, key).unwrap(), r);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(GcRecord::decode("gc/x", &b, key).is_err(), "flip at {i}");
+        }
+    }
+}

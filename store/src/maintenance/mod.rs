@@ -4,12 +4,14 @@
 //! - [`verify`]: every object checked, every snapshot's trees walked, losses named.
 //! - [`repair`]: what redundancy can restore (mirrors, tree copies, parity), and marking
 //!   what it cannot.
-//! - [`gc`]: `prune` as a computed plan ([`gc::PrunePlan`]) and its execution.
+//! - [`gc`]: garbage collection's policy and why it is safe without a lock; [`prune`]: the
+//!   sweep and mark as a computed plan ([`prune::PrunePlan`]) and its execution.
 //! - [`forget`]: which snapshots a retention policy keeps.
 //! - [`orphans`]: indexing packs an interrupted backup wrote but never indexed.
 
 pub mod forget;
 pub mod gc;
 pub mod orphans;
+pub mod prune;
 pub mod repair;
 pub mod verify;
