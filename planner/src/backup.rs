@@ -734,8 +734,10 @@ impl Walk<'_> {
                 Child { name: c.name, meta: c.meta, kind }
             })
             .collect();
+        // What each read gave is applied here, outside the queries (their bodies keep no
+        // state of the run), once per file.
         pending.par_iter().for_each_with(db.clone(), |db, f| {
-            file_content(db, *f);
+            file_content(db, *f).apply(&self.run, f.path(db));
         });
         let dir = SourceDir::new(&db, path.to_path_buf(), Listing { children, error });
         match dir_tree(&db, dir) {

@@ -38,7 +38,7 @@ pub use inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerpri
 pub use memo::{DirRecord, Memo, MemoRecord};
 pub use meta::metadata_of;
 pub use names::{Hit, IndexReport, NameIndex, index_path};
-pub use queries::{Content, Stop, TreeResult, dir_tree, file_content};
+pub use queries::{Content, FileChange, Stop, TreeResult, dir_tree, file_content};
 pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};
 pub use resume::{Prepared, find_session, finish_committed, interrupted_session, prepare_resume};

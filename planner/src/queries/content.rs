@@ -1,4 +1,11 @@
 //! `file_content`: read one changed file, cut it into chunks, store them; its chunk list.
+//!
+//! The query's value carries what the run keeps of the read (which counter it moves, the
+//! memo record, the error): [`Content::apply`] applies it, outside the query, once per
+//! file. So a database that lives long (`watch`) may run the query again safely. What the
+//! body still does besides returning its value is idempotent or only observed: blobs are
+//! saved (by content: a second run stores nothing new), and the live bytes-read counter and
+//! the current path feed the progress display.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,17 +23,81 @@ use crate::memo::{MemoRecord, chunk_list_digest};
 /// same tick as the recorded mtime would not change it (racy-git).
 const RACY_NS: i64 = 2_000_000_000;
 
-/// What reading a file gave.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What reading a file gave. Two values are equal when the file's folder sees the same
+/// thing (size and chunks, or the error, or the stop): a file read again with the same
+/// content is then backdated and its folder's tree not built again, although its memo
+/// record (a new ctime) differs. The value returned is always this run's own.
+#[derive(Clone, Debug)]
 pub enum Content {
     Read {
         size: u64,
         chunks: Vec<BlobId>,
+        change: FileChange,
+        /// What the memo remembers of the file; `None` if it changed while it was read.
+        record: Option<MemoRecord>,
     },
     /// The file could not be read; the run goes on.
     Unreadable(String),
     /// The repository failed: the run stops.
     Fatal(Stop),
+}
+
+impl PartialEq for Content {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Content::Read { size: a, chunks: x, .. }, Content::Read { size: b, chunks: y, .. }) => a == b && x == y,
+            (Content::Unreadable(a), Content::Unreadable(b)) => a == b,
+            (Content::Fatal(a), Content::Fatal(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Content {}
+
+/// How a file read compares with its previous backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    New,
+    Changed,
+    Unchanged,
+}
+
+impl Content {
+    /// Applies what the read gave to the run: counters, the memo record, the error, the
+    /// stop. Call once per file, outside any query.
+    pub fn apply(&self, run: &RunContext, path: &Path) {
+        match self {
+            Content::Read { change, record, .. } => {
+                Counters::add(&run.counters.files, 1);
+                let counter = match change {
+                    FileChange::New => &run.counters.files_new,
+                    FileChange::Changed => &run.counters.files_changed,
+                    FileChange::Unchanged => &run.counters.files_unchanged,
+                };
+                Counters::add(counter, 1);
+                if let Some(record) = record
+                    && let Ok(mut fresh) = run.fresh.lock()
+                {
+                    fresh.push(record.clone());
+                }
+            }
+            Content::Unreadable(msg) => {
+                Counters::add(&run.counters.files, 1);
+                Counters::add(&run.counters.errors, 1);
+                if let Ok(mut errors) = run.errors.lock() {
+                    errors.push((path.to_path_buf(), msg.clone()));
+                }
+            }
+            Content::Fatal(stop) => {
+                if stop.message != crate::backup::INTERRUPTED
+                    && let Ok(mut stopped) = run.stopped.lock()
+                {
+                    stopped.get_or_insert_with(|| stop.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Why a run stopped inside a query, kept as a value salsa can compare.
@@ -55,44 +126,26 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
     if run.interrupted() {
         return Content::Fatal(Stop { message: crate::backup::INTERRUPTED.into(), resumable: true });
     }
-    Counters::add(&run.counters.files, 1);
     run.counters.set_current(path);
     let read_ns = now_ns();
     match read_chunks(run, path, file.fp(db).size) {
         Ok((size, chunks, after)) => {
             let fp = file.fp(db);
             let digest = chunk_list_digest(&chunks);
-            let counter = match file.previous(db) {
-                None => &run.counters.files_new,
-                Some(prev) if prev == digest => &run.counters.files_unchanged,
-                Some(_) => &run.counters.files_changed,
+            let change = match file.previous(db) {
+                None => FileChange::New,
+                Some(prev) if prev == digest => FileChange::Unchanged,
+                Some(_) => FileChange::Changed,
             };
-            Counters::add(counter, 1);
             // Remember the content only if the file did not change while it was read.
-            if after.same_content(&fp) && size == fp.size {
+            let record = (after.same_content(&fp) && size == fp.size).then(|| {
                 let racy = fp.mtime_ns > read_ns - RACY_NS;
-                let record = MemoRecord::new(path, fp, racy, chunks.clone());
-                if let Ok(mut fresh) = run.fresh.lock() {
-                    fresh.push(record);
-                }
-            }
-            Content::Read { size, chunks }
+                MemoRecord::new(path, fp, racy, chunks.clone())
+            });
+            Content::Read { size, chunks, change, record }
         }
-        Err(ReadError::Io(e)) => {
-            let msg = format!("cannot read file: {e}");
-            Counters::add(&run.counters.errors, 1);
-            if let Ok(mut errors) = run.errors.lock() {
-                errors.push((path.to_path_buf(), msg.clone()));
-            }
-            Content::Unreadable(msg)
-        }
-        Err(ReadError::Store(e)) => {
-            let stop = Stop::from(&e);
-            if let Ok(mut stopped) = run.stopped.lock() {
-                stopped.get_or_insert_with(|| stop.clone());
-            }
-            Content::Fatal(stop)
-        }
+        Err(ReadError::Io(e)) => Content::Unreadable(format!("cannot read file: {e}")),
+        Err(ReadError::Store(e)) => Content::Fatal(Stop::from(&e)),
     }
 }
 

@@ -1,5 +1,5 @@
 //! `dir_tree`: a changed folder's tree blob, from its listing, its files' contents and its
-//! subfolders' trees.
+//! subfolders' trees. Its one effect, saving the tree blob, is idempotent (by content).
 
 use bakare_store::{BlobId, Entry, Node, Tree};
 
@@ -23,7 +23,7 @@ pub fn dir_tree(db: &dyn Db, dir: SourceDir) -> TreeResult {
         let (node, error) = match &child.kind {
             ChildKind::Resolved { node, error } => (node.clone(), error.clone()),
             ChildKind::File(f) => match file_content(db, *f) {
-                Content::Read { size, chunks } => (Node::File { size: *size, chunks: chunks.clone() }, None),
+                Content::Read { size, chunks, .. } => (Node::File { size: *size, chunks: chunks.clone() }, None),
                 Content::Unreadable(e) => (Node::File { size: f.fp(db).size, chunks: Vec::new() }, Some(e.clone())),
                 Content::Fatal(e) => return TreeResult::Fatal(e.clone()),
             },

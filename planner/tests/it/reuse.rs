@@ -223,3 +223,29 @@ fn a_touch_rereads_content_and_changes_only_the_recorded_mtime() {
     assert_ne!(a_before, fx.tree("a"));
     assert_eq!(b_before, fx.tree("b"));
 }
+
+#[test]
+fn a_query_run_again_keeps_no_state_of_the_run_until_its_value_is_applied() {
+    let mut fx = Fixture::new();
+    let path = fx.root.join("a/f1");
+    let run = fx.db.context().clone();
+    let first = fx.content("a/f1");
+    assert!(matches!(&first, Content::Read { record: Some(_), .. }), "{first:?}");
+    // The body ran and saved the file's chunk, but counted and kept nothing.
+    assert_eq!(bakare_planner::Counters::get(&run.counters.files), 0);
+    assert!(run.fresh.lock().unwrap().is_empty(), "the memo record is in the value, not pushed");
+    first.apply(&run, &path);
+    assert_eq!(bakare_planner::Counters::get(&run.counters.files), 1);
+    assert_eq!(bakare_planner::Counters::get(&run.counters.files_new), 1);
+    assert_eq!(run.fresh.lock().unwrap().len(), 1);
+    // Run again (a long-lived database re-reads a touched file): the run's state is as
+    // before until the new value is applied, and the folder's view is equal (backdated).
+    set_mtime(&path, 1_000_000_000);
+    fx.rescan();
+    let again = fx.content("a/f1");
+    assert_eq!(again, first, "same size and chunks");
+    assert_eq!(bakare_planner::Counters::get(&run.counters.files), 1);
+    assert_eq!(run.fresh.lock().unwrap().len(), 1);
+    let Content::Read { record: Some(record), .. } = &again else { panic!("{again:?}") };
+    assert_eq!(record.fp.mtime_ns, 1_000_000_000_000_000_000, "the value returned is this run's own");
+}
