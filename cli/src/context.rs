@@ -5,21 +5,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use bakare_crypto::open_write_key_file;
+use bakare_store::KdfParams;
 use bakare_store::backend::{Backend, LocalBackend, RemoteBackend, RemoteOptions, RemoteUrl, RetryPolicy, Retrying};
-use bakare_store::crypto::{KdfParams, open_write_key_file};
-use bakare_store::{Access, ChunkerParams, Repository, StoreError};
+use bakare_store::{Access, Budget, ChunkerParams, Repository, StoreError};
 
 use crate::args::Global;
 
 pub struct Context {
     pub global: Global,
+    /// The run's memory budget, made once from --memory-limit and handed to the repository
+    /// handle (which hands it on) and the local files.
+    pub budget: Budget,
     /// The cache folders were made private (once per command).
     private: std::sync::Once,
 }
 
 impl Context {
     pub fn new(global: Global) -> Self {
-        Self { global, private: std::sync::Once::new() }
+        let budget = Budget::new(global.memory_limit);
+        Self { global, budget, private: std::sync::Once::new() }
     }
 
     pub fn repo_path(&self) -> Result<PathBuf> {
@@ -74,12 +79,12 @@ impl Context {
         };
         let path = folder.join("state.redb");
         if !path.exists() {
-            return Ok(bakare_planner::Memo::open(&path));
+            return Ok(bakare_planner::Memo::open(&path, &self.budget));
         }
         if !bakare_planner::Memo::needs_check(&path) {
-            return Ok(bakare_planner::Memo::open_unchecked(&path));
+            return Ok(bakare_planner::Memo::open_unchecked(&path, &self.budget));
         }
-        Ok(bakare_planner::Memo::open_after_check(&path, check_in_child(&path)))
+        Ok(bakare_planner::Memo::open_after_check(&path, check_in_child(&path), &self.budget))
     }
 
     /// This machine's cache folder for the repository with this config, or `None` with
@@ -176,11 +181,12 @@ impl Context {
 
     /// Keeps the repository's blob index in `index.redb` in its cache folder rather than in
     /// memory (none with --no-cache; in memory if the file is busy or unusable).
-    fn local_index(&self, repo: Repository) -> Result<Repository> {
+    fn local_index(&self, mut repo: Repository) -> Result<Repository> {
+        repo.set_budget(self.budget.clone());
         self.say_opened(&repo);
         if let Some(folder) = self.cache_folder(repo.config())? {
             // Failing that, the index is read into memory as before: nothing is lost.
-            let _ = repo.use_local_index(&folder.join("index.redb"), bakare_planner::local_cache_bytes());
+            let _ = repo.use_local_index(&folder.join("index.redb"));
             if repo.backend().is_remote() {
                 // Busy (another bakare) or unusable: trees are downloaded, as without it.
                 let _ = std::fs::create_dir_all(&folder);

@@ -78,7 +78,6 @@ fn main() -> ExitCode {
     tune_malloc(cli.global.memory_limit, cores);
     private_files();
     quiet_cache_panics();
-    bakare_planner::set_memory_limit(cli.global.memory_limit);
     // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     // The ssh master connections an SFTP repository starts daemonize themselves; as their
@@ -103,7 +102,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
-        Command::Debug(DebugCommand::CheckState { path }) => commands::debug::check_state(&path),
+        Command::Debug(DebugCommand::CheckState { path }) => commands::debug::check_state(&ctx, &path),
     };
     if sftp {
         end_children();

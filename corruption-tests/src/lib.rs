@@ -18,8 +18,8 @@ use bakare_planner::{
     BackupOptions, CheckOptions, Counters, Memo, MemoRecord, RestoreOptions, Start, StatFingerprint, backup, check,
     find_node, restore,
 };
+use bakare_store::KdfParams;
 use bakare_store::backend::LocalBackend;
-use bakare_store::crypto::KdfParams;
 use bakare_store::verify::ReadData;
 use bakare_store::{
     Access, BlobId, BlobKind, Checkpoint, CheckpointRefs, ChunkerParams, Node, Repository, Session, SessionOptions,

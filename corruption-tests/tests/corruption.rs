@@ -180,7 +180,7 @@ fn state_redb_under_every_mutation() {
     let repo = fx.open_repo();
     let opts = BackupOptions { host: "h".into(), user: "u".into(), ..BackupOptions::default() };
     let run = || {
-        let memo = Memo::open(&memo_path);
+        let memo = Memo::open(&memo_path, &bakare_store::Budget::default());
         let r = backup(repo.clone(), &memo, std::slice::from_ref(&fx.source), &opts, Arc::default()).unwrap();
         // The source folder's tree: the root also records /tmp, whose mtime others change.
         let src = match bakare_planner::find_node(&repo, r.snapshot.root, &fx.source.to_string_lossy()).unwrap() {

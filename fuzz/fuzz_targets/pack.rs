@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     let key = bakare_fuzz::key();
     let _ = bakare_store::parse_blob_table("pack", data, &key.write.index_key);
     if let Ok(p) = bakare_store::parity::Parity::decode("parity/x", data) {
-        let id = bakare_store::PackId(bakare_store::crypto::checksum(b"some pack"));
+        let id = bakare_store::PackId(bakare_store::checksum(b"some pack"));
         if p.pack_len <= 1 << 20 {
             assert!(p.recover(&id, b"some other bytes").is_none());
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bakare_store::backend::{Backend, MemoryBackend};
-use bakare_store::crypto::KdfParams;
+use bakare_store::KdfParams;
 use bakare_store::{BlobKind, ChunkerParams, Repository};
 use libfuzzer_sys::fuzz_target;
 

@@ -27,7 +27,6 @@ use bakare_store::{
 };
 use rayon::prelude::*;
 
-use crate::chunker::Chunker;
 use crate::counters::Counters;
 use crate::db::{PlanDb, RunContext};
 use crate::error::PlanError;
@@ -140,7 +139,7 @@ enum PlannedKind {
         error: Option<String>,
     },
     /// A file to read: (path, fingerprint, hash of the memo's chunk list if any).
-    Read(PathBuf, StatFingerprint, Option<bakare_store::crypto::Digest>),
+    Read(PathBuf, StatFingerprint, Option<bakare_store::Digest>),
 }
 
 struct Walk<'a> {
@@ -152,8 +151,8 @@ struct Walk<'a> {
     /// does too (only GC deletes, and it removes the segments of what it deletes).
     trusted: bool,
     /// Those segments, when trusted: the commit fence checks they still exist.
-    relied_memo: Vec<bakare_store::crypto::Digest>,
-    set: bakare_store::crypto::Digest,
+    relied_memo: Vec<bakare_store::Digest>,
+    set: bakare_store::Digest,
     /// A segment this walk relied on was removed: it must not commit.
     broken: std::sync::atomic::AtomicBool,
     /// Trees of folders whose id differs from the memo's, to remember.
@@ -403,7 +402,7 @@ pub fn expected_totals(memo: &Memo, paths: &[PathBuf], options: &SessionOptions)
 
 /// The id of a backup set: its paths and the options that decide what is in it. The memo's
 /// trust is kept per set (see [`crate::memo`]).
-fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::crypto::Digest {
+fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::Digest {
     let mut h = blake3::Hasher::new();
     for p in paths {
         h.update(&(p.len() as u64).to_le_bytes());
@@ -420,7 +419,7 @@ fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::c
         h.update(f);
     }
     h.update(&[u8::from(options.git_ignore)]);
-    bakare_store::crypto::Digest(*h.finalize().as_bytes())
+    bakare_store::Digest(*h.finalize().as_bytes())
 }
 
 /// One walk over the sources.
@@ -428,9 +427,9 @@ struct Pass<'a> {
     sources: &'a Sources,
     opts: &'a BackupOptions,
     session: &'a Session,
-    set: bakare_store::crypto::Digest,
+    set: bakare_store::Digest,
     /// The memo's segments for this set, when the memo is trusted.
-    relied_memo: Option<Vec<bakare_store::crypto::Digest>>,
+    relied_memo: Option<Vec<bakare_store::Digest>>,
 }
 
 impl Pass<'_> {
@@ -443,7 +442,7 @@ impl Pass<'_> {
     ) -> Result<PassOutcome, PlanError> {
         let run = Arc::new(RunContext {
             repo: repo.clone(),
-            chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
+            chunker: repo.chunker(),
             counters: counters.clone(),
             fresh: Mutex::default(),
             errors: Mutex::default(),
@@ -602,7 +601,7 @@ impl Walk<'_> {
 
     /// Whether every index segment this walk relied on still exists (else it is marked
     /// broken); returns the segments that exist.
-    fn check_relied(&self) -> Result<Vec<bakare_store::crypto::Digest>, PlanError> {
+    fn check_relied(&self) -> Result<Vec<bakare_store::Digest>, PlanError> {
         let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
         let intact = !self.repo.is_poisoned()
             && self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));

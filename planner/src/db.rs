@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use bakare_store::Repository;
 
-use crate::chunker::Chunker;
 use crate::counters::Counters;
 use crate::memo::MemoRecord;
+use bakare_store::Chunker;
 
 /// What the queries need besides their inputs: where blobs go and where results are counted.
 /// Constant for the life of a database.

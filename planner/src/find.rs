@@ -163,7 +163,7 @@ fn side(
 /// chunk ids compared, to tell a content change (`M`) from a touch (`m`).
 pub fn diff_local(repo: &Repository, tree: BlobId, dir: &std::path::Path) -> Result<Vec<Change>, PlanError> {
     let mut trees = Trees { repo, cache: HashMap::new() };
-    let chunker = crate::chunker::Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0);
+    let chunker = repo.chunker();
     let mut out = Vec::new();
     diff_live(&mut trees, &chunker, Some(tree), dir, &mut out)?;
     Ok(out)
@@ -171,7 +171,7 @@ pub fn diff_local(repo: &Repository, tree: BlobId, dir: &std::path::Path) -> Res
 
 fn diff_live(
     trees: &mut Trees<'_>,
-    chunker: &crate::chunker::Chunker,
+    chunker: &bakare_store::Chunker,
     tree: Option<BlobId>,
     dir: &std::path::Path,
     out: &mut Vec<Change>,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use bakare_store::crypto::Digest;
+use bakare_store::Digest;
 use bakare_store::{Metadata, Node};
 
 /// What `lstat` says about a file, as far as change detection is concerned.

@@ -10,8 +10,6 @@
 //! [`bakare_store::Repository`] interface.
 
 mod backup;
-mod budget;
-mod chunker;
 mod counters;
 mod db;
 mod error;
@@ -27,8 +25,7 @@ mod restore;
 mod resume;
 
 pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};
-pub use budget::{local_cache_bytes, memory_limit, set_memory_limit};
-pub use chunker::Chunker;
+pub use bakare_store::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};
 pub use error::PlanError;

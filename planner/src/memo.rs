@@ -30,9 +30,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bakare_store::BlobId;
-use bakare_store::crypto::{Digest, checksum};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use bakare_store::local::db;
+use bakare_store::{BlobId, Budget};
+use bakare_store::{Digest, checksum};
+use redb::{Database, TableDefinition};
 
 use crate::inputs::StatFingerprint;
 
@@ -40,16 +41,14 @@ const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const TRUST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trust");
 /// Per backup set: files and bytes of its last complete run (for progress estimates).
 const TOTALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totals");
-const FORMAT: TableDefinition<&str, u64> = TableDefinition::new("format");
-/// The layout of keys and values below; a database of another layout is started anew.
-const FORMAT_VERSION: u64 = 2;
+/// The layout of keys and values below (see [`db`]); a file of another layout is started
+/// anew. Layout 3 is the first under the local files' convention.
+const LAYOUT: db::Layout = db::Layout { kind: "bakare memo", version: 3 };
 const VERSION: u8 = 3;
 const DIR_VERSION: u8 = 4;
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
 /// Bytes of a folder's key: a keyed hash of its path.
 const FOLDER_KEY: usize = 16;
-/// Bytes of the checksum that ends every value.
-const SUM: usize = 16;
 
 /// A file's content as last read, with the fingerprint it was read under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +67,7 @@ impl MemoRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(2 + 6 * 10 + self.chunks.len() * 32 + SUM);
+        let mut v = Vec::with_capacity(2 + 6 * 10 + self.chunks.len() * 32 + db::SUM);
         v.push(VERSION);
         v.push(u8::from(self.racy));
         let fp = &self.fp;
@@ -78,16 +77,14 @@ impl MemoRecord {
         for c in &self.chunks {
             v.extend_from_slice(c.0.as_bytes());
         }
-        let sum = value_checksum(&self.key, &v);
-        v.extend_from_slice(&sum);
-        v
+        db::seal_value(&self.key, v)
     }
 
     /// Decodes a value; `None` for anything damaged, of another version, or stored under
     /// another key.
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
-        let (body, sum) = v.split_at_checked(v.len().checked_sub(SUM)?)?;
-        if value_checksum(key, body) != *sum || body.first() != Some(&VERSION) || key.len() < FOLDER_KEY {
+        let body = db::open_value(key, v)?;
+        if body.first() != Some(&VERSION) || key.len() < FOLDER_KEY {
             return None;
         }
         let racy = body.get(1)? & 1 == 1;
@@ -152,10 +149,6 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-fn value_checksum(key: &[u8], body: &[u8]) -> [u8; SUM] {
-    bakare_store::crypto::bound_checksum(key, body)
-}
-
 /// A folder's tree id as last backed up.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirRecord {
@@ -169,17 +162,15 @@ impl DirRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(33 + SUM);
+        let mut v = Vec::with_capacity(33 + db::SUM);
         v.push(DIR_VERSION);
         v.extend_from_slice(self.tree.0.as_bytes());
-        let sum = value_checksum(&self.key, &v);
-        v.extend_from_slice(&sum);
-        v
+        db::seal_value(&self.key, v)
     }
 
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
-        let (body, sum) = v.split_at_checked(33)?;
-        if body.first() != Some(&DIR_VERSION) || value_checksum(key, body) != *sum {
+        let body = db::open_value(key, v).filter(|b| b.len() == 33)?;
+        if body.first() != Some(&DIR_VERSION) {
             return None;
         }
         let id: [u8; 32] = body.get(1..)?.try_into().ok()?;
@@ -250,15 +241,11 @@ impl Memo {
         Self { db: None, writing: Mutex::new(()), warnings: Vec::new(), path: None, checked_ns: 0 }
     }
 
-    /// Opens `path` with redb's integrity check and closes it again: what a child process
-    /// runs before the backup opens the file, so that damage that aborts the process (which
-    /// no `catch_unwind` stops) takes down only the child.
-    pub fn check_file(path: &Path) -> Result<(), String> {
-        match open_checked(path, true) {
-            // In use by another process: nothing to judge (the opener finds it busy too).
-            Ok(_) | Err(redb::Error::DatabaseAlreadyOpen) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
+    /// Checks `path` (redb's integrity check and the layout) without changing it: what a
+    /// child process runs before the backup opens the file, so that damage that aborts the
+    /// process (which no `catch_unwind` stops) takes down only the child.
+    pub fn check_file(path: &Path, budget: &Budget) -> Result<(), String> {
+        db::check(path, LAYOUT, &options(budget, true))
     }
 
     /// Whether `path` needs redb's full integrity check before use: unless the last
@@ -278,9 +265,9 @@ impl Memo {
 
     /// Opens a file that [`Memo::needs_check`] says was left cleanly, without the full check
     /// (a panic inside redb is still caught).
-    pub fn open_unchecked(path: &Path) -> Self {
+    pub fn open_unchecked(path: &Path, budget: &Budget) -> Self {
         prefetch(path);
-        let mut memo = Self::open_with(path, false);
+        let mut memo = Self::open_with(path, false, budget);
         memo.checked_ns = Marker::read(path).map_or(0, |m| m.checked);
         memo
     }
@@ -300,19 +287,18 @@ impl Memo {
 
     /// [`Memo::open`] after a check in another process: a file the check rejected, or that
     /// made it crash (`Err` with the reason), is set aside and started anew.
-    pub fn open_after_check(path: &Path, check: Result<(), String>) -> Self {
+    pub fn open_after_check(path: &Path, check: Result<(), String>, budget: &Budget) -> Self {
         let _ = std::fs::remove_file(marker_path(path));
         match check {
             // Checked already: redb's own check need not run again here.
             Ok(()) => {
-                let mut memo = Self::open_with(path, false);
+                let mut memo = Self::open_with(path, false, budget);
                 memo.checked_ns = bakare_store::clock::now_ns();
                 memo
             }
             Err(reason) => {
-                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
-                let _ = std::fs::rename(path, &aside);
-                let mut memo = Self::open(path);
+                db::set_aside(path);
+                let mut memo = Self::open(path, budget);
                 memo.warnings
                     .insert(0, format!("local state {} is unusable ({reason}); starting a new one", path.display()));
                 memo
@@ -320,23 +306,22 @@ impl Memo {
         }
     }
 
-    /// Opens (or creates) `path`, with redb's integrity check. A file that fails it is
-    /// renamed to `state.redb.corrupt` and a fresh one is created.
-    pub fn open(path: &Path) -> Self {
-        Self::open_with(path, true)
+    /// Opens (or creates) `path`, with redb's integrity check. A file that fails it (or is
+    /// of another layout) is set aside as `state.redb.corrupt` and a fresh one is created.
+    pub fn open(path: &Path, budget: &Budget) -> Self {
+        Self::open_with(path, true, budget)
     }
 
-    fn open_with(path: &Path, check: bool) -> Self {
+    fn open_with(path: &Path, check: bool, budget: &Budget) -> Self {
         let mut warnings = Vec::new();
-        if let Some(dir) = path.parent()
-            && let Err(e) = std::fs::create_dir_all(dir)
-        {
-            warnings.push(format!("cannot create cache folder {}: {e}; backing up without the memo", dir.display()));
-            return Self { db: None, writing: Mutex::new(()), warnings, path: None, checked_ns: 0 };
-        }
-        let db = match open_checked(path, check) {
-            Ok(db) => Some(db),
-            Err(redb::Error::DatabaseAlreadyOpen) => {
+        let db = match db::open(path, LAYOUT, &options(budget, check)) {
+            Ok(opened) => {
+                if let Some(reason) = opened.started_anew {
+                    warnings.push(format!("local state {} is unusable ({reason}); starting a new one", path.display()));
+                }
+                Some(opened.db)
+            }
+            Err(db::OpenError::Busy(_)) => {
                 warnings.push(format!(
                     "local state {} is in use by another bakare process; backing up without the memo",
                     path.display()
@@ -344,16 +329,8 @@ impl Memo {
                 None
             }
             Err(e) => {
-                let aside = PathBuf::from(format!("{}.corrupt", path.display()));
-                warnings.push(format!("local state {} is unusable ({e}); starting a new one", path.display()));
-                let _ = std::fs::rename(path, &aside);
-                match open_checked(path, true) {
-                    Ok(db) => Some(db),
-                    Err(e) => {
-                        warnings.push(format!("cannot create {}: {e}; backing up without the memo", path.display()));
-                        None
-                    }
-                }
+                warnings.push(format!("cannot open {e}; backing up without the memo"));
+                return Self { db: None, writing: Mutex::new(()), warnings, path: None, checked_ns: 0 };
             }
         };
         let checked_ns = if check { bakare_store::clock::now_ns() } else { 0 };
@@ -366,7 +343,7 @@ impl Memo {
         let Some(db) = &self.db else { return FolderMemo::default() };
         let lo = folder_key(path);
         let scan = || -> Result<FolderMemo, redb::Error> {
-            let Some(table) = read_table(db, FILES)? else { return Ok(FolderMemo::default()) };
+            let Some(table) = db::read_table(db, FILES)? else { return Ok(FolderMemo::default()) };
             let mut out = FolderMemo::default();
             for item in table.range(lo.as_slice()..)? {
                 let (k, v) = item?;
@@ -390,7 +367,7 @@ impl Memo {
     pub fn trusted_segments(&self, set: &Digest) -> Option<Vec<Digest>> {
         let db = self.db.as_ref()?;
         let read = || -> Result<Option<Vec<Digest>>, redb::Error> {
-            let Some(table) = read_table(db, TRUST)? else { return Ok(None) };
+            let Some(table) = db::read_table(db, TRUST)? else { return Ok(None) };
             let Some(v) = table.get(set.as_bytes().as_slice())? else { return Ok(None) };
             Ok(decode_trust(set, v.value()))
         };
@@ -401,13 +378,11 @@ impl Memo {
     pub fn totals(&self, set: &Digest) -> Option<(u64, u64)> {
         let db = self.db.as_ref()?;
         let read = || -> Result<Option<(u64, u64)>, redb::Error> {
-            let Some(table) = read_table(db, TOTALS)? else { return Ok(None) };
+            let Some(table) = db::read_table(db, TOTALS)? else { return Ok(None) };
             let Some(v) = table.get(set.as_bytes().as_slice())? else { return Ok(None) };
-            let v = v.value();
-            let (body, sum) = v.split_at(v.len().saturating_sub(SUM));
-            if sum != value_checksum(set.as_bytes(), body) || body.len() != 16 {
+            let Some(body) = db::open_value(set.as_bytes(), v.value()).filter(|b| b.len() == 16) else {
                 return Ok(None);
-            }
+            };
             let half = |r: std::ops::Range<usize>| body.get(r).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
             Ok(half(0..8).zip(half(8..16)))
         };
@@ -420,8 +395,7 @@ impl Memo {
         let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v = files.to_le_bytes().to_vec();
         v.extend_from_slice(&bytes.to_le_bytes());
-        let sum = value_checksum(set.as_bytes(), &v);
-        v.extend_from_slice(&sum);
+        let v = db::seal_value(set.as_bytes(), v);
         let txn = db.begin_write()?;
         txn.open_table(TOTALS)?.insert(set.as_bytes().as_slice(), v.as_slice())?;
         txn.commit()?;
@@ -545,65 +519,20 @@ pub enum Trust<'a> {
 }
 
 fn encode_trust(set: &Digest, segments: &[Digest]) -> Vec<u8> {
-    let mut v: Vec<u8> = segments.iter().flat_map(|s| s.0).collect();
-    let mut h = blake3::Hasher::new();
-    h.update(set.as_bytes());
-    h.update(&v);
-    v.extend_from_slice(h.finalize().as_bytes());
-    v
+    db::seal_value(set.as_bytes(), segments.iter().flat_map(|s| s.0).collect())
 }
 
 fn decode_trust(set: &Digest, v: &[u8]) -> Option<Vec<Digest>> {
-    let (ids, sum) = v.split_at_checked(v.len().checked_sub(32)?)?;
-    let mut h = blake3::Hasher::new();
-    h.update(set.as_bytes());
-    h.update(ids);
-    if h.finalize().as_bytes().as_slice() != sum || ids.len() % 32 != 0 {
+    let ids = db::open_value(set.as_bytes(), v)?;
+    if ids.len() % 32 != 0 {
         return None;
     }
     Some(ids.chunks_exact(32).filter_map(|c| <[u8; 32]>::try_from(c).ok()).map(Digest).collect())
 }
 
-/// A table in a new read transaction; `None` before anything was ever written to it.
-pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    db: &Database,
-    table: TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
-    match db.begin_read()?.open_table(table) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Opens with redb's integrity check. A panic inside redb on a damaged file is caught and
-/// treated like any other failure to open: the memo is only a cache.
-fn open_checked(path: &Path, check: bool) -> Result<Database, redb::Error> {
-    let open = || {
-        redb::Builder::new()
-            .set_check_integrity_on_open(check)
-            .set_cache_size(crate::budget::local_cache_bytes())
-            .create(path)
-    };
-    let db = match std::panic::catch_unwind(open) {
-        Ok(result) => result?,
-        Err(_) => return Err(redb::Error::Corrupted(format!("{} made redb panic while opening", path.display()))),
-    };
-    // A database of another layout (an older bakare's) is unusable as it stands.
-    let version = read_table(&db, FORMAT)?.and_then(|t| t.get("version").ok().flatten().map(|v| v.value()));
-    match version {
-        Some(FORMAT_VERSION) => Ok(db),
-        Some(other) => Err(redb::Error::Corrupted(format!("layout {other}, this bakare uses {FORMAT_VERSION}"))),
-        None if read_table(&db, FILES)?.is_some() => {
-            Err(redb::Error::Corrupted(format!("an older layout; this bakare uses {FORMAT_VERSION}")))
-        }
-        None => {
-            let txn = db.begin_write()?;
-            txn.open_table(FORMAT)?.insert("version", FORMAT_VERSION)?;
-            txn.commit()?;
-            Ok(db)
-        }
-    }
+/// The options of the memo's file: a share of the budget for its cache.
+fn options(budget: &Budget, check_integrity: bool) -> db::Options {
+    db::Options { cache_bytes: budget.local_cache_bytes(), check_integrity, ..db::Options::default() }
 }
 
 #[cfg(test)]
@@ -637,9 +566,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         assert!(Memo::needs_check(&path), "no marker");
-        Memo::open(&path).close();
+        Memo::open(&path, &Budget::default()).close();
         assert!(!Memo::needs_check(&path), "left cleanly and checked just now");
-        let memo = Memo::open_unchecked(&path);
+        let memo = Memo::open_unchecked(&path, &Budget::default());
         memo.write(&[record("x")], &[], &[], Trust::Keep).unwrap();
         drop(memo);
         assert!(Memo::needs_check(&path), "written but not closed cleanly");
@@ -651,7 +580,7 @@ mod tests {
     fn a_byte_flipped_with_length_and_mtime_kept_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        let memo = Memo::open(&path);
+        let memo = Memo::open(&path, &Budget::default());
         memo.write(&[record("x"), record("y")], &[], &[], Trust::Keep).unwrap();
         memo.close();
         assert!(!Memo::needs_check(&path));
@@ -674,13 +603,13 @@ mod tests {
             txn.open_table(FILES).unwrap().insert(b"/a\0b".as_slice(), b"old".as_slice()).unwrap();
             txn.commit().unwrap();
         }
-        let memo = Memo::open(&path);
+        let memo = Memo::open(&path, &Budget::default());
         assert!(memo.is_enabled());
         assert!(memo.warnings[0].contains("older layout"), "{:?}", memo.warnings);
-        let busy = Memo::open(&path);
+        let busy = Memo::open(&path, &Budget::default());
         assert!(!busy.is_enabled() && busy.warnings[0].contains("in use"), "{:?}", busy.warnings);
         drop((memo, busy));
-        let memo = Memo::open(&path);
+        let memo = Memo::open(&path, &Budget::default());
         assert!(memo.warnings.is_empty(), "the new one is kept: {:?}", memo.warnings);
     }
 
@@ -704,7 +633,7 @@ mod tests {
     #[test]
     fn children_are_scoped_to_their_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let memo = Memo::open(&dir.path().join("state.redb"));
+        let memo = Memo::open(&dir.path().join("state.redb"), &Budget::default());
         let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
         let tree = BlobId(checksum(b"tree"));
         let seg = checksum(b"segment");
@@ -749,7 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         std::fs::write(&path, vec![0x5a; 10_000]).unwrap();
-        let memo = Memo::open(&path);
+        let memo = Memo::open(&path, &Budget::default());
         assert!(memo.is_enabled());
         assert_eq!(memo.warnings.len(), 1);
         assert!(dir.path().join("state.redb.corrupt").exists());

@@ -21,8 +21,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use bakare_store::crypto::{Digest, IdKey, SymmetricKey, checksum};
+use bakare_store::local::db;
+use bakare_store::local::names::NameSealer;
 use bakare_store::{BlobId, Entry, Node, Repository, Snapshot, SnapshotId};
+use bakare_store::{Digest, checksum};
 use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 use rayon::prelude::*;
@@ -31,12 +33,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PlanError;
 use crate::find::{History, Version};
-use crate::memo::{chunk_list_digest, read_table};
+use crate::memo::chunk_list_digest;
 
 const FOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("folders");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Layout of the file; another one is discarded and rebuilt.
-const LAYOUT: u8 = 1;
+/// Layout of the file (see [`db`]); another one is set aside and rebuilt. Layout 2 is the
+/// first under the local files' convention.
+const LAYOUT: db::Layout = db::Layout { kind: "bakare name index", version: 2 };
 const OPEN: u32 = u32::MAX;
 const KINDS: [&str; 7] = ["file", "dir", "symlink", "fifo", "socket", "chardev", "blockdev"];
 
@@ -138,20 +141,26 @@ pub struct NameIndex {
     pub report: IndexReport,
 }
 
+/// The rows' keys, from the repository: an opaque sealer.
 struct Keys {
-    rows: IdKey,
-    seal: SymmetricKey,
+    sealer: NameSealer,
 }
 
 impl Keys {
     fn row(&self, folder: &[u8]) -> [u8; 16] {
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&self.rows.id(folder).0[..16]);
-        k
+        self.sealer.row_key(folder)
+    }
+
+    fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, Failure> {
+        self.sealer.seal(aad, plain).map_err(damaged)
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Failure> {
+        self.sealer.open(aad, sealed).map_err(damaged)
     }
 
     fn open_folder(&self, key: &[u8], sealed: &[u8]) -> Result<Folder, Failure> {
-        let plain = self.seal.open(key, sealed).map_err(|e| damaged(format!("folder row: {e}")))?;
+        let plain = self.open(key, sealed)?;
         postcard::from_bytes(&plain).map_err(|e| damaged(format!("folder row: {e}")))
     }
 }
@@ -176,7 +185,7 @@ impl NameIndex {
                     if attempt == 1 {
                         return Err(PlanError::Fatal(format!("name index {}: {why}", p.display())));
                     }
-                    std::fs::remove_file(p).map_err(crate::error::io(p))?;
+                    db::set_aside(p);
                     rebuilt = true;
                 }
             }
@@ -185,25 +194,20 @@ impl NameIndex {
     }
 
     fn try_open(path: Option<&Path>, repo: &Repository, all: &[(SnapshotId, Snapshot)]) -> Result<Self, Failure> {
-        let master = repo.access().master()?;
-        let rows = master.data_secret.derive_id_key("bakare name index rows v1");
-        let seal = rows.derive("bakare name index seal v1");
-        let db = open_db(path)?;
-        let mut idx = Self { db, keys: Keys { rows, seal }, state: State::default(), report: IndexReport::default() };
+        let keys = Keys { sealer: repo.name_sealer()? };
+        let (db, started_anew) = open_db(path, &keys, repo.budget())?;
+        let mut idx = Self { db, keys, state: State::default(), report: IndexReport::default() };
+        idx.report.rebuilt = started_anew;
         idx.load_state()?;
         idx.sync(repo, all)?;
         Ok(idx)
     }
 
     fn load_state(&mut self) -> Result<(), Failure> {
-        let Some(table) = read_table(&self.db, META).map_err(damaged)? else { return Ok(()) };
-        match table.get("layout").map_err(damaged)? {
-            Some(v) if v.value() == [LAYOUT] => {}
-            Some(_) => return Err(damaged("another layout")),
-            None => return Ok(()),
-        }
-        let Some(sealed) = table.get("state").map_err(damaged)? else { return Err(damaged("no state")) };
-        let plain = self.keys.seal.open(b"state", sealed.value()).map_err(|e| damaged(format!("state: {e}")))?;
+        let Some(table) = db::read_table(&self.db, META).map_err(damaged)? else { return Ok(()) };
+        // A new file has no state yet (its layout is written by `db`).
+        let Some(sealed) = table.get("state").map_err(damaged)? else { return Ok(()) };
+        let plain = self.keys.sealer.open(b"state", sealed.value()).map_err(|e| damaged(format!("state: {e}")))?;
         self.state = postcard::from_bytes(&plain).map_err(|e| damaged(format!("state: {e}")))?;
         Ok(())
     }
@@ -240,9 +244,8 @@ impl NameIndex {
                 update.run(old_root, snap.root)?;
                 self.report.trees_read += update.trees_read;
                 let state = postcard::to_stdvec(&self.state).map_err(damaged)?;
-                let sealed = self.keys.seal.seal(b"state", &state).map_err(damaged)?;
+                let sealed = self.keys.seal(b"state", &state)?;
                 let mut meta = txn.open_table(META).map_err(damaged)?;
-                meta.insert("layout", [LAYOUT].as_slice()).map_err(damaged)?;
                 meta.insert("state", sealed.as_slice()).map_err(damaged)?;
             }
             txn.commit().map_err(damaged)?;
@@ -335,7 +338,9 @@ impl NameIndex {
         };
         let key = self.keys.row(folder);
         let runs = {
-            let Some(table) = read_table(&self.db, FOLDERS).map_err(|e| fatal(damaged(e)))? else { return Ok(None) };
+            let Some(table) = db::read_table(&self.db, FOLDERS).map_err(|e| fatal(damaged(e)))? else {
+                return Ok(None);
+            };
             let Some(sealed) = table.get(key.as_slice()).map_err(|e| fatal(damaged(e)))? else { return Ok(None) };
             let f = self.keys.open_folder(&key, sealed.value()).map_err(fatal)?;
             match f.names.into_iter().find(|n| n.name == name) {
@@ -381,7 +386,7 @@ impl NameIndex {
 
     /// Every sealed folder row.
     fn rows(&self) -> Result<Vec<Row>, Failure> {
-        let Some(table) = read_table(&self.db, FOLDERS).map_err(damaged)? else { return Ok(Vec::new()) };
+        let Some(table) = db::read_table(&self.db, FOLDERS).map_err(damaged)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for row in table.iter().map_err(damaged)? {
             let (k, v) = row.map_err(damaged)?;
@@ -398,27 +403,23 @@ fn fatal(f: Failure) -> PlanError {
     }
 }
 
-fn open_db(path: Option<&Path>) -> Result<Database, Failure> {
-    let builder = || {
-        let mut b = redb::Builder::new();
-        b.set_cache_size(crate::budget::local_cache_bytes());
-        b
+/// Opens the file under the local files' convention (bound to the sealer's key, waiting a
+/// little for another `find` that is bringing it up to date), or an index in memory when
+/// there is no file or it stays busy; whether the file was started anew.
+fn open_db(path: Option<&Path>, keys: &Keys, budget: &bakare_store::Budget) -> Result<(Database, bool), Failure> {
+    let opts = db::Options {
+        cache_bytes: budget.local_cache_bytes(),
+        key: Some(keys.sealer.key_check()),
+        busy_wait: std::time::Duration::from_secs(5),
+        ..db::Options::default()
     };
-    let Some(path) = path else {
-        return builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(damaged);
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Failure::Repo(crate::error::io(dir)(e)))?;
+    let in_memory = || db::in_memory(LAYOUT, &opts).map(|d| (d, false)).map_err(damaged);
+    let Some(path) = path else { return in_memory() };
+    match db::open(path, LAYOUT, &opts) {
+        Ok(opened) => Ok((opened.db, opened.started_anew.is_some())),
+        Err(db::OpenError::Busy(_)) => in_memory(),
+        Err(e) => Err(damaged(e)),
     }
-    // Another `find` may be bringing the index up to date: wait for it a little.
-    for _ in 0..50 {
-        match builder().create(path) {
-            Ok(db) => return Ok(db),
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => std::thread::sleep(std::time::Duration::from_millis(100)),
-            Err(e) => return Err(damaged(e)),
-        }
-    }
-    builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(damaged)
 }
 
 /// The default place of the index in a repository's cache folder.
@@ -529,7 +530,7 @@ impl Update<'_, '_> {
             }
             if changed {
                 let plain = postcard::to_stdvec(&folder).map_err(damaged)?;
-                let sealed = self.keys.seal.seal(&key, &plain).map_err(damaged)?;
+                let sealed = self.keys.seal(&key, &plain)?;
                 self.table.insert(key.as_slice(), sealed.as_slice()).map_err(damaged)?;
             }
         }

@@ -13,7 +13,6 @@ use bakare_store::repair::{mark_lost, repair};
 use bakare_store::verify::{ReadData, Survey, verify};
 use bakare_store::{Access, BlobId, BlobKind, Repository, SnapshotId};
 
-use crate::chunker::Chunker;
 use crate::error::PlanError;
 
 /// What to check and how to repair.
@@ -88,7 +87,7 @@ pub fn check(backend: Arc<dyn Backend>, access: Access, opts: &CheckOptions) -> 
 /// and stores again every chunk whose id is among the lost ones.
 pub fn recover_from_source(repo: &Repository, s: &Survey, source: &Path) -> Result<u64, PlanError> {
     let wanted: HashSet<BlobId> = s.missing.clone();
-    let chunker = Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0);
+    let chunker = repo.chunker();
     let mut found: HashSet<BlobId> = HashSet::new();
     let mut seen_paths = HashSet::new();
     for lost in &s.lost {

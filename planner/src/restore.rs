@@ -5,13 +5,12 @@
 //! sparse files stay holes. Metadata is applied after content: owner (when permitted), then
 //! mode (chown clears set-id bits), then times, and folders after their children.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository};
 use filetime::FileTime;
@@ -21,123 +20,8 @@ use crate::counters::Counters;
 use crate::error::{PlanError, io};
 
 const BLOCK: usize = 4096;
-/// At most this many bytes of adjacent chunks are read with one request.
-const RUN_BYTES: u64 = 16 << 20;
-
-/// How many of the first locations lie one after another in one pack (at least 1), within
-/// [`RUN_BYTES`].
-fn adjacent_run(locs: &[bakare_store::BlobLocation]) -> usize {
-    let Some(first) = locs.first() else { return 0 };
-    let mut end = u64::from(first.entry.offset) + u64::from(first.entry.length);
-    let mut n = 1;
-    for l in locs.iter().skip(1) {
-        let next_end = u64::from(l.entry.offset) + u64::from(l.entry.length);
-        if l.pack != first.pack
-            || u64::from(l.entry.offset) != end
-            || next_end - u64::from(first.entry.offset) > RUN_BYTES
-        {
-            break;
-        }
-        end = next_end;
-        n += 1;
-    }
-    n
-}
-
-/// Remote storage is read in spans of this many bytes of a pack when a file needs less:
-/// the next files' chunks usually lie right after (they were saved one after another), and
-/// a request per small file costs a round trip each.
-const SPAN: u64 = 4 << 20;
-
-/// The spans of packs read lately (remote repositories only), shared by the restoring
-/// threads; a span being read is waited for, not read twice.
-#[derive(Default)]
-struct Spans {
-    state: Mutex<SpanState>,
-    loaded: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct SpanState {
-    spans: HashMap<(PackId, u64), Option<Arc<Vec<u8>>>>,
-    /// Ready spans, oldest first.
-    order: VecDeque<(PackId, u64)>,
-    sizes: HashMap<PackId, u64>,
-}
-
-impl Spans {
-    /// How many spans are kept: an eighth of the memory budget, 2 to 16.
-    fn capacity() -> usize {
-        usize::try_from(crate::budget::memory_limit() / 8 / SPAN).unwrap_or(16).clamp(2, 16)
-    }
-
-    /// `len` bytes at `start` of `pack`, from the span holding them (read first if needed).
-    fn read(&self, repo: &Repository, pack: &PackId, start: u64, len: u64) -> Result<Vec<u8>, PlanError> {
-        let index = start / SPAN;
-        let key = (*pack, index);
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            match st.spans.get(&key) {
-                Some(Some(span)) => {
-                    let at = usize::try_from(start - index * SPAN).unwrap_or(usize::MAX);
-                    let end = at.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-                    return span.get(at..end).map(<[u8]>::to_vec).ok_or_else(|| {
-                        bakare_store::StoreError::Corrupt {
-                            object: bakare_store::pack_path(pack),
-                            reason: "a blob lies past the pack's end".into(),
-                        }
-                        .into()
-                    });
-                }
-                Some(None) => st = self.loaded.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner),
-                None => break,
-            }
-        }
-        st.spans.insert(key, None);
-        let size = st.sizes.get(pack).copied();
-        drop(st);
-        let fetched = (|| {
-            let size = match size {
-                Some(s) => s,
-                None => repo.pack_size(pack)?,
-            };
-            let span_len = size.saturating_sub(index * SPAN).min(SPAN);
-            repo.read_pack_range(pack, index * SPAN, span_len).map(|b| (size, b))
-        })();
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match fetched {
-            Ok((size, bytes)) => {
-                st.sizes.insert(*pack, size);
-                st.spans.insert(key, Some(Arc::new(bytes)));
-                st.order.push_back(key);
-                while st.order.len() > Self::capacity() {
-                    if let Some(old) = st.order.pop_front() {
-                        st.spans.remove(&old);
-                    }
-                }
-                drop(st);
-                self.loaded.notify_all();
-                self.read(repo, pack, start, len)
-            }
-            Err(e) => {
-                st.spans.remove(&key);
-                drop(st);
-                self.loaded.notify_all();
-                Err(e.into())
-            }
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Whether a run of chunks lies in one span and is small enough to read through [`Spans`].
-fn within_span(first: &bakare_store::BlobLocation, run: &[bakare_store::BlobLocation]) -> bool {
-    let start = u64::from(first.entry.offset);
-    let end = start + run.iter().map(|l| u64::from(l.entry.length)).sum::<u64>();
-    end - start <= SPAN / 4 && start / SPAN == (end.saturating_sub(1)) / SPAN
 }
 
 /// How to restore.
@@ -196,8 +80,9 @@ struct Ctx<'a> {
     skipped: Mutex<Vec<(PathBuf, String)>>,
     incomplete: Mutex<Vec<(PathBuf, String)>>,
     kept: std::sync::atomic::AtomicU64,
-    /// Spans of packs, when the repository is remote.
-    spans: Option<Spans>,
+    /// The repository is on remote storage: small files are restored in batches, their
+    /// chunks read through the store's spans, and folders' metadata applied at the end.
+    remote: bool,
     /// Remote only: small files waiting to be restored in pack order, a batch at a time.
     pending: Mutex<Vec<PendingFile>>,
     /// Remote only: folders whose metadata is applied last (their files come later).
@@ -231,7 +116,7 @@ pub fn restore(
         }
     }
     fs::create_dir_all(target).map_err(io(target))?;
-    let spans = repo.backend().is_remote().then(Spans::default);
+    let remote = repo.backend().is_remote();
     let ctx = Ctx {
         repo,
         opts,
@@ -239,7 +124,7 @@ pub fn restore(
         skipped: Mutex::default(),
         incomplete: Mutex::default(),
         kept: Default::default(),
-        spans,
+        remote,
         pending: Mutex::default(),
         folders: Mutex::default(),
     };
@@ -365,13 +250,13 @@ impl Ctx<'_> {
                     _ => {}
                 }
                 self.tree(tree, path)?;
-                if self.spans.is_some() {
+                if self.remote {
                     lock(&self.folders).push((path.to_path_buf(), e.meta));
                     return Ok(());
                 }
                 apply_metadata(path, &e.meta, false)
             }
-            Node::File { size, chunks } if self.spans.is_some() && *size <= SPAN / 4 => {
+            Node::File { size, chunks } if self.remote && *size <= bakare_store::SPAN / 4 => {
                 Counters::add(&self.counters.files, 1);
                 let file = PendingFile { path: path.to_path_buf(), size: *size, chunks: chunks.clone(), meta: e.meta };
                 let batch = {
@@ -503,17 +388,20 @@ impl Ctx<'_> {
         let mut rest = locations.as_slice();
         while !rest.is_empty() {
             // Chunks that lie one after another in one pack are read with one request.
-            let run = adjacent_run(rest);
+            let run = bakare_store::adjacent_run(rest);
             let (now, later) = rest.split_at(run.max(1));
             rest = later;
-            let blobs: Vec<Result<Vec<u8>, (u64, bakare_store::StoreError)>> = match self.read_run(now) {
-                Ok(b) => b.into_iter().map(Ok).collect(),
-                Err(e) if self.opts.keep_damaged && !ends_the_restore(&e) => {
-                    // One by one, to lose only the damaged chunks.
-                    now.iter().map(|l| self.repo.load_blob_at(l).map_err(|e| (u64::from(l.entry.raw_len), e))).collect()
-                }
-                Err(e) => return Err(e),
-            };
+            let blobs: Vec<Result<Vec<u8>, (u64, bakare_store::StoreError)>> =
+                match self.repo.load_run(now).map_err(PlanError::from) {
+                    Ok(b) => b.into_iter().map(Ok).collect(),
+                    Err(e) if self.opts.keep_damaged && !ends_the_restore(&e) => {
+                        // One by one, to lose only the damaged chunks.
+                        now.iter()
+                            .map(|l| self.repo.load_blob_at(l).map_err(|e| (u64::from(l.entry.raw_len), e)))
+                            .collect()
+                    }
+                    Err(e) => return Err(e),
+                };
             for data in blobs {
                 match data {
                     Ok(data) => {
@@ -539,32 +427,6 @@ impl Ctx<'_> {
         // Trailing holes: extend to the full length without writing.
         f.set_len(size).map_err(io(path))?;
         Ok(lost)
-    }
-
-    /// Reads a run of adjacent chunks (one request; through the spans when remote).
-    fn read_run(&self, now: &[bakare_store::BlobLocation]) -> Result<Vec<Vec<u8>>, PlanError> {
-        let spanned = self.spans.is_some() && now.first().is_some_and(|first| within_span(first, now));
-        Ok(match now {
-            [] => Vec::new(),
-            [one] if !spanned => vec![self.repo.load_blob_at(one)?],
-            [first, ..] => {
-                let start = u64::from(first.entry.offset);
-                let len = now.iter().map(|l| u64::from(l.entry.length)).sum();
-                // A run's own buffer is a share of the memory budget, as a large read is.
-                let _permit = (!spanned).then(|| crate::budget::read_permit(len));
-                let bytes = match &self.spans {
-                    Some(spans) if spanned => spans.read(self.repo, &first.pack, start, len)?,
-                    _ => self.repo.read_pack_range(&first.pack, start, len)?,
-                };
-                now.iter()
-                    .map(|l| {
-                        let mut e = l.entry;
-                        e.offset -= first.entry.offset;
-                        self.repo.open_blob_in(&l.pack, &e, &bytes)
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-        })
     }
 }
 
@@ -623,35 +485,4 @@ fn apply_metadata(path: &Path, m: &Metadata, is_link: bool) -> Result<(), PlanEr
     }
     let t = FileTime::from_unix_time(m.mtime_ns.div_euclid(1_000_000_000), m.mtime_ns.rem_euclid(1_000_000_000) as u32);
     filetime::set_symlink_file_times(path, t, t).map_err(io(path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bakare_store::crypto::Digest;
-    use bakare_store::{BlobKind, BlobLocation, PackEntry, PackId};
-
-    fn loc(pack: u8, offset: u32, length: u32) -> BlobLocation {
-        let entry = PackEntry {
-            id: BlobId(Digest([offset as u8; 32])),
-            kind: BlobKind::Data,
-            compressed: false,
-            offset,
-            length,
-            raw_len: length,
-        };
-        BlobLocation { pack: PackId(Digest([pack; 32])), entry }
-    }
-
-    #[test]
-    fn runs_of_adjacent_chunks() {
-        assert_eq!(adjacent_run(&[]), 0);
-        assert_eq!(adjacent_run(&[loc(1, 40, 10)]), 1);
-        let adjacent = [loc(1, 40, 10), loc(1, 50, 5), loc(1, 55, 100), loc(1, 300, 1)];
-        assert_eq!(adjacent_run(&adjacent), 3, "a gap ends the run");
-        assert_eq!(adjacent_run(&[loc(1, 40, 10), loc(2, 50, 5)]), 1, "another pack ends it");
-        assert_eq!(adjacent_run(&[loc(1, 50, 5), loc(1, 40, 10)]), 1, "so does going back");
-        let big = [loc(1, 0, 10 << 20), loc(1, 10 << 20, 10 << 20)];
-        assert_eq!(adjacent_run(&big), 1, "at most RUN_BYTES at once");
-    }
 }

@@ -12,6 +12,8 @@
 //! - [`verify`] and [`repair`]: the survey of every object, and repair from redundancy.
 
 pub mod backend;
+pub mod budget;
+mod chunker;
 pub mod clock;
 mod error;
 pub mod failpoint;
@@ -21,6 +23,9 @@ pub mod local;
 pub mod maintenance;
 mod repo;
 
+pub use bakare_crypto::{Digest, KdfParams, checksum};
+pub use budget::{Budget, ReadPermit, SMALL_READ};
+pub use chunker::Chunker;
 pub use error::StoreError;
 pub use format::config::{ChunkerParams, Config};
 pub use format::index::{BlobLocation, IndexSegment};
@@ -32,9 +37,7 @@ pub use format::tree::{Entry, Metadata, Node, Tree};
 pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use maintenance::{forget, gc, prune, repair, verify};
-pub use repo::{Access, Repository, SaveOutcome, SnapshotList, WriteStats, pack_path};
-
-pub use bakare_crypto as crypto;
+pub use repo::{Access, Repository, SPAN, SaveOutcome, SnapshotList, WriteStats, adjacent_run, pack_path};
 
 /// Results of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

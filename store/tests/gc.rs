@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use bakare_store::KdfParams;
 use bakare_store::backend::{Backend, MemoryBackend};
-use bakare_store::crypto::KdfParams;
 use bakare_store::gc::GcPolicy;
 use bakare_store::prune::{PruneReport, prune};
 use bakare_store::{

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use bakare_store::KdfParams;
 use bakare_store::backend::{Backend, LocalBackend};
-use bakare_store::crypto::KdfParams;
 use bakare_store::verify::{ReadData, verify};
 use bakare_store::{BlobKind, ChunkerParams, Repository};
 

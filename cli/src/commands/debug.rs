@@ -22,7 +22,7 @@ pub fn stat_walk(ctx: &Context, path: &Path) -> Result<Outcome> {
 }
 
 /// Opens a local state file with redb's integrity check (run by backups in a child process).
-pub fn check_state(path: &Path) -> Result<Outcome> {
-    bakare_planner::Memo::check_file(path).map_err(|e| anyhow::anyhow!(e))?;
+pub fn check_state(ctx: &Context, path: &Path) -> Result<Outcome> {
+    bakare_planner::Memo::check_file(path, &ctx.budget).map_err(|e| anyhow::anyhow!(e))?;
     Ok(Outcome::Success)
 }

@@ -1,7 +1,7 @@
 //! `bakare init`: create a repository and its master key.
 
 use anyhow::{Context as _, Result, bail};
-use bakare_store::crypto::KdfParams;
+use bakare_store::KdfParams;
 use bakare_store::{ChunkerParams, Repository};
 
 use crate::Outcome;

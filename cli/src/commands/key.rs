@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{Context as _, Result};
-use bakare_store::crypto::write_key_file;
+use bakare_crypto::write_key_file;
 
 use crate::Outcome;
 use crate::args::KeyExportArgs;

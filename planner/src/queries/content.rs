@@ -179,8 +179,8 @@ fn read_chunks(
 ) -> Result<(u64, Vec<BlobId>, StatFingerprint), ReadError> {
     let file = open_no_follow(path)?;
     // A large file's buffer waits for its share of the memory budget.
-    let _permit = (size_hint >= crate::budget::SMALL_READ)
-        .then(|| crate::budget::read_permit(size_hint.saturating_add(1).min(run.chunker.buffer_len() as u64)));
+    let _permit = (size_hint >= bakare_store::SMALL_READ)
+        .then(|| run.repo.budget().read_permit(size_hint.saturating_add(1).min(run.chunker.buffer_len() as u64)));
     let mut chunks = Vec::new();
     let size = run.chunker.stream(&file, size_hint, |batch: &[&[u8]]| {
         chunks.extend(store_batch(run, batch)?);

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bakare_planner::{BackupOptions, Counters, Excludes, Memo, RestoreOptions, Start, backup, find_node, restore};
+use bakare_store::KdfParams;
 use bakare_store::backend::LocalBackend;
-use bakare_store::crypto::KdfParams;
 use bakare_store::{ChunkerParams, Repository};
 use proptest::prelude::*;
 

@@ -32,7 +32,7 @@ impl Setup {
     }
 
     fn backup_with(&self, o: &BackupOptions) -> BackupReport {
-        let memo = Memo::open(&self.memo_path());
+        let memo = Memo::open(&self.memo_path(), &bakare_store::Budget::default());
         backup(self.repo.clone(), &memo, std::slice::from_ref(&self.src), o, Arc::default()).unwrap()
     }
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bakare_planner::{
-    Child, ChildKind, Chunker, Content, Listing, PlanDb, RunContext, SourceDir, SourceFile, StatFingerprint,
-    TreeResult, dir_tree, file_content, metadata_of,
+    Child, ChildKind, Content, Listing, PlanDb, RunContext, SourceDir, SourceFile, StatFingerprint, TreeResult,
+    dir_tree, file_content, metadata_of,
 };
 use bakare_store::{BlobId, Repository};
 use salsa::Setter;
@@ -27,7 +27,7 @@ struct Fixture {
 
 fn context(repo: Arc<Repository>) -> RunContext {
     RunContext {
-        chunker: Chunker::new(repo.config().chunker, repo.access().write_key().chunker_seed.0),
+        chunker: repo.chunker(),
         repo,
         counters: Arc::default(),
         fresh: Default::default(),

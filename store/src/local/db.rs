@@ -103,6 +103,36 @@ pub fn open(path: &Path, layout: Layout, opts: &Options) -> Result<Opened, OpenE
     }
 }
 
+/// Checks the file at `path` without changing it: redb's full integrity check and the
+/// layout (not the key). A file another process holds, or none at all, passes.
+pub fn check(path: &Path, layout: Layout, opts: &Options) -> Result<(), String> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let opened = guard(|| builder(opts, true).open(path)).ok_or_else(|| "redb panicked opening it".to_string())?;
+    let db = match opened {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let tag = layout.tag();
+    let read = || -> Result<(Option<Vec<u8>>, usize), String> {
+        let txn = db.begin_read().map_err(|e| e.to_string())?;
+        let tables = txn.list_tables().map_err(|e| e.to_string())?.count();
+        match txn.open_table(META) {
+            Ok(meta) => Ok((meta.get("layout").map_err(|e| e.to_string())?.map(|v| v.value().to_vec()), tables)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok((None, tables)),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match guard(read).unwrap_or_else(|| Err("redb panicked reading it".into()))? {
+        (Some(f), _) if f == tag.as_bytes() => Ok(()),
+        (Some(f), _) => Err(format!("layout {}, this bakare uses {tag}", String::from_utf8_lossy(&f))),
+        (None, 0) => Ok(()),
+        (None, _) => Err(format!("an older layout; this bakare uses {tag}")),
+    }
+}
+
 /// A new file in memory under the same convention (for callers with no cache folder).
 pub fn in_memory(layout: Layout, opts: &Options) -> Result<Database, OpenError> {
     let failed = |reason: String| OpenError::Failed { path: PathBuf::from("(memory)"), reason };

@@ -5,8 +5,10 @@
 //! - [`blob_index`]: where each blob is (`index.redb`), mirroring the index segments.
 //! - [`trees`]: sealed tree blobs and snapshot objects of remote repositories (`trees.redb`).
 //! - the planner's memo of stat → chunk list (`state.redb`) and name index (`names.redb`)
-//!   are built on [`db`] too.
+//!   are built on [`db`] too; [`names`] hands the planner the name index's keys as an
+//!   opaque sealer.
 
 pub mod blob_index;
 pub mod db;
+pub mod names;
 pub(crate) mod trees;

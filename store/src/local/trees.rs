@@ -62,12 +62,12 @@ impl Pending {
 impl TreeCache {
     /// Opens the file under the local files' convention ([`db`]), starting it anew if it is
     /// damaged or larger than 4 GiB.
-    pub(crate) fn open(path: &Path) -> Result<Self, db::OpenError> {
-        Self::open_capped(path, MAX_BYTES)
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self, db::OpenError> {
+        Self::open_capped(path, cache_bytes, MAX_BYTES)
     }
 
-    fn open_capped(path: &Path, max_bytes: u64) -> Result<Self, db::OpenError> {
-        let opts = db::Options { cache_bytes: 16 << 20, max_bytes: Some(max_bytes), ..db::Options::default() };
+    fn open_capped(path: &Path, cache_bytes: usize, max_bytes: u64) -> Result<Self, db::OpenError> {
+        let opts = db::Options { cache_bytes, max_bytes: Some(max_bytes), ..db::Options::default() };
         let db = db::open(path, LAYOUT, &opts)?.db;
         Ok(Self { db, pending: Mutex::new(Pending::default()) })
     }
@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     fn filled(path: &Path) -> Vec<Key> {
-        let cache = TreeCache::open(path).unwrap();
+        let cache = TreeCache::open(path, 1 << 20).unwrap();
         let keys: Vec<Key> = (0..BATCH as u32 + 10).map(|i| key(&PackId(bakare_crypto::Digest([7; 32])), i)).collect();
         for k in &keys {
             cache.put(*k, &[1u8; 1024]);
@@ -172,7 +172,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trees.redb");
         let keys = filled(&path);
-        let cache = TreeCache::open(&path).unwrap();
+        let cache = TreeCache::open(&path, 1 << 20).unwrap();
         assert!(keys.iter().all(|k| cache.get(k).as_deref() == Some(&[1u8; 1024][..])));
     }
 
@@ -181,12 +181,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trees.redb");
         {
-            let cache = TreeCache::open(&path).unwrap();
+            let cache = TreeCache::open(&path, 1 << 20).unwrap();
             cache.put_object("snapshots/ab", b"one");
             cache.put_object("snapshots.mirror/ab", b"two");
             cache.put(key(&PackId(bakare_crypto::Digest([1; 32])), 5), b"tree");
         }
-        let cache = TreeCache::open(&path).unwrap();
+        let cache = TreeCache::open(&path, 1 << 20).unwrap();
         assert_eq!(cache.get_object("snapshots/ab").as_deref(), Some(&b"one"[..]));
         assert_eq!(cache.get_object("snapshots.mirror/ab").as_deref(), Some(&b"two"[..]));
         assert_eq!(cache.get_object("snapshots/cd"), None);
@@ -199,8 +199,8 @@ mod tests {
         let path = dir.path().join("trees.redb");
         let keys = filled(&path);
         let size = std::fs::metadata(&path).unwrap().len();
-        assert!(TreeCache::open_capped(&path, size).unwrap().get(&keys[0]).is_some(), "at the cap it stays");
-        let cache = TreeCache::open_capped(&path, size - 1).unwrap();
+        assert!(TreeCache::open_capped(&path, 1 << 20, size).unwrap().get(&keys[0]).is_some(), "at the cap it stays");
+        let cache = TreeCache::open_capped(&path, 1 << 20, size - 1).unwrap();
         assert!(keys.iter().all(|k| cache.get(k).is_none()));
         assert!(std::fs::metadata(&path).unwrap().len() < size);
     }
@@ -210,7 +210,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("trees.redb");
         std::fs::write(&path, b"not a redb file at all").unwrap();
-        let cache = TreeCache::open(&path).unwrap();
+        let cache = TreeCache::open(&path, 1 << 20).unwrap();
         assert!(cache.get(&key(&PackId(bakare_crypto::Digest([0; 32])), 0)).is_none());
     }
 }

@@ -18,6 +18,7 @@ mod catalog;
 mod index;
 mod open;
 mod reader;
+mod runs;
 mod writer;
 
 use std::collections::HashSet;
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bakare_crypto::{Digest, MasterKey, WriteKey};
 
 use crate::backend::Backend;
+use crate::budget::Budget;
 use crate::format::config::Config;
 use crate::format::index::{BlobLocation, IndexSegment};
 use crate::format::pack::{PackEntry, PackTable};
@@ -36,6 +38,7 @@ use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::{Result, StoreError};
 use index::BlobIndex;
 use reader::BlobReader;
+pub use runs::{SPAN, adjacent_run};
 use writer::BlobWriter;
 
 /// The key a repository was opened with.
@@ -107,6 +110,8 @@ pub struct Repository {
     index: BlobIndex,
     writer: BlobWriter,
     reader: BlobReader,
+    /// The run's memory budget (the CLI hands down the one `--memory-limit` made).
+    budget: Budget,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,7 +134,7 @@ fn now_ns() -> i64 {
 impl Repository {
     fn assemble(core: Core) -> Self {
         let writer = BlobWriter::new(1);
-        Self { core, index: BlobIndex::default(), writer, reader: BlobReader::default() }
+        Self { core, index: BlobIndex::default(), writer, reader: BlobReader::default(), budget: Budget::default() }
     }
 
     /// A new handle on the same repository, with the same key and settings and nothing
@@ -140,7 +145,13 @@ impl Repository {
             config: self.core.config.clone(),
             access: self.core.access.clone(),
         };
-        Self { core, index: self.index.share(), writer: self.writer.fresh(), reader: BlobReader::default() }
+        Self {
+            core,
+            index: self.index.share(),
+            writer: self.writer.fresh(),
+            reader: BlobReader::default(),
+            budget: self.budget.clone(),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -153,6 +164,27 @@ impl Repository {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.core.backend
+    }
+
+    /// The memory budget this handle's reads and local files keep to.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Sets the memory budget (before the index or any cache is used).
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.budget = budget;
+    }
+
+    /// The content-defined chunker of this repository (its parameters and the seed derived
+    /// from the key).
+    pub fn chunker(&self) -> crate::Chunker {
+        crate::Chunker::new(self.core.config.chunker, self.core.access.write_key().chunker_seed.0)
+    }
+
+    /// The keys of this machine's name index of the repository (needs the master key).
+    pub fn name_sealer(&self) -> Result<crate::local::names::NameSealer> {
+        Ok(crate::local::names::NameSealer::new(self.core.access.master()?))
     }
 
     /// Counters of what this handle wrote.
@@ -184,12 +216,12 @@ impl Repository {
         self.index.load(&self.core)
     }
 
-    /// Keeps the blob index in a local redb file at `path` (with a cache of `cache_bytes`)
-    /// instead of memory. Call before anything reads the index; if the file cannot be
-    /// opened (another process has it), the index stays in memory and the reason is
+    /// Keeps the blob index in a local redb file at `path` (its cache a share of the
+    /// budget) instead of memory. Call before anything reads the index; if the file cannot
+    /// be opened (another process has it), the index stays in memory and the reason is
     /// returned; a damaged one is started anew.
-    pub fn use_local_index(&self, path: &std::path::Path, cache_bytes: usize) -> std::result::Result<(), String> {
-        self.index.use_local_file(&self.core, path, cache_bytes)
+    pub fn use_local_index(&self, path: &std::path::Path) -> std::result::Result<(), String> {
+        self.index.use_local_file(&self.core, path, self.budget.local_cache_bytes())
     }
 
     /// The ids of the index segments in the repository, without reading them.
@@ -344,6 +376,13 @@ impl Repository {
     /// folder), for repositories on remote storage. Not for `verify`, which always reads the
     /// repository.
     pub fn use_tree_cache(&self, path: &std::path::Path) -> std::result::Result<(), String> {
-        self.reader.use_tree_cache(path)
+        self.reader.use_tree_cache(path, self.budget.local_cache_bytes())
+    }
+
+    /// Reads a run of blobs that lie one after another in one pack ([`adjacent_run`]) with
+    /// one request (through recent spans of packs when the storage is remote), each
+    /// authenticated, decompressed and re-hashed.
+    pub fn load_run(&self, run: &[BlobLocation]) -> Result<Vec<Vec<u8>>> {
+        self.reader.load_run(&self.core, &self.budget, run)
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct BlobReader {
     tree_copies: OnceLock<HashMap<BlobId, Vec<BlobLocation>>>,
     /// Trees read from their second copy because the first failed (for the caller's report).
     tree_fallbacks: Mutex<Vec<String>>,
+    /// Recent spans of packs (remote storage; see [`super::runs`]).
+    pub(crate) spans: OnceLock<super::runs::Spans>,
 }
 
 /// A blob's sealed bytes within a whole pack held in memory.
@@ -256,8 +258,8 @@ impl BlobReader {
     /// Keeps tree blobs read from the repository in `path` (a file of this machine's cache
     /// folder), for repositories on remote storage. Not for `verify`, which always reads the
     /// repository.
-    pub(crate) fn use_tree_cache(&self, path: &std::path::Path) -> std::result::Result<(), String> {
-        let cache = crate::local::trees::TreeCache::open(path).map_err(|e| e.to_string())?;
+    pub(crate) fn use_tree_cache(&self, path: &std::path::Path, cache_bytes: usize) -> std::result::Result<(), String> {
+        let cache = TreeCache::open(path, cache_bytes).map_err(|e| e.to_string())?;
         let _ = self.tree_cache.set(cache);
         Ok(())
     }

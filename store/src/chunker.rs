@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 use std::ops::Range;
 
-use bakare_store::ChunkerParams;
+use crate::format::config::ChunkerParams;
 use fastcdc::v2020::{FastCDC, Normalization};
 
 /// A seeded content-defined chunker.
