@@ -316,8 +316,16 @@ impl Memo {
         let mut warnings = Vec::new();
         let db = match db::open(path, LAYOUT, &options(budget, check)) {
             Ok(opened) => {
-                if let Some(reason) = opened.started_anew {
-                    warnings.push(format!("local state {} is unusable ({reason}); starting a new one", path.display()));
+                match opened.started_anew {
+                    Some(db::Anew::Outdated(why)) => warnings.push(format!(
+                        "local state {} was written by another version of bakare ({why}); starting a new one \
+                         (this backup reads every file once)",
+                        path.display()
+                    )),
+                    Some(why) => {
+                        warnings.push(format!("local state {} is unusable ({why}); starting a new one", path.display()))
+                    }
+                    None => {}
                 }
                 Some(opened.db)
             }

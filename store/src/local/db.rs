@@ -11,9 +11,10 @@
 //! - **Busy.** A file another process holds is waited for up to [`Options::busy_wait`]
 //!   (not at all by default: a backup holds its files for hours), then [`OpenError::Busy`]:
 //!   the caller goes on without it (or in memory).
-//! - **Start anew.** A file that cannot be opened, makes redb panic, fails the integrity check,
-//!   is of another layout or grew past its cap is set aside as `<name>.corrupt` (replacing an
-//!   earlier one) and created empty; [`Opened::started_anew`] says why.
+//! - **Start anew.** A file that cannot be opened, makes redb panic or fails the integrity
+//!   check is set aside as `<name>.corrupt` (replacing an earlier one) and created empty; one
+//!   of another layout or key, or grown past its cap, is removed and created empty.
+//!   [`Opened::started_anew`] says why ([`Anew`]).
 //! - **Panics.** redb may panic on a damaged file rather than fail: [`guard`] turns a panic
 //!   into a failure, which callers treat as damage (a miss, or a write lost).
 
@@ -60,7 +61,27 @@ pub struct Opened {
     pub db: Database,
     pub path: PathBuf,
     /// Why the file was started anew, if it was.
-    pub started_anew: Option<String>,
+    pub started_anew: Option<Anew>,
+}
+
+/// Why a local file was started anew.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Anew {
+    /// It was damaged (set aside as `<name>.corrupt`).
+    Damaged(String),
+    /// Another version of bakare, or another key, wrote it (removed).
+    Outdated(String),
+    /// It grew past its cap (removed).
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for Anew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Anew::Damaged(why) | Anew::Outdated(why) => f.write_str(why),
+            Anew::TooLarge(max) => write!(f, "larger than {} MiB", max >> 20),
+        }
+    }
 }
 
 /// Why a local file could not be used.
@@ -83,20 +104,19 @@ pub fn open(path: &Path, layout: Layout, opts: &Options) -> Result<Opened, OpenE
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| failed(format!("cannot create its folder: {e}")))?;
     }
-    let mut anew = None;
-    if let Some(max) = opts.max_bytes
-        && std::fs::metadata(path).is_ok_and(|m| m.len() > max)
-    {
-        anew = Some(format!("larger than {} MiB", max >> 20));
-    }
-    if anew.is_none() {
-        match try_open(path, layout, opts, opts.check_integrity)? {
+    let reason = match opts.max_bytes {
+        Some(max) if std::fs::metadata(path).is_ok_and(|m| m.len() > max) => Anew::TooLarge(max),
+        _ => match try_open(path, layout, opts, opts.check_integrity)? {
             Ok(db) => return Ok(Opened { db, path: path.to_path_buf(), started_anew: None }),
-            Err(reason) => anew = Some(reason),
+            Err(reason) => reason,
+        },
+    };
+    match &reason {
+        Anew::Damaged(_) => set_aside(path),
+        Anew::Outdated(_) | Anew::TooLarge(_) => {
+            let _ = std::fs::remove_file(path);
         }
     }
-    let reason = anew.unwrap_or_default();
-    set_aside(path);
     match try_open(path, layout, opts, false)? {
         Ok(db) => Ok(Opened { db, path: path.to_path_buf(), started_anew: Some(reason) }),
         Err(again) => Err(failed(format!("{reason}; started anew: {again}"))),
@@ -159,29 +179,30 @@ fn builder(opts: &Options, check: bool) -> redb::Builder {
 }
 
 /// `Ok(Ok(db))`: usable; `Ok(Err(why))`: damaged or of another layout; `Err`: busy.
-fn try_open(path: &Path, layout: Layout, opts: &Options, check: bool) -> Result<Result<Database, String>, OpenError> {
+fn try_open(path: &Path, layout: Layout, opts: &Options, check: bool) -> Result<Result<Database, Anew>, OpenError> {
     let deadline = Instant::now() + opts.busy_wait;
     loop {
         let Some(created) = guard(|| builder(opts, check).create(path)) else {
-            return Ok(Err("redb panicked opening it".into()));
+            return Ok(Err(Anew::Damaged("redb panicked opening it".into())));
         };
         match created {
             Ok(db) => {
-                let fits = guard(|| claim(&db, layout, opts)).unwrap_or_else(|| Err("redb panicked reading it".into()));
+                let fits = guard(|| claim(&db, layout, opts))
+                    .unwrap_or_else(|| Err(Anew::Damaged("redb panicked reading it".into())));
                 return Ok(fits.map(|()| db));
             }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Busy(path.to_path_buf())),
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Err(Anew::Damaged(e.to_string()))),
         }
     }
 }
 
 /// Checks the file's `meta` against `layout` and `opts.key`; writes them into a new file.
-fn claim(db: &Database, layout: Layout, opts: &Options) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
+fn claim(db: &Database, layout: Layout, opts: &Options) -> Result<(), Anew> {
+    let e = |e: &dyn std::fmt::Display| Anew::Damaged(e.to_string());
     let tag = layout.tag();
     let (found, key, tables) = {
         let txn = db.begin_read().map_err(|x| e(&x))?;
@@ -200,11 +221,11 @@ fn claim(db: &Database, layout: Layout, opts: &Options) -> Result<(), String> {
             if key.as_deref() == opts.key.as_ref().map(|k| k.as_slice()) {
                 Ok(())
             } else {
-                Err("written under another key".into())
+                Err(Anew::Outdated("written under another key".into()))
             }
         }
-        Some(f) => Err(format!("layout {}, this bakare uses {tag}", String::from_utf8_lossy(&f))),
-        None if tables > 0 => Err(format!("an older layout; this bakare uses {tag}")),
+        Some(f) => Err(Anew::Outdated(format!("layout {}, this bakare uses {tag}", String::from_utf8_lossy(&f)))),
+        None if tables > 0 => Err(Anew::Outdated(format!("an older layout; this bakare uses {tag}"))),
         None => {
             let txn = db.begin_write().map_err(|x| e(&x))?;
             {
@@ -285,16 +306,21 @@ mod tests {
         put(&open(&p, L, &opts).unwrap().db, 7);
         let other_key = Options { key: Some([2; 32]), ..Options::default() };
         let o = open(&p, L, &other_key).unwrap();
-        assert!(o.started_anew.as_deref().unwrap().contains("another key"));
+        assert!(
+            matches!(&o.started_anew, Some(Anew::Outdated(w)) if w.contains("another key")),
+            "{:?}",
+            o.started_anew
+        );
         assert_eq!(get(&o.db), None);
         drop(o);
         let newer = Layout { version: 2, ..L };
         let o = open(&p, newer, &other_key).unwrap();
-        assert!(o.started_anew.as_deref().unwrap().contains("layout test file 1"), "{:?}", o.started_anew);
+        assert!(o.started_anew.as_ref().unwrap().to_string().contains("layout test file 1"), "{:?}", o.started_anew);
+        assert!(!dir.path().join("x.redb.corrupt").exists(), "an outdated file is not kept as damaged");
         drop(o);
         std::fs::write(&p, b"not a redb file").unwrap();
         let o = open(&p, newer, &other_key).unwrap();
-        assert!(o.started_anew.is_some());
+        assert!(matches!(o.started_anew, Some(Anew::Damaged(_))), "{:?}", o.started_anew);
         assert!(dir.path().join("x.redb.corrupt").exists());
     }
 
@@ -304,7 +330,11 @@ mod tests {
         let p = dir.path().join("x.redb");
         put(&Database::create(&p).unwrap(), 3);
         let o = open(&p, L, &Options::default()).unwrap();
-        assert!(o.started_anew.as_deref().unwrap().contains("older layout"));
+        assert!(
+            matches!(&o.started_anew, Some(Anew::Outdated(w)) if w.contains("older layout")),
+            "{:?}",
+            o.started_anew
+        );
         assert_eq!(get(&o.db), None);
     }
 
