@@ -245,7 +245,7 @@ impl Memo {
     /// child process runs before the backup opens the file, so that damage that aborts the
     /// process (which no `catch_unwind` stops) takes down only the child.
     pub fn check_file(path: &Path, budget: &Budget) -> Result<(), String> {
-        db::check(path, LAYOUT, &options(budget, true))
+        db::check(path, &options(budget, true))
     }
 
     /// Whether `path` needs redb's full integrity check before use: unless the last

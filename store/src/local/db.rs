@@ -123,9 +123,10 @@ pub fn open(path: &Path, layout: Layout, opts: &Options) -> Result<Opened, OpenE
     }
 }
 
-/// Checks the file at `path` without changing it: redb's full integrity check and the
-/// layout (not the key). A file another process holds, or none at all, passes.
-pub fn check(path: &Path, layout: Layout, opts: &Options) -> Result<(), String> {
+/// Checks the file at `path` without changing it: redb's full integrity check. A file
+/// another process holds, none at all, or one of another layout passes ([`open`] then starts
+/// an outdated one anew and says so): only damage fails.
+pub fn check(path: &Path, opts: &Options) -> Result<(), String> {
     if !path.exists() {
         return Ok(());
     }
@@ -135,22 +136,12 @@ pub fn check(path: &Path, layout: Layout, opts: &Options) -> Result<(), String> 
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    let tag = layout.tag();
-    let read = || -> Result<(Option<Vec<u8>>, usize), String> {
+    let read = || -> Result<(), String> {
         let txn = db.begin_read().map_err(|e| e.to_string())?;
-        let tables = txn.list_tables().map_err(|e| e.to_string())?.count();
-        match txn.open_table(META) {
-            Ok(meta) => Ok((meta.get("layout").map_err(|e| e.to_string())?.map(|v| v.value().to_vec()), tables)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok((None, tables)),
-            Err(e) => Err(e.to_string()),
-        }
+        txn.list_tables().map_err(|e| e.to_string())?.for_each(drop);
+        Ok(())
     };
-    match guard(read).unwrap_or_else(|| Err("redb panicked reading it".into()))? {
-        (Some(f), _) if f == tag.as_bytes() => Ok(()),
-        (Some(f), _) => Err(format!("layout {}, this bakare uses {tag}", String::from_utf8_lossy(&f))),
-        (None, 0) => Ok(()),
-        (None, _) => Err(format!("an older layout; this bakare uses {tag}")),
-    }
+    guard(read).unwrap_or_else(|| Err("redb panicked reading it".into()))
 }
 
 /// A new file in memory under the same convention (for callers with no cache folder).
@@ -361,6 +352,17 @@ mod tests {
         let o = open(&p, L, &under).unwrap();
         assert!(o.started_anew.is_some());
         assert_eq!(get(&o.db), None);
+    }
+
+    #[test]
+    fn the_check_fails_only_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.redb");
+        assert!(check(&p, &Options::default()).is_ok(), "no file");
+        put(&Database::create(&p).unwrap(), 3);
+        assert!(check(&p, &Options::default()).is_ok(), "an older layout is open's to replace, not damage");
+        std::fs::write(&p, b"not a redb file").unwrap();
+        assert!(check(&p, &Options::default()).is_err());
     }
 
     #[test]

@@ -152,13 +152,15 @@ impl PrunePlan {
                 self.survey.segment_paths.len()
             ));
         }
-        if !self.candidates.is_empty() || !self.repack.packs.is_empty() {
-            out.push(format!(
+        match (self.candidates.is_empty(), self.repack.packs.is_empty()) {
+            (false, repacked) => out.push(format!(
                 "mark {} unreferenced packs{}: {}",
                 self.candidates.len(),
-                if self.repack.packs.is_empty() { String::new() } else { " and the repacked ones".into() },
+                if repacked { "" } else { " and the repacked ones" },
                 packs(&self.candidates)
-            ));
+            )),
+            (true, false) => out.push("mark the repacked packs".into()),
+            (true, true) => {}
         }
         if !self.survey.stale_checkpoints.is_empty() || !self.survey.expired.is_empty() {
             out.push(format!(
@@ -485,7 +487,7 @@ fn plan_mark(plan: &mut PrunePlan, still_marked: &HashSet<PackId>, policy: &GcPo
 /// packs on stale knowledge.
 pub fn execute(repo: &Repository, plan: PrunePlan, policy: &GcPolicy) -> Result<PruneReport> {
     let PrunePlan { mut report, host, survey, restore, deletions, swept_records, mut candidates, repack } = plan;
-    if report.deferred.iter().any(|d| d.starts_with(ANOTHER_PRUNE)) {
+    if policy.dry_run || report.deferred.iter().any(|d| d.starts_with(ANOTHER_PRUNE)) {
         return Ok(report);
     }
     let backend = repo.backend().as_ref();

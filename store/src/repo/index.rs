@@ -152,7 +152,8 @@ impl BlobIndex {
             let synced = db::guard(|| self.sync_disk_index(core, disk, &paths))
                 .unwrap_or_else(|| Err(redb::Error::Corrupted(format!("{} made redb panic", disk.path().display()))));
             if synced.is_err() {
-                db::set_aside(disk.path());
+                // Large, and always read again from the segments: not kept.
+                let _ = std::fs::remove_file(disk.path());
             }
             match synced {
                 Ok(()) => return Ok(()),
