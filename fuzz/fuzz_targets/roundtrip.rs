@@ -4,8 +4,8 @@
 //! unit, then the blob bytes.
 use std::sync::Arc;
 
-use bakare_store::backend::{Backend, MemoryBackend};
 use bakare_store::KdfParams;
+use bakare_store::backend::{Backend, MemoryBackend};
 use bakare_store::{BlobKind, ChunkerParams, Repository};
 use libfuzzer_sys::fuzz_target;
 
