@@ -86,11 +86,8 @@ impl BlobIndex {
     }
 
     /// Writes `segment` as a new index segment and adds it to this index (and the local
-    /// file): what a flush and the adoption of orphan packs end with.
+    /// file): what the adoption of orphan packs ends with.
     pub(crate) fn write_segment(&self, core: &Core, segment: &IndexSegment) -> Result<Digest> {
-        let (id, bytes) = segment.encode(&core.access.write_key().index_key)?;
-        core.backend.put(&format!("index/{id}"), &bytes)?;
-        lock(&self.segments_used).insert(id);
         {
             let mut index = self.write();
             for (pack, entries) in &segment.packs {
@@ -99,6 +96,15 @@ impl BlobIndex {
                 }
             }
         }
+        self.write_segment_of_known(core, segment)
+    }
+
+    /// Writes `segment`, whose blobs this index holds already (a flush: each pack's blobs
+    /// entered it when the pack was written), and moves them to the local file.
+    pub(crate) fn write_segment_of_known(&self, core: &Core, segment: &IndexSegment) -> Result<Digest> {
+        let (id, bytes) = segment.encode(&core.access.write_key().index_key)?;
+        core.backend.put(&format!("index/{id}"), &bytes)?;
+        lock(&self.segments_used).insert(id);
         self.add_to_local_file(id, segment);
         Ok(id)
     }

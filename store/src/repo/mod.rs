@@ -110,6 +110,8 @@ pub struct Repository {
     index: BlobIndex,
     writer: BlobWriter,
     reader: BlobReader,
+    /// Recent spans of packs a restore read (remote storage; see [`runs`]).
+    spans: std::sync::OnceLock<runs::Spans>,
     /// The run's memory budget (the CLI hands down the one `--memory-limit` made).
     budget: Budget,
 }
@@ -134,7 +136,14 @@ fn now_ns() -> i64 {
 impl Repository {
     fn assemble(core: Core) -> Self {
         let writer = BlobWriter::new(1);
-        Self { core, index: BlobIndex::default(), writer, reader: BlobReader::default(), budget: Budget::default() }
+        Self {
+            core,
+            index: BlobIndex::default(),
+            writer,
+            reader: BlobReader::default(),
+            spans: std::sync::OnceLock::new(),
+            budget: Budget::default(),
+        }
     }
 
     /// A new handle on the same repository, with the same key and settings and nothing
@@ -150,6 +159,7 @@ impl Repository {
             index: self.index.share(),
             writer: self.writer.fresh(),
             reader: BlobReader::default(),
+            spans: std::sync::OnceLock::new(),
             budget: self.budget.clone(),
         }
     }
@@ -383,6 +393,6 @@ impl Repository {
     /// one request (through recent spans of packs when the storage is remote), each
     /// authenticated, decompressed and re-hashed.
     pub fn load_run(&self, run: &[BlobLocation]) -> Result<Vec<Vec<u8>>> {
-        self.reader.load_run(&self.core, &self.budget, run)
+        runs::load_run(&self.reader, &self.spans, &self.core, &self.budget, run)
     }
 }

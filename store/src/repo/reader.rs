@@ -32,8 +32,6 @@ pub(crate) struct BlobReader {
     tree_copies: OnceLock<HashMap<BlobId, Vec<BlobLocation>>>,
     /// Trees read from their second copy because the first failed (for the caller's report).
     tree_fallbacks: Mutex<Vec<String>>,
-    /// Recent spans of packs (remote storage; see [`super::runs`]).
-    pub(crate) spans: OnceLock<super::runs::Spans>,
 }
 
 /// A blob's sealed bytes within a whole pack held in memory.

@@ -4,7 +4,7 @@
 //! restoring threads: the next files' chunks usually lie right after.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::reader::BlobReader;
 use super::{Core, pack_path};
@@ -121,34 +121,38 @@ fn within_span(first: &BlobLocation, run: &[BlobLocation]) -> bool {
     end - start <= SPAN / 4 && start / SPAN == (end.saturating_sub(1)) / SPAN
 }
 
-impl BlobReader {
-    /// Reads a run of adjacent blobs (see [`adjacent_run`]) with one request, through the
-    /// spans when the storage is remote; each blob is authenticated, decompressed and
-    /// re-hashed. A run's buffer outside the spans takes its share of the read budget.
-    pub(crate) fn load_run(&self, core: &Core, budget: &Budget, run: &[BlobLocation]) -> Result<Vec<Vec<u8>>> {
-        let spans = core.backend.is_remote().then(|| self.spans.get_or_init(Spans::default));
-        let spanned = spans.is_some() && run.first().is_some_and(|first| within_span(first, run));
-        Ok(match run {
-            [] => Vec::new(),
-            [one] if !spanned => vec![self.load_blob_at(core, one)?],
-            [first, ..] => {
-                let start = u64::from(first.entry.offset);
-                let len = run.iter().map(|l| u64::from(l.entry.length)).sum();
-                let _permit = (!spanned).then(|| budget.read_permit(len));
-                let bytes = match spans {
-                    Some(spans) if spanned => spans.read(core, budget.spans(SPAN), &first.pack, start, len)?,
-                    _ => self.read_pack_range(core, &first.pack, start, len)?,
-                };
-                run.iter()
-                    .map(|l| {
-                        let mut e = l.entry;
-                        e.offset -= first.entry.offset;
-                        self.open_blob_in(core, &l.pack, &e, &bytes)
-                    })
-                    .collect::<Result<_>>()?
-            }
-        })
-    }
+/// Reads a run of adjacent blobs (see [`adjacent_run`]) with one request, through `spans`
+/// when the storage is remote; each blob is authenticated, decompressed and re-hashed by
+/// `reader`. A run's buffer outside the spans takes its share of the read budget.
+pub(crate) fn load_run(
+    reader: &BlobReader,
+    spans: &OnceLock<Spans>,
+    core: &Core,
+    budget: &Budget,
+    run: &[BlobLocation],
+) -> Result<Vec<Vec<u8>>> {
+    let spans = core.backend.is_remote().then(|| spans.get_or_init(Spans::default));
+    let spanned = spans.is_some() && run.first().is_some_and(|first| within_span(first, run));
+    Ok(match run {
+        [] => Vec::new(),
+        [one] if !spanned => vec![reader.load_blob_at(core, one)?],
+        [first, ..] => {
+            let start = u64::from(first.entry.offset);
+            let len = run.iter().map(|l| u64::from(l.entry.length)).sum();
+            let _permit = (!spanned).then(|| budget.read_permit(len));
+            let bytes = match spans {
+                Some(spans) if spanned => spans.read(core, budget.spans(SPAN), &first.pack, start, len)?,
+                _ => reader.read_pack_range(core, &first.pack, start, len)?,
+            };
+            run.iter()
+                .map(|l| {
+                    let mut e = l.entry;
+                    e.offset -= first.entry.offset;
+                    reader.open_blob_in(core, &l.pack, &e, &bytes)
+                })
+                .collect::<Result<_>>()?
+        }
+    })
 }
 
 #[cfg(test)]

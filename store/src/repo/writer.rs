@@ -409,7 +409,7 @@ impl BlobWriter {
             return Ok(());
         }
         let written: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
-        index.write_segment(core, &IndexSegment { packs })?;
+        index.write_segment_of_known(core, &IndexSegment { packs })?;
         lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
         Ok(())
     }
