@@ -273,7 +273,7 @@ pub fn backup(
     abs_paths.dedup();
     let mut stored_before = repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed);
     let mut added = 0;
-    let session = match &opts.resume {
+    let mut session = match &opts.resume {
         Some(s) => Session { heartbeat_ns: time_ns, interrupted: false, committing: None, ..s.clone() },
         None => Session {
             id: Session::new_id()?,
@@ -288,19 +288,23 @@ pub fn backup(
         },
     };
     repo.put_session(&session)?;
-    let heartbeat =
-        Heartbeat::start(repo.clone(), session.clone(), Duration::from_secs(opts.checkpoints.heartbeat_seconds.max(1)));
+    repo.write_for_session(session.id);
+    let beat = Duration::from_secs(opts.checkpoints.heartbeat_seconds.max(1));
+    let mut heartbeat = Some(Heartbeat::start(repo.clone(), session.clone(), beat));
     let set = backup_set_id(&abs_paths, &opts.session_options);
     let present: std::collections::HashSet<_> = repo.index_segments()?.into_iter().collect();
     let mut relied_memo = match memo.trusted_segments(&set) {
         Some(segs) if !opts.force_rehash && segs.iter().all(|s| present.contains(s)) => Some(segs),
         _ => None,
     };
+    // Sessions this backup gave up (a prune declared them expired): their checkpoints go
+    // with the ones of the session that commits.
+    let mut given_up: Vec<Session> = Vec::new();
     let mut repo = repo;
     let mut checkpoints = Vec::new();
     let mut seq = session.checkpoints;
     let mut passes = 0;
-    let outcome = loop {
+    let (id, snapshot, errors, memo_warnings) = loop {
         passes += 1;
         let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
         let out = match pass.run(&repo, memo, &counters, &mut seq) {
@@ -320,8 +324,36 @@ pub fn backup(
             }
         };
         if out.intact {
-            checkpoints.extend(out.checkpoints.iter().cloned());
-            break out;
+            let stats = snapshot_stats(&counters, started, &out, added, &repo, stored_before);
+            let snapshot = Snapshot {
+                time_ns,
+                host: opts.host.clone(),
+                user: opts.user.clone(),
+                paths: abs_paths.clone(),
+                tags: opts.tags.clone(),
+                root: out.root,
+                parent: None,
+                stats,
+                program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
+            };
+            // The session says which snapshot it commits before the snapshot is written:
+            // killed between that and removing the session, it is finished, not resumed
+            // into a second one. (The heartbeat thread writes the session record too: it
+            // stops first.)
+            heartbeat = None;
+            bakare_store::failpoint::hit("after-fence");
+            let id = repo.save_snapshot_after(&snapshot, |id| {
+                repo.put_session(&Session { committing: Some(*id), heartbeat_ns: clock::now_ns(), ..session.clone() })
+            })?;
+            // Frozen between the fence and here past its session's expiry, the backup wrote a
+            // snapshot a sweep that no longer waited for it may have taken data from: a
+            // prune declares the session expired before any sweep relies on that, so the
+            // snapshot stands if the declaration is not there now.
+            if repo.session_standing(&session.id)? {
+                checkpoints.extend(out.checkpoints.iter().cloned());
+                break (id, snapshot, out.errors, out.memo_warnings);
+            }
+            repo.remove_snapshot(&id)?;
         }
         // A broken pass's checkpoints may name data a collector has swept since: they go
         // before anything else can stop this backup (resume would check them, but verify
@@ -330,6 +362,7 @@ pub fn backup(
             repo.backend().delete(path).map_err(bakare_store::StoreError::from)?;
         }
         if passes >= MAX_PASSES {
+            drop(heartbeat);
             return Err(PlanError::Resumable(format!(
                 "garbage collection marked data under this backup {passes} times; run `bakare resume` to continue"
             )));
@@ -337,44 +370,35 @@ pub fn backup(
         // Walk again on a fresh handle, checking every memo record against its index.
         let fresh = Arc::new(repo.reopen());
         fresh.load_index()?;
+        if !repo.session_standing(&session.id)? {
+            // Declared expired: whatever this session writes is void from now on, so the
+            // walk goes on under a new one (which holds back only marks made after it).
+            heartbeat = None;
+            let now = clock::now_ns();
+            let renewed = Session {
+                id: Session::new_id()?,
+                started_ns: now,
+                heartbeat_ns: now,
+                checkpoints: 0,
+                interrupted: false,
+                committing: None,
+                ..session.clone()
+            };
+            let old = std::mem::replace(&mut session, renewed);
+            seq = 0;
+            fresh.put_session(&session)?;
+            fresh.remove_session(&old)?;
+            given_up.push(old);
+        }
+        fresh.write_for_session(session.id);
+        if heartbeat.is_none() {
+            heartbeat = Some(Heartbeat::start(fresh.clone(), session.clone(), beat));
+        }
         added += repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before;
         stored_before = 0;
         repo = fresh;
         counters.restart_pass();
     };
-    let PassOutcome { root, errors, memo_warnings, .. } = outcome;
-    let c = &counters;
-    let stats = SnapshotStats {
-        files_new: Counters::get(&c.files_new),
-        files_changed: Counters::get(&c.files_changed),
-        files_unchanged: Counters::get(&c.files_unchanged),
-        files_read: Counters::get(&c.files),
-        files_reused: Counters::get(&c.files_memo),
-        dirs: Counters::get(&c.dirs),
-        errors: errors.len() as u64,
-        bytes_read: Counters::get(&c.bytes_read),
-        bytes_added: added + repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
-        total_bytes: Counters::get(&c.bytes_total),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    };
-    let snapshot = Snapshot {
-        time_ns,
-        host: opts.host.clone(),
-        user: opts.user.clone(),
-        paths: abs_paths,
-        tags: opts.tags.clone(),
-        root,
-        parent: None,
-        stats,
-        program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
-    };
-    // The session says which snapshot it commits before the snapshot is written: killed
-    // between that and removing the session, it is finished, not resumed into a second one.
-    // (The heartbeat thread writes the session record too: it stops first.)
-    drop(heartbeat);
-    let id = repo.save_snapshot_after(&snapshot, |id| {
-        repo.put_session(&Session { committing: Some(*id), heartbeat_ns: clock::now_ns(), ..session.clone() })
-    })?;
     bakare_store::failpoint::hit("after-snapshot");
     // Only an estimate for the next run's progress: a failure to store it costs nothing.
     let _ = memo.set_totals(&set, snapshot.stats.files(), snapshot.stats.total_bytes);
@@ -383,11 +407,39 @@ pub fn backup(
     if opts.resume.is_some() {
         leftovers.extend(repo.checkpoints(&session.id)?.into_iter().map(|(p, _)| p));
     }
+    for old in &given_up {
+        leftovers.extend(repo.checkpoints(&old.id)?.into_iter().map(|(p, _)| p));
+    }
     for path in leftovers {
         repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
     }
     repo.remove_session(&session)?;
     Ok(BackupReport { id, snapshot, errors, memo_warnings, passes })
+}
+
+/// The statistics of the snapshot a complete pass makes: the run's counters, and the bytes
+/// stored over all its passes.
+fn snapshot_stats(
+    c: &Counters,
+    started: Instant,
+    out: &PassOutcome,
+    added: u64,
+    repo: &Repository,
+    stored_before: u64,
+) -> SnapshotStats {
+    SnapshotStats {
+        files_new: Counters::get(&c.files_new),
+        files_changed: Counters::get(&c.files_changed),
+        files_unchanged: Counters::get(&c.files_unchanged),
+        files_read: Counters::get(&c.files),
+        files_reused: Counters::get(&c.files_memo),
+        dirs: Counters::get(&c.dirs),
+        errors: out.errors.len() as u64,
+        bytes_read: Counters::get(&c.bytes_read),
+        bytes_added: added + repo.stats().bytes_stored.load(std::sync::atomic::Ordering::Relaxed) - stored_before,
+        total_bytes: Counters::get(&c.bytes_total),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// Files and bytes of the last complete backup of these paths with these options, as this
@@ -599,12 +651,15 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Whether every index segment this walk relied on still exists (else it is marked
-    /// broken); returns the segments that exist.
+    /// Whether every index segment this walk relied on still exists and its session was not
+    /// declared expired (else it is marked broken); returns the segments that exist.
     fn check_relied(&self) -> Result<Vec<bakare_store::Digest>, PlanError> {
         let present: std::collections::HashSet<_> = self.repo.index_segments()?.into_iter().collect();
+        // A session a prune declared expired holds nothing back any more: what it saved may
+        // be swept under it.
         let intact = !self.repo.is_poisoned()
-            && self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s));
+            && self.repo.segments_used().iter().chain(&self.relied_memo).all(|s| present.contains(s))
+            && self.repo.session_standing(&self.session)?;
         if !intact {
             self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
         }

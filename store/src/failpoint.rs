@@ -2,8 +2,10 @@
 //! `BAKARE_FAILPOINT=<name>[,<name>...]` the process stops itself there with a real SIGSTOP
 //! (the test continues it with SIGCONT), the first time each is reached. Points:
 //! `before-commit` (the walk and its last checkpoint are done, the commit fence and the
-//! snapshot are next), `after-checkpoint` (the first checkpoint of a walk was written) and
-//! `after-pack` (the first pack was written, not yet indexed).
+//! snapshot are next), `after-fence` (the fence passed, the snapshot is next),
+//! `after-checkpoint` (the first checkpoint of a walk was written), `after-pack` (the first
+//! pack was written, not yet indexed) and `before-index` (a flush checked its packs against
+//! the GC marks and is about to write their index segment).
 
 use std::collections::HashSet;
 use std::sync::Mutex;

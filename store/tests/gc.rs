@@ -123,13 +123,50 @@ fn a_live_session_older_than_the_mark_holds_the_sweep_back() {
     let held = run(&repo, immediate());
     assert_eq!(held.deleted_packs, 0, "{held:?}");
     assert!(held.deferred.iter().any(|d| d.contains("laptop")), "{held:?}");
-    // Its heartbeat stops for longer than the expiry: it no longer holds anything back.
-    repo.put_session(&session(now - 9 * DAY, now - 8 * DAY)).unwrap();
+    // Its heartbeat stops for longer than the expiry: the next prune declares it expired and
+    // still waits (a write of the backup from before the declaration must be seen first);
+    // the one after that no longer waits for it.
+    let expired = session(now - 9 * DAY, now - 8 * DAY);
+    repo.put_session(&expired).unwrap();
     repo.remove_session(&laptop).unwrap();
+    let declared = run(&repo, immediate());
+    assert_eq!(declared.deleted_packs, 0, "{declared:?}");
+    assert_eq!(declared.expired_sessions, 1);
+    assert!(declared.deferred.iter().any(|d| d.contains("this prune declares it")), "{declared:?}");
+    assert!(backend.list("sessions").unwrap().is_empty());
+    assert_eq!(backend.list("sessions.expired").unwrap().len(), 1);
+    assert!(!repo.session_standing(&expired.id).unwrap(), "a declared session no longer stands");
     let swept = run(&repo, immediate());
     assert_eq!(swept.deleted_packs, mark.marked_packs, "{swept:?}");
-    assert_eq!(swept.expired_sessions, 1);
-    assert!(backend.list("sessions").unwrap().is_empty());
+    assert_eq!(swept.expired_sessions, 0);
+}
+
+/// A session declared expired whose heartbeat writes its record again (the process woke)
+/// holds marks back again as a live one, and still does not stand: its backup takes back
+/// what it writes.
+#[test]
+fn a_declared_session_that_wakes_holds_back_but_does_not_stand() {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, _) = snapshot(&repo, 50, 2);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let now = clock::now_ns();
+    let sleeper = session(now - 9 * DAY, now - 8 * DAY);
+    repo.put_session(&sleeper).unwrap();
+    assert!(repo.session_standing(&sleeper.id).unwrap());
+    let mark = run(&repo, immediate());
+    assert!(mark.marked_packs > 0);
+    assert_eq!(mark.expired_sessions, 1, "declared in the same prune: {mark:?}");
+    assert!(!repo.session_standing(&sleeper.id).unwrap());
+    // It wakes: its heartbeat writes its record again.
+    repo.put_session(&bakare_store::Session { heartbeat_ns: now, ..sleeper.clone() }).unwrap();
+    let held = run(&repo, immediate());
+    assert_eq!(held.deleted_packs, 0, "a live session that started before the mark holds it back: {held:?}");
+    assert!(!repo.session_standing(&sleeper.id).unwrap(), "the declaration stays");
+    repo.remove_session(&sleeper).unwrap();
+    let swept = run(&repo, immediate());
+    assert_eq!(swept.deleted_packs, mark.marked_packs, "{swept:?}");
+    assert_eq!(backend.list("sessions.expired").unwrap().len(), 1, "kept for 28 days");
 }
 
 #[test]

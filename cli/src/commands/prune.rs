@@ -101,7 +101,8 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
 }
 
 /// One prune, or with `--now` rounds of mark and sweep until a round marks nothing more
-/// (the sweep of one round's repack may leave packs that the next round marks).
+/// and declares no session expired (the sweep of one round's repack may leave packs that
+/// the next round marks; marks that a declared session held back are settled by the next).
 fn prune_rounds(
     repo: &Repository,
     host: &str,
@@ -111,7 +112,9 @@ fn prune_rounds(
 ) -> bakare_store::Result<bakare_store::prune::PruneReport> {
     prune(repo, host, own, policy).and_then(|mut total| {
         for _ in 0..4 {
-            if !now || total.marked_packs == 0 {
+            // A round that declared sessions expired may have left marks they held back:
+            // the next round settles them.
+            if !now || (total.marked_packs == 0 && total.expired_sessions == 0) {
                 break;
             }
             let next = prune(repo, host, own, policy)?;
@@ -171,7 +174,12 @@ fn print_report(r: &bakare_store::prune::PruneReport, dry_run: bool) -> Result<(
         out!("{would}indexed: {} packs no index segment listed", r.indexed_packs)?;
     }
     if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
-        out!("{would}removed: {} expired sessions, {} checkpoints", r.expired_sessions, r.removed_checkpoints)?;
+        out!(
+            "{would}declared expired: {} sessions (marks they held back are settled by the next prune); removed: {} \
+             checkpoints",
+            r.expired_sessions,
+            r.removed_checkpoints
+        )?;
     }
     if r.removed_temporaries > 0 {
         out!("removed: {} temporary files that killed writers left", r.removed_temporaries)?;

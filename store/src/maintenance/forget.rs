@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::Result;
 use crate::format::snapshot::Snapshot;
 use crate::ids::SnapshotId;
 use crate::repo::Repository;
-use crate::{Result, StoreError};
 
 /// How many of each period to keep. All zero keeps nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,10 +115,7 @@ fn decide(newest_first: &[&(SnapshotId, Snapshot)], policy: &KeepPolicy) -> Vec<
 /// Removes a snapshot: the mirror first, so that an interrupted forget leaves the snapshot
 /// (which `verify --repair` gives a mirror again), never a lone mirror to restore it from.
 pub fn remove_snapshot(repo: &Repository, id: &SnapshotId) -> Result<()> {
-    let backend = repo.backend();
-    backend.delete(&format!("snapshots.mirror/{id}")).map_err(StoreError::from)?;
-    backend.delete(&format!("snapshots/{id}")).map_err(StoreError::from)?;
-    Ok(())
+    repo.remove_snapshot(id)
 }
 
 #[cfg(test)]

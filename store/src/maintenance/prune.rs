@@ -37,7 +37,10 @@ pub struct PruneReport {
     pub young_packs: usize,
     /// Packs that no segment listed but that hold referenced blobs, indexed now.
     pub indexed_packs: usize,
+    /// Expired sessions this prune declared expired (or removed, declared earlier).
     pub expired_sessions: usize,
+    /// Declarations of expired sessions old enough to go (see [`DECLARATION_KEPT_NS`]).
+    pub removed_declarations: usize,
     pub removed_checkpoints: usize,
     /// Temporary files of killed writers (older than the session expiry) removed.
     pub removed_temporaries: usize,
@@ -62,6 +65,10 @@ struct Survey {
     now: i64,
     live: Vec<Session>,
     expired: Vec<Session>,
+    /// Sessions a prune declared expired before this one read the index and snapshots.
+    declared: HashSet<[u8; 16]>,
+    /// Declarations old enough to remove whose session record is gone.
+    old_declarations: Vec<String>,
     records: Vec<(String, GcRecord)>,
     /// Marks that could not be read (paths), left for verify --repair.
     damaged_records: Vec<String>,
@@ -164,9 +171,15 @@ impl PrunePlan {
         }
         if !self.survey.stale_checkpoints.is_empty() || !self.survey.expired.is_empty() {
             out.push(format!(
-                "remove {} checkpoints and {} expired sessions",
+                "remove {} checkpoints, declare {} sessions expired (their records move to sessions.expired/)",
                 self.survey.stale_checkpoints.len(),
                 self.survey.expired.len()
+            ));
+        }
+        if !self.survey.old_declarations.is_empty() {
+            out.push(format!(
+                "remove {} declarations of expiry older than 28 days",
+                self.survey.old_declarations.len()
             ));
         }
         out
@@ -206,6 +219,11 @@ pub fn plan(repo: &Repository, host: &str, own_session: Option<&Session>, policy
     Ok(plan)
 }
 
+/// How long a declaration of a session's expiry is kept once the session's record is gone:
+/// a backup frozen longer than this between a write and its next check, whose heartbeat
+/// wrote its record again in between, would find neither. (Four times the session expiry.)
+pub const DECLARATION_KEPT_NS: i64 = 28 * 86_400 * SECOND;
+
 const ANOTHER_PRUNE: &str = "another prune is running";
 
 /// Reads sessions, marks, the index, the packs, and what is reachable.
@@ -222,6 +240,8 @@ fn survey(
         now,
         live: Vec::new(),
         expired: Vec::new(),
+        declared: HashSet::new(),
+        old_declarations: Vec::new(),
         records: Vec::new(),
         damaged_records: Vec::new(),
         segment_paths: Vec::new(),
@@ -246,6 +266,16 @@ fn survey(
     // Sessions first: a backup that commits after this listing is visible to the snapshot
     // listing below.
     let (sessions, session_problems) = repo.sessions()?;
+    // Then the declarations: one listed here was written before the index and the
+    // snapshots are read below, so what its backup wrote before noticing it is seen there.
+    let declarations = repo.expired_declarations()?;
+    let recorded: HashSet<[u8; 16]> = sessions.iter().map(|s| s.id).collect();
+    for (path, id, st) in declarations {
+        survey.declared.insert(id);
+        if !recorded.contains(&id) && now.saturating_sub(st.modified_ns) > DECLARATION_KEPT_NS {
+            survey.old_declarations.push(path);
+        }
+    }
     let sessions: Vec<Session> =
         sessions.into_iter().filter(|s| own_session.is_none_or(|own| own.id != s.id)).collect();
     let (live, expired): (Vec<Session>, Vec<Session>) =
@@ -377,9 +407,13 @@ fn plan_sweep(plan: &mut PrunePlan, policy: &GcPolicy) -> HashSet<PackId> {
         let age = s.now.saturating_sub(record.mark_ns);
         // An interrupted backup holds nothing back: it runs no more, and when it is
         // continued, the new walk reads the index afresh (its checkpoints keep their data).
+        // An expired session holds the mark back too until a prune has declared it expired
+        // (this one does): a sweep relies on an expiry only once the backup behind it, if it
+        // wakes, would find the declaration after anything it writes.
         let holders: Vec<&Session> = s
             .live
             .iter()
+            .chain(s.expired.iter().filter(|h| !s.declared.contains(&h.id)))
             .filter(|h| !h.interrupted && h.started_ns < record.mark_ns.saturating_add(CLOCK_SKEW_NS))
             .collect();
         if age < policy.grace_ns || !holders.is_empty() {
@@ -389,12 +423,13 @@ fn plan_sweep(plan: &mut PrunePlan, policy: &GcPolicy) -> HashSet<PackId> {
                 let names: Vec<String> = holders
                     .iter()
                     .map(|h| {
-                        format!(
-                            "{} on {} (last heartbeat {} ago)",
-                            h.id_hex(),
-                            h.host,
-                            duration(s.now.saturating_sub(h.heartbeat_ns))
-                        )
+                        let silent = s.now.saturating_sub(h.heartbeat_ns);
+                        let expired = if silent > policy.session_expiry_ns {
+                            ", expired: this prune declares it, the next one can settle the mark"
+                        } else {
+                            ""
+                        };
+                        format!("{} on {} (last heartbeat {} ago{expired})", h.id_hex(), h.host, duration(silent))
                     })
                     .collect();
                 format!("{path}: waiting for sessions that started before the mark: {}", names.join(", "))
@@ -478,6 +513,7 @@ fn plan_mark(plan: &mut PrunePlan, still_marked: &HashSet<PackId>, policy: &GcPo
         + plan.repack.packs.iter().map(|p| p.size).sum::<u64>();
     report.marked_space_back_ns = s.now.saturating_add(policy.grace_ns);
     report.expired_sessions = s.expired.len();
+    report.removed_declarations = s.old_declarations.len();
     report.removed_checkpoints = s.stale_checkpoints.len();
 }
 
@@ -541,7 +577,14 @@ pub fn execute(repo: &Repository, plan: PrunePlan, policy: &GcPolicy) -> Result<
         backend.delete(path)?;
     }
     for s in &survey.expired {
-        repo.remove_session(s)?;
+        if survey.declared.contains(&s.id) {
+            repo.remove_session(s)?;
+        } else {
+            repo.declare_expired(s)?;
+        }
+    }
+    for path in &survey.old_declarations {
+        backend.delete(path)?;
     }
     // Older than a session's expiry: a writer frozen that long has had its session
     // expired too (its work is void), and a live one writes a temporary file for seconds.

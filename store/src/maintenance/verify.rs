@@ -490,9 +490,11 @@ fn check_snapshots(repo: &Repository, s: &mut Survey) -> Result<()> {
     for (id, c) in &ids {
         match (c.main.is_some(), c.mirror.is_some(), c.main_bytes.is_some(), c.mirror_bytes.is_some()) {
             (true, true, _, _) => {}
-            (true, false, _, false) => {
-                s.problem(format!("snapshots.mirror/{id}"), "missing; snapshots/ copy intact", true)
-            }
+            (true, false, _, false) => s.problem(
+                format!("snapshots.mirror/{id}"),
+                "missing; snapshots/ copy intact (an interrupted forget leaves this too: run it again)",
+                true,
+            ),
             (false, true, false, _) => s.problem(format!("snapshots/{id}"), "missing; mirror intact", true),
             (false, false, _, _) => {
                 // Both copies damaged or missing (each already reported): mark it unrepairable.

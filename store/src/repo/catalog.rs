@@ -12,6 +12,40 @@ use crate::format::snapshot::Snapshot;
 use crate::ids::SnapshotId;
 use crate::{Result, StoreError};
 
+/// Where prunes file the records of sessions they declared expired.
+pub(crate) const EXPIRED_SESSIONS: &str = "sessions.expired";
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn expired_path(id: &[u8; 16]) -> String {
+    format!("{EXPIRED_SESSIONS}/{}", hex(id))
+}
+
+/// The session id a `sessions/` or `sessions.expired/` path names.
+fn session_id_of(path: &str) -> Option<[u8; 16]> {
+    let name = path.rsplit('/').next()?;
+    if name.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// Whether session `id`'s record exists and no declaration of its expiry does.
+pub(crate) fn session_standing(core: &super::Core, id: &[u8; 16]) -> Result<bool> {
+    let exists = |path: &str| match core.backend.size(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(StoreError::from(e)),
+    };
+    Ok(exists(&format!("sessions/{}", hex(id)))? && !exists(&expired_path(id))?)
+}
+
 impl Repository {
     /// Writes a snapshot (its mirror first). Call [`Repository::flush`] before.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
@@ -150,6 +184,42 @@ impl Repository {
 
     pub fn remove_session(&self, session: &Session) -> Result<()> {
         Ok(self.core.backend.delete(&session.path())?)
+    }
+
+    /// Declares `session` expired, as a prune does before any sweep relies on its expiry: a
+    /// copy of its record goes to `sessions.expired/` first, then the record is removed. The
+    /// backup behind it, if it ever wakes, finds the declaration at its next check and
+    /// treats what it wrote since the one before as void.
+    pub fn declare_expired(&self, session: &Session) -> Result<()> {
+        let bytes = session.encode(&self.core.access.write_key().index_key)?;
+        self.core.backend.put(&expired_path(&session.id), &bytes)?;
+        self.remove_session(session)
+    }
+
+    /// The declarations of expired sessions: each one's path, session id and storage time.
+    pub fn expired_declarations(&self) -> Result<Vec<(String, [u8; 16], crate::backend::ObjectStat)>> {
+        Ok(self
+            .core
+            .backend
+            .list_stat(EXPIRED_SESSIONS)?
+            .into_iter()
+            .filter_map(|(path, st)| session_id_of(&path).map(|id| (path, id, st)))
+            .collect())
+    }
+
+    /// Whether the session `id` may still commit what it writes: its record exists and no
+    /// prune declared it expired. A backup asks after each index segment, checkpoint and
+    /// snapshot it writes (see docs/FORMAT.md, "Garbage collection").
+    pub fn session_standing(&self, id: &[u8; 16]) -> Result<bool> {
+        session_standing(&self.core, id)
+    }
+
+    /// Removes a snapshot: the mirror first, so that an interruption leaves the snapshot
+    /// (which `verify --repair` gives a mirror again), never a lone mirror to restore it from.
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.core.backend.delete(&format!("snapshots.mirror/{id}"))?;
+        self.core.backend.delete(&format!("snapshots/{id}"))?;
+        Ok(())
     }
 
     /// Every readable session record, oldest first, and why any could not be read.

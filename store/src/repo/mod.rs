@@ -322,6 +322,13 @@ impl Repository {
     }
 
     /// Whether garbage collection took a pack from under this handle (see [`Repository::flush`]).
+    /// Says that this handle writes for the backup session `id`: each index segment it writes
+    /// is then checked against the session's standing ([`Repository::session_standing`]),
+    /// and taken back, the handle poisoned, if a prune declared the session expired.
+    pub fn write_for_session(&self, id: [u8; 16]) {
+        *lock(&self.writer.session) = Some(id);
+    }
+
     pub fn is_poisoned(&self) -> bool {
         self.writer.is_poisoned()
     }

@@ -40,6 +40,9 @@ pub(crate) struct BlobWriter {
     /// be indexed (the process slept past its session's expiry): nothing it saved may be
     /// committed.
     poisoned: AtomicBool,
+    /// The backup session this handle writes for: each index segment is checked against
+    /// its standing once written.
+    pub(crate) session: Mutex<Option<[u8; 16]>>,
     /// zstd level for new blobs; 0 stores them uncompressed.
     pub(crate) compression_level: i32,
     /// Recovery shards written with each pack (0: none).
@@ -409,7 +412,19 @@ impl BlobWriter {
             return Ok(());
         }
         let written: HashSet<PackId> = packs.iter().map(|(id, _)| *id).collect();
-        index.write_segment_of_known(core, &IndexSegment { packs })?;
+        crate::failpoint::hit("before-index");
+        let segment = index.write_segment_of_known(core, &IndexSegment { packs })?;
+        // Frozen between the check above and the segment past its session's expiry, the
+        // process may have listed packs a sweep deleted meanwhile: a prune declares the
+        // session expired before a sweep relies on that, so the segment stands if the
+        // declaration is not there now. Else it goes, and the handle's work is void.
+        let session = *lock(&self.session);
+        if let Some(id) = session
+            && !super::catalog::session_standing(core, &id)?
+        {
+            core.backend.delete(&format!("index/{segment}"))?;
+            self.poisoned.store(true, Ordering::Relaxed);
+        }
         lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
         Ok(())
     }
