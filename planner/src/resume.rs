@@ -82,6 +82,9 @@ pub struct Prepared {
 
 /// Adopts unindexed packs and imports the session's checkpoints into `memo`.
 pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Result<Prepared, PlanError> {
+    // Adopted under the session: if a prune declared it expired meanwhile, the segment is
+    // taken back (a sweep may have deleted what it lists) and the walk starts anew.
+    repo.write_for_session(session.id);
     let adopted_packs = bakare_store::maintenance::orphans::adopt(repo)?;
     let mut records = Vec::new();
     let mut dirs = Vec::new();

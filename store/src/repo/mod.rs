@@ -265,7 +265,9 @@ impl Repository {
 
     /// Writes a new index segment and adds it to this handle's index.
     pub(crate) fn write_index_segment(&self, segment: &IndexSegment) -> Result<Digest> {
-        self.index.write_segment(&self.core, segment)
+        let id = self.index.write_segment(&self.core, segment)?;
+        self.writer.take_back_unless_standing(&self.core, id)?;
+        Ok(id)
     }
 
     // Writing.

@@ -415,9 +415,16 @@ impl BlobWriter {
         crate::failpoint::hit("before-index");
         let segment = index.write_segment_of_known(core, &IndexSegment { packs })?;
         // Frozen between the check above and the segment past its session's expiry, the
-        // process may have listed packs a sweep deleted meanwhile: a prune declares the
-        // session expired before a sweep relies on that, so the segment stands if the
-        // declaration is not there now. Else it goes, and the handle's work is void.
+        // process may have listed packs a sweep deleted meanwhile.
+        self.take_back_unless_standing(core, segment)?;
+        lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
+        Ok(())
+    }
+
+    /// After an index segment this handle wrote for a backup session: a prune declares a
+    /// session expired before a sweep relies on that, so the segment stands if the
+    /// declaration is not there now. Else it goes, and the handle's work is void (poisoned).
+    pub(crate) fn take_back_unless_standing(&self, core: &Core, segment: crate::Digest) -> Result<()> {
         let session = *lock(&self.session);
         if let Some(id) = session
             && !super::catalog::session_standing(core, &id)?
@@ -425,7 +432,6 @@ impl BlobWriter {
             core.backend.delete(&format!("index/{segment}"))?;
             self.poisoned.store(true, Ordering::Relaxed);
         }
-        lock(&self.unindexed).retain(|(pack, _)| !written.contains(pack));
         Ok(())
     }
 
