@@ -357,3 +357,44 @@ fn frozen_between_the_fence_and_the_snapshot_past_expiry() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.len(), 1, "the snapshot taken back is gone: {listed:?}");
 }
+
+/// A backup killed after its first pack; `resume` frozen after it listed the unindexed packs
+/// to adopt, before indexing them, past its session's expiry, while prunes mark and delete
+/// those packs. Continued, the resume must take its segment back (it lists deleted packs)
+/// and store the data again.
+#[test]
+fn a_resume_frozen_before_it_adopts_past_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 300, 24, 17);
+    let cli = Cli::new(tmp.path().join("adopt"));
+    cli.init();
+    let src = src.to_str().unwrap().to_string();
+    ok(&cli.cmd_as("a", &["backup", "-q", &src]).output().unwrap(), "the first backup (kept)");
+    bakare_corruption_tests::mutate_tree(std::path::Path::new(&src), 40, 19);
+    let mut killed = cli
+        .cmd_as("c", &["backup", "-q", &src])
+        .env("BAKARE_FAILPOINT", "after-pack")
+        .env("BAKARE_CHECKPOINT_FILES", "100000")
+        .env("BAKARE_CHECKPOINT_MIB", "100000")
+        .spawn()
+        .unwrap();
+    wait_stopped(&mut killed);
+    killed.kill().unwrap();
+    let _ = killed.wait();
+    let sessions: Vec<String> = std::fs::read_dir(cli.dir.join("repo/sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let mut c =
+        cli.cmd_as("c", &["--json", "resume", &sessions[0]]).env("BAKARE_FAILPOINT", "before-adopt").spawn().unwrap();
+    wait_stopped(&mut c);
+    assert!(n(&prune(&cli, 2), "marked_packs") > 0, "the killed backup's unindexed packs are marked");
+    assert_eq!(n(&prune(&cli, 11), "deleted_packs"), 0, "the expiry is declared before a sweep relies on it");
+    assert!(n(&prune(&cli, 12), "deleted_packs") > 0, "the declared session's packs go");
+    assert!(signal(&c, "-CONT"));
+    let out = finish(c);
+    ok(&out, "the frozen resume, continued");
+    check_all(&cli, &src);
+}

@@ -5,7 +5,8 @@
 //! snapshot are next), `after-fence` (the fence passed, the snapshot is next),
 //! `after-checkpoint` (the first checkpoint of a walk was written), `after-pack` (the first
 //! pack was written, not yet indexed) and `before-index` (a flush checked its packs against
-//! the GC marks and is about to write their index segment).
+//! the GC marks and is about to write their index segment), `before-adopt` (`resume` listed the
+//! unindexed packs and is about to index them).
 
 use std::collections::HashSet;
 use std::sync::Mutex;

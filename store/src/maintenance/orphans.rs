@@ -34,6 +34,7 @@ pub fn adopt(repo: &Repository) -> Result<usize> {
         return Ok(0);
     }
     let n = orphans.len();
+    crate::failpoint::hit("before-adopt");
     repo.write_index_segment(&IndexSegment { packs: orphans })?;
     Ok(n)
 }
