@@ -398,3 +398,30 @@ fn a_resume_frozen_before_it_adopts_past_expiry() {
     ok(&out, "the frozen resume, continued");
     check_all(&cli, &src);
 }
+
+/// Frozen after the commit fence (as by Ctrl-Z), its session taken over by `resume ID` on
+/// the same host, which finishes (the files changed meanwhile, so the data the frozen one
+/// was about to reference is used by nothing) and removes the session; prunes then mark and
+/// delete that data, no expiry needed. Continued, the frozen backup must not write its
+/// session record again and commit, but walk again. (Found by review.)
+#[test]
+fn frozen_after_the_fence_while_resume_takes_the_session_over() {
+    let (_tmp, cli, src) = forgotten_backup("taken-over");
+    let mut a = cli.cmd_as("a", &["--json", "backup", &src]).env("BAKARE_FAILPOINT", "after-fence").spawn().unwrap();
+    wait_stopped(&mut a);
+    let sessions: Vec<String> = std::fs::read_dir(cli.dir.join("repo/sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    bakare_corruption_tests::mutate_tree(std::path::Path::new(&src), 300, 23);
+    ok(&cli.cmd_as("a", &["-q", "resume", &sessions[0]]).output().unwrap(), "resume of the frozen one's session");
+    assert!(n(&prune(&cli, 2), "marked_packs") > 0);
+    let deleted = n(&prune(&cli, 4), "deleted_packs");
+    assert!(deleted > 0, "nothing holds the mark back: the session is gone");
+    assert!(signal(&a, "-CONT"));
+    let out = finish(a);
+    ok(&out, "the frozen backup, continued");
+    assert!(n(&report_of(&out), "passes") > 1, "it walked again: {}", report_of(&out));
+    check_all(&cli, &src);
+}

@@ -193,10 +193,18 @@ impl Heartbeat {
                     cvar.wait_timeout(stopped, every).unwrap_or_else(std::sync::PoisonError::into_inner);
                 stopped = guard;
                 if timeout.timed_out() && !*stopped {
-                    session.heartbeat_ns = clock::now_ns();
-                    // A failed renewal is retried at the next beat; the backup itself reports
-                    // repository errors.
-                    let _ = repo.put_session(&session);
+                    // A record that is gone is not written again (a prune declared the
+                    // session expired, or a `resume` took it over): the backup finds out at
+                    // its next check. A failed renewal is retried at the next beat; the
+                    // backup itself reports repository errors.
+                    match repo.session_standing(&session.id) {
+                        Ok(true) => {
+                            session.heartbeat_ns = clock::now_ns();
+                            let _ = repo.put_session(&session);
+                        }
+                        Ok(false) => break,
+                        Err(_) => {}
+                    }
                 }
             }
         });
@@ -232,6 +240,10 @@ enum Checkpointing {
 /// Garbage collection marking under a running backup makes it walk again; after this many
 /// walks it stops, resumable.
 const MAX_PASSES: u32 = 3;
+
+/// A commit takes a moment: one that took longer slept (suspended, frozen) between its last
+/// check and its snapshot, and its snapshot is taken back and made again.
+const COMMIT_SLEEP_NS: i64 = 3_600 * 1_000_000_000;
 
 /// What one walk over the sources produced.
 struct PassOutcome {
@@ -342,18 +354,30 @@ pub fn backup(
             // stops first.)
             heartbeat = None;
             bakare_store::failpoint::hit("after-fence");
-            let id = repo.save_snapshot_after(&snapshot, |id| {
-                repo.put_session(&Session { committing: Some(*id), heartbeat_ns: clock::now_ns(), ..session.clone() })
-            })?;
-            // Frozen between the fence and here past its session's expiry, the backup wrote a
-            // snapshot a sweep that no longer waited for it may have taken data from: a
-            // prune declares the session expired before any sweep relies on that, so the
-            // snapshot stands if the declaration is not there now.
+            // The commit writes the session record again: never one that is gone (a prune
+            // declared it expired, or a `resume` took the session over and finished it),
+            // which would make the session stand again.
+            let checked = clock::now_ns();
             if repo.session_standing(&session.id)? {
-                checkpoints.extend(out.checkpoints.iter().cloned());
-                break (id, snapshot, out.errors, out.memo_warnings);
+                let id = repo.save_snapshot_after(&snapshot, |id| {
+                    repo.put_session(&Session {
+                        committing: Some(*id),
+                        heartbeat_ns: clock::now_ns(),
+                        ..session.clone()
+                    })
+                })?;
+                // Frozen between the fence and here past its session's expiry, the backup
+                // wrote a snapshot a sweep that no longer waited for it may have taken data
+                // from: a prune declares the session expired before any sweep relies on that,
+                // so the snapshot stands if the declaration is not there now, and if no long
+                // sleep came between the check above and the snapshot.
+                let slept = clock::now_ns().saturating_sub(checked) > COMMIT_SLEEP_NS;
+                if !slept && repo.session_standing(&session.id)? {
+                    checkpoints.extend(out.checkpoints.iter().cloned());
+                    break (id, snapshot, out.errors, out.memo_warnings);
+                }
+                repo.remove_snapshot(&id)?;
             }
-            repo.remove_snapshot(&id)?;
         }
         // A broken pass's checkpoints may name data a collector has swept since: they go
         // before anything else can stop this backup (resume would check them, but verify

@@ -66,6 +66,12 @@ pub fn finish_committed(repo: &Repository, session: &Session) -> Result<Option<S
     if !repo.snapshot_exists(&id)? {
         return Ok(None);
     }
+    // Killed while it took back a snapshot written under a session a prune had declared
+    // expired: that snapshot may name swept data, so it goes and the backup is resumed.
+    if !repo.session_standing(&session.id)? {
+        repo.remove_snapshot(&id)?;
+        return Ok(None);
+    }
     for (path, _) in repo.checkpoints(&session.id)? {
         repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
     }
@@ -84,6 +90,9 @@ pub struct Prepared {
 pub fn prepare_resume(repo: &Repository, memo: &Memo, session: &Session) -> Result<Prepared, PlanError> {
     // Adopted under the session: if a prune declared it expired meanwhile, the segment is
     // taken back (a sweep may have deleted what it lists) and the walk starts anew.
+    // The record says first that the session runs again: an interrupted one holds no mark
+    // back, and the packs about to be adopted must not be swept while it adopts them.
+    repo.put_session(&Session { interrupted: false, heartbeat_ns: clock::now_ns(), ..session.clone() })?;
     repo.write_for_session(session.id);
     let adopted_packs = bakare_store::maintenance::orphans::adopt(repo)?;
     let mut records = Vec::new();

@@ -542,6 +542,15 @@ pub fn execute(repo: &Repository, plan: PrunePlan, policy: &GcPolicy) -> Result<
         unchanged_since(repo, &survey.segment_paths, &read_marks, swept)
     };
     fence(&[])?;
+    // Expired sessions are declared first, so that a later failure here does not leave them
+    // holding marks back for another run.
+    for s in &survey.expired {
+        if survey.declared.contains(&s.id) {
+            repo.remove_session(s)?;
+        } else {
+            repo.declare_expired(s)?;
+        }
+    }
     // Put back what is referenced again first.
     write_segments(repo, restore)?;
     for pack in &deletions {
@@ -575,13 +584,6 @@ pub fn execute(repo: &Repository, plan: PrunePlan, policy: &GcPolicy) -> Result<
     }
     for path in &survey.stale_checkpoints {
         backend.delete(path)?;
-    }
-    for s in &survey.expired {
-        if survey.declared.contains(&s.id) {
-            repo.remove_session(s)?;
-        } else {
-            repo.declare_expired(s)?;
-        }
     }
     for path in &survey.old_declarations {
         backend.delete(path)?;

@@ -323,7 +323,6 @@ impl Repository {
         self.writer.flush(&self.core, &self.index)
     }
 
-    /// Whether garbage collection took a pack from under this handle (see [`Repository::flush`]).
     /// Says that this handle writes for the backup session `id`: each index segment it writes
     /// is then checked against the session's standing ([`Repository::session_standing`]),
     /// and taken back, the handle poisoned, if a prune declared the session expired.
@@ -331,6 +330,7 @@ impl Repository {
         *lock(&self.writer.session) = Some(id);
     }
 
+    /// Whether garbage collection took a pack from under this handle (see [`Repository::flush`]).
     pub fn is_poisoned(&self) -> bool {
         self.writer.is_poisoned()
     }

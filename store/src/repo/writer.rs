@@ -426,11 +426,13 @@ impl BlobWriter {
     /// declaration is not there now. Else it goes, and the handle's work is void (poisoned).
     pub(crate) fn take_back_unless_standing(&self, core: &Core, segment: crate::Digest) -> Result<()> {
         let session = *lock(&self.session);
+        // A check that fails counts as a declaration: the handle is poisoned first, so that
+        // a failed deletion leaves nothing this handle may commit.
         if let Some(id) = session
-            && !super::catalog::session_standing(core, &id)?
+            && !super::catalog::session_standing(core, &id).unwrap_or(false)
         {
-            core.backend.delete(&format!("index/{segment}"))?;
             self.poisoned.store(true, Ordering::Relaxed);
+            core.backend.delete(&format!("index/{segment}"))?;
         }
         Ok(())
     }
