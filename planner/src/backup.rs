@@ -353,30 +353,9 @@ pub fn backup(
             // into a second one. (The heartbeat thread writes the session record too: it
             // stops first.)
             heartbeat = None;
-            bakare_store::failpoint::hit("after-fence");
-            // The commit writes the session record again: never one that is gone (a prune
-            // declared it expired, or a `resume` took the session over and finished it),
-            // which would make the session stand again.
-            let checked = clock::now_ns();
-            if repo.session_standing(&session.id)? {
-                let id = repo.save_snapshot_after(&snapshot, |id| {
-                    repo.put_session(&Session {
-                        committing: Some(*id),
-                        heartbeat_ns: clock::now_ns(),
-                        ..session.clone()
-                    })
-                })?;
-                // Frozen between the fence and here past its session's expiry, the backup
-                // wrote a snapshot a sweep that no longer waited for it may have taken data
-                // from: a prune declares the session expired before any sweep relies on that,
-                // so the snapshot stands if the declaration is not there now, and if no long
-                // sleep came between the check above and the snapshot.
-                let slept = clock::now_ns().saturating_sub(checked) > COMMIT_SLEEP_NS;
-                if !slept && repo.session_standing(&session.id)? {
-                    checkpoints.extend(out.checkpoints.iter().cloned());
-                    break (id, snapshot, out.errors, out.memo_warnings);
-                }
-                repo.remove_snapshot(&id)?;
+            if let Some(id) = commit(&repo, &session, &snapshot)? {
+                checkpoints.extend(out.checkpoints.iter().cloned());
+                break (id, snapshot, out.errors, out.memo_warnings);
             }
         }
         // A broken pass's checkpoints may name data a collector has swept since: they go
@@ -398,20 +377,9 @@ pub fn backup(
             // Declared expired: whatever this session writes is void from now on, so the
             // walk goes on under a new one (which holds back only marks made after it).
             heartbeat = None;
-            let now = clock::now_ns();
-            let renewed = Session {
-                id: Session::new_id()?,
-                started_ns: now,
-                heartbeat_ns: now,
-                checkpoints: 0,
-                interrupted: false,
-                committing: None,
-                ..session.clone()
-            };
-            let old = std::mem::replace(&mut session, renewed);
+            let next = renewed(&fresh, &session)?;
+            let old = std::mem::replace(&mut session, next);
             seq = 0;
-            fresh.put_session(&session)?;
-            fresh.remove_session(&old)?;
             given_up.push(old);
         }
         fresh.write_for_session(session.id);
@@ -439,6 +407,51 @@ pub fn backup(
     }
     repo.remove_session(&session)?;
     Ok(BackupReport { id, snapshot, errors, memo_warnings, passes })
+}
+
+/// Writes the snapshot of an intact pass, if the session stands before and after: its id,
+/// or `None` when the snapshot was not written or was taken back (the pass is then void).
+fn commit(repo: &Repository, session: &Session, snapshot: &Snapshot) -> Result<Option<SnapshotId>, PlanError> {
+    bakare_store::failpoint::hit("after-fence");
+    // The commit writes the session record again: never one that is gone (a prune declared
+    // it expired, or a `resume` took the session over and finished it), which would make the
+    // session stand again.
+    let checked = clock::now_ns();
+    if !repo.session_standing(&session.id)? {
+        return Ok(None);
+    }
+    let id = repo.save_snapshot_after(snapshot, |id| {
+        repo.put_session(&Session { committing: Some(*id), heartbeat_ns: clock::now_ns(), ..session.clone() })
+    })?;
+    // Frozen between the fence and here past its session's expiry, the backup wrote a
+    // snapshot a sweep that no longer waited for it may have taken data from: a prune
+    // declares the session expired before any sweep relies on that, so the snapshot stands
+    // if the declaration is not there now, and if no long sleep came between the check
+    // above and the snapshot.
+    let slept = clock::now_ns().saturating_sub(checked) > COMMIT_SLEEP_NS;
+    if !slept && repo.session_standing(&session.id)? {
+        return Ok(Some(id));
+    }
+    repo.remove_snapshot(&id)?;
+    Ok(None)
+}
+
+/// A new session for the same backup, registered in place of `old` (which a prune declared
+/// expired): it holds back only marks made after it started.
+fn renewed(repo: &Repository, old: &Session) -> Result<Session, PlanError> {
+    let now = clock::now_ns();
+    let session = Session {
+        id: Session::new_id()?,
+        started_ns: now,
+        heartbeat_ns: now,
+        checkpoints: 0,
+        interrupted: false,
+        committing: None,
+        ..old.clone()
+    };
+    repo.put_session(&session)?;
+    repo.remove_session(old)?;
+    Ok(session)
 }
 
 /// The statistics of the snapshot a complete pass makes: the run's counters, and the bytes
