@@ -293,6 +293,14 @@ fn a_prune_frozen_while_another_prunes_writes_nothing_stale() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another prune changed the index"), "{out:?}");
 }
 
+/// The ids of the session records in the repository.
+fn session_ids(cli: &Cli) -> Vec<String> {
+    std::fs::read_dir(cli.dir.join("repo/sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// The backup's report: the last JSON line it printed.
 fn report_of(out: &Output) -> serde_json::Value {
     String::from_utf8_lossy(&out.stdout).lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap()
@@ -382,10 +390,7 @@ fn a_resume_frozen_before_it_adopts_past_expiry() {
     wait_stopped(&mut killed);
     killed.kill().unwrap();
     let _ = killed.wait();
-    let sessions: Vec<String> = std::fs::read_dir(cli.dir.join("repo/sessions"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let sessions = session_ids(&cli);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let mut c =
         cli.cmd_as("c", &["--json", "resume", &sessions[0]]).env("BAKARE_FAILPOINT", "before-adopt").spawn().unwrap();
@@ -409,10 +414,7 @@ fn frozen_after_the_fence_while_resume_takes_the_session_over() {
     let (_tmp, cli, src) = forgotten_backup("taken-over");
     let mut a = cli.cmd_as("a", &["--json", "backup", &src]).env("BAKARE_FAILPOINT", "after-fence").spawn().unwrap();
     wait_stopped(&mut a);
-    let sessions: Vec<String> = std::fs::read_dir(cli.dir.join("repo/sessions"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let sessions = session_ids(&cli);
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     bakare_corruption_tests::mutate_tree(std::path::Path::new(&src), 300, 23);
     ok(&cli.cmd_as("a", &["-q", "resume", &sessions[0]]).output().unwrap(), "resume of the frozen one's session");

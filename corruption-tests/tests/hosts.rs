@@ -67,7 +67,8 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
                 at(cli.cmd_as(h, &args), day).spawn().unwrap()
             })
             .collect();
-        let mut pruner = at(cli.cmd_as("c", &["-q", "forget", "--keep-last", "2", "--prune"]), day).spawn().unwrap();
+        let forget = ["-q", "forget", "--keep-last", "2", "--prune"];
+        let mut pruner = at(cli.cmd_as("c", &forget), day).spawn().unwrap();
         // One of the three is killed or frozen at a random moment, or none is.
         let victim = rng.below(4);
         let freeze = rng.below(2) == 0;
@@ -122,7 +123,7 @@ fn two_hosts_and_a_prune_loop_with_kills_and_freezes() {
         } else if !pruned.status.success() {
             // Killed, perhaps between a snapshot's mirror and the snapshot (which verify
             // rightly reports): the user runs the interrupted command again.
-            let again = at(cli.cmd_as("c", &["-q", "forget", "--keep-last", "2", "--prune"]), day).output().unwrap();
+            let again = at(cli.cmd_as("c", &forget), day).output().unwrap();
             ok(&again, "forget --prune, run again after the kill");
         }
         for ((b, expected), (src, host)) in backups.into_iter().zip(&expected).zip(srcs.iter().zip(hosts)) {

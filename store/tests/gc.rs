@@ -60,6 +60,15 @@ fn run(repo: &Repository, policy: GcPolicy) -> PruneReport {
     prune(repo, "gc-host", None, &policy).unwrap()
 }
 
+/// A repository with a kept snapshot and a forgotten one, whose packs are garbage.
+fn with_forgotten_snapshot() -> (Arc<MemoryBackend>, Repository) {
+    let (backend, repo) = repo();
+    snapshot(&repo, 1, 2);
+    let (gone, _) = snapshot(&repo, 50, 2);
+    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    (backend, repo)
+}
+
 fn immediate() -> GcPolicy {
     GcPolicy { min_pack_age_ns: 0, grace_ns: 0, ..GcPolicy::default() }
 }
@@ -111,10 +120,7 @@ fn marks_then_sweeps_what_no_snapshot_uses() {
 
 #[test]
 fn a_live_session_older_than_the_mark_holds_the_sweep_back() {
-    let (backend, repo) = repo();
-    snapshot(&repo, 1, 2);
-    let (gone, _) = snapshot(&repo, 50, 2);
-    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let (backend, repo) = with_forgotten_snapshot();
     let now = clock::now_ns();
     let laptop = session(now - DAY, now);
     repo.put_session(&laptop).unwrap();
@@ -146,10 +152,7 @@ fn a_live_session_older_than_the_mark_holds_the_sweep_back() {
 /// what it writes.
 #[test]
 fn a_declared_session_that_wakes_holds_back_but_does_not_stand() {
-    let (backend, repo) = repo();
-    snapshot(&repo, 1, 2);
-    let (gone, _) = snapshot(&repo, 50, 2);
-    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let (backend, repo) = with_forgotten_snapshot();
     let now = clock::now_ns();
     let sleeper = session(now - 9 * DAY, now - 8 * DAY);
     repo.put_session(&sleeper).unwrap();
@@ -171,10 +174,7 @@ fn a_declared_session_that_wakes_holds_back_but_does_not_stand() {
 
 #[test]
 fn an_interrupted_session_holds_no_sweep_back_but_keeps_its_checkpoints_data() {
-    let (_, repo) = repo();
-    snapshot(&repo, 1, 2);
-    let (gone, _) = snapshot(&repo, 50, 2);
-    bakare_store::forget::remove_snapshot(&repo, &gone).unwrap();
+    let (_, repo) = with_forgotten_snapshot();
     let now = clock::now_ns();
     let stopped = Session { interrupted: true, ..session(now - DAY, now) };
     repo.put_session(&stopped).unwrap();

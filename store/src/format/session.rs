@@ -78,6 +78,37 @@ impl From<SessionV1> for Session {
     }
 }
 
+/// Where prunes file the records of sessions they declared expired.
+pub const EXPIRED_SESSIONS: &str = "sessions.expired";
+
+/// A session id as its object names carry it: 32 lowercase hex digits.
+pub fn id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `sessions/<id>`: a session's record.
+pub fn record_path(id: &[u8; 16]) -> String {
+    format!("sessions/{}", id_hex(id))
+}
+
+/// `sessions.expired/<id>`: a prune's declaration that the session expired.
+pub fn declaration_path(id: &[u8; 16]) -> String {
+    format!("{EXPIRED_SESSIONS}/{}", id_hex(id))
+}
+
+/// The session id the last component of a `sessions/` or `sessions.expired/` path names.
+pub fn id_of_name(path: &str) -> Option<[u8; 16]> {
+    let name = path.rsplit('/').next()?;
+    if name.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
 impl Session {
     /// A new random session id.
     pub fn new_id() -> Result<[u8; 16]> {
@@ -87,11 +118,11 @@ impl Session {
     }
 
     pub fn id_hex(&self) -> String {
-        self.id.iter().map(|b| format!("{b:02x}")).collect()
+        id_hex(&self.id)
     }
 
     pub fn path(&self) -> String {
-        format!("sessions/{}", self.id_hex())
+        record_path(&self.id)
     }
 
     pub fn encode(&self, index_key: &SymmetricKey) -> Result<Vec<u8>> {
@@ -107,11 +138,7 @@ impl Session {
     /// Decodes `sessions/<id>`; the id inside must be the one in the name.
     pub fn decode(name: &str, bytes: &[u8], index_key: &SymmetricKey) -> Result<Self> {
         let sealed = check_header(name, ObjectKind::Session, bytes)?;
-        let id_hex = name.rsplit('/').next().unwrap_or_default();
-        let id: Vec<u8> = (0..id_hex.len() / 2)
-            .filter_map(|i| id_hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
-        let id: [u8; 16] = id.try_into().map_err(|_| StoreError::corrupt(name, "name is not a session id"))?;
+        let id = id_of_name(name).ok_or_else(|| StoreError::corrupt(name, "name is not a session id"))?;
         let mut aad = bytes.get(..8).unwrap_or_default().to_vec();
         aad.extend_from_slice(&id);
         let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;

@@ -7,43 +7,23 @@ use bakare_crypto::MasterKey;
 
 use super::{Repository, SnapshotList};
 use crate::format::object::{get_verified, id_of_path, verify_name};
-use crate::format::session::{Checkpoint, Session};
+use crate::format::session::{self, Checkpoint, Session};
 use crate::format::snapshot::Snapshot;
 use crate::ids::SnapshotId;
 use crate::{Result, StoreError};
 
-/// Where prunes file the records of sessions they declared expired.
-pub(crate) const EXPIRED_SESSIONS: &str = "sessions.expired";
-
-fn hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(crate) fn expired_path(id: &[u8; 16]) -> String {
-    format!("{EXPIRED_SESSIONS}/{}", hex(id))
-}
-
-/// The session id a `sessions/` or `sessions.expired/` path names.
-fn session_id_of(path: &str) -> Option<[u8; 16]> {
-    let name = path.rsplit('/').next()?;
-    if name.len() != 32 {
-        return None;
+/// Whether an object exists at `path`.
+fn exists(core: &super::Core, path: &str) -> Result<bool> {
+    match core.backend.size(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
 }
 
 /// Whether session `id`'s record exists and no declaration of its expiry does.
 pub(crate) fn session_standing(core: &super::Core, id: &[u8; 16]) -> Result<bool> {
-    let exists = |path: &str| match core.backend.size(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(StoreError::from(e)),
-    };
-    Ok(exists(&format!("sessions/{}", hex(id)))? && !exists(&expired_path(id))?)
+    Ok(exists(core, &session::record_path(id))? && !exists(core, &session::declaration_path(id))?)
 }
 
 impl Repository {
@@ -69,10 +49,8 @@ impl Repository {
     /// Whether `snapshots/<id>` or its mirror exists (needs no key).
     pub fn snapshot_exists(&self, id: &SnapshotId) -> Result<bool> {
         for dir in ["snapshots", "snapshots.mirror"] {
-            match self.core.backend.size(&format!("{dir}/{id}")) {
-                Ok(_) => return Ok(true),
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+            if exists(&self.core, &format!("{dir}/{id}"))? {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -192,7 +170,7 @@ impl Repository {
     /// treats what it wrote since the one before as void.
     pub fn declare_expired(&self, session: &Session) -> Result<()> {
         let bytes = session.encode(&self.core.access.write_key().index_key)?;
-        self.core.backend.put(&expired_path(&session.id), &bytes)?;
+        self.core.backend.put(&session::declaration_path(&session.id), &bytes)?;
         self.remove_session(session)
     }
 
@@ -201,9 +179,9 @@ impl Repository {
         Ok(self
             .core
             .backend
-            .list_stat(EXPIRED_SESSIONS)?
+            .list_stat(session::EXPIRED_SESSIONS)?
             .into_iter()
-            .filter_map(|(path, st)| session_id_of(&path).map(|id| (path, id, st)))
+            .filter_map(|(path, st)| session::id_of_name(&path).map(|id| (path, id, st)))
             .collect())
     }
 
