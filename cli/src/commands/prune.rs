@@ -175,10 +175,9 @@ fn print_report(r: &bakare_store::prune::PruneReport, dry_run: bool) -> Result<(
     }
     if r.expired_sessions > 0 || r.removed_checkpoints > 0 {
         out!(
-            "{would}declared expired: {} sessions (marks they held back are settled by the next prune); removed: {} \
-             checkpoints",
-            r.expired_sessions,
-            r.removed_checkpoints
+            "{would}declared expired: {} (marks they held back are settled by the next prune); removed: {}",
+            crate::output::count(r.expired_sessions as u64, "session", "sessions"),
+            crate::output::count(r.removed_checkpoints as u64, "checkpoint", "checkpoints")
         )?;
     }
     if r.removed_temporaries > 0 {
