@@ -66,7 +66,8 @@ pub struct Global {
     /// (s, m, h suffixes)
     #[arg(long, global = true, env = "BAKARE_RETRY_BUDGET", hide_env_values = true, default_value = "15m", value_name = "DURATION", value_parser = parse_duration)]
     pub retry_budget: std::time::Duration,
-    /// A remote request that moves no bytes for this long is tried again (s, m suffixes)
+    /// A remote request that moves no bytes for this long is tried again (s, m suffixes);
+    /// after a timeout the next requests get twice as long, up to 8 times, until calm
     #[arg(long, global = true, env = "BAKARE_STALL_TIMEOUT", hide_env_values = true, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub stall_timeout: std::time::Duration,
     /// SFTP host key check: strict (the host must be in ~/.ssh/known_hosts), add (add

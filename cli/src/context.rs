@@ -19,12 +19,23 @@ pub struct Context {
     pub budget: Budget,
     /// The cache folders were made private (once per command).
     private: std::sync::Once,
+    /// The command's one handle on the repository's storage: a remote one holds its
+    /// connections (an ssh login each), which every part of the command shares.
+    backend: std::sync::OnceLock<Arc<dyn Backend>>,
+    /// The repository's config, read once per command (each read is a round trip).
+    config: std::sync::OnceLock<bakare_store::Config>,
 }
 
 impl Context {
     pub fn new(global: Global) -> Self {
         let budget = Budget::new(global.memory_limit);
-        Self { global, budget, private: std::sync::Once::new() }
+        Self {
+            global,
+            budget,
+            private: std::sync::Once::new(),
+            backend: std::sync::OnceLock::new(),
+            config: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn repo_path(&self) -> Result<PathBuf> {
@@ -46,7 +57,26 @@ impl Context {
         }
     }
 
+    /// The storage of the repository (made on first use, then shared).
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        if let Some(b) = self.backend.get() {
+            return Ok(b.clone());
+        }
+        let made = self.make_backend()?;
+        Ok(self.backend.get_or_init(|| made).clone())
+    }
+
+    /// The repository's config (`config`, or its mirror) on `backend` (this command's:
+    /// [`Context::backend`]), read on first use.
+    pub fn read_config(&self, backend: &dyn Backend) -> Result<bakare_store::Config, StoreError> {
+        if let Some(c) = self.config.get() {
+            return Ok(c.clone());
+        }
+        let read = Repository::read_config(backend)?;
+        Ok(self.config.get_or_init(|| read).clone())
+    }
+
+    fn make_backend(&self) -> Result<Arc<dyn Backend>> {
         let Some(url) = self.remote_url()? else {
             return Ok(Arc::new(LocalBackend::new(self.repo_path()?)));
         };
@@ -153,19 +183,19 @@ impl Context {
             return self.local_index(repo);
         }
         // Check it is a repository before asking for a passphrase.
-        self.check_config(backend.as_ref())?;
+        let config = self.check_config(backend.as_ref())?;
         let pass = self.passphrase(false)?;
-        let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
+        let repo = Repository::open_with_passphrase_and_config(backend, config, pass.as_bytes())
             .with_context(|| format!("opening repository {location}"))?;
         self.local_index(repo)
     }
 
     /// Reads the repository's config (no key needed), or says there is no repository there
     /// and how to create one.
-    fn check_config(&self, backend: &dyn Backend) -> Result<()> {
+    fn check_config(&self, backend: &dyn Backend) -> Result<bakare_store::Config> {
         let location = backend.location();
-        match Repository::read_config(backend) {
-            Ok(_) => Ok(()),
+        match self.read_config(backend) {
+            Ok(c) => Ok(c),
             Err(StoreError::NotARepository { .. }) => Err(NoRepository(location).into()),
             Err(e) => Err(e).with_context(|| format!("opening repository {location}")),
         }
@@ -203,9 +233,9 @@ impl Context {
         }
         let backend = self.backend()?;
         let location = backend.location();
-        self.check_config(backend.as_ref())?;
+        let config = self.check_config(backend.as_ref())?;
         let pass = self.passphrase(false)?;
-        let repo = Repository::open_with_passphrase(backend, pass.as_bytes())
+        let repo = Repository::open_with_passphrase_and_config(backend, config, pass.as_bytes())
             .with_context(|| format!("opening repository {location}"))?;
         Ok((self.local_index(repo)?, pass))
     }
@@ -218,7 +248,7 @@ impl Context {
         let backend = self.backend()?;
         let location = backend.location();
         let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-        match Repository::read_config(backend.as_ref()) {
+        match self.read_config(backend.as_ref()) {
             Err(StoreError::NotARepository { .. })
                 if self.global.key_file.is_none() && self.global.repo.is_none() && interactive =>
             {

@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     }
     let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?;
     // Opening the memo (redb's integrity check) runs while the key is unlocked (argon2id).
-    let early = bakare_store::Repository::read_config(ctx.backend()?.as_ref()).ok().map(|config| {
+    let early = ctx.read_config(ctx.backend()?.as_ref()).ok().map(|config| {
         std::thread::scope(|s| {
             let memo = s.spawn(move || ctx.memo_of(&config));
             let opened = ctx.open_or_init();

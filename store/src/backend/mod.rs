@@ -157,3 +157,70 @@ pub trait Backend: Send + Sync {
         Ok(out)
     }
 }
+
+/// How many requests to send at once when a command has several independent ones: a
+/// remote store answers each after a round trip but many in parallel (as many as it has
+/// connections); a local one gains nothing.
+pub fn request_width(backend: &dyn Backend) -> usize {
+    if backend.is_remote() { backend.parallel_writes().clamp(1, 16) } else { 1 }
+}
+
+/// `f` of every item, `width` at a time on scoped threads (in order on this thread when
+/// `width` is 1); the results in the items' order. A panic in `f` is raised again here,
+/// as it would be on one thread.
+pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, width: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    if width <= 1 || n <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..width.min(n))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+                        let Some((i, item)) = next else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::in_parallel;
+
+    #[test]
+    fn results_come_in_the_items_order_whatever_the_width() {
+        for width in [1, 2, 5, 64] {
+            let got = in_parallel((0..100u64).collect(), width, |i| {
+                // Later items finish first.
+                std::thread::sleep(std::time::Duration::from_micros(100 - i));
+                i * 2
+            });
+            assert_eq!(got, (0..100u64).map(|i| i * 2).collect::<Vec<_>>(), "width {width}");
+        }
+    }
+
+    #[test]
+    fn items_run_at_once_up_to_the_width() {
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        in_parallel(vec![(); 12], 4, |()| {
+            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let most = most.into_inner();
+        assert!(most > 1 && most <= 4, "{most} at once");
+    }
+}

@@ -122,7 +122,16 @@ impl Default for RemoteOptions {
 
 /// A repository on S3-compatible storage or SFTP (see the module documentation).
 pub struct RemoteBackend {
-    op: Operator,
+    /// One operator per stall timeout: [`RemoteOptions::stall_timeout`] times 1, 2, 4, 8,
+    /// all on the same connections. Requests use `ops[slow]`.
+    ops: Vec<Operator>,
+    /// Which timeout requests get now: one step longer after each request that timed out,
+    /// one step shorter after [`CALM_STEP`] successes in a row. A link whose stalls outlast
+    /// the timeout (TCP's retransmission backoff under heavy loss, an ssh login taking
+    /// several round trips) would otherwise see every retry cut off the same way.
+    slow: AtomicU32,
+    /// Successes in a row since `slow` last changed.
+    calm: AtomicU32,
     rt: tokio::runtime::Runtime,
     url: RemoteUrl,
     options: RemoteOptions,
@@ -137,6 +146,12 @@ pub struct RemoteBackend {
 /// ssh logins that may fail (a connection reset during the key exchange) before a failure
 /// to log in with the server reachable counts as permanent (a key or host key refused).
 const LOGIN_TRIES: u32 = 3;
+
+/// Stall timeouts a backend steps through (the option's, times 1, 2, 4, 8).
+const TIMEOUT_STEPS: u32 = 4;
+
+/// Successes in a row after which requests get the next shorter stall timeout again.
+const CALM_STEP: u32 = 32;
 
 impl RemoteBackend {
     pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
@@ -170,8 +185,12 @@ impl RemoteBackend {
                 Operator::new(b).map_err(config)?
             }
         };
-        let op =
-            op.layer(TimeoutLayer::new().with_timeout(options.stall_timeout).with_io_timeout(options.stall_timeout));
+        let ops = (0..TIMEOUT_STEPS)
+            .map(|k| {
+                let t = options.stall_timeout.saturating_mul(1 << k);
+                op.clone().layer(TimeoutLayer::new().with_timeout(t).with_io_timeout(t))
+            })
+            .collect::<Vec<_>>();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("bakare-net")
@@ -184,32 +203,67 @@ impl RemoteBackend {
         let cap = op.info().capability();
         let via_rename = matches!(url, RemoteUrl::Sftp { .. }) && cap.rename;
         let conditional_put = cap.write_with_if_not_exists && !via_rename;
-        Ok(Self { op, rt, url, options, via_rename, conditional_put, login_failures: AtomicU32::new(0) })
+        Ok(Self {
+            ops,
+            slow: AtomicU32::new(0),
+            calm: AtomicU32::new(0),
+            rt,
+            url,
+            options,
+            via_rename,
+            conditional_put,
+            login_failures: AtomicU32::new(0),
+        })
+    }
+
+    /// The operator with the stall timeout in force now.
+    fn op(&self) -> &Operator {
+        let k = self.slow.load(Ordering::Relaxed) as usize;
+        &self.ops[k.min(self.ops.len() - 1)]
+    }
+
+    /// The stall timeout requests get now.
+    pub fn stall_timeout_now(&self) -> std::time::Duration {
+        self.options.stall_timeout.saturating_mul(1 << self.slow.load(Ordering::Relaxed).min(TIMEOUT_STEPS - 1))
+    }
+
+    /// After a request: a timeout lengthens the next requests' stall timeout one step, a
+    /// run of successes shortens it one step.
+    fn note_outcome(&self, timed_out: bool) {
+        if timed_out {
+            self.calm.store(0, Ordering::Relaxed);
+            let _ = self
+                .slow
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| (k + 1 < TIMEOUT_STEPS).then_some(k + 1));
+        } else if self.calm.fetch_add(1, Ordering::Relaxed) + 1 >= CALM_STEP {
+            self.calm.store(0, Ordering::Relaxed);
+            let _ = self.slow.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1));
+        }
     }
 
     fn put_bytes(&self, path: &str, bytes: opendal::Buffer, if_absent: bool) -> Result<(), BackendError> {
         if self.via_rename {
             let tmp = temp_name(path);
             let written = self.call(path, async {
-                self.op.write(&tmp, bytes.clone()).await?;
-                match self.op.rename(&tmp, path).await {
+                self.op().write(&tmp, bytes.clone()).await?;
+                match self.op().rename(&tmp, path).await {
                     // A prune removed the temporary file (this process slept past the
                     // session expiry): write it once more.
                     Err(e) if e.kind() == ErrorKind::NotFound => {
-                        self.op.write(&tmp, bytes).await?;
-                        self.op.rename(&tmp, path).await
+                        self.op().write(&tmp, bytes).await?;
+                        self.op().rename(&tmp, path).await
                     }
                     other => other,
                 }
             });
             if written.is_err() {
-                let _ = self.rt.block_on(self.op.delete(&tmp));
+                let _ = self.rt.block_on(self.op().delete(&tmp));
             }
             return written;
         }
         let conditional = if_absent && self.conditional_put;
         self.call(path, async {
-            match self.op.write_with(path, bytes).if_not_exists(conditional).await {
+            match self.op().write_with(path, bytes).if_not_exists(conditional).await {
                 Ok(_) => Ok(()),
                 // Already there: names are hashes of the bytes, so it holds these bytes.
                 Err(e) if conditional && e.kind() == ErrorKind::ConditionNotMatch => Ok(()),
@@ -227,9 +281,15 @@ impl RemoteBackend {
         match self.rt.block_on(fut) {
             Ok(v) => {
                 self.login_failures.store(0, Ordering::Relaxed);
+                self.note_outcome(false);
                 Ok(v)
             }
-            Err(e) => Err(self.error(path, e)),
+            Err(e) => {
+                // OpenDAL's timeout layer: "operation timeout reached", "io operation
+                // timeout reached".
+                self.note_outcome(e.to_string().contains("timeout reached"));
+                Err(self.error(path, e))
+            }
         }
     }
 
@@ -334,7 +394,7 @@ impl Backend for RemoteBackend {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
-        let buf = self.call(path, self.op.read(path))?;
+        let buf = self.call(path, self.op().read(path))?;
         Ok(buf.to_vec())
     }
 
@@ -343,7 +403,7 @@ impl Backend for RemoteBackend {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(len);
-        let got = match self.call(path, self.op.read_with(path).range(offset..end).into_future()) {
+        let got = match self.call(path, self.op().read_with(path).range(offset..end).into_future()) {
             Ok(buf) if buf.len() as u64 == len => return Ok(buf.to_vec()),
             Ok(buf) => buf.len() as u64,
             Err(BackendError::ShortRead { .. }) => 0,
@@ -372,7 +432,7 @@ impl Backend for RemoteBackend {
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         self.call(path, async {
-            match self.op.delete(path).await {
+            match self.op().delete(path).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                 other => other,
             }
@@ -380,7 +440,7 @@ impl Backend for RemoteBackend {
     }
 
     fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
-        let m = self.call(path, self.op.stat(path))?;
+        let m = self.call(path, self.op().stat(path))?;
         stat_of(path, &m)
     }
 
@@ -404,7 +464,7 @@ impl Backend for RemoteBackend {
             return Ok(0);
         }
         let entries = self.call("", async {
-            match self.op.list_with("").recursive(true).await {
+            match self.op().list_with("").recursive(true).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
                 other => other,
             }
@@ -439,7 +499,7 @@ impl RemoteBackend {
     fn list_stat_inner(&self, prefix: &str, with_stat: bool) -> Result<Vec<(String, ObjectStat)>, BackendError> {
         let dir = folder(prefix);
         let entries = self.call(&dir, async {
-            match self.op.list_with(&dir).recursive(true).await {
+            match self.op().list_with(&dir).recursive(true).await {
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
                 other => other,
             }
@@ -472,6 +532,29 @@ impl RemoteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stall_timeout_lengthens_after_timeouts_and_shortens_after_calm() {
+        // Made without connecting: SFTP connects on the first request.
+        let url = RemoteUrl::parse("sftp://me@127.0.0.1:1/x").unwrap().unwrap();
+        let options = RemoteOptions { stall_timeout: Duration::from_secs(2), ..RemoteOptions::default() };
+        let b = RemoteBackend::new(url, options).unwrap();
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(2));
+        b.note_outcome(true);
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(4), "one timeout: twice as long");
+        for _ in 0..5 {
+            b.note_outcome(true);
+        }
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(16), "at most 8 times the option");
+        for _ in 0..CALM_STEP - 1 {
+            b.note_outcome(false);
+        }
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(16), "not before a full run of successes");
+        b.note_outcome(false);
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(8), "one step shorter after a calm run");
+        b.note_outcome(true);
+        assert_eq!(b.stall_timeout_now(), Duration::from_secs(16), "a timeout ends the calm run");
+    }
 
     #[test]
     fn urls_parse() {

@@ -93,7 +93,12 @@ impl<B: Backend> Retrying<B> {
         &self.inner
     }
 
-    fn run<T>(&self, path: &str, mut op: impl FnMut(&B) -> Result<T, BackendError>) -> Result<T, BackendError> {
+    fn run<T>(
+        &self,
+        what: &str,
+        path: &str,
+        mut op: impl FnMut(&B) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         let start = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -102,7 +107,19 @@ impl<B: Backend> Retrying<B> {
                 return Err(BackendError::GaveUp { path: path.to_string(), secs, last });
             }
             self.acquire();
+            let sent = Instant::now();
             let result = op(&self.inner);
+            if let Some(t0) = trace_start() {
+                let outcome = match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!(
+                    "request {:9.3} s {what:<6} {path} {:.0} ms {outcome}",
+                    sent.duration_since(t0).as_secs_f64(),
+                    sent.elapsed().as_secs_f64() * 1e3
+                );
+            }
             let failed = matches!(&result, Err(e) if e.is_transient());
             self.release(failed);
             let err = match result {
@@ -164,6 +181,14 @@ fn jitter() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// With `BAKARE_TRACE_REQUESTS` set, each attempt of each operation is printed to
+/// standard error (its start since the first, the operation, the object, how long it took
+/// and how it ended): where a slow run's time goes.
+fn trace_start() -> Option<Instant> {
+    static START: std::sync::OnceLock<Option<Instant>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| std::env::var_os("BAKARE_TRACE_REQUESTS").map(|_| Instant::now()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -173,28 +198,28 @@ impl<B: Backend> Backend for Retrying<B> {
         self.inner.location()
     }
     fn put(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
-        self.run(path, |b| b.put(path, bytes))
+        self.run("put", path, |b| b.put(path, bytes))
     }
     fn replace(&self, path: &str, bytes: &[u8]) -> Result<(), BackendError> {
-        self.run(path, |b| b.replace(path, bytes))
+        self.run("replace", path, |b| b.replace(path, bytes))
     }
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
-        self.run(path, |b| b.get(path))
+        self.run("get", path, |b| b.get(path))
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        self.run(path, |b| b.get_range(path, offset, len))
+        self.run("get_range", path, |b| b.get_range(path, offset, len))
     }
     fn size(&self, path: &str) -> Result<u64, BackendError> {
-        self.run(path, |b| b.size(path))
+        self.run("size", path, |b| b.size(path))
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        self.run(prefix, |b| b.list(prefix))
+        self.run("list", prefix, |b| b.list(prefix))
     }
     fn delete(&self, path: &str) -> Result<(), BackendError> {
-        self.run(path, |b| b.delete(path))
+        self.run("delete", path, |b| b.delete(path))
     }
     fn stat(&self, path: &str) -> Result<ObjectStat, BackendError> {
-        self.run(path, |b| b.stat(path))
+        self.run("stat", path, |b| b.stat(path))
     }
     fn spool_dir(&self) -> Option<std::path::PathBuf> {
         self.inner.spool_dir()
@@ -206,15 +231,15 @@ impl<B: Backend> Backend for Retrying<B> {
         self.inner.is_remote()
     }
     fn sweep_temporaries(&self, before_ns: i64) -> Result<usize, BackendError> {
-        self.run("", |b| b.sweep_temporaries(before_ns))
+        self.run("sweep", "", |b| b.sweep_temporaries(before_ns))
     }
     /// The file stays until the upload succeeded, so every retry reads it again.
     fn put_file(&self, path: &str, file: &std::path::Path) -> Result<(), BackendError> {
-        self.run(path, |b| b.put_file_keep(path, file))?;
+        self.run("put", path, |b| b.put_file_keep(path, file))?;
         std::fs::remove_file(file).map_err(|e| BackendError::io(path, e))
     }
     fn list_stat(&self, prefix: &str) -> Result<Vec<(String, ObjectStat)>, BackendError> {
-        self.run(prefix, |b| b.list_stat(prefix))
+        self.run("list_stat", prefix, |b| b.list_stat(prefix))
     }
 }
 

@@ -1,8 +1,6 @@
 //! Snapshots, session records and checkpoints of a repository: written, listed (remote
 //! storage in parallel, through the tree cache), and named (`latest~N`, id prefixes).
 
-use std::sync::atomic::Ordering;
-
 use bakare_crypto::MasterKey;
 
 use super::{Repository, SnapshotList};
@@ -23,7 +21,14 @@ fn exists(core: &super::Core, path: &str) -> Result<bool> {
 
 /// Whether session `id`'s record exists and no declaration of its expiry does.
 pub(crate) fn session_standing(core: &super::Core, id: &[u8; 16]) -> Result<bool> {
-    Ok(exists(core, &session::record_path(id))? && !exists(core, &session::declaration_path(id))?)
+    // Both asked at once: a backup asks after every index segment, a round trip each.
+    let width = crate::backend::request_width(core.backend.as_ref());
+    let paths = vec![session::record_path(id), session::declaration_path(id)];
+    let mut found = crate::backend::in_parallel(paths, width, |p| exists(core, &p)).into_iter();
+    // (in_parallel answers each item: the defaults, not standing, are never taken)
+    let record = found.next().unwrap_or(Ok(false))?;
+    let declared = found.next().unwrap_or(Ok(true))?;
+    Ok(record && !declared)
 }
 
 impl Repository {
@@ -69,25 +74,9 @@ impl Repository {
         let mut out = Vec::new();
         let mut problems = Vec::new();
         // Remote storage answers slowly but in parallel: as many readers as connections.
-        let readers = if self.core.backend.is_remote() { self.core.backend.parallel_writes().clamp(1, 16) } else { 1 };
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let read: Vec<Vec<(SnapshotId, Result<Snapshot>)>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..readers.min(ids.len()))
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            mine.push((*id, self.read_snapshot(id, master)));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            // A reader that panicked takes the listing down with it, as it would on one
-            // thread: a snapshot silently left out would look like garbage to a prune.
-            workers.into_iter().map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-        });
-        for (id, r) in read.into_iter().flatten() {
+        let width = crate::backend::request_width(self.core.backend.as_ref());
+        let read = crate::backend::in_parallel(ids, width, |id| (id, self.read_snapshot(&id, master)));
+        for (id, r) in read {
             match r {
                 Ok(s) => out.push((id, s)),
                 Err(e) => problems.push(e.to_string()),

@@ -72,6 +72,16 @@ impl Repository {
     /// Opens with a passphrase, trying each key file.
     pub fn open_with_passphrase(backend: Arc<dyn Backend>, passphrase: &[u8]) -> Result<Self> {
         let config = Self::read_config(backend.as_ref())?;
+        Self::open_with_passphrase_and_config(backend, config, passphrase)
+    }
+
+    /// As [`Repository::open_with_passphrase`], with the config already read (by
+    /// [`Repository::read_config`]: a caller that checked for a repository first).
+    pub fn open_with_passphrase_and_config(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        passphrase: &[u8],
+    ) -> Result<Self> {
         let mut last = StoreError::WrongPassphrase;
         for path in backend.list("keys")? {
             let Some(name) = id_of_path(&path) else { continue };

@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use bakare_crypto::{EphemeralPublic, SymmetricKey};
 
 use super::index::BlobIndex;
+use super::runs::{SPAN, Spans};
 use super::{Core, lock, pack_path};
 use crate::format::index::BlobLocation;
 use crate::format::object::id_of_path;
@@ -32,7 +33,14 @@ pub(crate) struct BlobReader {
     tree_copies: OnceLock<HashMap<BlobId, Vec<BlobLocation>>>,
     /// Trees read from their second copy because the first failed (for the caller's report).
     tree_fallbacks: Mutex<Vec<String>>,
+    /// Recent spans of tree packs (remote repositories with a tree cache): trees missing
+    /// from the cache are read a span at a time, since the trees a walk reads next were
+    /// saved next to this one; a request per tree costs a round trip each.
+    tree_spans: OnceLock<Spans>,
 }
+
+/// Spans of tree packs kept in memory (of [`SPAN`] bytes each).
+const TREE_SPANS: usize = 4;
 
 /// A blob's sealed bytes within a whole pack held in memory.
 fn sealed_in<'a>(path: &str, entry: &PackEntry, pack_bytes: &'a [u8]) -> Result<&'a [u8]> {
@@ -58,7 +66,12 @@ impl BlobReader {
         {
             return Ok(plain);
         }
-        let sealed = core.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+        let (offset, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.length));
+        let sealed = if len <= SPAN / 4 {
+            self.tree_spans.get_or_init(Spans::default).read(core, TREE_SPANS, &loc.pack, offset, len)?
+        } else {
+            core.backend.get_range(&path, offset, len)?
+        };
         let plain = self.open_blob(core, &path, &loc.entry, &sealed)?;
         cache.put(key, &sealed);
         Ok(plain)

@@ -60,7 +60,7 @@ struct SpanState {
 impl Spans {
     /// `len` bytes at `start` of `pack`, from the span holding them (read first if needed);
     /// at most `capacity` spans are kept.
-    fn read(&self, core: &Core, capacity: usize, pack: &PackId, start: u64, len: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read(&self, core: &Core, capacity: usize, pack: &PackId, start: u64, len: u64) -> Result<Vec<u8>> {
         let index = start / SPAN;
         let key = (*pack, index);
         let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

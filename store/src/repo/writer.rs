@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 
 use super::index::BlobIndex;
 use super::{Core, SaveOutcome, WriteStats, lock, now_ns, pack_path};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, in_parallel};
 use crate::format::index::IndexSegment;
 use crate::format::pack::{MAX_BLOB_LEN, PackBuilder, PackBytes, PackEntry};
 use crate::ids::{BlobId, BlobKind, PackId};
@@ -387,11 +387,11 @@ impl BlobWriter {
     /// Writes every open pack, then one index segment for all packs written since the last
     /// flush. After this returns, every blob saved so far is durable and findable.
     pub(crate) fn flush(&self, core: &Core, index: &BlobIndex) -> Result<()> {
-        for pool in &self.pools {
-            for b in pool.drain().into_iter().filter(|b| !b.is_empty()) {
-                self.write_pack(core, index, b)?;
-            }
-        }
+        // The open packs of every pool at once: each upload is a round trip or more.
+        let open: Vec<PackBuilder> =
+            self.pools.iter().flat_map(|pool| pool.drain()).filter(|b| !b.is_empty()).collect();
+        let width = crate::backend::request_width(core.backend.as_ref());
+        in_parallel(open, width, |b| self.write_pack(core, index, b)).into_iter().collect::<Result<()>>()?;
         // The packs stay listed as unindexed until their segment is written.
         let packs = lock(&self.unindexed).clone();
         if packs.is_empty() {
@@ -401,11 +401,14 @@ impl BlobWriter {
         // never indexed: a sweep may have decided to delete it. This happens only to a
         // process that slept past its session's expiry; what it saved is then void.
         let marked = crate::format::marks::marked_packs(core.backend.as_ref(), &core.access.write_key().index_key)?;
-        let (packs, lost): (Vec<_>, Vec<_>) =
-            packs.into_iter().partition(|(id, _)| !marked.contains(id) && core.backend.size(&pack_path(id)).is_ok());
+        let present = in_parallel(packs.iter().map(|(id, _)| *id).collect(), width, |id| {
+            !marked.contains(&id) && core.backend.size(&pack_path(&id)).is_ok()
+        });
+        let (packs, lost): (Vec<_>, Vec<_>) = packs.into_iter().zip(present).partition(|(_, here)| *here);
+        let packs: Vec<_> = packs.into_iter().map(|(p, _)| p).collect();
         if !lost.is_empty() {
             self.poisoned.store(true, Ordering::Relaxed);
-            let gone: HashSet<PackId> = lost.iter().map(|(id, _)| *id).collect();
+            let gone: HashSet<PackId> = lost.iter().map(|((id, _), _)| *id).collect();
             lock(&self.unindexed).retain(|(pack, _)| !gone.contains(pack));
         }
         if packs.is_empty() {
