@@ -519,3 +519,158 @@ fn answer_status(mut client: TcpStream, code: u16) {
 fn reset(stream: &TcpStream) {
     let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
 }
+
+/// A network namespace of its own whose loopback drops packets at random, in the kernel:
+/// an `iptables` rule with the `statistic` match on the namespace's `lo` (both directions
+/// of every connection cross it, so a rate of p drops p of the packets each way), and
+/// optionally a `tc tbf` bandwidth limit. Servers and bakare run inside it through
+/// [`LossyNet::inside`]; the namespace is deleted on drop.
+///
+/// Needs root, `ip` (iproute2) and `iptables` with the `statistic` match; [`LossyNet::new`]
+/// says which is missing instead.
+pub struct LossyNet {
+    name: String,
+}
+
+static NAMESPACES: AtomicU64 = AtomicU64::new(0);
+
+impl LossyNet {
+    /// A namespace with its loopback up and no loss yet; `Err` says why one cannot be made.
+    pub fn new() -> Result<Self, String> {
+        let name = format!("bakare-loss-{}-{}", std::process::id(), NAMESPACES.fetch_add(1, Ordering::Relaxed));
+        run_quiet(&["ip", "netns", "add", &name]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
+        let net = Self { name };
+        net.exec(&["ip", "link", "set", "lo", "up"])?;
+        // The rule once, at rate 0, to learn that iptables and its statistic match work.
+        net.set_loss(0.0).map_err(|e| format!("iptables cannot drop at random here: {e}"))?;
+        Ok(net)
+    }
+
+    /// A namespace for a loss test, or the reason to skip it (a failure instead where CI
+    /// requires the remote tests: `.ci/run` installs iptables).
+    pub fn for_test() -> Option<Self> {
+        match Self::new() {
+            Ok(net) => Some(net),
+            Err(why) => {
+                skip(&why);
+                None
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Drops each packet on the namespace's loopback with probability `p` (0 to 1) from now
+    /// on, replacing the rate before.
+    pub fn set_loss(&self, p: f64) -> Result<(), String> {
+        self.exec(&["iptables", "-F", "INPUT"])?;
+        self.exec(&[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-i",
+            "lo",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &format!("{p:.4}"),
+            "-j",
+            "DROP",
+        ])
+    }
+
+    /// Limits the loopback to `mbit` Mbit/s with a `tc tbf` queue (`Err` where tc or tbf
+    /// is missing).
+    pub fn set_rate(&self, mbit: u32) -> Result<(), String> {
+        let _ = self.exec(&["tc", "qdisc", "del", "dev", "lo", "root"]);
+        self.exec(&[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "tbf",
+            "rate",
+            &format!("{mbit}mbit"),
+            "burst",
+            "256kb",
+            "latency",
+            "100ms",
+        ])
+    }
+
+    /// Packets the loss rule dropped so far.
+    pub fn dropped(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "iptables", "-L", "INPUT", "-v", "-n", "-x"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.lines()
+            .filter(|l| l.contains("DROP"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Bytes sent on the namespace's loopback so far (every byte between the client and
+    /// the server, both ways, retransmissions included).
+    pub fn bytes_sent(&self) -> u64 {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat", "/sys/class/net/lo/statistics/tx_bytes"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` on a thread moved into the namespace: sockets it opens, and processes it
+    /// starts (they inherit the thread's namespace), are inside. Servers started in `f`
+    /// keep running in the namespace after it returns.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    fn exec(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run_quiet(&all)
+    }
+}
+
+impl Drop for LossyNet {
+    fn drop(&mut self) {
+        let _ = run_quiet(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Runs a command; `Err` with its error output when it cannot start or fails.
+fn run_quiet(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}

@@ -7,8 +7,7 @@
 //!   verify reads every byte clean, the restore is byte-identical.
 //! - A 100 % loss window mid-backup: exit 75 within the retry budget, then `resume`.
 //! - Permanent failures (a missing bucket, a key the server refuses) fail fast and say so.
-//! - `tc netem loss 10%` in a network namespace of the test's own, where the kernel has
-//!   netem; elsewhere the test says it skipped that part.
+//! - Random packet loss in the kernel is `loss.rs`'s.
 //!
 //! `.ci/run` installs moto and openssh-server; see `bakare_corruption_tests::remote`.
 //! `REMOTE_FAULT_MIB` sizes the fault test's tree (256 by default).
@@ -20,7 +19,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bakare_corruption_tests::remote::{FaultProxy, Faults, Moto, Sshd, on_path, skip};
+use bakare_corruption_tests::remote::{FaultProxy, Faults, Moto, Sshd, skip};
 use bakare_corruption_tests::{Cli, Rng, contents, gen_tree, mutate_tree, ok};
 
 /// Restores the newest snapshot of `src` and checks it is byte-identical to `src` now.
@@ -389,117 +388,6 @@ fn permanent_failures_fail_fast_and_say_what_is_wrong() {
     } else {
         skip("sshd is not installed");
     }
-}
-
-/// 10 % packet loss and short 100 % loss windows with `tc netem`, in a network namespace
-/// the test makes (root and the kernel's netem needed; skipped with a message otherwise).
-#[test]
-fn netem_loss_in_a_network_namespace() {
-    let ns = format!("bakare-netem-{}", std::process::id());
-    let sh = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).output();
-    match sh(&["ip", "netns", "add", &ns]) {
-        Ok(o) if o.status.success() => {}
-        other => return eprintln!("skipping netem: cannot create a network namespace ({other:?})"),
-    }
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Ns(ns.clone());
-    let _ = sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
-    let netem = sh(&["ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "loss", "10%"]);
-    match netem {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return eprintln!(
-                "skipping netem: this kernel has no netem qdisc ({}); the fault proxy tests cover loss",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        Err(e) => return eprintln!("skipping netem: no tc ({e})"),
-    }
-    let Some(moto_bin) =
-        std::env::var_os("BAKARE_MOTO").map(std::path::PathBuf::from).or_else(|| on_path("moto_server"))
-    else {
-        return skip("moto_server is not installed");
-    };
-    // moto and bakare both inside the namespace, over its lossy loopback.
-    let port = "5123";
-    let mut moto = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(moto_bin)
-        .args(["-H", "127.0.0.1", "-p", port])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    random_files(&src, 32, 4, 4);
-    let expected = contents(&src);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let in_ns = |args: &[&str]| {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &ns]);
-        c.arg(bakare_corruption_tests::bakare_binary())
-            .args(["--repo", "s3://bakare/netem", "--stall-timeout", "2s", "--retry-budget", "120s"])
-            .args(args)
-            .env("BAKARE_PASSPHRASE", "pw")
-            .env("BAKARE_CACHE_DIR", tmp.path().join("cache"))
-            .envs(Moto::env(&endpoint));
-        c.output().unwrap()
-    };
-    let t = Instant::now();
-    loop {
-        let o = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", "-c"])
-            .arg(format!(
-                "import urllib.request as u; u.urlopen(u.Request('{endpoint}/bakare', method='PUT'), timeout=2)"
-            ))
-            .output()
-            .unwrap();
-        if o.status.success() {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "moto did not start in the namespace");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    ok(&in_ns(&["init", "-q", "--kdf-memory-kib", "64", "--pack-mib", "1"]), "init over 10 % loss");
-    // Short 100 % loss windows while the backup runs.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let windows = std::thread::scope(|s| {
-        let flapper = s.spawn(|| {
-            let mut n = 0;
-            for _ in 0..20 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(700));
-                let _ = sh(&[
-                    "ip", "netns", "exec", &ns, "tc", "qdisc", "change", "dev", "lo", "root", "netem", "loss", "100%",
-                ]);
-                std::thread::sleep(Duration::from_millis(1500));
-                let _ = sh(&[
-                    "ip", "netns", "exec", &ns, "tc", "qdisc", "change", "dev", "lo", "root", "netem", "loss", "10%",
-                ]);
-                n += 1;
-            }
-            n
-        });
-        let out = in_ns(&["backup", "-q", src.to_str().unwrap()]);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        ok(&out, "backup over 10 % loss with 100 % loss windows");
-        flapper.join().unwrap()
-    });
-    ok(&in_ns(&["verify", "--read-data"]), "verify --read-data over 10 % loss");
-    let target = tmp.path().join("restored");
-    ok(&in_ns(&["restore", "-q", "latest", "--target", target.to_str().unwrap()]), "restore over 10 % loss");
-    assert_eq!(contents(&target.join(src.strip_prefix("/").unwrap())), expected);
-    eprintln!("netem: backup, verify and restore passed with {windows} 100 % loss windows");
-    let _ = moto.kill();
-    let _ = moto.wait();
 }
 
 #[test]

@@ -1,0 +1,195 @@
+//! Random packet loss in the kernel: S3 (moto) and SFTP (sshd) servers and bakare inside a
+//! network namespace of the test's own whose loopback drops packets at random
+//! ([`LossyNet`]: iptables' statistic match), at 10 % and 30 %, and through a 100 % burst
+//! longer than the stall timeout. Every backup completes, or stops with exit 75 and
+//! `resume` completes it; `verify --read-data` is clean; the restore is byte-identical.
+//!
+//! Without root, `ip` or iptables each test says so and passes, except where CI requires
+//! the remote tests (`BAKARE_REMOTE_TESTS=require`: `.ci/run` installs iptables).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bakare_corruption_tests::remote::{LossyNet, Moto, Sshd, skip};
+use bakare_corruption_tests::{Cli, Rng, contents, gen_tree, ok};
+
+/// The stall timeout the loss tests run with: short, so that a burst outlasts it.
+const STALL: &str = "3s";
+
+/// A tree of small sources and a few MiB of incompressible files (so that packs span many
+/// TCP segments), written outside the namespace's reach (it shares the file system).
+fn source(dir: &Path) {
+    gen_tree(dir, 200, 12, 11);
+    let mut rng = Rng::new(5);
+    for i in 0..3 {
+        let mut bytes = Vec::with_capacity(1 << 20);
+        while bytes.len() < 1 << 20 {
+            bytes.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("media-{i}.bin")), bytes).unwrap();
+    }
+}
+
+/// Which server the repository is on.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    S3,
+    Sftp,
+}
+
+/// Runs `body` with a `Cli` on a fresh repository of `store` inside `net` (the server
+/// started inside it too); `false` if the server is not installed (said so).
+fn with_store(net: &LossyNet, store: Store, work: &Path, body: impl FnOnce(&Cli) + Send) -> bool {
+    net.inside(|| match store {
+        Store::S3 => {
+            let Some(moto) = Moto::start() else {
+                skip("moto_server is not installed");
+                return false;
+            };
+            let cli = Cli::remote(work.join("c"), "s3://bakare/loss", Moto::env(&moto.endpoint()));
+            body(&cli);
+            true
+        }
+        Store::Sftp => {
+            let Some(sshd) = Sshd::start(&work.join("sshd")) else {
+                skip("sshd is not installed");
+                return false;
+            };
+            let cli = Cli::remote(work.join("c"), &sshd.url(sshd.port, "repo"), sshd.env());
+            body(&cli);
+            true
+        }
+    })
+}
+
+/// Flags every command of a loss test gets: the short stall timeout, and a retry budget
+/// that random loss never spends but a dead link would.
+fn flags(args: &[&str]) -> Vec<String> {
+    ["--stall-timeout", STALL, "--retry-budget", "120s"].iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+fn run(cli: &Cli, args: &[&str]) -> std::process::Output {
+    let all = flags(args);
+    cli.run(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `backup`, then `resume` after each exit 75 (at most 5), to completion; the stops.
+fn backup_to_completion(cli: &Cli, src: &Path) -> usize {
+    let mut stops = 0;
+    let mut out = run(cli, &["backup", "-q", src.to_str().unwrap()]);
+    while out.status.code() == Some(75) && stops < 5 {
+        stops += 1;
+        out = run(cli, &["resume", "-q"]);
+    }
+    ok(&out, "backup (and resumes) through packet loss");
+    stops
+}
+
+/// init, backup, `verify --read-data` and restore of `src` on `cli`'s repository, the
+/// loss as it is set; what it took, for the log.
+fn round_trip(cli: &Cli, src: &Path) -> String {
+    let t = Instant::now();
+    std::fs::create_dir_all(&cli.dir).unwrap();
+    let init = ["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"];
+    ok(&run(cli, &init), "init through packet loss");
+    let stops = backup_to_completion(cli, src);
+    let backed_up = t.elapsed();
+    let verify = run(cli, &["verify", "--read-data"]);
+    ok(&verify, "verify --read-data through packet loss");
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("no problems"), "{verify:?}");
+    let target = cli.dir.join("restored");
+    let _ = std::fs::remove_dir_all(&target);
+    ok(&run(cli, &["restore", "-q", "latest", "--target", target.to_str().unwrap()]), "restore through packet loss");
+    let restored = contents(&target.join(src.strip_prefix("/").unwrap()));
+    assert!(restored == contents(src), "the restore through packet loss differs from the source");
+    format!(
+        "backed up in {:.1} s ({stops} resumes), all in {:.1} s",
+        backed_up.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    )
+}
+
+fn through_loss(store: Store, percent: u32) {
+    let Some(net) = LossyNet::for_test() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    let ran = with_store(&net, store, tmp.path(), |cli| {
+        net.set_loss(f64::from(percent) / 100.0).unwrap();
+        let said = round_trip(cli, &src);
+        eprintln!("{store:?} at {percent} % loss: {said}; {} packets dropped", net.dropped());
+        assert!(net.dropped() > 0, "the loss rule dropped nothing");
+    });
+    if ran {
+        eprintln!("{store:?}: {} MiB over the lossy loopback", net.bytes_sent() >> 20);
+    }
+}
+
+#[test]
+fn s3_through_10_percent_loss() {
+    through_loss(Store::S3, 10);
+}
+
+#[test]
+fn s3_through_30_percent_loss() {
+    through_loss(Store::S3, 30);
+}
+
+#[test]
+fn sftp_through_10_percent_loss() {
+    through_loss(Store::Sftp, 10);
+}
+
+#[test]
+fn sftp_through_30_percent_loss() {
+    through_loss(Store::Sftp, 30);
+}
+
+/// 10 % loss with 100 % bursts of twice the stall timeout while the backup runs: every
+/// request caught in one stalls, times out and is tried again.
+fn through_bursts(store: Store) {
+    let Some(net) = LossyNet::for_test() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    with_store(&net, store, tmp.path(), |cli| {
+        net.set_loss(0.10).unwrap();
+        let done = AtomicBool::new(false);
+        let bursts = std::thread::scope(|s| {
+            let flapper = s.spawn(|| {
+                let mut n = 0;
+                // Bounded: at most 12 bursts, then the loss stays at 10 %.
+                for _ in 0..12 {
+                    std::thread::sleep(Duration::from_secs(2));
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    net.set_loss(1.0).unwrap();
+                    std::thread::sleep(Duration::from_secs(6));
+                    net.set_loss(0.10).unwrap();
+                    n += 1;
+                }
+                n
+            });
+            let said = round_trip(cli, &src);
+            done.store(true, Ordering::Relaxed);
+            eprintln!("{store:?} through bursts: {said}");
+            flapper.join().unwrap()
+        });
+        assert!(bursts > 0, "the run ended before the first burst");
+        eprintln!("{store:?}: {bursts} bursts of 6 s at 100 % loss");
+    });
+}
+
+#[test]
+fn s3_through_loss_bursts_longer_than_the_stall_timeout() {
+    through_bursts(Store::S3);
+}
+
+#[test]
+fn sftp_through_loss_bursts_longer_than_the_stall_timeout() {
+    through_bursts(Store::Sftp);
+}
