@@ -7,7 +7,7 @@
 # bytes sent over the lossy loopback (both ways, retransmissions included) and whether the
 # restore is identical.
 #
-#   bench/loss.sh [FILES] [RATES] [STORES] [WORK_DIR]
+#   [TOOLS="bakare restic"] bench/loss.sh [FILES] [RATES] [STORES] [WORK_DIR]
 #     defaults: 2000 files (~50 MiB), "0 5 10 25" (percent), "s3 sftp", /tmp/bakare-loss
 #
 # Needs root, ip, iptables, moto_server, /usr/sbin/sshd and restic. bakare is $BAKARE or
@@ -20,6 +20,7 @@ files=${1:-2000}
 rates=${2:-"0 5 10 25"}
 stores=${3:-"s3 sftp"}
 work=${4:-/tmp/bakare-loss}
+tools=${TOOLS:-"bakare restic"}
 BAKARE=${BAKARE:-$root/target/release/bakare}
 limit=${LOSS_COMMAND_LIMIT:-1200}
 mkdir -p "$work"
@@ -98,7 +99,7 @@ printf '\n%-6s %5s  %-7s %-8s %9s %10s  %s\n' store loss tool step "wall s" "MiB
 for store in $stores; do
   for rate in $rates; do
     set_loss "$rate"
-    for tool in bakare restic; do
+    for tool in $tools; do
       run=$store-$rate-$tool
       rm -rf "$work/cache-$run" "$work/restore-$run"
       case $store-$tool in

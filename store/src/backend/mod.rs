@@ -34,6 +34,10 @@ pub enum BackendError {
     /// stalled, a 5xx or 429 answer, a truncated body.
     #[error("{path}: {message} (temporary)")]
     Transient { path: String, message: String },
+    /// The storage asked to slow down (HTTP 429, S3's `SlowDown`): transient too, and the
+    /// one failure that lowers the number of requests in flight.
+    #[error("{path}: the storage asks to slow down: {message} (temporary)")]
+    Throttled { path: String, message: String },
     /// A failure that trying again cannot fix: bad credentials, a missing bucket, no
     /// permission, a configuration the storage refuses.
     #[error("{path}: {message}")]
@@ -59,7 +63,7 @@ impl BackendError {
 
     /// Whether trying the same operation again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient { .. })
+        matches!(self, Self::Transient { .. } | Self::Throttled { .. })
     }
 
     /// Whether no retry and no `bakare resume` can help until the user changes something

@@ -334,6 +334,8 @@ impl RemoteBackend {
                 BackendError::Permanent { path, message: first_line(&message).to_string() }
             }
             ErrorKind::RangeNotSatisfied => BackendError::ShortRead { path, offset: 0, wanted: 0, len: 0 },
+            // 429, S3's SlowDown and its kin.
+            ErrorKind::RateLimited => BackendError::Throttled { path, message: first_line(&message).to_string() },
             // Resets, timeouts, 5xx, 429, truncated bodies, and failures OpenDAL cannot name
             // (an ssh connection that dropped): trying again may pass; the retry budget
             // bounds how long.
