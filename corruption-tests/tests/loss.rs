@@ -1,8 +1,10 @@
 //! Random packet loss in the kernel: S3 (moto) and SFTP (sshd) servers and bakare inside a
 //! network namespace of the test's own whose loopback drops packets at random
 //! ([`LossyNet`]: iptables' statistic match), at 10 % and 30 %, and through a 100 % burst
-//! longer than the stall timeout. Every backup completes, or stops with exit 75 and
-//! `resume` completes it; `verify --read-data` is clean; the restore is byte-identical.
+//! longer than the stall timeout. Every backup completes without stopping (no exit 75);
+//! `verify --read-data` is clean; the restore is byte-identical. In the bursts requests
+//! fail (counted from `BAKARE_TRACE_REQUESTS`) and are tried again; with
+//! `LOSS_RETRY_BUDGET=0` (no retries) the tests fail.
 //!
 //! Without root, `ip` or iptables each test says so and passes, except where CI requires
 //! the remote tests (`BAKARE_REMOTE_TESTS=require`: `.ci/run` installs iptables).
@@ -66,14 +68,29 @@ fn with_store(net: &LossyNet, store: Store, work: &Path, body: impl FnOnce(&Cli)
 }
 
 /// Flags every command of a loss test gets: the short stall timeout, and a retry budget
-/// that random loss never spends but a dead link would.
+/// that random loss never spends but a dead link would. `LOSS_RETRY_BUDGET=0` turns retries
+/// off (the first failed request stops the command), to check that the tests need them.
 fn flags(args: &[&str]) -> Vec<String> {
-    ["--stall-timeout", STALL, "--retry-budget", "120s"].iter().chain(args).map(|s| s.to_string()).collect()
+    let budget = std::env::var("LOSS_RETRY_BUDGET").unwrap_or_else(|_| "120s".into());
+    ["--stall-timeout", STALL, "--retry-budget", &budget].iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+thread_local! {
+    /// Failed requests (tried again, or not) of the commands this thread ran, from their
+    /// request traces.
+    static FAILED_REQUESTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn run(cli: &Cli, args: &[&str]) -> std::process::Output {
     let all = flags(args);
-    cli.run(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    let all: Vec<_> = all.iter().map(String::as_str).collect();
+    let out = cli.cmd(&all).env("BAKARE_TRACE_REQUESTS", "1").output().unwrap();
+    let failed = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("request ") && l.ends_with("(temporary)"))
+        .count();
+    FAILED_REQUESTS.set(FAILED_REQUESTS.get() + failed);
+    out
 }
 
 /// `backup`, then `resume` after each exit 75 (at most 5), to completion; the stops.
@@ -96,6 +113,8 @@ fn round_trip(cli: &Cli, src: &Path) -> String {
     let init = ["init", "-q", "--kdf-memory-kib", "64", "--kdf-passes", "1", "--pack-mib", "1"];
     ok(&run(cli, &init), "init through packet loss");
     let stops = backup_to_completion(cli, src);
+    // Random loss, and bursts the retry budget outlasts, never stop a run.
+    assert_eq!(stops, 0, "the backup stopped with exit 75 {stops} times");
     let backed_up = t.elapsed();
     let verify = run(cli, &["verify", "--read-data"]);
     ok(&verify, "verify --read-data through packet loss");
@@ -180,6 +199,9 @@ fn through_bursts(store: Store) {
             flapper.join().unwrap()
         });
         assert!(bursts > 0, "the run ended before the first burst");
+        let failed = FAILED_REQUESTS.get();
+        assert!(failed > 0, "no request failed in the bursts: they tested nothing");
+        eprintln!("{store:?}: {failed} failed requests, each tried again");
         eprintln!("{store:?}: {bursts} bursts of 6 s at 100 % loss");
     });
 }
