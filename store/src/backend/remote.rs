@@ -16,7 +16,7 @@
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opendal::layers::TimeoutLayer;
@@ -141,6 +141,9 @@ pub struct RemoteBackend {
     conditional_put: bool,
     /// ssh logins that failed with the server reachable, since the last success.
     login_failures: AtomicU32,
+    /// The mean time of recent answered stats and listings, in microseconds (a moving
+    /// average: 7/8 the old one, 1/8 the new), for the hedge delay; 0 before the first.
+    read_us: AtomicU64,
 }
 
 /// ssh logins that may fail (a connection reset during the key exchange) before a failure
@@ -153,13 +156,16 @@ const TIMEOUT_STEPS: u32 = 4;
 /// Successes in a row after which requests get the next shorter stall timeout again.
 const CALM_STEP: u32 = 32;
 
-/// A stat or a listing that has not answered after this long is sent once more, on another
-/// connection, and the first answer wins (the other request is dropped). Under packet loss
-/// a request whose connection is in TCP's retransmission backoff (or whose SYN was lost:
-/// 1, 3, 7, 15 s) waits seconds for nothing, and the commit's checks run one after another:
-/// at 30 % loss single HEAD requests took up to 16 s. Only reads are hedged: a write sent
-/// twice could land after a later write of the same name.
-pub const HEDGE_AFTER: Duration = Duration::from_secs(1);
+/// A stat or a listing that has not answered after [`HEDGE_FACTOR`] times the usual time of
+/// one (the mean of recent ones, at least [`HEDGE_MIN`], at most [`HEDGE_MAX`]) is sent once
+/// more, on another connection, and the first answer wins (the other request is dropped).
+/// Under packet loss a request whose connection lost its SYN (TCP tries again after 1 s,
+/// then 3, 7, 15) or sits in retransmission backoff waits seconds for nothing, and a
+/// commit's checks run one after another: at 30 % loss single HEAD requests took up to 16 s.
+/// Only reads are hedged: a write sent twice could land after a later write of the name.
+pub const HEDGE_MAX: Duration = Duration::from_secs(1);
+pub const HEDGE_MIN: Duration = Duration::from_millis(200);
+pub const HEDGE_FACTOR: u32 = 4;
 
 impl RemoteBackend {
     pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
@@ -221,6 +227,7 @@ impl RemoteBackend {
             via_rename,
             conditional_put,
             login_failures: AtomicU32::new(0),
+            read_us: AtomicU64::new(0),
         })
     }
 
@@ -302,13 +309,31 @@ impl RemoteBackend {
     }
 
     /// Runs a read made by `make` as [`Self::call`] does, sending it a second time if the
-    /// first has not answered after [`HEDGE_AFTER`]; the first success wins.
+    /// first has not answered after the hedge delay (see [`HEDGE_MAX`]); the first answer
+    /// wins, unless it is an error that trying again may fix.
     fn call_hedged<T, F, Fut>(&self, path: &str, make: F) -> Result<T, BackendError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = opendal::Result<T>>,
     {
-        self.call(path, hedged(HEDGE_AFTER, make))
+        let sent = std::time::Instant::now();
+        let r = self.call(path, hedged(self.hedge_delay(), make, opendal::Error::is_temporary));
+        if !matches!(&r, Err(e) if e.is_transient()) {
+            let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let _ = self.read_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(if m == 0 { us } else { m - m / 8 + us / 8 })
+            });
+        }
+        r
+    }
+
+    /// How long a read waits before it is sent again: [`HEDGE_FACTOR`] times the mean of
+    /// recent ones, within [`HEDGE_MIN`] and [`HEDGE_MAX`] ([`HEDGE_MAX`] before any).
+    pub fn hedge_delay(&self) -> Duration {
+        match self.read_us.load(Ordering::Relaxed) {
+            0 => HEDGE_MAX,
+            us => Duration::from_micros(us).saturating_mul(HEDGE_FACTOR).clamp(HEDGE_MIN, HEDGE_MAX),
+        }
     }
 
     /// Classifies an OpenDAL error: what retrying may fix is [`BackendError::Transient`].
@@ -362,9 +387,10 @@ impl RemoteBackend {
     }
 }
 
-/// The first success of the future `make` makes and, if that has not ended after `after`,
-/// of a second one it makes then; the first error if both fail.
-async fn hedged<T, E, F, Fut>(after: Duration, make: F) -> Result<T, E>
+/// The answer of the future `make` makes or, if that has not ended after `after`, of a
+/// second one it makes then: whichever ends first, unless that is an error `again` says
+/// may pass, when the other's answer is taken (the first error if both fail).
+async fn hedged<T, E, F, Fut>(after: Duration, make: F, again: fn(&E) -> bool) -> Result<T, E>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -379,12 +405,12 @@ where
     tokio::pin!(second);
     tokio::select! {
         r = &mut first => match r {
-            Ok(v) => Ok(v),
-            Err(e) => second.await.map_err(|_| e),
+            Err(e) if again(&e) => second.await.map_err(|_| e),
+            r => r,
         },
         r = &mut second => match r {
-            Ok(v) => Ok(v),
-            Err(e) => first.await.map_err(|_| e),
+            Err(e) if again(&e) => first.await.map_err(|_| e),
+            r => r,
         },
     }
 }
@@ -580,6 +606,29 @@ impl RemoteBackend {
 mod tests {
     use super::*;
 
+    fn temporary(e: &String) -> bool {
+        e == "reset"
+    }
+
+    #[test]
+    fn a_hedge_that_finds_nothing_answers_without_waiting_for_the_stuck_first() {
+        // "not found" is an answer: the stuck first request is not waited for.
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let r: Result<Result<u32, String>, _> = runtime().block_on(async {
+            let make = || {
+                let n = made.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Err("not found".to_string())
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), hedged(Duration::from_millis(50), make, temporary)).await
+        });
+        assert_eq!(r.expect("answered"), Err("not found".to_string()));
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
@@ -601,7 +650,7 @@ mod tests {
                         Ok(n)
                     }
                 };
-                tokio::time::timeout(Duration::from_secs(5), hedged(Duration::from_millis(50), make)).await
+                tokio::time::timeout(Duration::from_secs(5), hedged(Duration::from_millis(50), make, temporary)).await
             })
             .expect("the hedge answered");
         assert_eq!(r, Ok(1));
@@ -611,28 +660,36 @@ mod tests {
     #[test]
     fn a_prompt_read_is_sent_once_and_a_failed_hedge_waits_for_the_other() {
         let made = std::sync::atomic::AtomicU32::new(0);
-        let r: Result<u32, String> = runtime().block_on(hedged(Duration::from_secs(5), || {
-            made.fetch_add(1, Ordering::SeqCst);
-            async { Ok(7) }
-        }));
+        let r: Result<u32, String> = runtime().block_on(hedged(
+            Duration::from_secs(5),
+            || {
+                made.fetch_add(1, Ordering::SeqCst);
+                async { Ok(7) }
+            },
+            temporary,
+        ));
         assert_eq!((r, made.load(Ordering::SeqCst)), (Ok(7), 1));
         // The second fails at once; the slow first still answers.
         let made = std::sync::atomic::AtomicU32::new(0);
-        let r: Result<u32, String> = runtime().block_on(hedged(Duration::from_millis(20), || {
-            let n = made.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok(0)
-                } else {
-                    Err("reset".to_string())
+        let r: Result<u32, String> = runtime().block_on(hedged(
+            Duration::from_millis(20),
+            || {
+                let n = made.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(0)
+                    } else {
+                        Err("reset".to_string())
+                    }
                 }
-            }
-        }));
+            },
+            temporary,
+        ));
         assert_eq!(r, Ok(0));
         // Both fail: the first error.
         let r: Result<u32, String> =
-            runtime().block_on(hedged(Duration::from_millis(1), || async { Err("reset".to_string()) }));
+            runtime().block_on(hedged(Duration::from_millis(1), || async { Err("reset".to_string()) }, temporary));
         assert_eq!(r, Err("reset".to_string()));
     }
 
