@@ -38,6 +38,9 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   pkill -f "$work/ssh/client" 2>/dev/null || true
+  # `ip netns exec` hands over to the server it starts, which the kill above may miss:
+  # whatever still runs in the namespace is ended before it goes.
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
