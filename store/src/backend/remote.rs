@@ -329,7 +329,7 @@ impl RemoteBackend {
 
     /// How long a read waits before it is sent again: [`HEDGE_FACTOR`] times the mean of
     /// recent ones, within [`HEDGE_MIN`] and [`HEDGE_MAX`] ([`HEDGE_MAX`] before any).
-    pub fn hedge_delay(&self) -> Duration {
+    fn hedge_delay(&self) -> Duration {
         match self.read_us.load(Ordering::Relaxed) {
             0 => HEDGE_MAX,
             us => Duration::from_micros(us).saturating_mul(HEDGE_FACTOR).clamp(HEDGE_MIN, HEDGE_MAX),

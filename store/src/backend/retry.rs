@@ -116,62 +116,46 @@ impl<B: Backend> Retrying<B> {
         let start = Instant::now();
         let mut attempt: u32 = 0;
         loop {
-            if let Some(done) = self.attempt(what, path, start, &mut attempt, &mut op) {
-                return done;
+            if let Some(last) = lock(&self.gave_up).clone() {
+                let secs = lock(&self.last_progress).elapsed().as_secs();
+                return Err(BackendError::GaveUp { path: path.to_string(), secs, last });
             }
-        }
-    }
-
-    /// One attempt of an operation that started at `start`: its outcome, or `None` to try
-    /// again (the backoff already slept).
-    fn attempt<T>(
-        &self,
-        what: &str,
-        path: &str,
-        start: Instant,
-        attempt: &mut u32,
-        op: &mut impl FnMut(&B) -> Result<T, BackendError>,
-    ) -> Option<Result<T, BackendError>> {
-        if let Some(last) = lock(&self.gave_up).clone() {
-            let secs = lock(&self.last_progress).elapsed().as_secs();
-            return Some(Err(BackendError::GaveUp { path: path.to_string(), secs, last }));
-        }
-        self.acquire();
-        let sent = Instant::now();
-        let result = op(&self.inner);
-        if let Some(t0) = trace_start() {
-            let outcome = match &result {
-                Ok(_) => "ok".to_string(),
-                Err(e) => e.to_string(),
+            self.acquire();
+            let sent = Instant::now();
+            let result = op(&self.inner);
+            if let Some(t0) = trace_start() {
+                let outcome = match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!(
+                    "request {:9.3} s {what:<6} {path} {:.0} ms {outcome}",
+                    sent.duration_since(t0).as_secs_f64(),
+                    sent.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            self.release(&result);
+            let err = match result {
+                Ok(v) => {
+                    *lock(&self.last_progress) = Instant::now();
+                    return Ok(v);
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => e,
             };
-            eprintln!(
-                "request {:9.3} s {what:<6} {path} {:.0} ms {outcome}",
-                sent.duration_since(t0).as_secs_f64(),
-                sent.elapsed().as_secs_f64() * 1e3
-            );
-        }
-        self.release(&result);
-        let err = match result {
-            Ok(v) => {
-                *lock(&self.last_progress) = Instant::now();
-                return Some(Ok(v));
+            let since = (*lock(&self.last_progress)).max(start);
+            let stalled = since.elapsed();
+            if stalled >= self.policy.budget {
+                let last = lock(&self.gave_up).get_or_insert_with(|| err.to_string()).clone();
+                return Err(BackendError::GaveUp { path: path.to_string(), secs: stalled.as_secs(), last });
             }
-            Err(e) if !e.is_transient() => return Some(Err(e)),
-            Err(e) => e,
-        };
-        let since = (*lock(&self.last_progress)).max(start);
-        let stalled = since.elapsed();
-        if stalled >= self.policy.budget {
-            let last = lock(&self.gave_up).get_or_insert_with(|| err.to_string()).clone();
-            return Some(Err(BackendError::GaveUp { path: path.to_string(), secs: stalled.as_secs(), last }));
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            let backoff = self.policy.first_delay.saturating_mul(1 << attempt.min(16)).min(self.policy.max_delay);
+            // Full jitter, at least half the backoff: racing retries spread out.
+            let delay = backoff / 2 + backoff.mul_f64(jitter() / 2.0);
+            std::thread::sleep(delay.min(self.policy.budget.saturating_sub(stalled)));
+            attempt = attempt.saturating_add(1);
         }
-        self.retries.fetch_add(1, Ordering::Relaxed);
-        let backoff = self.policy.first_delay.saturating_mul(1 << (*attempt).min(16)).min(self.policy.max_delay);
-        // Full jitter, at least half the backoff: racing retries spread out.
-        let delay = backoff / 2 + backoff.mul_f64(jitter() / 2.0);
-        std::thread::sleep(delay.min(self.policy.budget.saturating_sub(stalled)));
-        *attempt = attempt.saturating_add(1);
-        None
     }
 
     /// A range read: one request up to [`PIECE`] bytes, else parallel pieces (see the
@@ -189,13 +173,16 @@ impl<B: Backend> Retrying<B> {
                 .map(|(i, buf)| {
                     let at = offset + i as u64 * PIECE;
                     s.spawn(move || {
-                        let bytes = self.run("piece", path, |b| b.get_range(path, at, buf.len() as u64))?;
-                        if bytes.len() != buf.len() {
-                            return Err(BackendError::Transient {
+                        let want = buf.len();
+                        let bytes = self.run("piece", path, |b| match b.get_range(path, at, want as u64)? {
+                            // copy_from_slice needs the exact length; a short answer is
+                            // tried again, as any truncated answer.
+                            bytes if bytes.len() == want => Ok(bytes),
+                            bytes => Err(BackendError::Transient {
                                 path: path.to_string(),
-                                message: format!("truncated answer: {} of {} bytes", bytes.len(), buf.len()),
-                            });
-                        }
+                                message: format!("truncated answer: {} of {want} bytes", bytes.len()),
+                            }),
+                        })?;
                         buf.copy_from_slice(&bytes);
                         Ok(())
                     })
