@@ -250,6 +250,10 @@ pub struct Faults {
     pub status: u16,
     /// Faults strike within this many bytes of a connection's traffic.
     pub within: u64,
+    /// Every byte reaches the other side this much later, each way (the round trip grows by
+    /// twice this), without limiting the throughput: a long link's latency, which `tc netem`
+    /// would give where the kernel has it.
+    pub delay: Duration,
 }
 
 /// What a [`FaultProxy`] did.
@@ -430,6 +434,24 @@ fn pump(
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = vec![0u8; 64 << 10];
     let mut stalled = false;
+    // With a delay, a writer thread hands each piece on `delay` after it was read: bytes in
+    // flight pile up in the channel as they would on a long wire.
+    let delay = s.faults.lock().unwrap().delay;
+    let (late, writer) = match (delay.is_zero(), to.try_clone()) {
+        (false, Ok(mut out)) => {
+            let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let h = std::thread::spawn(move || {
+                for (read_at, piece) in rx {
+                    std::thread::sleep((read_at + delay).saturating_duration_since(Instant::now()));
+                    if out.write_all(&piece).is_err() {
+                        break;
+                    }
+                }
+            });
+            (Some(tx), Some(h))
+        }
+        _ => (None, None),
+    };
     loop {
         if s.stop.load(Ordering::Relaxed) || done.load(Ordering::Relaxed) {
             // The other direction ended (or reset) the connection: closing is its part.
@@ -478,9 +500,18 @@ fn pump(
             }
             _ => {}
         }
-        if to.write_all(&buf[..n]).is_err() {
+        let delivered = match &late {
+            Some(tx) => tx.send((Instant::now(), buf[..n].to_vec())).is_ok(),
+            None => to.write_all(&buf[..n]).is_ok(),
+        };
+        if !delivered {
             break;
         }
+    }
+    // What is still on its way arrives before the close.
+    drop(late);
+    if let Some(h) = writer {
+        let _ = h.join();
     }
     done.store(true, Ordering::Relaxed);
     let _ = to.shutdown(Shutdown::Both);

@@ -4,7 +4,9 @@
 //! longer than the stall timeout. Every backup completes without stopping (no exit 75);
 //! `verify --read-data` is clean; the restore is byte-identical. In the bursts requests
 //! fail (counted from `BAKARE_TRACE_REQUESTS`) and are tried again; with
-//! `LOSS_RETRY_BUDGET=0` (no retries) the tests fail.
+//! `LOSS_RETRY_BUDGET=0` (no retries) the tests fail. One more runs S3 over a long, narrow
+//! link (40 ms round trip, 20 Mbit/s through `tc tbf`, 1 % loss) and checks that the backup
+//! keeps `--connections` uploads in flight.
 //!
 //! Without root, `ip` or iptables each test says so and passes, except where CI requires
 //! the remote tests (`BAKARE_REMOTE_TESTS=require`: `.ci/run` installs iptables).
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bakare_corruption_tests::remote::{LossyNet, Moto, Sshd, skip};
+use bakare_corruption_tests::remote::{FaultProxy, Faults, LossyNet, Moto, Sshd, skip};
 use bakare_corruption_tests::{Cli, Rng, contents, gen_tree, ok};
 
 /// The stall timeout the loss tests run with: short, so that a burst outlasts it.
@@ -79,6 +81,42 @@ thread_local! {
     /// Failed requests (tried again, or not) of the commands this thread ran, from their
     /// request traces.
     static FAILED_REQUESTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The most uploads one command of this thread had in flight at once.
+    static MOST_PUTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The quickest request of this thread's commands, in ms.
+    static QUICKEST_MS: std::cell::Cell<f64> = const { std::cell::Cell::new(f64::INFINITY) };
+}
+
+/// The quickest request in a command's request trace, in ms.
+fn quickest_ms(stderr: &str) -> f64 {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("request "))
+        .filter_map(|l| l.split_whitespace().nth(5)?.parse::<f64>().ok())
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The most requests of kind `op` in flight at once in a command's request trace (lines
+/// `request <start> s <op> <object> <duration> ms <outcome>`).
+fn most_at_once(stderr: &str, op: &str) -> usize {
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with("request ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(start), Some(&kind), Some(ms)) = (words.get(1), words.get(3), words.get(5)) else { continue };
+        let (Ok(start), Ok(ms)) = (start.parse::<f64>(), ms.parse::<f64>()) else { continue };
+        if kind == op {
+            edges.push((start, 1));
+            edges.push((start + ms / 1e3, -1));
+        }
+    }
+    // Ends sort before starts at the same instant: back-to-back is not at once.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
 }
 
 fn run(cli: &Cli, args: &[&str]) -> std::process::Output {
@@ -90,6 +128,9 @@ fn run(cli: &Cli, args: &[&str]) -> std::process::Output {
         .filter(|l| l.starts_with("request ") && l.ends_with("(temporary)"))
         .count();
     FAILED_REQUESTS.set(FAILED_REQUESTS.get() + failed);
+    let trace = String::from_utf8_lossy(&out.stderr);
+    MOST_PUTS.set(MOST_PUTS.get().max(most_at_once(&trace, "put")));
+    QUICKEST_MS.set(QUICKEST_MS.get().min(quickest_ms(&trace)));
     out
 }
 
@@ -214,4 +255,40 @@ fn s3_through_loss_bursts_longer_than_the_stall_timeout() {
 #[test]
 fn sftp_through_loss_bursts_longer_than_the_stall_timeout() {
     through_bursts(Store::Sftp);
+}
+
+/// A long, narrow link: a 40 ms round trip (the proxy holds every byte 20 ms each way; this
+/// kernel has no netem) through 20 Mbit/s (`tc tbf`) with 1 % loss. The backup keeps its
+/// `--connections` uploads in flight, never more (at this round trip one connection at a
+/// time would leave the link idle most of the time), and the round trip completes.
+#[test]
+fn s3_over_a_long_narrow_link_uses_every_connection() {
+    let Some(net) = LossyNet::for_test() else { return };
+    if let Err(why) = net.set_rate(20) {
+        skip(&format!("no tc tbf bandwidth limit here: {why}"));
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source(&src);
+    net.inside(|| {
+        let Some(moto) = Moto::start() else {
+            skip("moto_server is not installed");
+            return;
+        };
+        let proxy = FaultProxy::start(moto.port, Faults { delay: Duration::from_millis(20), ..Faults::default() }, 40);
+        let mut env = Moto::env(&format!("http://127.0.0.1:{}", proxy.port));
+        env.push(("BAKARE_CONNECTIONS".into(), "4".into()));
+        let cli = Cli::remote(tmp.path().join("c"), "s3://bakare/rtt", env);
+        net.set_loss(0.01).unwrap();
+        let said = round_trip(&cli, &src);
+        let (most, quickest) = (MOST_PUTS.get(), QUICKEST_MS.get());
+        eprintln!(
+            "S3 at 40 ms, 20 Mbit/s, 1 % loss: {said}; at most {most} uploads at once; quickest request {quickest:.0} ms; {}",
+            proxy.stats().summary()
+        );
+        assert!(quickest >= 39.0, "a request took {quickest:.0} ms: the link's round trip is not 40 ms");
+        assert!(most >= 3, "at most {most} uploads were in flight at once with --connections 4");
+        assert!(most <= 4, "{most} uploads were in flight at once with --connections 4");
+    });
 }

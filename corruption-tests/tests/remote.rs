@@ -177,6 +177,7 @@ fn faults() -> Faults {
         status_pct: 5,
         status: 503,
         within: 3 << 20,
+        ..Faults::default()
     }
 }
 
