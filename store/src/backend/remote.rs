@@ -156,16 +156,20 @@ const TIMEOUT_STEPS: u32 = 4;
 /// Successes in a row after which requests get the next shorter stall timeout again.
 const CALM_STEP: u32 = 32;
 
-/// A stat or a listing that has not answered after [`HEDGE_FACTOR`] times the usual time of
+/// A read (a stat, a listing, an object) that has not answered after [`HEDGE_FACTOR`] times the usual time of
 /// one (the mean of recent ones, at least [`HEDGE_MIN`], at most [`HEDGE_MAX`]) is sent once
 /// more, on another connection, and the first answer wins (the other request is dropped).
 /// Under packet loss a request whose connection lost its SYN (TCP tries again after 1 s,
 /// then 3, 7, 15) or sits in retransmission backoff waits seconds for nothing, and a
 /// commit's checks run one after another: at 30 % loss single HEAD requests took up to 16 s.
-/// Only reads are hedged: a write sent twice could land after a later write of the name.
+/// Only reads are hedged (object and range reads too, allowing for their transfer: see
+/// [`HEDGE_SLOW_RATE`]): a write sent twice could land after a later write of the name.
 pub const HEDGE_MAX: Duration = Duration::from_secs(1);
 pub const HEDGE_MIN: Duration = Duration::from_millis(200);
 pub const HEDGE_FACTOR: u32 = 4;
+/// The rate (bytes/s) a hedged read of known length is allowed before it is sent again:
+/// 1 MiB/s, so a 512 KiB piece waits half a second more than a stat.
+pub const HEDGE_SLOW_RATE: u64 = 1 << 20;
 
 impl RemoteBackend {
     pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
@@ -306,6 +310,20 @@ impl RemoteBackend {
                 Err(self.error(path, e))
             }
         }
+    }
+
+    /// Reads an object or a range of `len` bytes (`None`: the whole object, its size unknown)
+    /// as [`Self::call_hedged`] does, allowing for the transfer: the hedge waits the hedge
+    /// delay plus the time `len` takes at [`HEDGE_SLOW_RATE`], so that on a slow link a
+    /// read that is only long is not sent twice. Its time does not move the mean (that is
+    /// of small answers).
+    fn read_hedged<F, Fut>(&self, path: &str, len: Option<u64>, make: F) -> Result<opendal::Buffer, BackendError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = opendal::Result<opendal::Buffer>>,
+    {
+        let transfer = Duration::from_secs_f64(len.unwrap_or(0) as f64 / HEDGE_SLOW_RATE as f64);
+        self.call(path, hedged(self.hedge_delay() + transfer, make, opendal::Error::is_temporary))
     }
 
     /// Runs a read made by `make` as [`Self::call`] does, sending it a second time if the
@@ -467,7 +485,7 @@ impl Backend for RemoteBackend {
     }
 
     fn get(&self, path: &str) -> Result<Vec<u8>, BackendError> {
-        let buf = self.call(path, self.op().read(path))?;
+        let buf = self.read_hedged(path, None, || self.op().read(path))?;
         Ok(buf.to_vec())
     }
 
@@ -476,7 +494,8 @@ impl Backend for RemoteBackend {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(len);
-        let got = match self.call(path, self.op().read_with(path).range(offset..end).into_future()) {
+        let got = match self.read_hedged(path, Some(len), || self.op().read_with(path).range(offset..end).into_future())
+        {
             Ok(buf) if buf.len() as u64 == len => return Ok(buf.to_vec()),
             Ok(buf) => buf.len() as u64,
             Err(BackendError::ShortRead { .. }) => 0,
