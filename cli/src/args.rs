@@ -257,8 +257,19 @@ pub struct ResumeArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and folders to back up
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(value_name = "PATH", required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw"])]
     pub paths: Vec<PathBuf>,
+    /// Read the paths to back up from a file, one per line: blank lines and lines starting
+    /// with # are skipped, glob patterns expanded; `-` reads standard input (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Read the paths to back up from a file, one per line, each taken as it is (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// Read the paths to back up from a file, separated by NUL bytes, as `find -print0`
+    /// writes them (repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
     /// Exclude paths matching a gitignore-style pattern (repeatable)
     #[arg(long, short = 'e', value_name = "GLOB")]
     pub exclude: Vec<String>,
@@ -268,6 +279,19 @@ pub struct BackupArgs {
     /// Honour .gitignore files found in the backed-up folders
     #[arg(long)]
     pub git_ignore: bool,
+    /// Do not cross file systems: folders mounted inside a source are kept, empty
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Leave out folders holding a CACHEDIR.TAG file with the standard signature
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out folders holding a file of this name; with NAME:HEADER only if the file
+    /// begins with HEADER (repeatable)
+    #[arg(long, value_name = "NAME[:HEADER]")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than SIZE (K, M, G, T suffixes)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
     /// Tag the snapshot (repeatable)
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,

@@ -729,3 +729,59 @@ fn caches_and_repositories_are_private() {
     env.ok(&["--cache-dir", "cache", "backup", "-q", "src"]);
     assert_eq!(fs::metadata(&memo).unwrap().mode() & 0o777, 0o600, "an old cache file is made private");
 }
+
+/// `--files-from` (comments, blank lines, globs, `-` for standard input),
+/// `--files-from-verbatim` (lines as they are) and `--files-from-raw` (NUL-separated, any
+/// bytes): every listed path is backed up, and a bad list stops before anything is written.
+#[test]
+fn paths_from_files_as_restic_reads_them() {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let env = Env::new();
+    env.init();
+    for f in ["a/one.txt", "b/two.log", "b/three.log", "c/#hash", "d/ sp", "e/x"] {
+        env.write(f, f.as_bytes());
+    }
+    let odd = std::ffi::OsStr::from_bytes(b"bad-\xff-name");
+    fs::write(env.path("e").join(odd), b"raw").unwrap();
+    let root = env.tmp.path().canonicalize().unwrap();
+    let r = |p: &str| format!("{}/{p}", root.display());
+    env.write("list", format!("# a comment\n\n{}\n  {}  \n{}\n", r("a"), r("b/*.log"), r("c/#hash")).as_bytes());
+    env.write("verbatim", format!("{}\n", r("d/ sp")).as_bytes());
+    let mut raw = r("e/x").into_bytes();
+    raw.push(0);
+    raw.extend_from_slice(root.join("e").join(odd).as_os_str().as_bytes());
+    raw.push(0);
+    fs::write(env.path("raw"), raw).unwrap();
+    let mut child = env
+        .cmd()
+        .args(["--json", "backup", "--files-from", "list", "--files-from", "-"])
+        .args(["--files-from-verbatim", "verbatim", "--files-from-raw", "raw"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{}\n", r("a/one.txt")).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = env.ok(&["ls", "-R", "latest"]);
+    for f in ["a/one.txt", "b/two.log", "b/three.log", "c/#hash", "d/ sp", "e/x", "e/bad-\u{fffd}-name"] {
+        assert!(listed.lines().any(|l| l == r(f)), "{f} missing from:\n{listed}");
+    }
+    // The listed file only, not its folder's other files.
+    env.write("c/other", b"o");
+    env.ok(&["backup", "-q", "--files-from", "list"]);
+    assert!(!env.ok(&["ls", "-R", "latest"]).contains("c/other"));
+    // A pattern that matches nothing, a missing path and an empty list say so.
+    env.write("nomatch", format!("{}\n", r("zzz/*.none")).as_bytes());
+    env.write("missing", format!("{}\n", r("not-there")).as_bytes());
+    env.write("empty", b"# nothing\n");
+    let snapshots = env.ok(&["snapshots"]);
+    for (list, says) in [("nomatch", "matches nothing"), ("missing", "not-there"), ("empty", "no paths to back up")] {
+        let out = env.run(&["backup", "--files-from", list]);
+        assert_eq!(code(&out), 1, "{list}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{list}: {}", env.stderr(&out));
+    }
+    assert_eq!(env.ok(&["snapshots"]), snapshots, "a bad list made a snapshot");
+}

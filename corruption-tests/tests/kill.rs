@@ -199,3 +199,62 @@ fn a_stopped_backup_with_another_host_name_is_resumed_by_plain_resume() {
         assert_eq!(contents(&out_dir), expected, "{sig}");
     }
 }
+
+/// What a backup was told to leave out (`--exclude-caches`, `--exclude-if-present`,
+/// `--exclude-larger-than`) it still leaves out when stopped and continued by `resume`,
+/// which knows only the session record.
+#[test]
+fn resume_leaves_out_what_the_backup_was_told_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 300, 16, 15);
+    std::fs::create_dir_all(src.join("cache")).unwrap();
+    std::fs::write(src.join("cache/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n").unwrap();
+    std::fs::write(src.join("cache/blob"), "cached").unwrap();
+    std::fs::create_dir_all(src.join("fake-cache")).unwrap();
+    std::fs::write(src.join("fake-cache/CACHEDIR.TAG"), "not the signature").unwrap();
+    std::fs::create_dir_all(src.join("private/deep")).unwrap();
+    std::fs::write(src.join("private/.nobackup"), "").unwrap();
+    std::fs::write(src.join("private/deep/secret"), "s").unwrap();
+    std::fs::write(src.join("big.bin"), vec![7u8; 300 << 10]).unwrap();
+    // Files over 100 KiB, by the names `contents` gives them (lossy for non-UTF-8 names).
+    let mut large = std::collections::BTreeSet::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && m.len() > 100 << 10 {
+                large.insert(p.strip_prefix(&src).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(large.contains("big.bin"));
+    let expected: std::collections::BTreeMap<_, _> = contents(&src)
+        .into_iter()
+        .filter(|(rel, _)| !rel.starts_with("cache/") && !rel.starts_with("private/") && !large.contains(rel))
+        .collect();
+    assert!(expected.contains_key("fake-cache/CACHEDIR.TAG"));
+    let src_arg = src.to_str().unwrap();
+    let run = Cli::new(tmp.path().join("w"));
+    run.init();
+    let flags = ["--exclude-caches", "--exclude-if-present", ".nobackup", "--exclude-larger-than", "100K"];
+    let mut args = vec!["backup", "-q"];
+    args.extend(flags);
+    args.push(src_arg);
+    let mut child = run.cmd(&args).env("BAKARE_FAILPOINT", "after-checkpoint").spawn().unwrap();
+    bakare_corruption_tests::wait_stopped(&mut child);
+    assert!(bakare_corruption_tests::signal(&child, "-TERM"));
+    assert!(bakare_corruption_tests::signal(&child, "-CONT"));
+    child.wait().unwrap();
+    ok(&run.run(&["resume"]), "resume");
+    let out_dir = run.dir.join("out");
+    ok(&run.run(&["restore", "-q", &format!("latest:{src_arg}"), "--target", out_dir.to_str().unwrap()]), "restore");
+    let restored = contents(&out_dir);
+    let extra: Vec<_> = restored.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let missing: Vec<_> = expected.keys().filter(|k| !restored.contains_key(*k)).collect();
+    assert!(extra.is_empty() && missing.is_empty(), "restored but left out: {extra:?}; missing: {missing:?}");
+    assert!(restored == expected, "a restored file differs");
+}

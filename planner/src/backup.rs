@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -508,6 +509,16 @@ fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::D
         h.update(f);
     }
     h.update(&[u8::from(options.git_ignore)]);
+    // Only when set, so that the sets of backups without them keep their ids (and memos).
+    let s = &options.selection;
+    if !s.is_empty() {
+        h.update(&[3, u8::from(s.one_file_system)]);
+        for t in &s.exclude_if_present {
+            h.update(&(t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        h.update(&s.exclude_larger_than.map_or([0xff; 8], u64::to_le_bytes));
+    }
     bakare_store::Digest(*h.finalize().as_bytes())
 }
 
@@ -562,7 +573,17 @@ impl Pass<'_> {
             memo_warnings: Mutex::new(memo.warnings.clone()),
         };
         let resolved = if self.sources.whole {
-            walk.dir(Path::new("/"), &opts.excludes.enter(Path::new("/")))
+            let root = Path::new("/");
+            let ex = match fs::symlink_metadata(root) {
+                Ok(m) => opts.excludes.enter(root).on_device(m.dev()),
+                Err(_) => opts.excludes.enter(root),
+            };
+            match walk.dir(root, &ex) {
+                Ok(Some(r)) => Ok(r),
+                // The whole file system, left out by a tag in `/`: an empty root.
+                Ok(None) => walk.finish(root, Vec::new(), None, None),
+                Err(e) => Err(e),
+            }
         } else {
             walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)
         };
@@ -719,32 +740,38 @@ impl Walk<'_> {
                     Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
                     let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
-                    Ok(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind })
+                    Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind }))
                 }
             })
+            .filter_map(Result::transpose)
             .collect::<Result<Vec<_>, _>>()?;
         self.finish(path, children, None, folder.tree)
     }
 
-    fn dir(&self, path: &Path, ex: &Excludes) -> Result<Resolved, PlanError> {
+    /// A folder's tree; `None` when a tag file in it leaves it out.
+    fn dir(&self, path: &Path, ex: &Excludes) -> Result<Option<Resolved>, PlanError> {
         if self.run.interrupted() {
             return Err(PlanError::Interrupted);
         }
-        Counters::add(&self.run.counters.dirs, 1);
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
+                Counters::add(&self.run.counters.dirs, 1);
                 let msg = format!("cannot list folder: {e}");
                 self.record_error(path, msg.clone());
-                return self.finish(path, Vec::new(), Some(msg), None);
+                return self.finish(path, Vec::new(), Some(msg), None).map(Some);
             }
         };
+        if ex.tagged(path, listing.iter().map(|(name, ..)| name.as_os_str())) {
+            return Ok(None);
+        }
+        Counters::add(&self.run.counters.dirs, 1);
         let folder = self.memo.folder(path);
         let memo = folder.files;
         let children: Vec<Planned> = listing
             .into_par_iter()
             .map(|(name, child_path, entry)| match entry.metadata() {
-                Ok(meta) => self.child(&child_path, name.as_bytes(), &meta, ex, &memo).map(Some),
+                Ok(meta) => self.child(&child_path, name.as_bytes(), &meta, ex, &memo),
                 Err(e) => {
                     self.record_error(&child_path, format!("vanished or unreadable: {e}"));
                     Ok(None)
@@ -766,7 +793,7 @@ impl Walk<'_> {
         {
             s.extend(stale);
         }
-        self.finish(path, children, None, folder.tree)
+        self.finish(path, children, None, folder.tree).map(Some)
     }
 
     /// The folder's tree. With no pending child it is built directly (and, when its id is the
@@ -848,11 +875,20 @@ impl Walk<'_> {
         meta: &fs::Metadata,
         ex: &Excludes,
         memo: &[MemoRecord],
-    ) -> Result<Planned, PlanError> {
+    ) -> Result<Option<Planned>, PlanError> {
         let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            let Resolved(tree, error) = self.dir(path, &ex.enter(path))?;
+        let kind = if ft.is_dir() && ex.crosses(meta.dev()) {
+            // A mount point under --one-file-system: kept, empty, so a restore has it.
+            Counters::add(&self.run.counters.dirs, 1);
+            let Resolved(tree, error) = self.finish(path, Vec::new(), None, None)?;
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
+        } else if ft.is_dir() {
+            let Some(Resolved(tree, error)) = self.dir(path, &ex.enter(path).on_device(meta.dev()))? else {
+                return Ok(None);
+            };
+            PlannedKind::Resolved { node: Node::Dir { tree }, error }
+        } else if ft.is_file() && ex.too_large(meta.len()) {
+            return Ok(None);
         } else if ft.is_file() {
             self.file(path, name, meta, memo)
         } else if ft.is_symlink() {
@@ -870,7 +906,7 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        Ok(Planned { name: name.to_vec(), meta: metadata_of(meta), kind })
+        Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), kind }))
     }
 
     fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> PlannedKind {

@@ -1,20 +1,41 @@
 //! Exclusion rules: `--exclude` globs, `--exclude-file` lists and, optionally, `.gitignore`
-//! files found while walking. All use gitignore syntax through the `ignore` crate.
+//! files found while walking, all in gitignore syntax through the `ignore` crate; and the
+//! selection flags restic users know: `--one-file-system`, `--exclude-if-present`,
+//! `--exclude-caches` and `--exclude-larger-than`, each decided from what the walk already
+//! has (the folder's names, the entry's `lstat`), so that they cost nothing on a no-change
+//! run except reading a tag file that is there.
 
+use std::ffi::{OsStr, OsString};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use bakare_store::Selection;
 
 use ignore::Match;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use crate::error::PlanError;
 
-/// The rules in force at one folder: the global ones and the `.gitignore` chain above it.
+/// The rules in force at one folder: the global ones, the `.gitignore` chain above it, and
+/// the selection (`--one-file-system`, `--exclude-if-present`, `--exclude-larger-than`).
 #[derive(Clone)]
 pub struct Excludes {
     global: Arc<Gitignore>,
     git_ignore: bool,
     chain: Option<Arc<Level>>,
+    select: Arc<Select>,
+    /// The device of the source this folder is in, once inside one.
+    dev: Option<u64>,
+}
+
+/// The selection's rules, parsed.
+#[derive(Default)]
+struct Select {
+    one_file_system: bool,
+    /// Tag files: a name and the bytes the file must begin with.
+    tags: Vec<(OsString, Vec<u8>)>,
+    larger_than: Option<u64>,
 }
 
 struct Level {
@@ -37,12 +58,53 @@ impl Excludes {
             }
         }
         let global = b.build().map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
-        Ok(Self { global: Arc::new(global), git_ignore, chain: None })
+        Ok(Self { global: Arc::new(global), git_ignore, chain: None, select: Arc::default(), dev: None })
     }
 
     /// No rules at all.
     pub fn none() -> Self {
-        Self { global: Arc::new(Gitignore::empty()), git_ignore: false, chain: None }
+        Self { global: Arc::new(Gitignore::empty()), git_ignore: false, chain: None, select: Arc::default(), dev: None }
+    }
+
+    /// These rules and `selection`'s.
+    pub fn with_selection(self, selection: &Selection) -> Self {
+        let tags = selection
+            .exclude_if_present
+            .iter()
+            .map(|rule| match rule.split_once(':') {
+                Some((name, header)) => (OsString::from(name), header.as_bytes().to_vec()),
+                None => (OsString::from(rule), Vec::new()),
+            })
+            .collect();
+        let select =
+            Select { one_file_system: selection.one_file_system, tags, larger_than: selection.exclude_larger_than };
+        Self { select: Arc::new(select), ..self }
+    }
+
+    /// The rules inside a folder on device `dev`: the first such folder (a source) sets the
+    /// device `--one-file-system` keeps to.
+    pub(crate) fn on_device(self, dev: u64) -> Self {
+        Self { dev: self.dev.or(Some(dev)), ..self }
+    }
+
+    /// Whether a folder on `dev` is on another file system than its source, and
+    /// `--one-file-system` keeps it empty.
+    pub(crate) fn crosses(&self, dev: u64) -> bool {
+        self.select.one_file_system && self.dev.is_some_and(|d| d != dev)
+    }
+
+    /// Whether a file of `size` bytes is left out (`--exclude-larger-than`).
+    pub(crate) fn too_large(&self, size: u64) -> bool {
+        self.select.larger_than.is_some_and(|limit| size > limit)
+    }
+
+    /// Whether the folder `dir`, whose names are `names` (sorted by bytes), holds a tag file
+    /// (`--exclude-if-present`, `--exclude-caches`) and is left out. A tag with a header is
+    /// read; one that cannot be read does not count.
+    pub(crate) fn tagged<'a>(&self, dir: &Path, names: impl Iterator<Item = &'a OsStr> + Clone) -> bool {
+        self.select.tags.iter().any(|(tag, header)| {
+            names.clone().any(|n| n == tag.as_os_str()) && (header.is_empty() || begins_with(&dir.join(tag), header))
+        })
     }
 
     /// The rules for the children of `dir`, adding its `.gitignore` when enabled.
@@ -72,6 +134,12 @@ impl Excludes {
         }
         false
     }
+}
+
+/// Whether the file at `path` begins with `header`.
+fn begins_with(path: &Path, header: &[u8]) -> bool {
+    let mut start = vec![0u8; header.len()];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut start)).is_ok() && start == header
 }
 
 #[cfg(test)]

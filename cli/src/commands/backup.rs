@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use bakare_planner::{
     BackupOptions, BackupReport, CheckpointPolicy, Counters, Excludes, interrupted_session, prepare_resume,
 };
-use bakare_store::SessionOptions;
+use bakare_store::{Selection, SessionOptions};
 
 use crate::Outcome;
 use crate::args::{BackupArgs, CheckpointArgs};
@@ -19,11 +19,28 @@ use crate::progress::{Expected, Ticker};
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     // Check the sources before creating or unlocking anything.
     let mut paths = Vec::new();
-    for p in &a.paths {
+    for p in a.paths.iter().chain(&super::files_from::read(a)?) {
         std::fs::symlink_metadata(p).with_context(|| format!("source path {}", p.display()))?;
         paths.push(std::fs::canonicalize(p).with_context(|| format!("source path {}", p.display()))?);
     }
-    let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?;
+    if paths.is_empty() {
+        anyhow::bail!("no paths to back up: the --files-from lists are empty");
+    }
+    let mut exclude_if_present = a.exclude_if_present.clone();
+    if a.exclude_caches {
+        exclude_if_present.push(bakare_store::CACHEDIR_TAG.to_string());
+    }
+    for rule in &exclude_if_present {
+        if rule.split(':').next().is_none_or(|name| name.is_empty() || name.contains('/')) {
+            anyhow::bail!("--exclude-if-present {rule:?}: NAME must be a file name (NAME or NAME:HEADER)");
+        }
+    }
+    let selection = Selection {
+        one_file_system: a.one_file_system,
+        exclude_if_present,
+        exclude_larger_than: a.exclude_larger_than,
+    };
+    let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?.with_selection(&selection);
     // Opening the memo (redb's integrity check) runs while the key is unlocked (argon2id).
     let early = ctx.read_config(ctx.backend()?.as_ref()).ok().map(|config| {
         std::thread::scope(|s| {
@@ -71,6 +88,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
             user,
             compression,
             parity: a.parity,
+            selection,
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),

@@ -72,7 +72,9 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
     let exclude_files: Vec<PathBuf> =
         o.exclude_files.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
     let opts = BackupOptions {
-        excludes: Excludes::new(&o.excludes, &exclude_files, o.git_ignore).context("the session's exclude rules")?,
+        excludes: Excludes::new(&o.excludes, &exclude_files, o.git_ignore)
+            .context("the session's exclude rules")?
+            .with_selection(&o.selection),
         host: session.host.clone(),
         user: o.user.clone(),
         tags: o.tags.clone(),

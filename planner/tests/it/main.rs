@@ -5,3 +5,4 @@
 mod engine;
 mod incremental;
 mod reuse;
+mod selection;

@@ -32,6 +32,51 @@ pub struct SessionOptions {
     pub compression: i32,
     /// Recovery shards written per pack (0: no parity).
     pub parity: u16,
+    /// What the walk leaves out beyond the exclude patterns.
+    pub selection: Selection,
+}
+
+/// What a backup's walk leaves out beyond its exclude patterns (restic's flags of the same
+/// names).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    /// Folders on another file system than their source are kept as empty folders.
+    pub one_file_system: bool,
+    /// A folder holding one of these, `NAME` or `NAME:HEADER` (the file begins with
+    /// HEADER), is left out with everything in it. `--exclude-caches` adds
+    /// [`CACHEDIR_TAG`].
+    pub exclude_if_present: Vec<String>,
+    /// Files larger than this many bytes are left out.
+    pub exclude_larger_than: Option<u64>,
+}
+
+/// The Cache Directory Tagging Specification's tag (<https://bford.info/cachedir/>), as an
+/// `exclude_if_present` rule.
+pub const CACHEDIR_TAG: &str = "CACHEDIR.TAG:Signature: 8a477f597d28d172789f06886806bc55";
+
+impl Selection {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// [`SessionOptions`] as written before `selection` existed (read, never written).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionOptionsV1 {
+    excludes: Vec<String>,
+    exclude_files: Vec<Vec<u8>>,
+    git_ignore: bool,
+    tags: Vec<String>,
+    user: String,
+    compression: i32,
+    parity: u16,
+}
+
+impl From<SessionOptionsV1> for SessionOptions {
+    fn from(v: SessionOptionsV1) -> Self {
+        let SessionOptionsV1 { excludes, exclude_files, git_ignore, tags, user, compression, parity } = v;
+        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection: Selection::default() }
+    }
 }
 
 /// A running (or interrupted) backup.
@@ -58,6 +103,10 @@ pub struct Session {
     pub committing: Option<crate::ids::SnapshotId>,
 }
 
+/// The first bytes of a session record's plaintext since `SessionOptions.selection`: older
+/// records (no tag) are read as [`SessionV2`] or [`SessionV1`].
+const SESSION_V3: &[u8; 8] = b"bksess03";
+
 /// A session record as written before `interrupted` existed (read, never written; tests
 /// write it).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -67,14 +116,38 @@ struct SessionV1 {
     started_ns: i64,
     heartbeat_ns: i64,
     paths: Vec<Vec<u8>>,
-    options: SessionOptions,
+    options: SessionOptionsV1,
     checkpoints: u32,
 }
 
 impl From<SessionV1> for Session {
     fn from(v: SessionV1) -> Self {
         let SessionV1 { id, host, started_ns, heartbeat_ns, paths, options, checkpoints } = v;
+        let options = options.into();
         Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted: false, committing: None }
+    }
+}
+
+/// A session record as written before `SessionOptions.selection` existed (read, never
+/// written; tests write it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionV2 {
+    id: [u8; 16],
+    host: String,
+    started_ns: i64,
+    heartbeat_ns: i64,
+    paths: Vec<Vec<u8>>,
+    options: SessionOptionsV1,
+    checkpoints: u32,
+    interrupted: bool,
+    committing: Option<crate::ids::SnapshotId>,
+}
+
+impl From<SessionV2> for Session {
+    fn from(v: SessionV2) -> Self {
+        let SessionV2 { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted, committing } = v;
+        let options = options.into();
+        Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted, committing }
     }
 }
 
@@ -129,7 +202,8 @@ impl Session {
         let head = header(ObjectKind::Session);
         let mut aad = head.to_vec();
         aad.extend_from_slice(&self.id);
-        let plain = postcard::to_stdvec(self).map_err(|e| StoreError::corrupt(self.path(), e.to_string()))?;
+        let plain = postcard::to_extend(self, SESSION_V3.to_vec())
+            .map_err(|e| StoreError::corrupt(self.path(), e.to_string()))?;
         let mut out = head.to_vec();
         index_key.seal_into(&aad, &plain, &mut out)?;
         Ok(out)
@@ -142,9 +216,15 @@ impl Session {
         let mut aad = bytes.get(..8).unwrap_or_default().to_vec();
         aad.extend_from_slice(&id);
         let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;
-        let s: Self = match crate::format::object::decode_exact(name, &plain) {
-            Ok(s) => s,
-            Err(e) => crate::format::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?,
+        // Records before the tag began with the 16-byte random id: 2^-64 that one looks tagged.
+        let s: Self = match plain.strip_prefix(SESSION_V3.as_slice()) {
+            Some(body) => crate::format::object::decode_exact(name, body)?,
+            None => match crate::format::object::decode_exact::<SessionV2>(name, &plain) {
+                Ok(s) => s.into(),
+                Err(e) => {
+                    crate::format::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?
+                }
+            },
         };
         if s.id != id {
             return Err(StoreError::corrupt(name, "the session inside is another one"));
@@ -218,7 +298,15 @@ mod tests {
             started_ns: 1,
             heartbeat_ns: 2,
             paths: vec![],
-            options: SessionOptions::default(),
+            options: SessionOptionsV1 {
+                excludes: vec!["*.o".into()],
+                exclude_files: vec![],
+                git_ignore: true,
+                tags: vec![],
+                user: "u".into(),
+                compression: 1,
+                parity: 0,
+            },
             checkpoints: 3,
         };
         let head = header(ObjectKind::Session);
@@ -228,6 +316,39 @@ mod tests {
         m.write.index_key.seal_into(&aad, &postcard::to_stdvec(&old).unwrap(), &mut bytes).unwrap();
         let s = Session::decode("sessions/05050505050505050505050505050505", &bytes, &m.write.index_key).unwrap();
         assert_eq!((s.checkpoints, s.interrupted), (3, false));
+        assert_eq!(s.options.excludes, ["*.o"]);
+    }
+
+    #[test]
+    fn a_session_written_before_the_selection_still_reads() {
+        let m = MasterKey::generate().unwrap();
+        let old = SessionV2 {
+            id: [6; 16],
+            host: "h".into(),
+            started_ns: 1,
+            heartbeat_ns: 2,
+            paths: vec![b"/a".to_vec()],
+            options: SessionOptionsV1 {
+                excludes: vec![],
+                exclude_files: vec![b"/x".to_vec()],
+                git_ignore: false,
+                tags: vec!["t".into()],
+                user: "u".into(),
+                compression: 3,
+                parity: 2,
+            },
+            checkpoints: 4,
+            interrupted: true,
+            committing: None,
+        };
+        let head = header(ObjectKind::Session);
+        let mut aad = head.to_vec();
+        aad.extend_from_slice(&old.id);
+        let mut bytes = head.to_vec();
+        m.write.index_key.seal_into(&aad, &postcard::to_stdvec(&old).unwrap(), &mut bytes).unwrap();
+        let s = Session::decode("sessions/06060606060606060606060606060606", &bytes, &m.write.index_key).unwrap();
+        assert_eq!((s.checkpoints, s.interrupted, s.options.parity), (4, true, 2));
+        assert_eq!((s.options.tags, s.options.selection), (vec!["t".to_string()], Selection::default()));
     }
 
     #[test]
@@ -239,7 +360,14 @@ mod tests {
             started_ns: 1,
             heartbeat_ns: 2,
             paths: vec![b"/a".to_vec()],
-            options: SessionOptions::default(),
+            options: SessionOptions {
+                selection: Selection {
+                    one_file_system: true,
+                    exclude_if_present: vec![CACHEDIR_TAG.into()],
+                    exclude_larger_than: Some(7),
+                },
+                ..SessionOptions::default()
+            },
             checkpoints: 0,
             interrupted: true,
             committing: Some(crate::ids::SnapshotId(checksum(b"s"))),
