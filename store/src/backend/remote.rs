@@ -144,6 +144,9 @@ pub struct RemoteBackend {
     /// The mean time of recent answered stats and listings, in microseconds (a moving
     /// average: 7/8 the old one, 1/8 the new), for the hedge delay; 0 before the first.
     read_us: AtomicU64,
+    /// The throughput of recent answered uploads of content-named objects, in bytes/s (a
+    /// moving average as `read_us`), for the hedge delay of uploads; 0 before the first.
+    write_bps: AtomicU64,
 }
 
 /// ssh logins that may fail (a connection reset during the key exchange) before a failure
@@ -162,14 +165,22 @@ const CALM_STEP: u32 = 32;
 /// Under packet loss a request whose connection lost its SYN (TCP tries again after 1 s,
 /// then 3, 7, 15) or sits in retransmission backoff waits seconds for nothing, and a
 /// commit's checks run one after another: at 30 % loss single HEAD requests took up to 16 s.
-/// Only reads are hedged (object and range reads too, allowing for their transfer: see
-/// [`HEDGE_SLOW_RATE`]): a write sent twice could land after a later write of the name.
+/// Reads are hedged (object and range reads too, allowing for their transfer: see
+/// [`HEDGE_SLOW_RATE`]), and uploads of content-named objects to S3 (allowing for the
+/// recent upload throughput), whose second copy can only hold the same bytes. Other writes
+/// never are: a write sent twice could land after a later write of the name, e.g. a session
+/// record brought back after its delete.
 pub const HEDGE_MAX: Duration = Duration::from_secs(1);
 pub const HEDGE_MIN: Duration = Duration::from_millis(200);
 pub const HEDGE_FACTOR: u32 = 4;
 /// The rate (bytes/s) a hedged read of known length is allowed before it is sent again:
 /// 1 MiB/s, so a 512 KiB piece waits half a second more than a stat.
 pub const HEDGE_SLOW_RATE: u64 = 1 << 20;
+/// Uploads at least this long teach the upload throughput the hedge of uploads expects.
+const HEDGE_MIN_WRITE: u64 = 64 << 10;
+/// Copies of one request in flight at most: under heavy loss the second may sit in TCP's
+/// SYN backoff too (1 s, then 3, 7).
+pub const HEDGE_COPIES: u32 = 3;
 
 impl RemoteBackend {
     pub fn new(url: RemoteUrl, options: RemoteOptions) -> Result<Self, BackendError> {
@@ -232,6 +243,7 @@ impl RemoteBackend {
             conditional_put,
             login_failures: AtomicU32::new(0),
             read_us: AtomicU64::new(0),
+            write_bps: AtomicU64::new(0),
         })
     }
 
@@ -281,14 +293,40 @@ impl RemoteBackend {
             return written;
         }
         let conditional = if_absent && self.conditional_put;
-        self.call(path, async {
-            match self.op().write_with(path, bytes).if_not_exists(conditional).await {
+        let write = || async {
+            match self.op().write_with(path, bytes.clone()).if_not_exists(conditional).await {
                 Ok(_) => Ok(()),
                 // Already there: names are hashes of the bytes, so it holds these bytes.
                 Err(e) if conditional && e.kind() == ErrorKind::ConditionNotMatch => Ok(()),
                 Err(e) => Err(e),
             }
-        })
+        };
+        if !(if_absent && content_named(path)) {
+            return self.call(path, write());
+        }
+        // A content-named object may be sent twice: both copies hold the same bytes.
+        let len = bytes.len() as u64;
+        let sent = std::time::Instant::now();
+        let r = self.call(path, hedged(self.write_hedge_delay(len), write, opendal::Error::is_temporary));
+        if r.is_ok() && len >= HEDGE_MIN_WRITE {
+            let bps = (len as f64 / sent.elapsed().as_secs_f64().max(1e-3)) as u64;
+            let _ = self.write_bps.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(if m == 0 { bps } else { m - m / 8 + bps / 8 })
+            });
+        }
+        r
+    }
+
+    /// How long an upload of `len` bytes runs before it is sent again: the hedge delay of
+    /// reads plus [`HEDGE_FACTOR`] times what `len` takes at the recent upload throughput
+    /// ([`HEDGE_SLOW_RATE`] / 4 before any), so that on a slow uplink a long upload is not
+    /// sent twice, while one stuck in TCP's backoff under loss is.
+    fn write_hedge_delay(&self, len: u64) -> Duration {
+        let bps = match self.write_bps.load(Ordering::Relaxed) {
+            0 => HEDGE_SLOW_RATE / 4,
+            b => b,
+        };
+        self.hedge_delay() + Duration::from_secs_f64(len as f64 / bps.max(1) as f64).saturating_mul(HEDGE_FACTOR)
     }
 
     /// Runs one request on the runtime, classifying its error.
@@ -405,32 +443,56 @@ impl RemoteBackend {
     }
 }
 
-/// The answer of the future `make` makes or, if that has not ended after `after`, of a
-/// second one it makes then: whichever ends first, unless that is an error `again` says
-/// may pass, when the other's answer is taken (the first error if both fail).
+/// The answer of the future `make` makes or, while none has answered, of more copies it
+/// makes: the second after `after`, the third `2 × after` later (at most [`HEDGE_COPIES`]
+/// in all). The first answer wins, unless it is an error `again` says may pass: then the
+/// others' answers are waited for, and the first error is returned if all fail (at once
+/// when no other copy is running: the retry loop above decides what comes next).
 async fn hedged<T, E, F, Fut>(after: Duration, make: F, again: fn(&E) -> bool) -> Result<T, E>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let first = make();
-    tokio::pin!(first);
-    tokio::select! {
-        r = &mut first => return r,
-        () = tokio::time::sleep(after) => {}
+    use futures_util::StreamExt as _;
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    running.push(make());
+    let mut sent = 1;
+    let mut wait = after;
+    let mut next = tokio::time::Instant::now() + wait;
+    let mut first_error = None;
+    loop {
+        tokio::select! {
+            r = running.next() => match r {
+                Some(Err(e)) if again(&e) => {
+                    if running.is_empty() {
+                        return Err(first_error.unwrap_or(e));
+                    }
+                    first_error.get_or_insert(e);
+                }
+                Some(r) => return r,
+                // Never: a copy is running until one answers or the last fails.
+                None => {
+                    if let Some(e) = first_error.take() {
+                        return Err(e);
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(next), if sent < HEDGE_COPIES => {
+                running.push(make());
+                sent += 1;
+                wait = wait.saturating_mul(2);
+                next += wait;
+            }
+        }
     }
-    let second = make();
-    tokio::pin!(second);
-    tokio::select! {
-        r = &mut first => match r {
-            Err(e) if again(&e) => second.await.map_err(|_| e),
-            r => r,
-        },
-        r = &mut second => match r {
-            Err(e) if again(&e) => first.await.map_err(|_| e),
-            r => r,
-        },
-    }
+}
+
+/// Whether an object's name is the BLAKE3 hash of its bytes (its last part is 64 lowercase
+/// hex digits: packs, index segments, snapshots, checkpoints, keys, GC records): a second
+/// upload of it can only write the same bytes.
+fn content_named(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn first_line(s: &str) -> &str {
@@ -630,6 +692,18 @@ mod tests {
     }
 
     #[test]
+    fn only_names_that_are_hashes_are_content_named() {
+        let hash = "ab".repeat(32);
+        assert!(content_named(&format!("packs/ab/{hash}")));
+        assert!(content_named(&format!("index/{hash}")));
+        assert!(content_named(&hash));
+        assert!(!content_named(&format!("sessions/{}", "ab".repeat(16))));
+        assert!(!content_named(&format!("packs/ab/{}", "AB".repeat(32))));
+        assert!(!content_named(&format!("index/{hash}0")));
+        assert!(!content_named("config"));
+    }
+
+    #[test]
     fn a_hedge_that_finds_nothing_answers_without_waiting_for_the_stuck_first() {
         // "not found" is an answer: the stuck first request is not waited for.
         let made = std::sync::atomic::AtomicU32::new(0);
@@ -674,6 +748,38 @@ mod tests {
             .expect("the hedge answered");
         assert_eq!(r, Ok(1));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_third_copy_goes_when_two_are_stuck_and_no_more() {
+        // Under heavy loss the second copy may sit in SYN backoff too.
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let r: Result<u32, String> = runtime()
+            .block_on(async {
+                let make = || {
+                    let n = made.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < 2 {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(n)
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), hedged(Duration::from_millis(20), make, temporary)).await
+            })
+            .expect("the third copy answered");
+        assert_eq!(r, Ok(2));
+        // All stuck: three copies, then waiting (the stall timeout above ends it).
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let stuck = runtime().block_on(async {
+            let make = || {
+                made.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<Result<u32, String>>()
+            };
+            tokio::time::timeout(Duration::from_millis(500), hedged(Duration::from_millis(10), make, temporary)).await
+        });
+        assert!(stuck.is_err());
+        assert_eq!(made.load(Ordering::SeqCst), HEDGE_COPIES);
     }
 
     #[test]
