@@ -167,7 +167,7 @@ pub enum Command {
     /// Continue the newest interrupted backup of this machine (or a named session)
     Resume(ResumeArgs),
     /// List snapshots
-    Snapshots,
+    Snapshots(SnapshotsArgs),
     /// List the files of a snapshot
     Ls(LsArgs),
     /// Restore a snapshot, or part of one
@@ -313,10 +313,59 @@ pub struct BackupArgs {
     pub checkpoint: CheckpointArgs,
 }
 
+/// Which snapshots `latest` names (restic's flags): with a path (`latest:/home/me/doc`),
+/// `latest` is the newest snapshot that holds it.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FilterArgs {
+    /// Only snapshots of this host (repeatable: any of them)
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// Only snapshots that backed up this path (repeatable: all of them)
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<PathBuf>,
+    /// Only snapshots with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> bakare_store::SnapshotFilter {
+        use std::os::unix::ffi::OsStrExt as _;
+        bakare_store::SnapshotFilter {
+            hosts: self.host.clone(),
+            paths: self
+                .path
+                .iter()
+                .map(|p| {
+                    let b = p.as_os_str().as_bytes();
+                    let t = b.strip_suffix(b"/").filter(|t| !t.is_empty()).unwrap_or(b);
+                    t.to_vec()
+                })
+                .collect(),
+            tags: self.tag.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only the newest N snapshots of each host and set of paths
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// SNAPSHOT or SNAPSHOT:PATH (`latest` is the newest, `latest~N` the N-th before it)
+    /// SNAPSHOT or SNAPSHOT:PATH (`latest` is the newest holding PATH, `latest~N` the N-th
+    /// before it)
     pub target: String,
+    /// A folder or file in the snapshot (as restic's `ls SNAPSHOT PATH`)
+    #[arg(value_name = "PATH")]
+    pub dir: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// List recursively
     #[arg(long, short = 'R')]
     pub recursive: bool,
@@ -327,8 +376,10 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// SNAPSHOT or SNAPSHOT:PATH
+    /// SNAPSHOT or SNAPSHOT:PATH (`latest` is the newest holding PATH)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Folder to restore into
     #[arg(long, short = 't', value_name = "DIR")]
     pub target: PathBuf,
@@ -399,6 +450,12 @@ pub struct DiffArgs {
     /// With --local: the folder to compare [default: the snapshot's path, if it has one]
     #[arg(requires = "local", value_name = "PATH", long = "path")]
     pub path: Option<std::path::PathBuf>,
+    /// `latest` names the newest snapshot of this host (repeatable: any of them)
+    #[arg(long, value_name = "HOST")]
+    pub host: Vec<String>,
+    /// `latest` names the newest snapshot with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
 }
 
 #[derive(Args, Debug)]

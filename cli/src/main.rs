@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(&ctx, &a),
         Command::Backup(a) => commands::backup::run(&ctx, &a),
         Command::Resume(a) => commands::resume::run(&ctx, &a),
-        Command::Snapshots => commands::snapshots::run(&ctx),
+        Command::Snapshots(a) => commands::snapshots::run(&ctx, &a),
         Command::Ls(a) => commands::ls::run(&ctx, &a),
         Command::Restore(a) => commands::restore::run(&ctx, &a),
         Command::Verify(a) => commands::verify::run(&ctx, &a),

@@ -785,3 +785,50 @@ fn paths_from_files_as_restic_reads_them() {
     }
     assert_eq!(env.ok(&["snapshots"]), snapshots, "a bad list made a snapshot");
 }
+
+/// After backing up a second folder, `latest:PATH` still names the newest snapshot that
+/// holds PATH (it used to be the newest of all, which did not); `--host`, `--path` and
+/// `--tag` narrow `latest` and `snapshots`; a missing path names the snapshot looked in.
+#[test]
+fn latest_is_the_newest_snapshot_that_holds_the_path() {
+    let env = Env::new();
+    env.init();
+    env.write("docs/a.txt", b"a1");
+    env.write("code/b.rs", b"b1");
+    env.ok(&["backup", "-q", "--tag", "paper", "docs"]);
+    env.write("docs/a.txt", b"a2");
+    env.ok(&["backup", "-q", "--tag", "paper", "docs"]);
+    env.ok(&["backup", "-q", "--host", "laptop", "code"]);
+    let docs = env.path("docs").canonicalize().unwrap().to_string_lossy().into_owned();
+    let src = env.path("code").canonicalize().unwrap().to_string_lossy().into_owned();
+    assert_eq!(env.ok(&["ls", &format!("latest:{docs}")]), format!("{docs}/a.txt\n"));
+    assert_eq!(env.ok(&["ls", "latest", &docs]), format!("{docs}/a.txt\n"), "restic's form");
+    env.ok(&["restore", "-q", &format!("latest~1:{docs}"), "--target", "old"]);
+    assert_eq!(fs::read(env.path("old/a.txt")).unwrap(), b"a1");
+    env.ok(&["restore", "-q", &format!("latest:{docs}"), "--target", "new"]);
+    assert_eq!(fs::read(env.path("new/a.txt")).unwrap(), b"a2");
+    // `latest` alone is still the newest of all, and the filters narrow it.
+    let newest = env.ok(&["ls", "-R", "latest"]);
+    assert!(newest.contains("b.rs") && !newest.contains("a.txt"), "{newest}");
+    let by_tag = env.ok(&["ls", "--tag", "paper", "-R", "latest"]);
+    assert!(by_tag.contains("a.txt") && !by_tag.contains("b.rs"), "{by_tag}");
+    let by_host = env.ok(&["ls", "--host", "laptop", "-R", "latest"]);
+    assert!(by_host.contains("b.rs") && !by_host.contains("a.txt"), "{by_host}");
+    // What no snapshot holds, and a path missing from a named snapshot, say where they looked.
+    let out = env.run(&["ls", &format!("latest:{docs}/nope/x")]);
+    assert_eq!(code(&out), 1);
+    let said = env.stderr(&out);
+    assert!(said.contains("is not in snapshot") && said.contains("host "), "{said}");
+    let out = env.run(&["ls", &format!("latest:{}/elsewhere", env.tmp.path().display())]);
+    assert!(env.stderr(&out).contains("latest: none of the 3 snapshots hold"), "{}", env.stderr(&out));
+    let out = env.run(&["ls", "--tag", "paper", &format!("latest~2:{docs}")]);
+    assert!(env.stderr(&out).contains("only 2 of the 3 snapshots hold"), "{}", env.stderr(&out));
+    // `snapshots` filters, and the newest of each host and set of paths.
+    let rows = |args: &[&str]| env.ok(args).lines().filter(|l| l.ends_with(&docs) || l.ends_with(&src)).count();
+    assert_eq!(rows(&["snapshots"]), 3);
+    assert_eq!(rows(&["snapshots", "--tag", "paper"]), 2);
+    assert_eq!(rows(&["snapshots", "--host", "laptop"]), 1);
+    assert_eq!(rows(&["snapshots", "--path", &format!("{docs}/")]), 2);
+    assert_eq!(rows(&["snapshots", "--latest", "1"]), 2);
+    assert!(env.ok(&["snapshots"]).lines().next().unwrap().contains("tags"));
+}

@@ -35,6 +35,9 @@ pub enum StoreError {
     AmbiguousSnapshot { spec: String, count: usize },
     #[error("the repository has no snapshots")]
     NoSnapshots,
+    /// `latest` or `latest~N` names none of the snapshots that fit: `why` says which fit.
+    #[error("{spec}: {why}")]
+    NoFittingSnapshot { spec: String, why: String },
     #[error(
         "this machine's clock differs from the storage's by {skew_secs} s; garbage collection judges ages by both, so it does not run (set the clock right)"
     )]

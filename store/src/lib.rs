@@ -37,7 +37,9 @@ pub use format::tree::{Entry, Metadata, Node, Tree};
 pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use maintenance::{forget, gc, prune, repair, verify};
-pub use repo::{Access, Repository, SPAN, SaveOutcome, SnapshotList, WriteStats, adjacent_run, pack_path};
+pub use repo::{
+    Access, Repository, SPAN, SaveOutcome, SnapshotFilter, SnapshotList, WriteStats, adjacent_run, holds, pack_path,
+};
 
 /// Results of this crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

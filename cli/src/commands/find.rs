@@ -181,10 +181,16 @@ pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
 
 pub fn run_diff(ctx: &Context, a: &DiffArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
-    let (ida, sa) = repo.find_snapshot(&a.a)?;
+    let filter = bakare_store::SnapshotFilter { hosts: a.host.clone(), paths: Vec::new(), tags: a.tag.clone() };
+    // With --local --path, `latest` is the newest snapshot that holds the folder.
+    let local = match (&a.path, a.local) {
+        (Some(p), true) => std::fs::canonicalize(p).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let (ida, sa) = repo.find_snapshot_for(&a.a, &filter, &local)?;
     let (b_name, changes) = match &a.b {
         Some(b) => {
-            let (idb, sb) = repo.find_snapshot(b)?;
+            let (idb, sb) = repo.find_snapshot_for(b, &filter, "")?;
             (idb.to_hex(), diff(&repo, sa.root, sb.root)?)
         }
         None => {

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use bakare_planner::{Start, find_node};
-use bakare_store::{BlobId, Entry, Node, Repository};
+use bakare_store::{BlobId, Entry, Node, Repository, Snapshot, SnapshotId};
 
 use crate::Outcome;
 use crate::args::LsArgs;
@@ -12,9 +12,15 @@ use crate::output::time;
 pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
     let (spec, path) = split_target(&a.target);
-    let (_, snap) = repo.find_snapshot(spec)?;
+    let path = match (&a.dir, path) {
+        (Some(p), "") => p.as_str(),
+        (Some(_), _) => anyhow::bail!("give the path once: as SNAPSHOT:PATH or as SNAPSHOT PATH"),
+        (None, p) => p,
+    };
+    let (id, snap) = repo.find_snapshot_for(spec, &a.filter.filter(), path)?;
     let prefix = format!("/{}", path.trim_matches('/'));
-    match find_node(&repo, snap.root, path)? {
+    let node = find_node(&repo, snap.root, path).map_err(|e| in_snapshot(e, &id, &snap))?;
+    match node {
         Start::Tree(id) => list_tree(ctx, a, &repo, &id, prefix.trim_end_matches('/'))?,
         Start::Entry(e) => print_entry(ctx, a, &prefix, &e)?,
     }
@@ -25,6 +31,23 @@ pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
 /// `SNAPSHOT:PATH` → (`SNAPSHOT`, `PATH`).
 pub fn split_target(target: &str) -> (&str, &str) {
     target.split_once(':').unwrap_or((target, ""))
+}
+
+/// A path missing from a snapshot, said with the snapshot it was looked for in.
+pub fn in_snapshot(e: bakare_planner::PlanError, id: &SnapshotId, snap: &Snapshot) -> anyhow::Error {
+    match e {
+        bakare_planner::PlanError::NoSuchPath(p) => {
+            let paths: Vec<_> = snap.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            anyhow::anyhow!(
+                "{p:?} is not in snapshot {} (host {}, {}, paths {})",
+                id.short(),
+                snap.host,
+                time(snap.time_ns),
+                paths.join(" ")
+            )
+        }
+        other => other.into(),
+    }
 }
 
 fn list_tree(ctx: &Context, a: &LsArgs, repo: &Repository, id: &BlobId, prefix: &str) -> Result<()> {

@@ -16,8 +16,8 @@ use crate::progress::{Expected, Ticker};
 pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
     let (spec, path) = split_target(&a.snapshot);
-    let (id, snap) = repo.find_snapshot(spec)?;
-    let start = find_node(&repo, snap.root, path)?;
+    let (id, snap) = repo.find_snapshot_for(spec, &a.filter.filter(), path)?;
+    let start = find_node(&repo, snap.root, path).map_err(|e| crate::commands::ls::in_snapshot(e, &id, &snap))?;
     let counters = Arc::new(Counters::default());
     let began = Instant::now();
     let report = {

@@ -118,6 +118,13 @@ impl Repository {
 
     /// Resolves `latest`, `latest~N` or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        self.find_snapshot_for(spec, &SnapshotFilter::default(), "")
+    }
+
+    /// Resolves `latest` and `latest~N` among the snapshots that `filter` lets through and
+    /// that hold `path` (any, for `""` or `/`), or a unique id prefix (which names one
+    /// snapshot whatever the filter).
+    pub fn find_snapshot_for(&self, spec: &str, filter: &SnapshotFilter, path: &str) -> Result<(SnapshotId, Snapshot)> {
         let mut all = self.snapshots()?.snapshots;
         if let Some(back) = spec.strip_prefix("latest") {
             let n: usize = match back.strip_prefix('~') {
@@ -128,7 +135,21 @@ impl Repository {
             if all.is_empty() {
                 return Err(StoreError::NoSnapshots);
             }
-            let at = all.len().checked_sub(n + 1).ok_or_else(|| StoreError::NoSuchSnapshot(spec.into()))?;
+            let total = all.len();
+            all.retain(|(_, s)| filter.matches(s) && holds(s, path.as_bytes()));
+            let what = filter.describe(path);
+            let unfit = |why: String| StoreError::NoFittingSnapshot { spec: spec.to_string(), why };
+            let of_all = if total == 1 { "the one snapshot".to_string() } else { format!("the {total} snapshots") };
+            if all.is_empty() {
+                return Err(unfit(format!("none of {of_all} {what}")));
+            }
+            let at = all.len().checked_sub(n + 1).ok_or_else(|| {
+                unfit(match (all.len() == total, total) {
+                    (true, 1) => "the repository has only one snapshot".to_string(),
+                    (true, _) => format!("the repository has only {total} snapshots"),
+                    (false, _) => format!("only {} of {of_all} {what}", all.len()),
+                })
+            })?;
             return Ok(all.swap_remove(at));
         }
         let spec_lc = spec.to_ascii_lowercase();
@@ -230,5 +251,114 @@ impl Repository {
         }
         out.sort_by_key(|(_, c)| c.refs.seq);
         Ok(out)
+    }
+}
+
+/// Which snapshots `latest` may name, as restic's `--host`, `--path` and `--tag` choose.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    /// Any of these hosts (any host if empty).
+    pub hosts: Vec<String>,
+    /// Each of these among the snapshot's backed-up paths (absolute, no trailing `/`).
+    pub paths: Vec<Vec<u8>>,
+    /// Each of these tags.
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.host))
+            && self.paths.iter().all(|p| s.paths.contains(p))
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+
+    /// What the filter and `path` ask of a snapshot, for messages: "hold /x, of host h".
+    pub fn describe(&self, path: &str) -> String {
+        let mut parts = Vec::new();
+        let path = path.trim_end_matches('/');
+        if !path.is_empty() {
+            parts.push(format!("hold {path}"));
+        }
+        if !self.hosts.is_empty() {
+            parts.push(format!("are of host {}", self.hosts.join(" or ")));
+        }
+        for p in &self.paths {
+            parts.push(format!("back up {}", String::from_utf8_lossy(p)));
+        }
+        if !self.tags.is_empty() {
+            parts.push(format!("are tagged {}", self.tags.join(" and ")));
+        }
+        if parts.is_empty() { "fit".to_string() } else { parts.join(", ") }
+    }
+}
+
+/// Whether snapshot `s` holds `path` (absolute; `""` or `/` is everything): one of its
+/// backed-up paths is `path`, above it, or below it (then `path` is a folder on the way).
+pub fn holds(s: &Snapshot, path: &[u8]) -> bool {
+    let path = trim_slashes(path);
+    if path.is_empty() {
+        return true;
+    }
+    let within = |outer: &[u8], inner: &[u8]| inner.strip_prefix(outer).is_some_and(|rest| rest.first() == Some(&b'/'));
+    s.paths.iter().any(|p| {
+        let p = trim_slashes(p);
+        p.is_empty() || p == path || within(p, path) || within(path, p)
+    })
+}
+
+/// `path` without the trailing `/` (and `/` itself as empty).
+fn trim_slashes(path: &[u8]) -> &[u8] {
+    let mut p = path;
+    while let [rest @ .., b'/'] = p {
+        p = rest;
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::BlobId;
+
+    fn snap(host: &str, paths: &[&str], tags: &[&str]) -> Snapshot {
+        Snapshot {
+            time_ns: 0,
+            host: host.into(),
+            user: String::new(),
+            paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            root: BlobId(bakare_crypto::checksum(b"r")),
+            parent: None,
+            stats: Default::default(),
+            program: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_holds_its_paths_what_is_below_and_the_folders_above() {
+        let s = snap("h", &["/home/me/doc", "/srv/x"], &[]);
+        for yes in ["", "/", "/home", "/home/me/", "/home/me/doc", "/home/me/doc/a/b", "/srv/x/y"] {
+            assert!(holds(&s, yes.as_bytes()), "{yes}");
+        }
+        for no in ["/home/me/docs", "/home/me/do", "/home/you", "/srv/xy", "/etc"] {
+            assert!(!holds(&s, no.as_bytes()), "{no}");
+        }
+        assert!(holds(&snap("h", &["/"], &[]), b"/etc/x"));
+    }
+
+    #[test]
+    fn filters_want_any_host_every_path_and_every_tag() {
+        let s = snap("a", &["/x", "/y"], &["t1", "t2"]);
+        let f = |hosts: &[&str], paths: &[&str], tags: &[&str]| SnapshotFilter {
+            hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+            paths: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        };
+        assert!(f(&[], &[], &[]).matches(&s));
+        assert!(f(&["b", "a"], &["/y"], &["t2", "t1"]).matches(&s));
+        assert!(!f(&["b"], &[], &[]).matches(&s));
+        assert!(!f(&[], &["/x", "/z"], &[]).matches(&s));
+        assert!(!f(&[], &[], &["t1", "t3"]).matches(&s));
+        assert_eq!(f(&["b"], &[], &["t"]).describe("/a/"), "hold /a, are of host b, are tagged t");
     }
 }

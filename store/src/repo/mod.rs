@@ -36,6 +36,7 @@ use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
 use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::{Result, StoreError};
+pub use catalog::{SnapshotFilter, holds};
 use index::BlobIndex;
 use reader::BlobReader;
 pub use runs::{SPAN, adjacent_run};
