@@ -21,12 +21,26 @@ pub struct Global {
     /// usual AWS_* variables and ~/.aws files) or sftp://user@host[:port]/path (keys from
     /// ssh-agent or ~/.ssh) [default: the user's data folder, bakare/repo] [env:
     /// BAKARE_REPOSITORY]
-    #[arg(long, short = 'r', global = true, value_name = "REPO")]
+    #[arg(long, short = 'r', visible_alias = "repository", global = true, value_name = "REPO")]
     pub repo: Option<PathBuf>,
+    /// Read the repository's location from the first line of this file [env:
+    /// BAKARE_REPOSITORY_FILE]
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "repo")]
+    pub repository_file: Option<PathBuf>,
     /// Read the passphrase from this file (else BAKARE_PASSPHRASE, else a terminal prompt)
     /// [env: BAKARE_PASSPHRASE_FILE]
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, visible_alias = "password-file", global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Take the passphrase from the first line this command prints (run with `sh -c`; a
+    /// password manager, say) [env: BAKARE_PASSPHRASE_COMMAND]
+    #[arg(
+        long,
+        visible_alias = "password-command",
+        global = true,
+        value_name = "COMMAND",
+        conflicts_with = "passphrase_file"
+    )]
+    pub passphrase_command: Option<String>,
     /// Use this put-only key file instead of a passphrase (backup only) [env: BAKARE_KEY_FILE]
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
@@ -96,6 +110,20 @@ impl Global {
             if field.is_none() {
                 *field = path(name);
             }
+        }
+        if self.repository_file.is_none() && self.repo.is_none() {
+            self.repository_file = path("BAKARE_REPOSITORY_FILE");
+        }
+        if let Some(f) = &self.repository_file {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("repository file {}: {e}", f.display()))?;
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+            if first.is_empty() {
+                return Err(format!("repository file {} names no repository", f.display()));
+            }
+            self.repo = Some(PathBuf::from(first));
+        }
+        if self.passphrase_command.is_none() && self.passphrase_file.is_none() {
+            self.passphrase_command = std::env::var("BAKARE_PASSPHRASE_COMMAND").ok().filter(|v| !v.is_empty());
         }
         if self.threads.is_none()
             && let Ok(v) = std::env::var("BAKARE_THREADS")
@@ -194,6 +222,20 @@ pub enum Command {
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// bash: `bakare completions bash > ~/.local/share/bash-completion/completions/bakare`;
+    /// zsh: into a folder of your $fpath as `_bakare`; fish:
+    /// `bakare completions fish > ~/.config/fish/completions/bakare.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (bakare.1 and one per command) into a folder
+    Man {
+        /// Folder to write them into (created if missing)
+        dir: PathBuf,
+    },
     /// Tools for benchmarks and diagnosis
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),

@@ -150,8 +150,14 @@ impl Context {
                 std::fs::read_to_string(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
             return Ok(text.trim_end_matches(['\n', '\r']).to_string());
         }
+        if let Some(cmd) = &self.global.passphrase_command {
+            return passphrase_from_command(cmd);
+        }
         if !std::io::stdin().is_terminal() {
-            bail!("no passphrase: set BAKARE_PASSPHRASE, use --passphrase-file, or run on a terminal");
+            bail!(
+                "no passphrase: set BAKARE_PASSPHRASE, use --passphrase-file or --passphrase-command, or run on a \
+                 terminal"
+            );
         }
         let p = rpassword::prompt_password("passphrase: ").context("reading passphrase")?;
         if confirm && rpassword::prompt_password("passphrase again: ").context("reading passphrase")? != p {
@@ -327,4 +333,23 @@ pub fn warn_index(repo: &Repository) {
     for w in repo.index_warnings() {
         say!("bakare: warning: skipped a damaged index segment ({w})");
     }
+}
+
+/// The first line `cmd` prints (run with `sh -c`), as `--passphrase-command` takes it.
+fn passphrase_from_command(cmd: &str) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the passphrase command {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("the passphrase command {cmd:?} failed ({})", out.status);
+    }
+    let text = String::from_utf8(out.stdout).context("the passphrase command printed something that is not UTF-8")?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        bail!("the passphrase command {cmd:?} printed no passphrase");
+    }
+    Ok(line.to_string())
 }

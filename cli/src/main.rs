@@ -101,6 +101,8 @@ fn main() -> ExitCode {
         Command::Forget(a) => commands::forget::run(&ctx, &a),
         Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man { dir } => commands::docs::man(&ctx, &dir),
         Command::Debug(DebugCommand::StatWalk { path }) => commands::debug::stat_walk(&ctx, &path),
         Command::Debug(DebugCommand::CheckState { path }) => commands::debug::check_state(&ctx, &path),
     };

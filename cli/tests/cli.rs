@@ -832,3 +832,39 @@ fn latest_is_the_newest_snapshot_that_holds_the_path() {
     assert_eq!(rows(&["snapshots", "--latest", "1"]), 2);
     assert!(env.ok(&["snapshots"]).lines().next().unwrap().contains("tags"));
 }
+
+/// What a restic user scripts with: `--passphrase-command` (alias `--password-command`),
+/// `--repository-file`, and the completions and man pages generated from the same
+/// definition as `--help`.
+#[test]
+fn passphrase_command_repository_file_completions_and_man_pages() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"a");
+    let no_env = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("BAKARE_PASSPHRASE").env_remove("BAKARE_REPOSITORY").args(args);
+        c.output().unwrap()
+    };
+    env.write("where", format!("\n{}\n", env.path("repo").display()).as_bytes());
+    let out =
+        no_env(&["--repository-file", "where", "--password-command", "echo 'correct horse'", "backup", "-q", "src"]);
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    let out = no_env(&["-r", "repo", "--passphrase-command", "echo wrong", "snapshots"]);
+    assert_ne!(code(&out), 0);
+    let out = no_env(&["-r", "repo", "--passphrase-command", "exit 3", "snapshots"]);
+    assert!(env.stderr(&out).contains("the passphrase command \"exit 3\" failed"), "{}", env.stderr(&out));
+    let out = no_env(&["-r", "repo", "snapshots"]);
+    assert!(env.stderr(&out).contains("--passphrase-command"), "{}", env.stderr(&out));
+    env.write("nowhere", b"\n\n");
+    let out = no_env(&["--repository-file", "nowhere", "snapshots"]);
+    assert!(env.stderr(&out).contains("names no repository"), "{}", env.stderr(&out));
+    // Generated help for shells and man.
+    let bash = env.ok(&["completions", "bash"]);
+    assert!(bash.contains("_bakare()") && bash.contains("--exclude-caches"), "{bash}");
+    assert!(env.ok(&["completions", "fish"]).contains("complete -c bakare"));
+    env.ok(&["man", "man-pages"]);
+    let page = fs::read_to_string(env.path("man-pages/bakare-backup.1")).unwrap();
+    assert!(page.contains("one\\-file\\-system") || page.contains("one-file-system"), "{page}");
+    assert!(env.path("man-pages/bakare.1").exists());
+}

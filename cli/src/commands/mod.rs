@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod debug;
+pub mod docs;
 pub mod files_from;
 pub mod find;
 pub mod forget;
