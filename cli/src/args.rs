@@ -219,6 +219,8 @@ pub enum Command {
     /// been silent for a week. The output says when the marked space comes back. `--now`
     /// does both at once when no other backup or prune is running.
     Prune(GcArgs),
+    /// Add, remove or set the tags of snapshots (each is written anew under its new id)
+    Tag(TagArgs),
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -390,6 +392,25 @@ impl FilterArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change (ids, prefixes, latest, latest~N) [default: every snapshot the
+    /// filters let through]
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Add this tag (repeatable)
+    #[arg(long, value_name = "TAG", required_unless_present_any = ["remove", "set"])]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub remove: Vec<String>,
+    /// Replace the tags with these (repeatable; `--set ''` removes them all)
+    #[arg(long, value_name = "TAG", conflicts_with_all = ["add", "remove"])]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -523,6 +544,17 @@ pub struct ForgetArgs {
     /// Keep the newest snapshot of each of the last N years that have one
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub keep_yearly: usize,
+    /// Keep every snapshot within this span before the newest of its group (1y6m, 30d,
+    /// 2w, 12h: calendar years, months, weeks, days, hours)
+    #[arg(long, value_name = "DURATION", value_parser = bakare_store::forget::Within::parse)]
+    pub keep_within: Option<bakare_store::forget::Within>,
+    /// Keep every snapshot with these tags (comma-separated: all of them; repeatable: any
+    /// of the lists)
+    #[arg(long, value_name = "TAG[,TAG]")]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy only to snapshots with this tag (repeatable: all of them)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
     /// Apply the policy only to snapshots of this host
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,

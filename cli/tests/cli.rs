@@ -868,3 +868,46 @@ fn passphrase_command_repository_file_completions_and_man_pages() {
     assert!(page.contains("one\\-file\\-system") || page.contains("one-file-system"), "{page}");
     assert!(env.path("man-pages/bakare.1").exists());
 }
+
+/// Tags after the fact (`tag --add/--remove/--set`, each snapshot written anew) and the
+/// retention rules that use tags and time spans (`forget --keep-tag`, `--keep-within`).
+#[test]
+fn tags_after_the_fact_and_keep_tag_and_keep_within() {
+    let env = Env::new();
+    env.init();
+    for i in 0..3 {
+        env.write("src/f", format!("v{i}").as_bytes());
+        env.ok(&["backup", "-q", "src"]);
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--json", "snapshots"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&all)).unwrap();
+        v.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    };
+    let before = ids(&[]);
+    let said = env.ok(&["tag", "--add", "release", "--add", "v1", "latest~2"]);
+    assert!(said.contains("tags: release,v1"), "{said}");
+    let tagged = ids(&["--tag", "release"]);
+    assert_eq!(tagged.len(), 1);
+    assert!(!before.contains(&tagged[0]), "a retagged snapshot gets a new id");
+    assert_eq!(ids(&[]).len(), 3, "the old one is gone");
+    env.ok(&["tag", "--tag", "release", "--remove", "v1"]);
+    assert_eq!(ids(&["--tag", "v1"]).len(), 0);
+    assert_eq!(ids(&["--tag", "release"]).len(), 1);
+    // Nothing to change: nothing written.
+    let same = ids(&[]);
+    assert!(env.ok(&["tag", "--add", "release", "--tag", "release"]).contains("changed 0 snapshots"));
+    assert_eq!(ids(&[]), same);
+    // The tagged oldest outlives --keep-last 1; the middle one goes.
+    let out = env.ok(&["forget", "--keep-last", "1", "--keep-tag", "release"]);
+    assert!(out.contains("keep (tag)") && out.contains("removed 1 snapshot"), "{out}");
+    assert_eq!(ids(&[]).len(), 2);
+    // All were taken within the last hour of the newest.
+    let out = env.ok(&["forget", "--keep-within", "1h", "--dry-run"]);
+    assert!(out.contains("would remove 0 snapshots"), "{out}");
+    let out = env.run(&["forget", "--keep-within", "7"]);
+    assert!(env.stderr(&out).contains("every number needs a unit"), "{}", env.stderr(&out));
+    env.ok(&["tag", "--set", "", "--tag", "release"]);
+    assert_eq!(ids(&["--tag", "release"]).len(), 0);
+}

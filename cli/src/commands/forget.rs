@@ -19,6 +19,13 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
         yearly: a.keep_yearly,
+        within: a.keep_within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|list| list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
+            .filter(|list: &Vec<String>| !list.is_empty())
+            .collect(),
     };
     if policy.is_empty() && a.snapshots.is_empty() {
         bail!("nothing to forget: name snapshots or give a --keep-* policy (forget never removes every snapshot)");
@@ -36,6 +43,7 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
         .snapshots
         .iter()
         .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
+        .filter(|(_, s)| a.tag.iter().all(|t| s.tags.contains(t)))
         .filter(|(_, s)| {
             a.path.iter().all(|p| s.paths.iter().any(|sp| sp.as_slice() == p.as_os_str().as_encoded_bytes()))
         })

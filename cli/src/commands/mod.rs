@@ -13,4 +13,5 @@ pub mod prune;
 pub mod restore;
 pub mod resume;
 pub mod snapshots;
+pub mod tag;
 pub mod verify;
