@@ -219,6 +219,8 @@ pub enum Command {
     /// been silent for a week. The output says when the marked space comes back. `--now`
     /// does both at once when no other backup or prune is running.
     Prune(GcArgs),
+    /// Write a file of a snapshot to standard output, or a folder as a tar archive
+    Dump(DumpArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
     /// Manage keys
@@ -389,6 +391,21 @@ impl FilterArgs {
             tags: self.tag.clone(),
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// SNAPSHOT:PATH (`latest` is the newest holding PATH); a folder (or the whole
+    /// snapshot) is written as a tar archive
+    pub target: String,
+    /// The path, as restic's `dump SNAPSHOT PATH` takes it
+    #[arg(value_name = "PATH")]
+    pub dir: Option<String>,
+    /// Write a folder as this archive format (only tar)
+    #[arg(long, default_value = "tar", value_parser = ["tar"])]
+    pub archive: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Args, Debug)]

@@ -101,6 +101,7 @@ fn main() -> ExitCode {
         Command::Forget(a) => commands::forget::run(&ctx, &a),
         Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Tag(a) => commands::tag::run(&ctx, &a),
+        Command::Dump(a) => commands::dump::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Completions { shell } => commands::docs::completions(shell),
         Command::Man { dir } => commands::docs::man(&ctx, &dir),

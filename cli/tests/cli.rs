@@ -911,3 +911,71 @@ fn tags_after_the_fact_and_keep_tag_and_keep_within() {
     env.ok(&["tag", "--set", "", "--tag", "release"]);
     assert_eq!(ids(&["--tag", "release"]).len(), 0);
 }
+
+/// `dump`: a file's bytes to standard output; a folder as a tar archive that extracts to the
+/// same files; one damaged file neither stops the archive nor harms the others (exit 4).
+#[test]
+fn dump_a_file_and_a_folder_as_tar_past_damage() {
+    if std::process::Command::new("tar").arg("--version").output().is_err() {
+        eprintln!("skipping: no tar here to read the archive");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    env.write("src/a.txt", b"alpha");
+    env.write("src/sub/b.txt", &b"beta ".repeat(1000));
+    let mut big = Vec::with_capacity(3 << 20);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while big.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    env.write("src/big.bin", &big);
+    std::os::unix::fs::symlink("a.txt", env.path("src/link")).unwrap();
+    env.ok(&["backup", "-q", "src"]);
+    let src = env.path("src").canonicalize().unwrap().to_string_lossy().into_owned();
+    let out = env.run(&["dump", &format!("latest:{src}/sub/b.txt")]);
+    assert_eq!(out.stdout, b"beta ".repeat(1000));
+    let out = env.run(&["dump", "latest", &src]);
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    fs::write(env.path("src.tar"), &out.stdout).unwrap();
+    fs::create_dir(env.path("x")).unwrap();
+    let untar = |dir: &str| {
+        let s = Command::new("tar").args(["xf", "src.tar", "-C", dir]).current_dir(env.tmp.path()).status().unwrap();
+        assert!(s.success());
+    };
+    untar("x");
+    assert_eq!(fs::read(env.path("x/src/big.bin")).unwrap(), big);
+    assert_eq!(fs::read(env.path("x/src/sub/b.txt")).unwrap(), b"beta ".repeat(1000));
+    assert_eq!(fs::read_link(env.path("x/src/link")).unwrap(), Path::new("a.txt"));
+    // The largest pack holds big.bin's data: damage its middle.
+    let mut packs = Vec::new();
+    let mut stack = vec![env.path("repo/packs")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { packs.push((fs::metadata(&p).unwrap().len(), p)) }
+        }
+    }
+    packs.sort();
+    let (len, largest) = packs.last().unwrap().clone();
+    let mut bytes = fs::read(&largest).unwrap();
+    for b in &mut bytes[len as usize / 2..len as usize / 2 + 64] {
+        *b ^= 0x5A;
+    }
+    fs::write(&largest, bytes).unwrap();
+    let out = env.run(&["dump", "latest", &src]);
+    assert_eq!(code(&out), 4, "{}", env.stderr(&out));
+    assert!(env.stderr(&out).contains("damaged: src/big.bin"), "{}", env.stderr(&out));
+    fs::write(env.path("src.tar"), &out.stdout).unwrap();
+    fs::create_dir(env.path("y")).unwrap();
+    untar("y");
+    assert_eq!(fs::metadata(env.path("y/src/big.bin")).unwrap().len(), big.len() as u64, "the size is kept");
+    assert_eq!(fs::read(env.path("y/src/a.txt")).unwrap(), b"alpha");
+    assert_eq!(fs::read(env.path("y/src/sub/b.txt")).unwrap(), b"beta ".repeat(1000));
+    // A symlink has no contents to dump.
+    let out = env.run(&["dump", &format!("latest:{src}/link")]);
+    assert!(env.stderr(&out).contains("is a symlink to a.txt"), "{}", env.stderr(&out));
+}

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod debug;
 pub mod docs;
+pub mod dump;
 pub mod files_from;
 pub mod find;
 pub mod forget;
