@@ -627,6 +627,25 @@ fn parse_subset(s: &str) -> Result<(u32, u32), String> {
 pub enum KeyCommand {
     /// Export a key to a file
     Export(KeyExportArgs),
+    /// List the key files, marking those the passphrase in use opens
+    List,
+    /// Add a passphrase (two key files, as init writes)
+    Add(NewPassphraseArgs),
+    /// Change the passphrase in use: add the new one, then remove the old one's key files
+    Passwd(NewPassphraseArgs),
+    /// Remove a key file (never the last one, nor one the passphrase in use opens)
+    Remove {
+        /// The key file's id (a prefix is enough), as `key list` shows it
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NewPassphraseArgs {
+    /// Read the new passphrase from this file [default: BAKARE_NEW_PASSPHRASE, else a
+    /// terminal prompt]
+    #[arg(long, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

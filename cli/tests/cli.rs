@@ -979,3 +979,49 @@ fn dump_a_file_and_a_folder_as_tar_past_damage() {
     let out = env.run(&["dump", &format!("latest:{src}/link")]);
     assert!(env.stderr(&out).contains("is a symlink to a.txt"), "{}", env.stderr(&out));
 }
+
+/// `key list/add/passwd/remove`: a second passphrase opens the repository; the one in use
+/// cannot be removed (only changed, new key files first); the old one stops working.
+#[test]
+fn keys_are_added_changed_and_removed_never_the_last() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", b"a");
+    env.ok(&["backup", "-q", "src"]);
+    let list = |pass: &str| -> Vec<serde_json::Value> {
+        let out = env.cmd().env("BAKARE_PASSPHRASE", pass).args(["--json", "key", "list"]).output().unwrap();
+        assert!(out.status.success(), "{}", env.stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    };
+    let current = |keys: &[serde_json::Value]| keys.iter().filter(|k| k["current"] == true).count();
+    let keys = list("correct horse");
+    assert_eq!((keys.len(), current(&keys)), (2, 2));
+    env.write("second", b"battery staple\n");
+    env.ok(&["key", "add", "--new-passphrase-file", "second"]);
+    let keys = list("battery staple");
+    assert_eq!((keys.len(), current(&keys)), (4, 2), "the second passphrase opens its own two");
+    // One of the first passphrase's key files, removed with the second in use.
+    let first: Vec<String> =
+        keys.iter().filter(|k| k["current"] == false).map(|k| k["id"].as_str().unwrap().to_string()).collect();
+    let out = env.cmd().env("BAKARE_PASSPHRASE", "battery staple").args(["key", "remove", &first[0][..10]]).output();
+    assert!(out.unwrap().status.success());
+    assert_eq!(list("correct horse").len(), 3);
+    // The key in use is refused.
+    let mine = keys.iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let out = env.cmd().env("BAKARE_PASSPHRASE", "battery staple").args(["key", "remove", &mine]).output().unwrap();
+    assert!(env.stderr(&out).contains("key passwd"), "{}", env.stderr(&out));
+    // passwd: the new one works, the old one no more; the data reads.
+    env.write("third", b"tr0ub4dor");
+    let out = env
+        .cmd()
+        .env("BAKARE_PASSPHRASE", "battery staple")
+        .args(["key", "passwd", "--new-passphrase-file", "third"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    let out = env.cmd().env("BAKARE_PASSPHRASE", "battery staple").args(["snapshots"]).output().unwrap();
+    assert_ne!(code(&out), 0, "the old passphrase still opens");
+    assert_eq!(list("tr0ub4dor").len(), 3, "one of the first passphrase's files and the new two");
+    let out = env.cmd().env("BAKARE_PASSPHRASE", "tr0ub4dor").args(["restore", "-q", "latest", "-t", "out"]).output();
+    assert!(out.unwrap().status.success());
+}

@@ -35,6 +35,8 @@ pub enum StoreError {
     AmbiguousSnapshot { spec: String, count: usize },
     #[error("the repository has no snapshots")]
     NoSnapshots,
+    #[error("{path} is the last key file that opens the repository: without it nothing can be read")]
+    LastKey { path: String },
     /// `latest` or `latest~N` names none of the snapshots that fit: `why` says which fit.
     #[error("{spec}: {why}")]
     NoFittingSnapshot { spec: String, why: String },

@@ -38,6 +38,7 @@ use crate::ids::{BlobId, BlobKind, PackId, SnapshotId};
 use crate::{Result, StoreError};
 pub use catalog::{SnapshotFilter, holds};
 use index::BlobIndex;
+pub use open::KeyFileInfo;
 use reader::BlobReader;
 pub use runs::{SPAN, adjacent_run};
 use writer::BlobWriter;

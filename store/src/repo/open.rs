@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bakare_crypto::{KdfParams, MasterKey, open_key_file, seal_key_file};
+use bakare_crypto::{KdfParams, MasterKey, open_key_file, parse_key_file, seal_key_file};
 
 use super::{Access, Core, Repository, now_ns};
 use crate::backend::Backend;
@@ -125,5 +125,65 @@ impl Repository {
             });
         }
         Ok(Self::assemble(Core { backend, config, access }))
+    }
+}
+
+/// One key file of the repository (`keys/<id>`), as `key list` shows it.
+#[derive(Clone, Debug)]
+pub struct KeyFileInfo {
+    pub path: String,
+    /// The KDF parameters it was sealed with (None if it cannot be parsed).
+    pub kdf: Option<KdfParams>,
+    /// Whether the passphrase in use opens it.
+    pub current: bool,
+    /// Why it cannot be read or opened, if so.
+    pub problem: Option<String>,
+}
+
+impl Repository {
+    /// Every key file, and whether `passphrase` opens it (an argon2 derivation each).
+    pub fn key_files(&self, passphrase: &[u8]) -> Result<Vec<KeyFileInfo>> {
+        let backend = self.core.backend.as_ref();
+        let mut out = Vec::new();
+        for path in backend.list("keys")? {
+            let Some(name) = id_of_path(&path) else { continue };
+            let info = match get_verified(backend, &path, &name) {
+                Err(e) => KeyFileInfo { path, kdf: None, current: false, problem: Some(e.to_string()) },
+                Ok(bytes) => match parse_key_file(&bytes) {
+                    Err(e) => KeyFileInfo { path, kdf: None, current: false, problem: Some(e.to_string()) },
+                    Ok((kdf, _)) => match open_key_file(&bytes, passphrase) {
+                        Ok(_) => KeyFileInfo { path, kdf: Some(kdf), current: true, problem: None },
+                        Err(bakare_crypto::CryptoError::WrongPassphrase) => {
+                            KeyFileInfo { path, kdf: Some(kdf), current: false, problem: None }
+                        }
+                        Err(e) => KeyFileInfo { path, kdf: Some(kdf), current: false, problem: Some(e.to_string()) },
+                    },
+                },
+            };
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Seals the master key under another passphrase: two key files, as `init` writes.
+    pub fn add_key(&self, passphrase: &[u8], kdf: KdfParams) -> Result<Vec<String>> {
+        let master = self.core.access.master()?;
+        let mut paths = Vec::new();
+        for _ in 0..2 {
+            let key_file = seal_key_file(master, passphrase, kdf)?;
+            let path = format!("keys/{}", bakare_crypto::checksum(&key_file));
+            self.core.backend.put(&path, &key_file)?;
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// Deletes one key file; refuses the last one that opens.
+    pub fn remove_key_file(&self, path: &str, all: &[KeyFileInfo]) -> Result<()> {
+        let others = all.iter().filter(|k| k.path != path && k.problem.is_none()).count();
+        if others == 0 {
+            return Err(StoreError::LastKey { path: path.to_string() });
+        }
+        Ok(self.core.backend.delete(path)?)
     }
 }
