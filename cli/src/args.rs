@@ -221,6 +221,9 @@ pub enum Command {
     Prune(GcArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
+    /// Sizes: what a restore would write, the unique data behind it, deduplication and
+    /// compression, per snapshot and for the whole repository
+    Stats(StatsArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
     /// Manage keys
@@ -391,6 +394,19 @@ impl FilterArgs {
             tags: self.tag.clone(),
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count (ids, prefixes, latest, latest~N) [default: every snapshot the
+    /// filters let through]
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Also a line for each snapshot
+    #[arg(long)]
+    pub per_snapshot: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 #[derive(Args, Debug)]

@@ -1025,3 +1025,34 @@ fn keys_are_added_changed_and_removed_never_the_last() {
     let out = env.cmd().env("BAKARE_PASSPHRASE", "tr0ub4dor").args(["restore", "-q", "latest", "-t", "out"]).output();
     assert!(out.unwrap().status.success());
 }
+
+/// `stats`: the restore size adds up per snapshot, the unique data does not (deduplicated),
+/// and the ratios follow from them.
+#[test]
+fn stats_count_restore_size_and_unique_data() {
+    let env = Env::new();
+    env.init();
+    env.write("src/a", &b"hello world ".repeat(10_000));
+    env.write("src/b", b"short");
+    env.ok(&["backup", "-q", "src"]);
+    env.ok(&["backup", "-q", "--host", "twin", "src"]);
+    let stats = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json", "stats"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&env.ok(&all)).unwrap()
+    };
+    let one_size = 120_000 + 5;
+    let all = stats(&[]);
+    assert_eq!(all["snapshots"], 2);
+    assert_eq!(all["restore_bytes"], 2 * one_size);
+    assert_eq!(all["raw_bytes"], one_size, "the second snapshot adds no data");
+    assert_eq!(all["dedup_ratio"].as_f64().unwrap(), 2.0);
+    assert!(all["compression_ratio"].as_f64().unwrap() > 10.0, "{all}");
+    assert!(all["stored_bytes"].as_u64().unwrap() < 20_000, "{all}");
+    let twin = stats(&["--host", "twin", "--per-snapshot"]);
+    assert_eq!(twin["snapshots"], 1);
+    assert_eq!(twin["restore_bytes"], one_size);
+    assert_eq!(twin["per_snapshot"][0]["files"], 2);
+    let human = env.ok(&["stats"]);
+    assert!(human.contains("deduplication:     2.00x"), "{human}");
+}

@@ -14,5 +14,6 @@ pub mod prune;
 pub mod restore;
 pub mod resume;
 pub mod snapshots;
+pub mod stats;
 pub mod tag;
 pub mod verify;
