@@ -221,6 +221,15 @@ pub enum Command {
     Prune(GcArgs),
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
+    /// Print a repository object as JSON, for debugging: config, snapshot, tree, pack
+    /// (its blob table) or keys
+    Cat {
+        /// config, snapshot, tree, pack or keys
+        #[arg(value_parser = ["config", "snapshot", "tree", "pack", "keys"])]
+        what: String,
+        /// The snapshot (id, prefix, latest), tree (blob id) or pack (id)
+        id: Option<String>,
+    },
     /// Sizes: what a restore would write, the unique data behind it, deduplication and
     /// compression, per snapshot and for the whole repository
     Stats(StatsArgs),

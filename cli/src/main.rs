@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         Command::Prune(a) => commands::prune::run(&ctx, &a),
         Command::Tag(a) => commands::tag::run(&ctx, &a),
         Command::Dump(a) => commands::dump::run(&ctx, &a),
+        Command::Cat { what, id } => commands::cat::run(&ctx, &what, id.as_deref()),
         Command::Stats(a) => commands::stats::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Key(KeyCommand::List) => commands::key::list(&ctx),

@@ -1056,3 +1056,39 @@ fn stats_count_restore_size_and_unique_data() {
     let human = env.ok(&["stats"]);
     assert!(human.contains("deduplication:     2.00x"), "{human}");
 }
+
+/// `cat`: config, snapshot, tree and pack as JSON, each leading to the next.
+#[test]
+fn cat_walks_from_the_snapshot_to_its_blobs() {
+    let env = Env::new();
+    env.init();
+    env.write("src/x.txt", b"content of x");
+    env.ok(&["backup", "-q", "src"]);
+    let cat = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["cat"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&env.ok(&all)).unwrap()
+    };
+    assert_eq!(cat(&["config"])["id"].as_str().unwrap().len(), 32);
+    let snap = cat(&["snapshot", "latest"]);
+    let mut tree = cat(&["tree", snap["root"].as_str().unwrap()]);
+    // Down the path to src, then its file.
+    while tree["entries"][0]["node"]["type"] == "dir" {
+        let next = tree["entries"][0]["node"]["tree"].as_str().unwrap().to_string();
+        tree = cat(&["tree", &next]);
+    }
+    assert_eq!(tree["entries"][0]["name"], "x.txt");
+    let chunk = tree["entries"][0]["node"]["chunks"][0].as_str().unwrap().to_string();
+    // The pack that holds that chunk lists it.
+    let mut found = false;
+    for dir in fs::read_dir(env.path("repo/packs")).unwrap() {
+        for pack in fs::read_dir(dir.unwrap().path()).unwrap() {
+            let name = pack.unwrap().file_name().to_string_lossy().into_owned();
+            let blobs = cat(&["pack", &name])["blobs"].as_array().unwrap().clone();
+            found |= blobs.iter().any(|b| b["id"] == chunk.as_str() && b["kind"] == "data" && b["raw_len"] == 12);
+        }
+    }
+    assert!(found, "no pack lists the file's chunk");
+    let out = env.run(&["cat", "tree", "xyz"]);
+    assert!(env.stderr(&out).contains("is not a blob id"));
+}

@@ -1,6 +1,7 @@
 //! One module per command verb.
 
 pub mod backup;
+pub mod cat;
 pub mod debug;
 pub mod docs;
 pub mod dump;
