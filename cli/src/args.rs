@@ -452,13 +452,41 @@ pub struct TagArgs {
     pub filter: FilterArgs,
 }
 
+/// What `snapshots --group-by` groups by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupBy {
+    pub host: bool,
+    pub paths: bool,
+    pub tags: bool,
+}
+
+fn parse_group_by(s: &str) -> Result<GroupBy, String> {
+    let mut g = GroupBy::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part {
+            "host" => g.host = true,
+            "paths" | "path" => g.paths = true,
+            "tags" | "tag" => g.tags = true,
+            other => return Err(format!("{other:?}: group by host, paths or tags")),
+        }
+    }
+    Ok(g)
+}
+
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Only the newest N snapshots of each host and set of paths
+    /// Only the newest N snapshots of each group (see --group-by)
     #[arg(long, value_name = "N")]
     pub latest: Option<usize>,
+    /// Group snapshots by any of host, paths, tags (comma-separated), each group under a
+    /// heading [default with --latest: host,paths]
+    #[arg(long, value_name = "FIELDS", value_parser = parse_group_by)]
+    pub group_by: Option<GroupBy>,
+    /// Show times in UTC instead of local time
+    #[arg(long)]
+    pub utc: bool,
 }
 
 #[derive(Args, Debug)]

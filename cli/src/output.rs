@@ -26,6 +26,13 @@ pub fn time(ns: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `ns` as local time (the system's time zone, or `TZ`), with the zone's abbreviation;
+/// UTC where the zone cannot be known.
+pub fn local_time(ns: i64) -> String {
+    let Ok(t) = jiff::Timestamp::from_nanosecond(i128::from(ns)) else { return time(ns) };
+    t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1092,3 +1092,34 @@ fn cat_walks_from_the_snapshot_to_its_blobs() {
     let out = env.run(&["cat", "tree", "xyz"]);
     assert!(env.stderr(&out).contains("is not a blob id"));
 }
+
+/// `snapshots` in local time (the zone from TZ), in UTC with `--utc`, and grouped.
+#[test]
+fn snapshots_in_local_time_and_grouped() {
+    let env = Env::new();
+    env.init();
+    env.write("a/f", b"1");
+    env.write("b/f", b"2");
+    env.ok(&["backup", "-q", "--host", "h1", "a"]);
+    env.ok(&["backup", "-q", "--host", "h2", "a"]);
+    env.ok(&["backup", "-q", "--host", "h1", "b"]);
+    let run = |tz: &str, args: &[&str]| -> String {
+        let out = env.cmd().env("TZ", tz).arg("snapshots").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", env.stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    if Path::new("/usr/share/zoneinfo/Asia/Kolkata").exists() {
+        let local = run("Asia/Kolkata", &[]);
+        assert!(local.lines().nth(1).is_some_and(|l| l.contains(" IST ")), "{local}");
+    }
+    let utc = run("Asia/Kolkata", &["--utc"]);
+    assert!(utc.starts_with("id        time (UTC)") && !utc.contains("IST"), "{utc}");
+    let by_host = run("UTC", &["--group-by", "host"]);
+    assert!(by_host.contains("host h1:\n") && by_host.contains("host h2:\n"), "{by_host}");
+    assert!(by_host.ends_with("3 snapshots\n"), "{by_host}");
+    let newest = run("UTC", &["--group-by", "host", "--latest", "1"]);
+    assert!(newest.ends_with("2 snapshots\n"), "{newest}");
+    let grouped: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "snapshots", "--group-by", "host,paths"])).unwrap();
+    assert_eq!(grouped.as_array().unwrap().len(), 3);
+}
