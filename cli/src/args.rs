@@ -350,6 +350,9 @@ pub struct BackupArgs {
     /// Leave out files larger than SIZE (K, M, G, T suffixes)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub exclude_larger_than: Option<u64>,
+    /// Do not back up extended attributes (nor so POSIX ACLs and SELinux labels)
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Tag the snapshot (repeatable)
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,

@@ -642,7 +642,7 @@ fn leave_interrupted_backup(repo: &Repository, source: &Path) {
         if let Node::File { chunks, .. } = e.node {
             let path = dir.join(String::from_utf8_lossy(&e.name).as_ref());
             let fp = StatFingerprint::of(&fs::symlink_metadata(&path).unwrap());
-            let record = MemoRecord::new(&path, fp, false, chunks.clone());
+            let record = MemoRecord::new(&path, fp, false, chunks.clone(), None);
             entries.push((record.key.clone(), record.encode()));
             blobs.extend(chunks);
         }

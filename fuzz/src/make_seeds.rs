@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bakare_crypto::{KdfParams, seal_key_file, write_key_file};
 use bakare_store::backend::{Backend, MemoryBackend};
-use bakare_store::{Access, BlobKind, ChunkerParams, Entry, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree};
+use bakare_store::{
+    Access, BlobKind, ChunkerParams, Entry, Extra, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree,
+};
 
 fn write(target: &str, n: usize, bytes: &[u8]) -> std::io::Result<()> {
     let dir = Path::new("corpus").join(target);
@@ -30,9 +32,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let meta = Metadata { mode: 0o644, uid: 1000, gid: 1000, mtime_ns: 1_700_000_000_000_000_000 };
     let tree = Tree {
         entries: vec![
-            Entry { name: b"a.txt".to_vec(), node: Node::File { size: 11, chunks: vec![a] }, meta, error: None },
-            Entry { name: b"link".to_vec(), node: Node::Symlink { target: b"a.txt".to_vec() }, meta, error: None },
-            Entry { name: b"zeros".to_vec(), node: Node::File { size: 5000, chunks: vec![b] }, meta, error: None },
+            Entry {
+                name: b"a.txt".to_vec(),
+                node: Node::File { size: 11, chunks: vec![a] },
+                meta,
+                error: None,
+                extra: Extra::default(),
+            },
+            Entry {
+                name: b"link".to_vec(),
+                node: Node::Symlink { target: b"a.txt".to_vec() },
+                meta,
+                error: None,
+                extra: Extra::default(),
+            },
+            Entry {
+                name: b"zeros".to_vec(),
+                node: Node::File { size: 5000, chunks: vec![b] },
+                meta,
+                error: None,
+                extra: Extra::default(),
+            },
         ],
     };
     let root = repo.save_tree(&tree)?.id;
@@ -69,6 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bakare_planner::StatFingerprint { size: 11, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 },
         false,
         vec![a],
+        Some(vec![bakare_store::Xattr { name: b"user.mime".to_vec(), value: b"text/plain".to_vec() }]),
     );
     let mut memo = vec![u8::try_from(record.key.len())?];
     memo.extend_from_slice(&record.key);

@@ -18,6 +18,8 @@ use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt as _;
+
+use bakare_store::{Extra, Xattr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ use crate::error::PlanError;
 use crate::exclude::Excludes;
 use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
 use crate::memo::{DirRecord, Memo, MemoRecord, Trust, chunk_list_digest};
-use crate::meta::{metadata_of, special_node};
+use crate::meta::{extra_of, metadata_of, special_node};
 use crate::queries::{TreeResult, dir_tree, file_content};
 
 /// What a backup is told beyond its paths.
@@ -131,6 +133,7 @@ struct Resolved(BlobId, Option<String>);
 struct Planned {
     name: Vec<u8>,
     meta: bakare_store::Metadata,
+    extra: Extra,
     kind: PlannedKind,
 }
 
@@ -139,8 +142,9 @@ enum PlannedKind {
         node: Node,
         error: Option<String>,
     },
-    /// A file to read: (path, fingerprint, hash of the memo's chunk list if any).
-    Read(PathBuf, StatFingerprint, Option<bakare_store::Digest>),
+    /// A file to read: (path, fingerprint, hash of the memo's chunk list if any, its
+    /// extended attributes if read).
+    Read(PathBuf, StatFingerprint, Option<bakare_store::Digest>, Option<Vec<Xattr>>),
 }
 
 struct Walk<'a> {
@@ -166,6 +170,10 @@ struct Walk<'a> {
     policy: CheckpointPolicy,
     session: [u8; 16],
     memo_warnings: Mutex<Vec<String>>,
+    /// Extended attributes are read (not `--no-xattrs`).
+    xattrs: bool,
+    /// Inodes with more than one link already counted in the run's total bytes.
+    linked: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// When and how far the last checkpoint went.
@@ -518,6 +526,7 @@ fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::D
             h.update(t.as_bytes());
         }
         h.update(&s.exclude_larger_than.map_or([0xff; 8], u64::to_le_bytes));
+        h.update(&[u8::from(s.no_xattrs)]);
     }
     bakare_store::Digest(*h.finalize().as_bytes())
 }
@@ -571,6 +580,8 @@ impl Pass<'_> {
             policy: opts.checkpoints,
             session: self.session.id,
             memo_warnings: Mutex::new(memo.warnings.clone()),
+            xattrs: !opts.session_options.selection.no_xattrs,
+            linked: Mutex::default(),
         };
         let resolved = if self.sources.whole {
             let root = Path::new("/");
@@ -740,7 +751,8 @@ impl Walk<'_> {
                     Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
                     let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
-                    Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind }))
+                    let extra = extra_of(&meta, self.xattrs_of(&child_path));
+                    Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), extra, kind }))
                 }
             })
             .filter_map(Result::transpose)
@@ -810,7 +822,9 @@ impl Walk<'_> {
             let entries = children
                 .into_iter()
                 .filter_map(|c| match c.kind {
-                    PlannedKind::Resolved { node, error } => Some(Entry { name: c.name, node, meta: c.meta, error }),
+                    PlannedKind::Resolved { node, error } => {
+                        Some(Entry { name: c.name, node, meta: c.meta, error, extra: c.extra })
+                    }
                     PlannedKind::Read(..) => None,
                 })
                 .collect();
@@ -843,13 +857,13 @@ impl Walk<'_> {
             .map(|c| {
                 let kind = match c.kind {
                     PlannedKind::Resolved { node, error } => ChildKind::Resolved { node, error },
-                    PlannedKind::Read(p, fp, previous) => {
-                        let f = SourceFile::new(&db, p, fp, previous);
+                    PlannedKind::Read(p, fp, previous, xattrs) => {
+                        let f = SourceFile::new(&db, p, fp, previous, xattrs);
                         pending.push(f);
                         ChildKind::File(f)
                     }
                 };
-                Child { name: c.name, meta: c.meta, kind }
+                Child { name: c.name, meta: c.meta, extra: c.extra, kind }
             })
             .collect();
         // What each read gave is applied here, outside the queries (their bodies keep no
@@ -890,7 +904,9 @@ impl Walk<'_> {
         } else if ft.is_file() && ex.too_large(meta.len()) {
             return Ok(None);
         } else if ft.is_file() {
-            self.file(path, name, meta, memo)
+            let (kind, xattrs) = self.file(path, name, meta, memo);
+            let extra = extra_of(meta, xattrs);
+            return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }));
         } else if ft.is_symlink() {
             match fs::read_link(path) {
                 Ok(t) => PlannedKind::Resolved {
@@ -906,13 +922,36 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), kind }))
+        let extra = extra_of(meta, self.xattrs_of(path));
+        Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }))
     }
 
-    fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> PlannedKind {
+    /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read
+    /// is recorded as the entry's error and the rest backed up.
+    fn xattrs_of(&self, path: &Path) -> Vec<Xattr> {
+        if !self.xattrs {
+            return Vec::new();
+        }
+        crate::xattrs::read(path).unwrap_or_else(|e| {
+            self.record_error(path, e);
+            Vec::new()
+        })
+    }
+
+    /// A file: from the memo when its content is known unchanged, else to be read; with its
+    /// extended attributes, taken from the memo too while its ctime has not moved (any
+    /// change to them moves it), so that a no-change run asks the file system nothing more.
+    fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> (PlannedKind, Vec<Xattr>) {
         let fp = StatFingerprint::of(meta);
-        Counters::add(&self.run.counters.bytes_total, fp.size);
+        let first_link = meta.nlink() < 2 || self.linked.lock().is_ok_and(|mut l| l.insert((fp.dev, fp.ino)));
+        if first_link {
+            Counters::add(&self.run.counters.bytes_total, fp.size);
+        }
         let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
+        let remembered = |r: &MemoRecord| match &r.xattrs {
+            Some(x) if self.xattrs && r.fp.ctime_ns == fp.ctime_ns => Some(x.clone()),
+            _ => None,
+        };
         if let Some(r) = record
             && !self.force
             && !r.racy
@@ -922,10 +961,26 @@ impl Walk<'_> {
             Counters::add(&self.run.counters.files_memo, 1);
             Counters::add(&self.run.counters.files_unchanged, 1);
             Counters::add(&self.run.counters.bytes_reused, fp.size);
-            return PlannedKind::Resolved { node: Node::File { size: fp.size, chunks: r.chunks.clone() }, error: None };
+            let xattrs = match remembered(r) {
+                Some(x) => x,
+                None if !self.xattrs => Vec::new(),
+                None => {
+                    // Metadata moved (or the record predates xattrs): read them, and
+                    // remember them with the new ctime.
+                    let x = self.xattrs_of(path);
+                    let fresh = MemoRecord::new(path, fp, false, r.chunks.clone(), Some(x.clone()));
+                    if let Ok(mut f) = self.run.fresh.lock() {
+                        f.push(fresh);
+                    }
+                    x
+                }
+            };
+            let node = Node::File { size: fp.size, chunks: r.chunks.clone() };
+            return (PlannedKind::Resolved { node, error: None }, xattrs);
         }
         let previous = record.map(|r| chunk_list_digest(&r.chunks));
-        PlannedKind::Read(path.to_path_buf(), fp, previous)
+        let xattrs = self.xattrs.then(|| self.xattrs_of(path));
+        (PlannedKind::Read(path.to_path_buf(), fp, previous, xattrs.clone()), xattrs.unwrap_or_default())
     }
 }
 

@@ -115,7 +115,7 @@ fn diff_trees(
                 if let (Some(x), Some(y)) = (x, y) {
                     match (&x.node, &y.node) {
                         (Node::Dir { tree: ta }, Node::Dir { tree: tb }) => {
-                            if x.meta != y.meta {
+                            if meta_differs(x, y) {
                                 out.push(Change { what: 'm', path: path.clone() });
                             }
                             diff_trees(trees, &path, Some(*ta), Some(*tb), out)?;
@@ -128,7 +128,7 @@ fn diff_trees(
                             out.push(Change { what: 'T', path });
                         }
                         (nx, ny) if nx != ny => out.push(Change { what: 'M', path }),
-                        _ if x.meta != y.meta => out.push(Change { what: 'm', path }),
+                        _ if meta_differs(x, y) => out.push(Change { what: 'm', path }),
                         _ => {}
                     }
                 }
@@ -276,4 +276,12 @@ fn diff_live(
         }
     }
     Ok(())
+}
+
+/// Whether two versions of an entry differ in metadata: mode, owner, mtime, and the
+/// extended attributes and hard-link grouping when both were recorded (tree format 2; a
+/// format 1 tree has no ctime), so that an upgrade alone shows no change.
+fn meta_differs(x: &bakare_store::Entry, y: &bakare_store::Entry) -> bool {
+    let both = x.extra.ctime_ns != 0 && y.extra.ctime_ns != 0;
+    x.meta != y.meta || (both && (x.extra.xattrs != y.extra.xattrs || (x.extra.link != 0) != (y.extra.link != 0)))
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use bakare_store::Digest;
-use bakare_store::{Metadata, Node};
+use bakare_store::{Extra, Metadata, Node, Xattr};
 
 /// What `lstat` says about a file, as far as change detection is concerned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -50,6 +50,10 @@ pub struct SourceFile {
     /// Hash of the chunk list the memo had for this path, if any: tells "changed" from "new".
     #[returns(copy)]
     pub previous: Option<Digest>,
+    /// Its extended attributes, read by the walk (`None` with `--no-xattrs`): the memo
+    /// record keeps them.
+    #[returns(ref)]
+    pub xattrs: Option<Vec<Xattr>>,
 }
 
 /// A folder with at least one pending child.
@@ -72,6 +76,7 @@ pub struct Listing {
 pub struct Child {
     pub name: Vec<u8>,
     pub meta: Metadata,
+    pub extra: Extra,
     pub kind: ChildKind,
 }
 

@@ -23,6 +23,7 @@ mod queries;
 mod repair;
 mod restore;
 mod resume;
+mod xattrs;
 
 pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};
 pub use bakare_store::Chunker;

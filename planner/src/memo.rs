@@ -5,8 +5,10 @@
 //! record has the empty name (`path || 0x00`) and comes first. File value (version 1):
 //!
 //! ```text
-//! version u8 = 1 | flags u8 (bit 0: racy) | size u64 | mtime_ns i64 | ctime_ns i64 | ino u64 |
-//! dev u64 | chunk count u32 | chunk ids (32 each) | BLAKE3(key || all preceding value bytes)
+//! version u8 = 5 | flags u8 (bit 0: racy) | size | mtime_ns | ctime_ns | ino | dev | chunk count
+//! (varints, times zigzag) | chunk ids (32 each) | xattrs: 0 (not read) or 1, count, then each
+//! name length, name, value length, value (lengths varints) | BLAKE3(key || all preceding
+//! value bytes). Version 3 records (the same without the xattrs part) are still read.
 //! ```
 //!
 //! redb does not verify its page checksums on ordinary reads, so the database is opened with
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bakare_store::local::db;
-use bakare_store::{BlobId, Budget};
+use bakare_store::{BlobId, Budget, Xattr};
 use bakare_store::{Digest, checksum};
 use redb::{Database, TableDefinition};
 
@@ -44,7 +46,9 @@ const TOTALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totals");
 /// The layout of keys and values below (see [`db`]); a file of another layout is started
 /// anew. Layout 3 is the first under the local files' convention.
 const LAYOUT: db::Layout = db::Layout { kind: "bakare memo", version: 3 };
-const VERSION: u8 = 3;
+/// File records with extended attributes; [`VERSION_NO_XATTRS`] ones are still read.
+const VERSION: u8 = 5;
+const VERSION_NO_XATTRS: u8 = 3;
 const DIR_VERSION: u8 = 4;
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
 /// Bytes of a folder's key: a keyed hash of its path.
@@ -57,13 +61,16 @@ pub struct MemoRecord {
     pub fp: StatFingerprint,
     pub racy: bool,
     pub chunks: Vec<BlobId>,
+    /// The file's extended attributes when it had `fp` (None: not read, `--no-xattrs` or a
+    /// record from before they were kept).
+    pub xattrs: Option<Vec<Xattr>>,
 }
 
 impl MemoRecord {
-    pub fn new(path: &Path, fp: StatFingerprint, racy: bool, chunks: Vec<BlobId>) -> Self {
+    pub fn new(path: &Path, fp: StatFingerprint, racy: bool, chunks: Vec<BlobId>, xattrs: Option<Vec<Xattr>>) -> Self {
         let parent = path.parent().unwrap_or(Path::new("/"));
         let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        Self { key: child_key(parent, name), fp, racy, chunks }
+        Self { key: child_key(parent, name), fp, racy, chunks, xattrs }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -77,6 +84,19 @@ impl MemoRecord {
         for c in &self.chunks {
             v.extend_from_slice(c.0.as_bytes());
         }
+        match &self.xattrs {
+            None => v.push(0),
+            Some(xattrs) => {
+                v.push(1);
+                put_varint(&mut v, xattrs.len() as u64);
+                for x in xattrs {
+                    for part in [&x.name, &x.value] {
+                        put_varint(&mut v, part.len() as u64);
+                        v.extend_from_slice(part);
+                    }
+                }
+            }
+        }
         db::seal_value(&self.key, v)
     }
 
@@ -84,7 +104,8 @@ impl MemoRecord {
     /// another key.
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
         let body = db::open_value(key, v)?;
-        if body.first() != Some(&VERSION) || key.len() < FOLDER_KEY {
+        let version = *body.first()?;
+        if !(version == VERSION || version == VERSION_NO_XATTRS) || key.len() < FOLDER_KEY {
             return None;
         }
         let racy = body.get(1)? & 1 == 1;
@@ -98,15 +119,44 @@ impl MemoRecord {
             dev: next()?,
         };
         let n = usize::try_from(next()?).ok()?;
-        let ids = body.get(at..)?;
-        if ids.len() != n.checked_mul(32)? {
-            return None;
-        }
+        let end = at.checked_add(n.checked_mul(32)?)?;
+        let ids = body.get(at..end)?;
         let chunks = ids
             .chunks_exact(32)
             .map(|c| c.try_into().ok().map(|a: [u8; 32]| BlobId(Digest(a))))
             .collect::<Option<_>>()?;
-        Some(Self { key: key.to_vec(), fp, racy, chunks })
+        let mut at = end;
+        let xattrs = if version == VERSION_NO_XATTRS {
+            None
+        } else {
+            match body.get(at)? {
+                0 => {
+                    at += 1;
+                    None
+                }
+                1 => {
+                    at += 1;
+                    let count = get_varint(body, &mut at)?;
+                    let mut xattrs = Vec::new();
+                    for _ in 0..count {
+                        let mut part = || {
+                            let len = usize::try_from(get_varint(body, &mut at)?).ok()?;
+                            let bytes = body.get(at..at.checked_add(len)?)?.to_vec();
+                            at += len;
+                            Some(bytes)
+                        };
+                        let (name, value) = (part()?, part()?);
+                        xattrs.push(Xattr { name, value });
+                    }
+                    Some(xattrs)
+                }
+                _ => return None,
+            }
+        };
+        if at != body.len() {
+            return None;
+        }
+        Some(Self { key: key.to_vec(), fp, racy, chunks, xattrs })
     }
 
     /// The child's name (the part of the key after the folder's).
@@ -549,16 +599,28 @@ mod tests {
 
     fn record(name: &str) -> MemoRecord {
         let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 };
-        MemoRecord::new(&Path::new("/a/b").join(name), fp, false, vec![BlobId(checksum(name.as_bytes()))])
+        MemoRecord::new(&Path::new("/a/b").join(name), fp, false, vec![BlobId(checksum(name.as_bytes()))], None)
     }
 
     #[test]
     fn extreme_fingerprints_round_trip() {
         for (size, t, ino) in [(0, 0, 0), (u64::MAX, i64::MIN, u64::MAX), (1, -1, 1), (1 << 40, i64::MAX, 1 << 63)] {
             let fp = StatFingerprint { size, mtime_ns: t, ctime_ns: t.wrapping_neg(), ino, dev: ino ^ 5 };
-            let r = MemoRecord::new(Path::new("/x/y"), fp, true, vec![]);
+            let r = MemoRecord::new(Path::new("/x/y"), fp, true, vec![], None);
             assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
         }
+        // Extended attributes, empty and not, round trip; a record without them reads.
+        let fp = StatFingerprint { size: 1, mtime_ns: 2, ctime_ns: 3, ino: 4, dev: 5 };
+        for xattrs in [Some(vec![]), Some(vec![Xattr { name: b"user.x".to_vec(), value: vec![0; 300] }]), None] {
+            let r = MemoRecord::new(Path::new("/x/z"), fp, false, vec![BlobId(checksum(b"c"))], xattrs);
+            assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
+        }
+        let r = MemoRecord::new(Path::new("/x/z"), fp, false, vec![BlobId(checksum(b"c"))], None);
+        let mut old = r.encode();
+        old.truncate(old.len() - db::SUM - 1);
+        old[0] = VERSION_NO_XATTRS;
+        let old = db::seal_value(&r.key, old);
+        assert_eq!(MemoRecord::decode(&r.key, &old), Some(r));
         let mut at = 0;
         assert_eq!(get_varint(&[0xff; 11], &mut at), None, "too long");
         let mut at = 0;
@@ -642,7 +704,7 @@ mod tests {
     fn children_are_scoped_to_their_folder() {
         let dir = tempfile::tempdir().unwrap();
         let memo = Memo::open(&dir.path().join("state.redb"), &Budget::default());
-        let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![]);
+        let other = MemoRecord::new(Path::new("/a/bc/z"), StatFingerprint::default(), false, vec![], None);
         let tree = BlobId(checksum(b"tree"));
         let seg = checksum(b"segment");
         let set = checksum(b"set");

@@ -5,6 +5,7 @@
 //! sparse files stay holes. Metadata is applied after content: owner (when permitted), then
 //! mode (chown clears set-id bits), then times, and folders after their children.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +13,7 @@ use std::os::unix::fs::{PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository};
+use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository, Xattr};
 use filetime::FileTime;
 use rayon::prelude::*;
 
@@ -86,7 +87,11 @@ struct Ctx<'a> {
     /// Remote only: small files waiting to be restored in pack order, a batch at a time.
     pending: Mutex<Vec<PendingFile>>,
     /// Remote only: folders whose metadata is applied last (their files come later).
-    folders: Mutex<Vec<(PathBuf, Metadata)>>,
+    folders: Mutex<Vec<(PathBuf, Metadata, Vec<Xattr>)>>,
+    /// Hard-link groups: the first name restored of each.
+    links: Mutex<HashMap<u64, PathBuf>>,
+    /// The other names of each group, linked to the first at the end.
+    link_later: Mutex<Vec<(PathBuf, u64)>>,
 }
 
 /// A small file of a remote restore, restored with others of its batch in pack order.
@@ -95,6 +100,7 @@ struct PendingFile {
     size: u64,
     chunks: Vec<BlobId>,
     meta: Metadata,
+    xattrs: Vec<Xattr>,
 }
 
 /// Small files restored together, sorted by where their chunks lie.
@@ -127,6 +133,8 @@ pub fn restore(
         remote,
         pending: Mutex::default(),
         folders: Mutex::default(),
+        links: Mutex::default(),
+        link_later: Mutex::default(),
     };
     match start {
         Start::Tree(id) => ctx.tree(&id, target)?,
@@ -137,9 +145,10 @@ pub fn restore(
     }
     let rest = std::mem::take(&mut *lock(&ctx.pending));
     ctx.restore_batch(rest)?;
+    ctx.make_links()?;
     // Children before their parents: each folder's times are set after its contents.
-    for (path, meta) in std::mem::take(&mut *lock(&ctx.folders)) {
-        if let Err(e) = apply_metadata(&path, &meta, false) {
+    for (path, meta, xattrs) in std::mem::take(&mut *lock(&ctx.folders)) {
+        if let Err(e) = ctx.apply(&path, &meta, &xattrs, false) {
             ctx.incomplete(&path, e)?;
         }
     }
@@ -187,6 +196,70 @@ fn remove_partials(dir: &Path) {
 }
 
 impl Ctx<'_> {
+    /// Owner, extended attributes (after the owner: a chown drops file capabilities),
+    /// mode and times; an attribute that cannot be set is reported, the rest applied.
+    fn apply(&self, path: &Path, meta: &Metadata, xattrs: &[Xattr], is_link: bool) -> Result<(), PlanError> {
+        self.apply_as(path, path, meta, xattrs, is_link)
+    }
+
+    /// As [`Ctx::apply`], to `path`, reporting a failure as `name`'s (a file is written under
+    /// a temporary name until it is complete).
+    fn apply_as(
+        &self,
+        path: &Path,
+        name: &Path,
+        meta: &Metadata,
+        xattrs: &[Xattr],
+        is_link: bool,
+    ) -> Result<(), PlanError> {
+        set_owner(path, meta)?;
+        let failed = crate::xattrs::write(path, xattrs);
+        if !failed.is_empty() {
+            self.skip(name, format!("extended attributes not restored: {}", failed.join("; ")));
+        }
+        apply_mode_and_times(path, meta, is_link)
+    }
+
+    /// Whether a file of hard-link group `link` is to be linked to the group's first name
+    /// at the end (true), or is that first name and restored now (false).
+    fn linked_later(&self, path: &Path, link: u64) -> bool {
+        match lock(&self.links).entry(link) {
+            std::collections::hash_map::Entry::Vacant(first) => {
+                first.insert(path.to_path_buf());
+                false
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                lock(&self.link_later).push((path.to_path_buf(), link));
+                true
+            }
+        }
+    }
+
+    /// Makes the other names of each hard-link group, once every first name is written;
+    /// the folder they go into keeps its restored mtime.
+    fn make_links(&self) -> Result<(), PlanError> {
+        let later = std::mem::take(&mut *lock(&self.link_later));
+        let links = lock(&self.links).clone();
+        for (path, group) in later {
+            let Some(first) = links.get(&group) else { continue };
+            let parent_time = path
+                .parent()
+                .and_then(|p| p.symlink_metadata().ok())
+                .map(|m| FileTime::from_last_modification_time(&m));
+            if self.opts.overwrite && path.symlink_metadata().is_ok() {
+                remove_any(&path)?;
+            }
+            if let Err(e) = fs::hard_link(first, &path) {
+                self.incomplete(&path, io(&path)(e))?;
+                continue;
+            }
+            if let (Some(parent), Some(t)) = (path.parent(), parent_time) {
+                let _ = filetime::set_symlink_file_times(parent, t, t);
+            }
+        }
+        Ok(())
+    }
+
     fn skip(&self, path: &Path, why: impl Into<String>) {
         if let Ok(mut s) = self.skipped.lock() {
             s.push((path.to_path_buf(), why.into()));
@@ -251,14 +324,24 @@ impl Ctx<'_> {
                 }
                 self.tree(tree, path)?;
                 if self.remote {
-                    lock(&self.folders).push((path.to_path_buf(), e.meta));
+                    lock(&self.folders).push((path.to_path_buf(), e.meta, e.extra.xattrs.clone()));
                     return Ok(());
                 }
-                apply_metadata(path, &e.meta, false)
+                self.apply(path, &e.meta, &e.extra.xattrs, false)
+            }
+            Node::File { .. } if e.extra.link != 0 && self.linked_later(path, e.extra.link) => {
+                Counters::add(&self.counters.files, 1);
+                Ok(())
             }
             Node::File { size, chunks } if self.remote && *size <= bakare_store::SPAN / 4 => {
                 Counters::add(&self.counters.files, 1);
-                let file = PendingFile { path: path.to_path_buf(), size: *size, chunks: chunks.clone(), meta: e.meta };
+                let file = PendingFile {
+                    path: path.to_path_buf(),
+                    size: *size,
+                    chunks: chunks.clone(),
+                    meta: e.meta,
+                    xattrs: e.extra.xattrs.clone(),
+                };
                 let batch = {
                     let mut pending = lock(&self.pending);
                     pending.push(file);
@@ -272,14 +355,14 @@ impl Ctx<'_> {
             Node::File { size, chunks } => {
                 Counters::add(&self.counters.files, 1);
                 self.counters.set_current(path);
-                self.file(path, *size, chunks, &e.meta)
+                self.file(path, *size, chunks, &e.meta, &e.extra.xattrs)
             }
             Node::Symlink { target } => {
                 if self.opts.overwrite && path.symlink_metadata().is_ok() {
                     remove_any(path)?;
                 }
                 symlink(std::ffi::OsStr::from_bytes(target), path).map_err(io(path))?;
-                apply_metadata(path, &e.meta, true)
+                self.apply(path, &e.meta, &e.extra.xattrs, true)
             }
             other => {
                 self.skip(path, format!("{} not restored (special files are recorded only)", other.kind_name()));
@@ -300,7 +383,7 @@ impl Ctx<'_> {
         groups.par_iter().try_for_each(|group| {
             group.iter().try_for_each(|(_, f)| {
                 self.counters.set_current(&f.path);
-                match self.file(&f.path, f.size, &f.chunks, &f.meta) {
+                match self.file(&f.path, f.size, &f.chunks, &f.meta, &f.xattrs) {
                     Ok(()) => Ok(()),
                     Err(e) => self.incomplete(&f.path, e),
                 }
@@ -311,7 +394,14 @@ impl Ctx<'_> {
     /// Restores one file: written under a temporary name beside its own, its metadata set,
     /// then renamed, so that a file under its own name is always complete. A file already
     /// there with the snapshot's size and mtime is kept (with `overwrite`).
-    fn file(&self, path: &Path, size: u64, chunks: &[BlobId], meta: &Metadata) -> Result<(), PlanError> {
+    fn file(
+        &self,
+        path: &Path,
+        size: u64,
+        chunks: &[BlobId],
+        meta: &Metadata,
+        xattrs: &[Xattr],
+    ) -> Result<(), PlanError> {
         if self.opts.overwrite
             && let Ok(m) = path.symlink_metadata()
         {
@@ -334,7 +424,7 @@ impl Ctx<'_> {
             }
         };
         if lost.is_empty() || self.opts.keep_damaged {
-            apply_metadata(&partial, meta, false)?;
+            self.apply_as(&partial, path, meta, xattrs, false)?;
             if !lost.is_empty() {
                 // Not the snapshot's mtime: a restore run again with --overwrite must not
                 // take this damaged copy for a finished one.
@@ -473,13 +563,17 @@ fn remove_any(path: &Path) -> Result<(), PlanError> {
     if meta.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) }.map_err(io(path))
 }
 
-fn apply_metadata(path: &Path, m: &Metadata, is_link: bool) -> Result<(), PlanError> {
+fn set_owner(path: &Path, m: &Metadata) -> Result<(), PlanError> {
     // Ownership needs privilege; without it the files stay the restoring user's, as with tar.
     if let Err(e) = lchown(path, Some(m.uid), Some(m.gid))
         && e.kind() != std::io::ErrorKind::PermissionDenied
     {
         return Err(io(path)(e));
     }
+    Ok(())
+}
+
+fn apply_mode_and_times(path: &Path, m: &Metadata, is_link: bool) -> Result<(), PlanError> {
     if !is_link {
         fs::set_permissions(path, fs::Permissions::from_mode(m.mode)).map_err(io(path))?;
     }

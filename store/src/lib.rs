@@ -33,7 +33,7 @@ pub use format::object::FORMAT_VERSION;
 pub use format::pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
 pub use format::session::{CACHEDIR_TAG, Checkpoint, CheckpointRefs, Selection, Session, SessionOptions};
 pub use format::snapshot::{Snapshot, SnapshotStats};
-pub use format::tree::{Entry, Metadata, Node, Tree};
+pub use format::tree::{Entry, Extra, Metadata, Node, Tree, Xattr};
 pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use maintenance::{forget, gc, prune, repair, verify};

@@ -30,7 +30,8 @@ fn snapshot(repo: &Repository, seed: u8, chunks: usize) -> (SnapshotId, Vec<baka
         .collect();
     let meta = Metadata { mode: 0o644, uid: 0, gid: 0, mtime_ns: 0 };
     let node = Node::File { size: 0, chunks: ids.clone() };
-    let tree = Tree { entries: vec![Entry { name: vec![b'f', seed], node, meta, error: None }] };
+    let tree =
+        Tree { entries: vec![Entry { name: vec![b'f', seed], node, meta, error: None, extra: Default::default() }] };
     let root = repo.save_tree(&tree).unwrap().id;
     repo.flush().unwrap();
     let snap = Snapshot {

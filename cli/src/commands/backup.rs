@@ -39,6 +39,7 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         one_file_system: a.one_file_system,
         exclude_if_present,
         exclude_larger_than: a.exclude_larger_than,
+        no_xattrs: a.no_xattrs,
     };
     let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?.with_selection(&selection);
     // Opening the memo (redb's integrity check) runs while the key is unlocked (argon2id).

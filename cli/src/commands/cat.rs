@@ -59,8 +59,12 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
                         }
                         other => json!({"type": other.kind_name()}),
                     };
+                    let xattrs: Vec<_> =
+                        e.extra.xattrs.iter().map(|x| json!({"name": text(&x.name), "value": text(&x.value)})).collect();
                     json!({"name": text(&e.name), "node": node, "mode": format!("{:04o}", e.meta.mode),
-                        "uid": e.meta.uid, "gid": e.meta.gid, "mtime_ns": e.meta.mtime_ns, "error": e.error})
+                        "uid": e.meta.uid, "gid": e.meta.gid, "mtime_ns": e.meta.mtime_ns, "error": e.error,
+                        "ctime_ns": e.extra.ctime_ns, "btime_ns": e.extra.btime_ns, "link": e.extra.link,
+                        "xattrs": xattrs})
                 })
                 .collect();
             json!({"id": id.to_hex(), "entries": entries})

@@ -72,6 +72,9 @@ fn print_entry(ctx: &Context, a: &LsArgs, path: &str, e: &Entry) -> std::io::Res
             serde_json::json!({
                 "path": path, "type": e.node.kind_name(), "size": size, "mode": e.meta.mode,
                 "uid": e.meta.uid, "gid": e.meta.gid, "mtime_ns": e.meta.mtime_ns, "error": e.error,
+                "ctime_ns": (e.extra.ctime_ns != 0).then_some(e.extra.ctime_ns), "btime_ns": e.extra.btime_ns,
+                "link": (e.extra.link != 0).then_some(e.extra.link),
+                "xattrs": e.extra.xattrs.iter().map(|x| String::from_utf8_lossy(&x.name).into_owned()).collect::<Vec<_>>(),
             })
         )?;
     } else if a.long {

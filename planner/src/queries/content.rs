@@ -140,7 +140,7 @@ pub fn file_content(db: &dyn Db, file: SourceFile) -> Content {
             // Remember the content only if the file did not change while it was read.
             let record = (after.same_content(&fp) && size == fp.size).then(|| {
                 let racy = fp.mtime_ns > read_ns - RACY_NS;
-                MemoRecord::new(path, fp, racy, chunks.clone())
+                MemoRecord::new(path, fp, racy, chunks.clone(), file.xattrs(db).clone())
             });
             Content::Read { size, chunks, change, record }
         }

@@ -32,7 +32,7 @@ pub fn dir_tree(db: &dyn Db, dir: SourceDir) -> TreeResult {
                 TreeResult::Fatal(e) => return TreeResult::Fatal(e.clone()),
             },
         };
-        entries.push(Entry { name: child.name.clone(), node, meta: child.meta, error });
+        entries.push(Entry { name: child.name.clone(), node, meta: child.meta, error, extra: child.extra.clone() });
     }
     match db.run().repo.save_tree(&Tree { entries }) {
         Ok(saved) => TreeResult::Saved(saved.id),

@@ -65,10 +65,10 @@ fn listing(
             } else {
                 let f = *files
                     .entry(path.clone())
-                    .or_insert_with(|| SourceFile::new(db, path.clone(), StatFingerprint::of(&meta), None));
+                    .or_insert_with(|| SourceFile::new(db, path.clone(), StatFingerprint::of(&meta), None, None));
                 ChildKind::File(f)
             };
-            Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), kind }
+            Child { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), extra: Default::default(), kind }
         })
         .collect();
     Listing { children, error: None }

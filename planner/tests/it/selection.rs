@@ -49,6 +49,7 @@ fn tagged_folders_and_large_files_are_left_out() {
         one_file_system: false,
         exclude_if_present: vec![CACHEDIR_TAG.into(), ".nobackup".into()],
         exclude_larger_than: Some(4096),
+        no_xattrs: false,
     };
     let names = backed_up(tmp.path(), &src, &selection);
     assert_eq!(

@@ -48,6 +48,8 @@ pub struct Selection {
     pub exclude_if_present: Vec<String>,
     /// Files larger than this many bytes are left out.
     pub exclude_larger_than: Option<u64>,
+    /// Extended attributes (and so POSIX ACLs) are not read (`--no-xattrs`).
+    pub no_xattrs: bool,
 }
 
 /// The Cache Directory Tagging Specification's tag (<https://bford.info/cachedir/>), as an
@@ -365,6 +367,7 @@ mod tests {
                     one_file_system: true,
                     exclude_if_present: vec![CACHEDIR_TAG.into()],
                     exclude_larger_than: Some(7),
+                    no_xattrs: true,
                 },
                 ..SessionOptions::default()
             },
