@@ -60,7 +60,13 @@ fn a_full_disk_stops_the_backup_resumably() {
     assert!(grown.success());
     let resumed = run(&["resume", "-q"]);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert!(run(&["verify", "--read-data"]).status.success());
+    let verify = run(&["verify", "--read-data"]);
+    assert!(
+        verify.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let out = tmp.path().join("out");
     let restored = run(&["restore", "-q", &format!("latest:{}", src.display()), "--target", out.to_str().unwrap()]);
     assert!(restored.status.success());

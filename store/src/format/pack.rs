@@ -128,6 +128,9 @@ pub(crate) struct PackBuilder {
     entries: Vec<PackEntry>,
     /// The thread that added the last blob (a pool hands a thread its own pack again).
     pub(crate) last_writer: Option<std::thread::ThreadId>,
+    /// A write to the spool file failed (a full disk): part of a blob may be in the file
+    /// but not in the hash, so this pack must never be finished and named.
+    broken: Option<String>,
 }
 
 fn spool_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
@@ -149,6 +152,7 @@ impl PackBuilder {
             scratch: Vec::new(),
             entries: Vec::new(),
             last_writer: None,
+            broken: None,
         })
     }
 
@@ -172,6 +176,7 @@ impl PackBuilder {
             scratch: Vec::new(),
             entries: Vec::new(),
             last_writer: None,
+            broken: None,
         })
     }
 
@@ -189,14 +194,30 @@ impl PackBuilder {
 
     /// Appends sealed bytes made by `seal` (which appends to the buffer it is given).
     fn append(&mut self, seal: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::corrupt("pack", format!("its spool file failed earlier: {why}")));
+        }
         match &mut self.sink {
             None => Err(StoreError::corrupt("pack", "already finished")),
-            Some(Sink::Memory(buf)) => seal(buf),
+            Some(Sink::Memory(buf)) => {
+                let before = buf.len();
+                let sealed = seal(buf);
+                if sealed.is_err() {
+                    buf.truncate(before);
+                }
+                sealed
+            }
             Some(Sink::File { file, path, len, hash }) => {
                 self.scratch.clear();
                 seal(&mut self.scratch)?;
                 use std::io::Write as _;
-                file.write_all(&self.scratch).map_err(|e| spool_err(path, e))?;
+                if let Err(e) = file.write_all(&self.scratch) {
+                    // Some of the bytes may be in the file or its buffer: the file no longer
+                    // matches the hash, so the pack is done for (its blobs go with it; the
+                    // failing backup stops, and what it saved is saved again on resume).
+                    self.broken = Some(e.to_string());
+                    return Err(spool_err(path, e));
+                }
                 hash.update(&self.scratch);
                 *len += self.scratch.len();
                 if self.scratch.capacity() > 1 << 20 {
@@ -247,6 +268,10 @@ impl PackBuilder {
             Ok(())
         })?;
         let entries = std::mem::take(&mut self.entries);
+        if let Some(why) = &self.broken {
+            // Drop removes the spool file.
+            return Err(StoreError::corrupt("pack", format!("its spool file failed: {why}")));
+        }
         match self.sink.take() {
             None => Err(StoreError::corrupt("pack", "already finished")),
             Some(Sink::Memory(buf)) => Ok((PackId(checksum(&buf)), PackBytes::Memory(buf), entries)),
@@ -354,6 +379,51 @@ pub(crate) fn decode_entries(name: &str, table: &[u8], limit: usize) -> Result<V
 mod tests {
     use super::*;
     use bakare_crypto::MasterKey;
+
+    /// A spool file that ran out of space mid-blob is never finished into a pack whose
+    /// bytes differ from its name, even after space comes back (a full disk, then a
+    /// checkpoint's flush, made such a pack, and resume adopted it as damaged).
+    #[test]
+    fn a_spool_file_that_failed_is_never_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let filler = mnt.join("filler");
+        std::fs::write(&filler, vec![0u8; 200 << 10]).unwrap();
+        let m = MasterKey::generate().unwrap();
+        let mut b = PackBuilder::spooled(&m.write, &mnt, "spool").unwrap();
+        let blob = vec![7u8; 20 << 10];
+        let id = BlobId(m.write.id_key.id(&blob));
+        let mut failed = false;
+        for _ in 0..64 {
+            if b.add(id, BlobKind::Data, false, blob.len() as u32, &blob).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the file system never filled");
+        std::fs::remove_file(&filler).unwrap();
+        assert!(b.add(id, BlobKind::Data, false, blob.len() as u32, &blob).is_err(), "a failed pack takes no more");
+        assert!(b.finish(&m.write.index_key).is_err(), "a failed pack is not named");
+        assert!(!mnt.join("spool").exists(), "its spool file is removed");
+    }
 
     #[test]
     fn build_parse_and_flips() {
