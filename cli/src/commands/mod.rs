@@ -18,3 +18,25 @@ pub mod snapshots;
 pub mod stats;
 pub mod tag;
 pub mod verify;
+
+/// The snapshots `specs` name (ids, prefixes, `latest`, `latest~N`, `latest` narrowed by
+/// `filter`), or when there are none every snapshot `filter` lets through; never none.
+pub fn chosen_snapshots(
+    repo: &bakare_store::Repository,
+    specs: &[String],
+    filter: &bakare_store::SnapshotFilter,
+) -> anyhow::Result<Vec<(bakare_store::SnapshotId, bakare_store::Snapshot)>> {
+    let chosen: Vec<_> = if specs.is_empty() {
+        let list = repo.snapshots()?;
+        for p in &list.problems {
+            say!("bakare: warning: {p}");
+        }
+        list.snapshots.into_iter().filter(|(_, s)| filter.matches(s)).collect()
+    } else {
+        specs.iter().map(|spec| repo.find_snapshot_for(spec, filter, "")).collect::<Result<_, _>>()?
+    };
+    if chosen.is_empty() {
+        anyhow::bail!("no snapshot {}", filter.describe(""));
+    }
+    Ok(chosen)
+}

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bakare_store::{BlobId, Node, Repository};
 
 use crate::Outcome;
@@ -64,19 +64,7 @@ impl Walk<'_> {
 
 pub fn run(ctx: &Context, a: &StatsArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
-    let filter = a.filter.filter();
-    let chosen: Vec<_> = if a.snapshots.is_empty() {
-        let list = repo.snapshots()?;
-        for p in &list.problems {
-            say!("bakare: warning: {p}");
-        }
-        list.snapshots.into_iter().filter(|(_, s)| filter.matches(s)).collect()
-    } else {
-        a.snapshots.iter().map(|spec| repo.find_snapshot_for(spec, &filter, "")).collect::<Result<_, _>>()?
-    };
-    if chosen.is_empty() {
-        bail!("no snapshot {}", filter.describe(""));
-    }
+    let chosen = super::chosen_snapshots(&repo, &a.snapshots, &a.filter.filter())?;
     let mut walk = Walk { repo: &repo, trees: HashMap::new(), blobs: HashSet::new(), problems: Vec::new() };
     let mut total = Size::default();
     let mut per = Vec::new();

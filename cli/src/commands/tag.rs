@@ -3,7 +3,7 @@
 //! A snapshot is named by the hash of its bytes, so a changed one is written anew (mirror
 //! first) and the old one removed after: a crash in between leaves both, never neither.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::Outcome;
 use crate::args::TagArgs;
@@ -11,19 +11,7 @@ use crate::context::Context;
 
 pub fn run(ctx: &Context, a: &TagArgs) -> Result<Outcome> {
     let (repo, _) = ctx.open_master()?;
-    let filter = a.filter.filter();
-    let chosen: Vec<_> = if a.snapshots.is_empty() {
-        let list = repo.snapshots()?;
-        for p in &list.problems {
-            say!("bakare: warning: {p}");
-        }
-        list.snapshots.into_iter().filter(|(_, s)| filter.matches(s)).collect()
-    } else {
-        a.snapshots.iter().map(|spec| repo.find_snapshot_for(spec, &filter, "")).collect::<Result<_, _>>()?
-    };
-    if chosen.is_empty() {
-        bail!("no snapshot {}", filter.describe(""));
-    }
+    let chosen = super::chosen_snapshots(&repo, &a.snapshots, &a.filter.filter())?;
     let mut changed = 0u64;
     for (old_id, old) in chosen {
         let mut tags = if a.set.is_empty() { old.tags.clone() } else { Vec::new() };
