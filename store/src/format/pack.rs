@@ -129,8 +129,9 @@ pub(crate) struct PackBuilder {
     /// The thread that added the last blob (a pool hands a thread its own pack again).
     pub(crate) last_writer: Option<std::thread::ThreadId>,
     /// A write to the spool file failed (a full disk): part of a blob may be in the file
-    /// but not in the hash, so this pack must never be finished and named.
-    broken: Option<String>,
+    /// but not in the hash, so this pack must never be finished and named. The error's kind
+    /// and text, to fail every later use the same way (a full disk stays resumable).
+    broken: Option<(std::io::ErrorKind, String)>,
 }
 
 fn spool_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
@@ -180,6 +181,16 @@ impl PackBuilder {
         })
     }
 
+    /// The error of a pack whose spool file failed: the same kind as the first failure.
+    fn broken_error(&self) -> Option<StoreError> {
+        let (kind, why) = self.broken.as_ref()?;
+        let path = match &self.sink {
+            Some(Sink::File { path, .. }) => path.clone(),
+            _ => std::path::PathBuf::from("pack"),
+        };
+        Some(spool_err(&path, std::io::Error::new(*kind, format!("{why} (earlier, on this pack)"))))
+    }
+
     pub(crate) fn len(&self) -> usize {
         match &self.sink {
             Some(Sink::Memory(b)) => b.len(),
@@ -194,8 +205,8 @@ impl PackBuilder {
 
     /// Appends sealed bytes made by `seal` (which appends to the buffer it is given).
     fn append(&mut self, seal: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
-        if let Some(why) = &self.broken {
-            return Err(StoreError::corrupt("pack", format!("its spool file failed earlier: {why}")));
+        if let Some(err) = self.broken_error() {
+            return Err(err);
         }
         match &mut self.sink {
             None => Err(StoreError::corrupt("pack", "already finished")),
@@ -215,7 +226,7 @@ impl PackBuilder {
                     // Some of the bytes may be in the file or its buffer: the file no longer
                     // matches the hash, so the pack is done for (its blobs go with it; the
                     // failing backup stops, and what it saved is saved again on resume).
-                    self.broken = Some(e.to_string());
+                    self.broken = Some((e.kind(), e.to_string()));
                     return Err(spool_err(path, e));
                 }
                 hash.update(&self.scratch);
@@ -268,9 +279,9 @@ impl PackBuilder {
             Ok(())
         })?;
         let entries = std::mem::take(&mut self.entries);
-        if let Some(why) = &self.broken {
+        if let Some(err) = self.broken_error() {
             // Drop removes the spool file.
-            return Err(StoreError::corrupt("pack", format!("its spool file failed: {why}")));
+            return Err(err);
         }
         match self.sink.take() {
             None => Err(StoreError::corrupt("pack", "already finished")),
