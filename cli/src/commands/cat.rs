@@ -87,14 +87,7 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
         }
         "keys" => {
             let (repo, pass) = ctx.open_master()?;
-            let keys: Vec<_> = repo
-                .key_files(pass.as_bytes())?
-                .into_iter()
-                .map(|k| {
-                    json!({"path": k.path, "current": k.current, "problem": k.problem,
-                    "kdf": k.kdf.map(|p| json!({"m_kib": p.m_kib, "t": p.t, "p": p.p}))})
-                })
-                .collect();
+            let keys: Vec<_> = repo.key_files(pass.as_bytes())?.iter().map(crate::commands::key::key_json).collect();
             Value::Array(keys)
         }
         other => bail!("cannot cat {other:?}"),

@@ -13,17 +13,12 @@ use bakare_store::{BlobId, Entry, Metadata, Node, Repository};
 
 use crate::Outcome;
 use crate::args::DumpArgs;
-use crate::commands::ls::{in_snapshot, split_target};
+use crate::commands::ls::{in_snapshot, target_and_path};
 use crate::context::Context;
 
 pub fn run(ctx: &Context, a: &DumpArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
-    let (spec, path) = split_target(&a.target);
-    let path = match (&a.dir, path) {
-        (Some(p), "") => p.as_str(),
-        (Some(_), _) => bail!("give the path once: as SNAPSHOT:PATH or as SNAPSHOT PATH"),
-        (None, p) => p,
-    };
+    let (spec, path) = target_and_path(&a.target, a.dir.as_deref())?;
     let (id, snap) = repo.find_snapshot_for(spec, &a.filter.filter(), path)?;
     let start = find_node(&repo, snap.root, path).map_err(|e| in_snapshot(e, &id, &snap))?;
     let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());

@@ -39,16 +39,12 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
     for spec in &a.snapshots {
         remove.push(repo.find_snapshot(spec)?.0);
     }
-    let matching: Vec<_> = list
-        .snapshots
-        .iter()
-        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.host == h))
-        .filter(|(_, s)| a.tag.iter().all(|t| s.tags.contains(t)))
-        .filter(|(_, s)| {
-            a.path.iter().all(|p| s.paths.iter().any(|sp| sp.as_slice() == p.as_os_str().as_encoded_bytes()))
-        })
-        .cloned()
-        .collect();
+    let filter = bakare_store::SnapshotFilter {
+        hosts: a.host.iter().cloned().collect(),
+        paths: a.path.iter().map(|p| p.as_os_str().as_encoded_bytes().to_vec()).collect(),
+        tags: a.tag.clone(),
+    };
+    let matching: Vec<_> = list.snapshots.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
     let groups = if policy.is_empty() { Vec::new() } else { plan(&matching, &policy) };
     for g in &groups {
         remove.extend(g.decisions.iter().filter(|d| !d.keep).map(|d| d.id));

@@ -30,6 +30,14 @@ pub fn export(ctx: &Context, a: &KeyExportArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// A key file as `key list --json` and `cat keys` show it.
+pub fn key_json(k: &bakare_store::KeyFileInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": k.path.rsplit('/').next(), "path": k.path, "current": k.current, "problem": k.problem,
+        "kdf": k.kdf.map(|p| serde_json::json!({"m_kib": p.m_kib, "t": p.t, "p": p.p})),
+    })
+}
+
 /// The short form of a key file's id, as `key list` shows it.
 fn short(path: &str) -> &str {
     let id = path.rsplit('/').next().unwrap_or(path);
@@ -40,15 +48,7 @@ pub fn list(ctx: &Context) -> Result<Outcome> {
     let (repo, pass) = ctx.open_master()?;
     let keys = repo.key_files(pass.as_bytes())?;
     if ctx.global.json {
-        let list: Vec<_> = keys
-            .iter()
-            .map(|k| {
-                serde_json::json!({
-                    "id": k.path.rsplit('/').next(), "current": k.current, "problem": k.problem,
-                    "kdf": k.kdf.map(|p| serde_json::json!({"m_kib": p.m_kib, "t": p.t, "p": p.p})),
-                })
-            })
-            .collect();
+        let list: Vec<_> = keys.iter().map(key_json).collect();
         out!("{}", serde_json::Value::Array(list))?;
         return Ok(Outcome::Success);
     }

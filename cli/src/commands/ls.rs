@@ -11,12 +11,7 @@ use crate::output::time;
 
 pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
-    let (spec, path) = split_target(&a.target);
-    let path = match (&a.dir, path) {
-        (Some(p), "") => p.as_str(),
-        (Some(_), _) => anyhow::bail!("give the path once: as SNAPSHOT:PATH or as SNAPSHOT PATH"),
-        (None, p) => p,
-    };
+    let (spec, path) = target_and_path(&a.target, a.dir.as_deref())?;
     let (id, snap) = repo.find_snapshot_for(spec, &a.filter.filter(), path)?;
     let prefix = format!("/{}", path.trim_matches('/'));
     let node = find_node(&repo, snap.root, path).map_err(|e| in_snapshot(e, &id, &snap))?;
@@ -31,6 +26,15 @@ pub fn run(ctx: &Context, a: &LsArgs) -> Result<Outcome> {
 /// `SNAPSHOT:PATH` → (`SNAPSHOT`, `PATH`).
 pub fn split_target(target: &str) -> (&str, &str) {
     target.split_once(':').unwrap_or((target, ""))
+}
+
+/// `SNAPSHOT:PATH`, or restic's `SNAPSHOT PATH` (`dir`): (`SNAPSHOT`, `PATH`).
+pub fn target_and_path<'a>(target: &'a str, dir: Option<&'a str>) -> anyhow::Result<(&'a str, &'a str)> {
+    match (split_target(target), dir) {
+        ((spec, ""), Some(path)) => Ok((spec, path)),
+        (_, Some(_)) => anyhow::bail!("give the path once: as SNAPSHOT:PATH or as SNAPSHOT PATH"),
+        (both, None) => Ok(both),
+    }
 }
 
 /// A path missing from a snapshot, said with the snapshot it was looked for in.
