@@ -370,8 +370,36 @@ pub struct BackupArgs {
     /// not compress are stored as they are
     #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
     pub compression: String,
+    /// Read the sources from a filesystem snapshot taken when the backup starts, so that it
+    /// holds one instant of the tree: btrfs (every source must be on btrfs), auto (a btrfs
+    /// snapshot where the source is on btrfs, the live tree elsewhere) or off. Needs root;
+    /// the snapshot is deleted afterwards (after a kill, by the next backup)
+    #[arg(long, value_name = "KIND", default_value = "off", value_parser = ["auto", "btrfs", "off"])]
+    pub fs_snapshot: String,
+    #[command(flatten)]
+    pub hooks: HookArgs,
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
+}
+
+/// Commands run around a backup.
+#[derive(Args, Debug, Clone)]
+pub struct HookArgs {
+    /// Run COMMAND (with sh -c) before the backup reads anything; its output goes into the
+    /// snapshot's log. If it fails the backup goes on, unless --pre-hook-required
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_hook: Option<String>,
+    /// A --pre-hook that fails or times out stops the backup
+    #[arg(long, requires = "pre_hook")]
+    pub pre_hook_required: bool,
+    /// Run COMMAND (with sh -c) after the backup, told how it ended in BAKARE_OUTCOME
+    /// (success, partial, failed, interrupted, resumable), BAKARE_EXIT_CODE,
+    /// BAKARE_SNAPSHOT_ID and BAKARE_ERROR
+    #[arg(long, value_name = "COMMAND")]
+    pub post_hook: Option<String>,
+    /// Seconds a hook may run before it is killed, with what it started
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub hook_timeout: u64,
 }
 
 /// Which snapshots `latest` names (restic's flags): with a path (`latest:/home/me/doc`),
@@ -490,6 +518,10 @@ pub struct SnapshotsArgs {
     /// Show times in UTC instead of local time
     #[arg(long)]
     pub utc: bool,
+    /// Show each snapshot's log under it: the pre-hook's output, the filesystem snapshots
+    /// read, the files that could not be read
+    #[arg(long)]
+    pub log: bool,
 }
 
 #[derive(Args, Debug)]

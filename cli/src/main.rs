@@ -73,6 +73,23 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let json = cli.global.json;
+    // A mount namespace is per thread: it is entered before any thread starts.
+    let wants_mounts = match &cli.command {
+        Command::Backup(a) => a.fs_snapshot != "off",
+        // Resuming a backup that read a filesystem snapshot reads a new one.
+        Command::Resume(_) => rustix::process::geteuid().is_root(),
+        _ => false,
+    };
+    if wants_mounts {
+        match bakare_planner::fs_snapshot::private_mount_namespace() {
+            Ok(()) => PRIVATE_MOUNTS.store(true, std::sync::atomic::Ordering::Relaxed),
+            Err(e) if matches!(cli.command, Command::Backup(_)) => {
+                say!("bakare: error: {e}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => {}
+        }
+    }
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
     let threads = cli.global.threads.unwrap_or((cores * 4).clamp(1, 256));
     tune_malloc(cli.global.memory_limit, cores);
@@ -117,14 +134,11 @@ fn main() -> ExitCode {
     if sftp {
         end_children();
     }
+    let code = exit_code(result.as_ref());
     match result {
-        Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::Partial) => ExitCode::from(3),
-        Ok(Outcome::Problems) => ExitCode::FAILURE,
-        Ok(Outcome::Incomplete) => ExitCode::from(4),
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Ok(_) => {}
+        Err(e) if is_broken_pipe(&e) => {}
         Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() => {
-            let code = e.downcast_ref::<interrupt::Interrupted>().map_or(130, interrupt::Interrupted::exit_code);
             if json {
                 last_out!(
                     "{}",
@@ -132,22 +146,40 @@ fn main() -> ExitCode {
                 );
             }
             say!("bakare: {e:#}");
-            ExitCode::from(code)
         }
         Err(e) if e.downcast_ref::<Resumable>().is_some() => {
             if json {
                 last_out!("{}", serde_json::json!({ "type": "error", "resumable": true, "message": format!("{e:#}") }));
             }
             say!("bakare: error: {e:#}");
-            ExitCode::from(75)
         }
         Err(e) => {
             if json {
                 last_out!("{}", serde_json::json!({ "type": "error", "message": format!("{e:#}") }));
             }
             say!("bakare: error: {e:#}");
-            ExitCode::FAILURE
         }
+    }
+    ExitCode::from(code)
+}
+
+/// This process entered a mount namespace of its own at start (for `--fs-snapshot`): the
+/// namespace is process state, set once before any thread starts.
+pub static PRIVATE_MOUNTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The exit code of a command's result.
+pub fn exit_code(result: Result<&Outcome, &anyhow::Error>) -> u8 {
+    match result {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::Partial) => 3,
+        Ok(Outcome::Problems) => 1,
+        Ok(Outcome::Incomplete) => 4,
+        Err(e) if is_broken_pipe(e) => 0,
+        Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() => {
+            e.downcast_ref::<interrupt::Interrupted>().map_or(130, interrupt::Interrupted::exit_code)
+        }
+        Err(e) if e.downcast_ref::<Resumable>().is_some() => 75,
+        Err(_) => 1,
     }
 }
 

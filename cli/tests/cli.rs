@@ -1123,3 +1123,53 @@ fn snapshots_in_local_time_and_grouped() {
         serde_json::from_str(&env.ok(&["--json", "snapshots", "--group-by", "host,paths"])).unwrap();
     assert_eq!(grouped.as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn hooks_run_around_a_backup_and_their_output_is_logged() {
+    let env = Env::new();
+    env.init();
+    env.write("src/f", b"data");
+    let log = |id: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["cat", "snapshot", id])).unwrap();
+        v["log"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect()
+    };
+    // The post-hook's environment, written where the test can read it.
+    let post = "env | grep -E '^BAKARE_(HOOK|OUTCOME|EXIT_CODE|SNAPSHOT_ID|PASSPHRASE)=' | sort > post.env";
+    let out =
+        env.run(&["--json", "backup", "src", "--pre-hook", "echo dumping; echo to stderr >&2", "--post-hook", post]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let id = summary(&String::from_utf8_lossy(&out.stdout))["snapshot"].as_str().unwrap().to_string();
+    let lines = log(&id);
+    assert!(lines[0].starts_with("pre-hook `echo dumping; echo to stderr >&2`: exit 0 after"), "{lines:?}");
+    assert_eq!(lines[1..], ["pre-hook: dumping", "pre-hook: to stderr"]);
+    let seen = fs::read_to_string(env.path("post.env")).unwrap();
+    assert_eq!(
+        seen,
+        format!("BAKARE_EXIT_CODE=0\nBAKARE_HOOK=post\nBAKARE_OUTCOME=success\nBAKARE_SNAPSHOT_ID={id}\n"),
+        "the post-hook is told the outcome, and never the passphrase"
+    );
+    let shown = env.ok(&["snapshots", "--log", "--latest", "1"]);
+    assert!(shown.contains("    pre-hook: dumping\n"), "{shown}");
+
+    // A failing pre-hook is logged and the backup goes on...
+    let out = env.run(&["--json", "backup", "src", "--pre-hook", "exit 7", "--post-hook", post]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let id = summary(&String::from_utf8_lossy(&out.stdout))["snapshot"].as_str().unwrap().to_string();
+    assert!(log(&id)[0].contains("exit 7"), "{:?}", log(&id));
+    // ...unless it is required: no snapshot, exit 1, and the post-hook hears of it.
+    let before = env.ok(&["snapshots"]);
+    let out = env.run(&["backup", "src", "--pre-hook", "exit 7", "--pre-hook-required", "--post-hook", post]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        env.stderr(&out).contains("the pre-hook `exit 7` failed (exit 7): backup not started"),
+        "{}",
+        env.stderr(&out)
+    );
+    assert_eq!(env.ok(&["snapshots"]), before);
+    let seen = fs::read_to_string(env.path("post.env")).unwrap();
+    assert_eq!(seen, "BAKARE_EXIT_CODE=1\nBAKARE_HOOK=post\nBAKARE_OUTCOME=failed\nBAKARE_SNAPSHOT_ID=\n");
+    // A hook that hangs is killed after its timeout.
+    let out = env.run(&["backup", "src", "--pre-hook", "sleep 60", "--pre-hook-required", "--hook-timeout", "1"]);
+    assert_eq!(code(&out), 1);
+    assert!(env.stderr(&out).contains("timed out after 1 s"), "{}", env.stderr(&out));
+}

@@ -671,3 +671,62 @@ fn foreign_config() -> Vec<u8> {
     Repository::init(Arc::new(LocalBackend::new(dir.path())), b"other", kdf, ChunkerParams::default()).unwrap();
     fs::read(dir.path().join("config")).unwrap()
 }
+
+/// Whether `tool` is on the PATH.
+pub fn on_path(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs a command, which must succeed.
+pub fn run(args: &[&str]) {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A file system of `kind` on a loop device over a sparse image, mounted at `mnt` until
+/// dropped.
+pub struct LoopFs {
+    pub mnt: PathBuf,
+    pub dev: String,
+}
+
+impl LoopFs {
+    pub fn make(kind: &str, dir: &Path) -> Option<Self> {
+        Self::make_sized(kind, dir, 400)
+    }
+
+    /// As [`LoopFs::make`], on an image of `mib` MiB.
+    pub fn make_sized(kind: &str, dir: &Path, mib: u64) -> Option<Self> {
+        let mkfs = format!("mkfs.{kind}");
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        if !root || !on_path("losetup") || !on_path(&mkfs) {
+            eprintln!("skipping {kind}: needs root, losetup and {mkfs}");
+            return None;
+        }
+        let image = dir.join(format!("{kind}.img"));
+        std::fs::File::create(&image).unwrap().set_len(mib << 20).unwrap();
+        let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&image).output().unwrap();
+        if !out.status.success() {
+            eprintln!("skipping {kind}: no loop device: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mnt = dir.join(format!("mnt-{kind}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let fs = Self { mnt, dev };
+        let quiet = if kind == "xfs" || kind == "btrfs" { "-q" } else { "-qF" };
+        run(&[&mkfs, quiet, &fs.dev]);
+        run(&["mount", &fs.dev, fs.mnt.to_str().unwrap()]);
+        Some(fs)
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::process::Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}

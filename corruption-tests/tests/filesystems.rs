@@ -14,59 +14,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use bakare_corruption_tests::{Cli, ok};
-
-fn on_path(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A file system of `kind` on a loop device over a sparse image, mounted at `mnt` until
-/// dropped.
-struct LoopFs {
-    mnt: PathBuf,
-    dev: String,
-}
-
-impl LoopFs {
-    fn make(kind: &str, dir: &Path) -> Option<Self> {
-        let mkfs = format!("mkfs.{kind}");
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        if !root || !on_path("losetup") || !on_path(&mkfs) {
-            eprintln!("skipping {kind}: needs root, losetup and {mkfs}");
-            return None;
-        }
-        let image = dir.join(format!("{kind}.img"));
-        std::fs::File::create(&image).unwrap().set_len(400 << 20).unwrap();
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(&image).output().unwrap();
-        if !out.status.success() {
-            eprintln!("skipping {kind}: no loop device: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let mnt = dir.join(format!("mnt-{kind}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let fs = Self { mnt, dev };
-        let quiet = if kind == "xfs" || kind == "btrfs" { "-q" } else { "-qF" };
-        run(&[&mkfs, quiet, &fs.dev]);
-        run(&["mount", &fs.dev, fs.mnt.to_str().unwrap()]);
-        Some(fs)
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
+use bakare_corruption_tests::{Cli, LoopFs, ok, on_path, run};
 
 fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut names = vec![0u8; 64 << 10];

@@ -6,5 +6,6 @@ fuzz_target!(|data: &[u8]| {
     let key = bakare_fuzz::key();
     let _ = bakare_store::Snapshot::decode("snapshot", data, &key);
     let _ = bakare_store::Snapshot::decode_refs("snapshot", data, &key.write.index_key);
-    let _ = bakare_store::Snapshot::decode_details("snapshot", data);
+    let _ = bakare_store::Snapshot::decode_details("snapshot", 1, data);
+    let _ = bakare_store::Snapshot::decode_details("snapshot", 2, data);
 });

@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parent: None,
         stats: SnapshotStats::default(),
         program: "bakare seeds".into(),
+        log: vec!["pre-hook: ok".into()],
     };
     let id = repo.save_snapshot(&snapshot)?;
 

@@ -55,6 +55,11 @@ pub struct BackupOptions {
     /// Set nonzero (by a signal handler) to stop the backup: it writes a checkpoint, marks
     /// its session interrupted and returns [`PlanError::Interrupted`].
     pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
+    /// Devices recorded as others (a filesystem snapshot's as its live filesystem's).
+    pub devices: crate::Devices,
+    /// Lines for the snapshot's log before the walk's own (hooks' output, the filesystem
+    /// snapshots read).
+    pub log: Vec<String>,
 }
 
 impl Default for BackupOptions {
@@ -69,8 +74,26 @@ impl Default for BackupOptions {
             resume: None,
             checkpoints: CheckpointPolicy::default(),
             interrupt: Arc::default(),
+            devices: crate::Devices::default(),
+            log: Vec::new(),
         }
     }
+}
+
+/// File errors a snapshot's log names one by one; more are counted.
+const LOGGED_ERRORS: usize = 1000;
+
+/// The snapshot's log: `before` (hooks, filesystem snapshots), then the files that could not
+/// be read, the first [`LOGGED_ERRORS`] by name.
+fn snapshot_log(before: &[String], errors: &[(PathBuf, String)]) -> Vec<String> {
+    let mut log = before.to_vec();
+    for (path, why) in errors.iter().take(LOGGED_ERRORS) {
+        log.push(format!("error: {}: {why}", path.display()));
+    }
+    if errors.len() > LOGGED_ERRORS {
+        log.push(format!("error: {} more files could not be read", errors.len() - LOGGED_ERRORS));
+    }
+    log
 }
 
 /// When a checkpoint is written: whichever limit is reached first.
@@ -356,6 +379,7 @@ pub fn backup(
                 parent: None,
                 stats,
                 program: format!("bakare {}", env!("CARGO_PKG_VERSION")),
+                log: snapshot_log(&opts.log, &out.errors),
             };
             // The session says which snapshot it commits before the snapshot is written:
             // killed between that and removing the session, it is finished, not resumed
@@ -557,6 +581,7 @@ impl Pass<'_> {
             errors: Mutex::default(),
             stopped: Mutex::default(),
             interrupt: self.opts.interrupt.clone(),
+            devices: self.opts.devices.clone(),
         });
         let opts = self.opts;
         let walk = Walk {
@@ -751,7 +776,7 @@ impl Walk<'_> {
                     Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
                     let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
-                    let extra = extra_of(&meta, self.xattrs_of(&child_path));
+                    let extra = extra_of(&meta, self.xattrs_of(&child_path), &self.run.devices);
                     Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), extra, kind }))
                 }
             })
@@ -905,7 +930,7 @@ impl Walk<'_> {
             return Ok(None);
         } else if ft.is_file() {
             let (kind, xattrs) = self.file(path, name, meta, memo);
-            let extra = extra_of(meta, xattrs);
+            let extra = extra_of(meta, xattrs, &self.run.devices);
             return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }));
         } else if ft.is_symlink() {
             match fs::read_link(path) {
@@ -922,7 +947,7 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        let extra = extra_of(meta, self.xattrs_of(path));
+        let extra = extra_of(meta, self.xattrs_of(path), &self.run.devices);
         Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }))
     }
 
@@ -942,7 +967,7 @@ impl Walk<'_> {
     /// extended attributes, taken from the memo too while its ctime has not moved (any
     /// change to them moves it), so that a no-change run asks the file system nothing more.
     fn file(&self, path: &Path, name: &[u8], meta: &fs::Metadata, memo: &[MemoRecord]) -> (PlannedKind, Vec<Xattr>) {
-        let fp = StatFingerprint::of(meta);
+        let fp = StatFingerprint::of(meta).on(&self.run.devices);
         let first_link = meta.nlink() < 2 || self.linked.lock().is_ok_and(|mut l| l.insert((fp.dev, fp.ino)));
         if first_link {
             Counters::add(&self.run.counters.bytes_total, fp.size);

@@ -25,6 +25,8 @@ pub struct RunContext {
     /// Nonzero once the user asked the run to stop (the signal's number): files not yet read
     /// are not read, and the backup checkpoints and ends as interrupted.
     pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
+    /// The device numbers recorded for files seen on filesystem snapshots.
+    pub devices: crate::Devices,
 }
 
 impl RunContext {

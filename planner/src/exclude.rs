@@ -121,6 +121,10 @@ impl Excludes {
     }
 
     pub(crate) fn is_excluded(&self, path: &Path, is_dir: bool) -> bool {
+        // Where `--fs-snapshot` keeps its snapshots while a backup runs.
+        if is_dir && path.file_name().is_some_and(|n| n == crate::fs_snapshot::SNAPSHOT_DIR) {
+            return true;
+        }
         if let Match::Ignore(_) = self.global.matched(path, is_dir) {
             return true;
         }

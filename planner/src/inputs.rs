@@ -32,6 +32,11 @@ impl StatFingerprint {
         }
     }
 
+    /// The fingerprint with its device as recorded (a filesystem snapshot's as the live one).
+    pub fn on(self, devices: &crate::Devices) -> Self {
+        Self { dev: devices.normal(self.dev), ..self }
+    }
+
     /// Whether content read under `self` is still valid for a file now seen as `now`. ctime
     /// is left out on purpose: a chmod or chown changes metadata (taken fresh from every walk),
     /// not content.

@@ -12,9 +12,11 @@
 mod backup;
 mod counters;
 mod db;
+mod devices;
 mod error;
 mod exclude;
 mod find;
+pub mod fs_snapshot;
 mod inputs;
 mod memo;
 mod meta;
@@ -29,6 +31,7 @@ pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backu
 pub use bakare_store::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};
+pub use devices::Devices;
 pub use error::PlanError;
 pub use exclude::Excludes;
 pub use find::{Change, History, Version, diff, diff_local};

@@ -16,7 +16,7 @@ pub fn metadata_of(m: &fs::Metadata) -> Metadata {
 }
 
 /// The tree format 2 part of an `lstat` result, with the entry's extended attributes.
-pub fn extra_of(m: &fs::Metadata, xattrs: Vec<Xattr>) -> Extra {
+pub fn extra_of(m: &fs::Metadata, xattrs: Vec<Xattr>, devices: &crate::Devices) -> Extra {
     let btime_ns = m.created().ok().map(|t| match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
@@ -24,19 +24,19 @@ pub fn extra_of(m: &fs::Metadata, xattrs: Vec<Xattr>) -> Extra {
     Extra {
         ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
         btime_ns,
-        link: link_group(m),
+        link: link_group(m, devices),
         xattrs,
     }
 }
 
 /// A file's hard-link group: nonzero when it has more than one link, the same for every
 /// name of one inode (device and inode number, hashed; never 0).
-pub fn link_group(m: &fs::Metadata) -> u64 {
+pub fn link_group(m: &fs::Metadata, devices: &crate::Devices) -> u64 {
     if m.is_dir() || m.nlink() < 2 {
         return 0;
     }
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&m.dev().to_le_bytes());
+    bytes[..8].copy_from_slice(&devices.normal(m.dev()).to_le_bytes());
     bytes[8..].copy_from_slice(&m.ino().to_le_bytes());
     let h = blake3::hash(&bytes);
     let mut first = [0u8; 8];

@@ -6,7 +6,8 @@
 //! `after-checkpoint` (the first checkpoint of a walk was written), `after-pack` (the first
 //! pack was written, not yet indexed) and `before-index` (a flush checked its packs against
 //! the GC marks and is about to write their index segment), `before-adopt` (`resume` listed the
-//! unindexed packs and is about to index them).
+//! unindexed packs and is about to index them), `after-fs-snapshot` (a backup took its
+//! filesystem snapshots, if any, and has read nothing yet).
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -44,6 +44,7 @@ fn snapshot(repo: &Repository, seed: u8, chunks: usize) -> (SnapshotId, Vec<baka
         parent: None,
         stats: SnapshotStats::default(),
         program: String::new(),
+        log: Vec::new(),
     };
     (repo.save_snapshot(&snap).unwrap(), ids)
 }

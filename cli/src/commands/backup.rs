@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use bakare_planner::{
     BackupOptions, BackupReport, CheckpointPolicy, Counters, Excludes, interrupted_session, prepare_resume,
 };
-use bakare_store::{Selection, SessionOptions};
+use bakare_store::{Hook, Selection, SessionOptions, SourceOptions};
 
 use crate::Outcome;
 use crate::args::{BackupArgs, CheckpointArgs};
@@ -17,6 +17,19 @@ use crate::output::{bytes, count};
 use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
+    let hook =
+        |command: &String, required| Hook { command: command.clone(), timeout_secs: a.hooks.hook_timeout, required };
+    let source = SourceOptions {
+        fs_snapshot: a.fs_snapshot.clone(),
+        pre_hook: a.hooks.pre_hook.as_ref().map(|c| hook(c, a.hooks.pre_hook_required)),
+        post_hook: a.hooks.post_hook.as_ref().map(|c| hook(c, false)),
+    };
+    // The pre-hook runs first: it may be what makes the sources or the repository ready.
+    let result = pre_hook(ctx, &source, &a.paths).and_then(|log| backup(ctx, a, source.clone(), log));
+    post_hook(ctx, &source, result)
+}
+
+fn backup(ctx: &Context, a: &BackupArgs, source: SourceOptions, log: Vec<String>) -> Result<Finished> {
     // Check the sources before creating or unlocking anything.
     let mut paths = Vec::new();
     for p in a.paths.iter().chain(&super::files_from::read(a)?) {
@@ -90,10 +103,13 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
             compression,
             parity: a.parity,
             selection,
+            source,
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),
         interrupt: crate::interrupt::install(),
+        devices: Default::default(),
+        log,
     };
     // An interrupted backup of the same paths from this host is taken over, not redone.
     if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)?
@@ -110,7 +126,76 @@ pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
         }
         opts.resume = Some(session);
     }
-    run_backup(ctx, Arc::new(repo), memo, &paths, &opts)
+    run_backup(ctx, Arc::new(repo), memo, &paths, opts)
+}
+
+/// How a backup that ran to its end ended.
+pub struct Finished {
+    pub outcome: Outcome,
+    pub snapshot: bakare_store::SnapshotId,
+}
+
+/// Runs the pre-hook of `source`, if any; returns the lines for the snapshot's log. A
+/// required one that fails stops the backup.
+pub fn pre_hook(ctx: &Context, source: &SourceOptions, paths: &[std::path::PathBuf]) -> Result<Vec<String>> {
+    let Some(hook) = &source.pre_hook else { return Ok(Vec::new()) };
+    let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let env = [("BAKARE_HOOK", "pre".to_string()), ("BAKARE_PATHS", paths.join("\n")), repo_env(ctx)];
+    let run = super::hooks::run(hook, &env);
+    let lines = run.lines("pre", hook);
+    if !ctx.global.quiet || !run.ok {
+        for l in &lines {
+            say!("bakare: {l}");
+        }
+    }
+    if !run.ok && hook.required {
+        anyhow::bail!(
+            "the pre-hook `{}` failed ({}): backup not started (it is --pre-hook-required)",
+            hook.command,
+            run.status
+        );
+    }
+    Ok(lines)
+}
+
+/// Runs the post-hook of `source`, if any, telling it how the backup ended; returns the
+/// backup's result.
+pub fn post_hook(ctx: &Context, source: &SourceOptions, result: Result<Finished>) -> Result<Outcome> {
+    if let Some(hook) = &source.post_hook {
+        let (outcome, snapshot, error) = match &result {
+            Ok(f) => (
+                if matches!(f.outcome, Outcome::Partial) { "partial" } else { "success" },
+                f.snapshot.to_hex(),
+                String::new(),
+            ),
+            Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => {
+                ("interrupted", String::new(), format!("{e:#}"))
+            }
+            Err(e) if e.downcast_ref::<crate::Resumable>().is_some() => ("resumable", String::new(), format!("{e:#}")),
+            Err(e) => ("failed", String::new(), format!("{e:#}")),
+        };
+        let code = crate::exit_code(result.as_ref().map(|f| &f.outcome));
+        let env = [
+            ("BAKARE_HOOK", "post".to_string()),
+            ("BAKARE_OUTCOME", outcome.to_string()),
+            ("BAKARE_EXIT_CODE", code.to_string()),
+            ("BAKARE_SNAPSHOT_ID", snapshot),
+            ("BAKARE_ERROR", error),
+            repo_env(ctx),
+        ];
+        let run = super::hooks::run(hook, &env);
+        if !ctx.global.quiet || !run.ok {
+            for l in run.lines("post", hook) {
+                say!("bakare: {l}");
+            }
+        }
+    }
+    result.map(|f| f.outcome)
+}
+
+/// `BAKARE_REPOSITORY` for a hook: the repository as given.
+fn repo_env(ctx: &Context) -> (&'static str, String) {
+    ("BAKARE_REPOSITORY", ctx.global.repo.as_ref().map(|r| r.display().to_string()).unwrap_or_default())
 }
 
 /// Files read by one backup after which the memo is compacted.
@@ -120,10 +205,46 @@ const COMPACT_AFTER_FILES: u64 = 20_000;
 pub fn run_backup(
     ctx: &Context,
     repo: Arc<bakare_store::Repository>,
+    memo: bakare_planner::Memo,
+    paths: &[std::path::PathBuf],
+    mut opts: BackupOptions,
+) -> Result<Finished> {
+    // Snapshots a killed backup left behind go first, whatever this backup reads from.
+    for line in bakare_planner::fs_snapshot::clean_stale() {
+        say!("bakare: {line}");
+    }
+    let mode = bakare_planner::fs_snapshot::Mode::parse(&opts.session_options.source.fs_snapshot)?;
+    if mode != bakare_planner::fs_snapshot::Mode::Off
+        && !crate::PRIVATE_MOUNTS.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        anyhow::bail!(
+            "--fs-snapshot: this process has no mount namespace of its own (it could not enter one at start: \
+             run as root)"
+        );
+    }
+    let snapshots = bakare_planner::fs_snapshot::FsSnapshots::take(mode, paths)?;
+    bakare_store::failpoint::hit("after-fs-snapshot");
+    opts.devices = snapshots.devices.clone();
+    opts.log.extend(snapshots.log.iter().cloned());
+    if !ctx.global.quiet && !ctx.global.json {
+        for line in &snapshots.log {
+            say!("bakare: {line}");
+        }
+    }
+    let result = walk_and_commit(ctx, repo, memo, paths, &opts);
+    for problem in snapshots.release() {
+        say!("bakare: warning: {problem} (the next backup tries again)");
+    }
+    result
+}
+
+fn walk_and_commit(
+    ctx: &Context,
+    repo: Arc<bakare_store::Repository>,
     mut memo: bakare_planner::Memo,
     paths: &[std::path::PathBuf],
     opts: &BackupOptions,
-) -> Result<Outcome> {
+) -> Result<Finished> {
     let counters = Arc::new(Counters::default());
     let report = {
         let expected = bakare_planner::expected_totals(&memo, paths, &opts.session_options)
@@ -148,7 +269,8 @@ pub fn run_backup(
     memo.close();
     crate::context::warn_index(&repo);
     print_report(ctx, &report)?;
-    Ok(if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial })
+    let outcome = if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial };
+    Ok(Finished { outcome, snapshot: report.id })
 }
 
 /// A backup that stopped because the repository's storage failed can be continued.

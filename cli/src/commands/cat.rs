@@ -37,7 +37,7 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
             json!({"id": id.to_hex(), "time": time(s.time_ns), "time_ns": s.time_ns, "host": s.host, "user": s.user,
                 "paths": s.paths.iter().map(|p| text(p)).collect::<Vec<_>>(), "tags": s.tags,
                 "root": s.root.to_hex(), "parent": s.parent.map(|p| p.to_hex()), "stats": s.stats,
-                "program": s.program})
+                "program": s.program, "log": s.log})
         }
         "tree" => {
             let repo = ctx.open(false)?;

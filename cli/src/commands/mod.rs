@@ -8,6 +8,7 @@ pub mod dump;
 pub mod files_from;
 pub mod find;
 pub mod forget;
+pub mod hooks;
 pub mod init;
 pub mod key;
 pub mod ls;

@@ -8,7 +8,7 @@ use bakare_planner::{BackupOptions, Excludes, find_session, finish_committed, pr
 
 use crate::Outcome;
 use crate::args::ResumeArgs;
-use crate::commands::backup::{policy, run_backup, this_host};
+use crate::commands::backup::{policy, post_hook, pre_hook, run_backup, this_host};
 use crate::context::Context;
 
 pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
@@ -83,8 +83,16 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         resume: Some(session.clone()),
         checkpoints: policy(&a.checkpoint),
         interrupt: crate::interrupt::install(),
+        devices: Default::default(),
+        log: Vec::new(),
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
-    run_backup(ctx, Arc::new(repo), memo, &paths, &opts)
+    // The interrupted backup's hooks run again around its continuation.
+    let source = &o.source;
+    let result = pre_hook(ctx, source, &paths).and_then(|log| {
+        let opts = BackupOptions { log, ..opts };
+        run_backup(ctx, Arc::new(repo), memo, &paths, opts)
+    });
+    post_hook(ctx, source, result)
 }

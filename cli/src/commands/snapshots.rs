@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, a: &SnapshotsArgs) -> Result<Outcome> {
                         "id": id.to_hex(), "time": time(s.time_ns), "time_ns": s.time_ns, "host": s.host,
                         "user": s.user, "tags": s.tags,
                         "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(),
-                        "root": s.root.to_hex(), "stats": s.stats,
+                        "root": s.root.to_hex(), "stats": s.stats, "log": s.log,
                     })
                 })
                 .collect()
@@ -111,6 +111,11 @@ pub fn run(ctx: &Context, a: &SnapshotsArgs) -> Result<Outcome> {
                 bytes(s.stats.total_bytes),
                 paths.join(" ")
             )?;
+            if a.log {
+                for line in &s.log {
+                    out!("    {line}")?;
+                }
+            }
             shown += 1;
         }
     }

@@ -186,7 +186,7 @@ fn read_chunks(
         chunks.extend(store_batch(run, batch)?);
         Ok::<_, ReadError>(())
     })?;
-    Ok((size, chunks, StatFingerprint::of(&file.metadata()?)))
+    Ok((size, chunks, StatFingerprint::of(&file.metadata()?).on(&run.devices)))
 }
 
 /// Hashes, compresses, seals and stores a batch of chunks, spreading a batch of several

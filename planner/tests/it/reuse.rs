@@ -34,6 +34,7 @@ fn context(repo: Arc<Repository>) -> RunContext {
         errors: Default::default(),
         stopped: Default::default(),
         interrupt: Default::default(),
+        devices: Default::default(),
     }
 }
 

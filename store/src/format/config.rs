@@ -124,7 +124,23 @@ mod tests {
     #[test]
     fn newer_version_is_reported() {
         let mut bytes = sample().encode().unwrap();
-        bytes[7] = 2;
-        assert!(matches!(Config::decode("config", &bytes), Err(StoreError::NewerFormat { found: 2, .. })));
+        let newer = crate::FORMAT_VERSION + 1;
+        bytes[7] = newer;
+        assert!(
+            matches!(Config::decode("config", &bytes), Err(StoreError::NewerFormat { found, .. }) if found == newer)
+        );
+    }
+
+    #[test]
+    fn a_format_1_config_still_reads() {
+        let mut bytes = sample().encode().unwrap();
+        assert_eq!(bytes[7], crate::FORMAT_VERSION);
+        bytes.truncate(bytes.len() - 32);
+        bytes[7] = 1;
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(&sum.0);
+        assert_eq!(Config::decode("config", &bytes).unwrap(), sample());
+        bytes[7] = 0;
+        assert!(matches!(Config::decode("config", &bytes), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -7,8 +7,16 @@ use bakare_crypto::{Digest, SymmetricKey, checksum};
 use crate::backend::Backend;
 use crate::{Result, StoreError};
 
-/// The format version this build writes and reads (the header's last byte).
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes (the header's last byte). It reads every version
+/// from [`OLDEST_FORMAT_VERSION`] to this one; a greater one is refused as newer.
+///
+/// 2: trees may hold entries of tree format 2 (extended attributes, hard-link groups,
+/// ctime, birth time) and snapshots carry a log. A format-1 reader meets a format-2 object
+/// with "newer than this bakare supports" instead of calling its trees damaged.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest format version this build still reads.
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
 pub(crate) const MAGIC: &[u8; 6] = b"bakare";
 pub(crate) const HEADER_LEN: usize = 8;
@@ -36,6 +44,11 @@ pub(crate) fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
 
 /// Checks the header of `bytes` (of object `name`) and returns the rest.
 pub(crate) fn check_header<'a>(name: &str, kind: ObjectKind, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    check_header_version(name, kind, bytes).map(|(_, body)| body)
+}
+
+/// [`check_header`], with the object's format version.
+pub(crate) fn check_header_version<'a>(name: &str, kind: ObjectKind, bytes: &'a [u8]) -> Result<(u8, &'a [u8])> {
     let (head, body) =
         bytes.split_at_checked(HEADER_LEN).ok_or_else(|| StoreError::corrupt(name, "shorter than its header"))?;
     if head.get(..6) != Some(MAGIC.as_slice()) {
@@ -45,7 +58,7 @@ pub(crate) fn check_header<'a>(name: &str, kind: ObjectKind, bytes: &'a [u8]) ->
         return Err(StoreError::corrupt(name, format!("expected object kind {}, found {:?}", kind as u8, head.get(6))));
     }
     match head.get(7) {
-        Some(&FORMAT_VERSION) => Ok(body),
+        Some(&v @ OLDEST_FORMAT_VERSION..=FORMAT_VERSION) => Ok((v, body)),
         Some(&found) if found > FORMAT_VERSION => Err(StoreError::NewerFormat { found, supported: FORMAT_VERSION }),
         other => Err(StoreError::corrupt(name, format!("unknown format version {other:?}"))),
     }

@@ -34,6 +34,28 @@ pub struct SessionOptions {
     pub parity: u16,
     /// What the walk leaves out beyond the exclude patterns.
     pub selection: Selection,
+    /// Where the sources are read from and what runs around the backup.
+    pub source: SourceOptions,
+}
+
+/// How a backup reads its sources: from a filesystem snapshot or live, and the commands run
+/// before and after it (`resume` does the same).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceOptions {
+    /// `--fs-snapshot`: "off", "auto" or "btrfs".
+    pub fs_snapshot: String,
+    pub pre_hook: Option<Hook>,
+    pub post_hook: Option<Hook>,
+}
+
+/// A command run through `sh -c` around a backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hook {
+    pub command: String,
+    /// Killed after this many seconds.
+    pub timeout_secs: u64,
+    /// A pre-hook that fails (or times out) stops the backup; else it is logged.
+    pub required: bool,
 }
 
 /// What a backup's walk leaves out beyond its exclude patterns (restic's flags of the same
@@ -62,6 +84,27 @@ impl Selection {
     }
 }
 
+/// [`SessionOptions`] as written before `source` existed (read, never written).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionOptionsV2 {
+    excludes: Vec<String>,
+    exclude_files: Vec<Vec<u8>>,
+    git_ignore: bool,
+    tags: Vec<String>,
+    user: String,
+    compression: i32,
+    parity: u16,
+    selection: Selection,
+}
+
+impl From<SessionOptionsV2> for SessionOptions {
+    fn from(v: SessionOptionsV2) -> Self {
+        let SessionOptionsV2 { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection } = v;
+        let source = SourceOptions::default();
+        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source }
+    }
+}
+
 /// [`SessionOptions`] as written before `selection` existed (read, never written).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SessionOptionsV1 {
@@ -77,7 +120,8 @@ struct SessionOptionsV1 {
 impl From<SessionOptionsV1> for SessionOptions {
     fn from(v: SessionOptionsV1) -> Self {
         let SessionOptionsV1 { excludes, exclude_files, git_ignore, tags, user, compression, parity } = v;
-        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection: Selection::default() }
+        let (selection, source) = Default::default();
+        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source }
     }
 }
 
@@ -105,9 +149,33 @@ pub struct Session {
     pub committing: Option<crate::ids::SnapshotId>,
 }
 
-/// The first bytes of a session record's plaintext since `SessionOptions.selection`: older
-/// records (no tag) are read as [`SessionV2`] or [`SessionV1`].
+/// The first bytes of a session record's plaintext since `SessionOptions.source`: older
+/// records are read as [`SessionV3`] (tag `bksess03`), [`SessionV2`] or [`SessionV1`] (no tag).
+const SESSION_V4: &[u8; 8] = b"bksess04";
 const SESSION_V3: &[u8; 8] = b"bksess03";
+
+/// A session record as written before `SessionOptions.source` existed (read, never written;
+/// tests write it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionV3 {
+    id: [u8; 16],
+    host: String,
+    started_ns: i64,
+    heartbeat_ns: i64,
+    paths: Vec<Vec<u8>>,
+    options: SessionOptionsV2,
+    checkpoints: u32,
+    interrupted: bool,
+    committing: Option<crate::ids::SnapshotId>,
+}
+
+impl From<SessionV3> for Session {
+    fn from(v: SessionV3) -> Self {
+        let SessionV3 { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted, committing } = v;
+        let options = options.into();
+        Self { id, host, started_ns, heartbeat_ns, paths, options, checkpoints, interrupted, committing }
+    }
+}
 
 /// A session record as written before `interrupted` existed (read, never written; tests
 /// write it).
@@ -204,7 +272,7 @@ impl Session {
         let head = header(ObjectKind::Session);
         let mut aad = head.to_vec();
         aad.extend_from_slice(&self.id);
-        let plain = postcard::to_extend(self, SESSION_V3.to_vec())
+        let plain = postcard::to_extend(self, SESSION_V4.to_vec())
             .map_err(|e| StoreError::corrupt(self.path(), e.to_string()))?;
         let mut out = head.to_vec();
         index_key.seal_into(&aad, &plain, &mut out)?;
@@ -219,14 +287,17 @@ impl Session {
         aad.extend_from_slice(&id);
         let plain = index_key.open(&aad, sealed).map_err(|e| StoreError::crypto(name, e))?;
         // Records before the tag began with the 16-byte random id: 2^-64 that one looks tagged.
-        let s: Self = match plain.strip_prefix(SESSION_V3.as_slice()) {
-            Some(body) => crate::format::object::decode_exact(name, body)?,
-            None => match crate::format::object::decode_exact::<SessionV2>(name, &plain) {
+        let s: Self = if let Some(body) = plain.strip_prefix(SESSION_V4.as_slice()) {
+            crate::format::object::decode_exact(name, body)?
+        } else if let Some(body) = plain.strip_prefix(SESSION_V3.as_slice()) {
+            crate::format::object::decode_exact::<SessionV3>(name, body)?.into()
+        } else {
+            match crate::format::object::decode_exact::<SessionV2>(name, &plain) {
                 Ok(s) => s.into(),
                 Err(e) => {
                     crate::format::object::decode_exact::<SessionV1>(name, &plain).map(Self::from).map_err(|_| e)?
                 }
-            },
+            }
         };
         if s.id != id {
             return Err(StoreError::corrupt(name, "the session inside is another one"));
@@ -354,6 +425,41 @@ mod tests {
     }
 
     #[test]
+    fn a_session_written_before_the_source_options_still_reads() {
+        let m = MasterKey::generate().unwrap();
+        let selection = Selection { one_file_system: true, ..Selection::default() };
+        let old = SessionV3 {
+            id: [8; 16],
+            host: "h".into(),
+            started_ns: 1,
+            heartbeat_ns: 2,
+            paths: vec![b"/a".to_vec()],
+            options: SessionOptionsV2 {
+                excludes: vec!["*.o".into()],
+                exclude_files: vec![],
+                git_ignore: true,
+                tags: vec![],
+                user: "u".into(),
+                compression: 1,
+                parity: 0,
+                selection: selection.clone(),
+            },
+            checkpoints: 2,
+            interrupted: false,
+            committing: None,
+        };
+        let head = header(ObjectKind::Session);
+        let mut aad = head.to_vec();
+        aad.extend_from_slice(&old.id);
+        let mut bytes = head.to_vec();
+        let plain = postcard::to_extend(&old, SESSION_V3.to_vec()).unwrap();
+        m.write.index_key.seal_into(&aad, &plain, &mut bytes).unwrap();
+        let s = Session::decode("sessions/08080808080808080808080808080808", &bytes, &m.write.index_key).unwrap();
+        assert_eq!((s.checkpoints, s.options.selection, s.options.git_ignore), (2, selection, true));
+        assert_eq!(s.options.source, SourceOptions::default());
+    }
+
+    #[test]
     fn round_trips_and_tampering() {
         let m = MasterKey::generate().unwrap();
         let s = Session {
@@ -368,6 +474,11 @@ mod tests {
                     exclude_if_present: vec![CACHEDIR_TAG.into()],
                     exclude_larger_than: Some(7),
                     no_xattrs: true,
+                },
+                source: SourceOptions {
+                    fs_snapshot: "btrfs".into(),
+                    pre_hook: Some(Hook { command: "pg_dump > /d".into(), timeout_secs: 60, required: true }),
+                    post_hook: None,
                 },
                 ..SessionOptions::default()
             },

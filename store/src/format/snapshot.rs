@@ -7,7 +7,7 @@
 
 use bakare_crypto::{Digest, EphemeralPublic, MasterKey, SymmetricKey, WriteKey, checksum};
 
-use crate::format::object::{ObjectKind, check_header, header};
+use crate::format::object::{ObjectKind, check_header_version, header};
 use crate::format::pack::le_u32;
 use crate::ids::{BlobId, SnapshotId};
 use crate::{Result, StoreError};
@@ -52,6 +52,31 @@ pub struct Snapshot {
     pub parent: Option<SnapshotId>,
     pub stats: SnapshotStats,
     pub program: String,
+    /// What happened during the backup besides the counts, one message a line: the hooks'
+    /// output, the filesystem snapshot read, the files that could not be read (format 2;
+    /// empty in format 1 snapshots).
+    pub log: Vec<String>,
+}
+
+/// [`Snapshot`] as format 1 wrote it (read, never written).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotV1 {
+    time_ns: i64,
+    host: String,
+    user: String,
+    paths: Vec<Vec<u8>>,
+    tags: Vec<String>,
+    root: BlobId,
+    parent: Option<SnapshotId>,
+    stats: SnapshotStats,
+    program: String,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(v: SnapshotV1) -> Self {
+        let SnapshotV1 { time_ns, host, user, paths, tags, root, parent, stats, program } = v;
+        Self { time_ns, host, user, paths, tags, root, parent, stats, program, log: Vec::new() }
+    }
 }
 
 /// The part of a snapshot readable with the index key alone.
@@ -83,7 +108,7 @@ impl Snapshot {
         let parts = split(name, bytes)?;
         let data_key = key.data_secret.recover(&parts.eph, PURPOSE).map_err(|e| StoreError::crypto(name, e))?;
         let plain = data_key.open(parts.head, parts.details).map_err(|e| StoreError::crypto(name, e))?;
-        let snap = Self::decode_details(name, &plain)?;
+        let snap = Self::decode_details(name, parts.version, &plain)?;
         let refs = decode_refs_of(name, &parts, &key.write.index_key)?;
         if refs.root != snap.root || refs.time_ns != snap.time_ns {
             return Err(StoreError::corrupt(name, "its two parts disagree"));
@@ -91,8 +116,11 @@ impl Snapshot {
         Ok(snap)
     }
 
-    /// Parses the authenticated details part.
-    pub fn decode_details(name: &str, plain: &[u8]) -> Result<Self> {
+    /// Parses the authenticated details part of a snapshot of format `version`.
+    pub fn decode_details(name: &str, version: u8, plain: &[u8]) -> Result<Self> {
+        if version < 2 {
+            return crate::format::object::decode_exact::<SnapshotV1>(name, plain).map(Self::from);
+        }
         crate::format::object::decode_exact(name, plain)
     }
 
@@ -103,6 +131,7 @@ impl Snapshot {
 }
 
 struct Parts<'a> {
+    version: u8,
     head: &'a [u8],
     refs: &'a [u8],
     eph: EphemeralPublic,
@@ -110,14 +139,14 @@ struct Parts<'a> {
 }
 
 fn split<'a>(name: &str, bytes: &'a [u8]) -> Result<Parts<'a>> {
-    let body = check_header(name, ObjectKind::Snapshot, bytes)?;
+    let (version, body) = check_header_version(name, ObjectKind::Snapshot, bytes)?;
     let head = bytes.get(..8).unwrap_or_default();
     let refs_len = le_u32(body, 0).ok_or_else(|| StoreError::corrupt(name, "truncated"))? as usize;
     let refs = body.get(4..4 + refs_len).ok_or_else(|| StoreError::corrupt(name, "truncated refs"))?;
     let rest = body.get(4 + refs_len..).unwrap_or_default();
     let eph: [u8; 32] =
         rest.get(..32).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::corrupt(name, "truncated key"))?;
-    Ok(Parts { head, refs, eph: EphemeralPublic(eph), details: rest.get(32..).unwrap_or_default() })
+    Ok(Parts { version, head, refs, eph: EphemeralPublic(eph), details: rest.get(32..).unwrap_or_default() })
 }
 
 fn decode_refs_of(name: &str, parts: &Parts<'_>, index_key: &SymmetricKey) -> Result<SnapshotRefs> {

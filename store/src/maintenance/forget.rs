@@ -256,6 +256,7 @@ mod tests {
             parent: None,
             stats: SnapshotStats::default(),
             program: String::new(),
+            log: Vec::new(),
         };
         (SnapshotId(Digest([n; 32])), s)
     }

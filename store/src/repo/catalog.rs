@@ -331,6 +331,7 @@ mod tests {
             parent: None,
             stats: Default::default(),
             program: String::new(),
+            log: Vec::new(),
         }
     }
 
