@@ -92,6 +92,14 @@ pub struct Global {
     /// BAKARE_SFTP_KEY]
     #[arg(long, global = true, value_name = "FILE")]
     pub sftp_key: Option<PathBuf>,
+    /// Configuration file: default options per command, and profiles [default:
+    /// ~/.config/bakare/config.toml where it exists] [env: BAKARE_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use the options of this profile of the configuration file ([profile.NAME.SECTION]
+    /// over [SECTION]) [env: BAKARE_PROFILE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 impl Global {

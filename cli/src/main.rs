@@ -31,6 +31,7 @@ macro_rules! last_out {
 
 mod args;
 mod commands;
+mod config;
 mod context;
 mod interrupt;
 mod output;
@@ -67,7 +68,14 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let argv = match config::apply(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            say!("bakare: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cli = Cli::parse_from(argv);
     if let Err(e) = cli.global.fill_from_env() {
         say!("bakare: error: {e}");
         return ExitCode::from(2);

@@ -1173,3 +1173,53 @@ fn hooks_run_around_a_backup_and_their_output_is_logged() {
     assert_eq!(code(&out), 1);
     assert!(env.stderr(&out).contains("timed out after 1 s"), "{}", env.stderr(&out));
 }
+
+#[test]
+fn a_configuration_file_gives_defaults_and_profiles() {
+    let env = Env::new();
+    env.init();
+    env.write("src/f", b"data");
+    env.write("other/g", b"more");
+    let repo2 = env.path("repo2");
+    env.write(
+        ".config/bakare/config.toml",
+        format!(
+            "[backup]\npaths = [\"src\"]\ntag = [\"from-config\"]\npre-hook = \"echo configured\"\n\n\
+             [profile.second.global]\nrepo = \"{}\"\n[profile.second.backup]\npaths = [\"other\"]\n",
+            repo2.display()
+        )
+        .as_bytes(),
+    );
+    let out = env.run(&["--json", "backup"]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let id = summary(&String::from_utf8_lossy(&out.stdout))["snapshot"].as_str().unwrap().to_string();
+    let snap: serde_json::Value = serde_json::from_str(&env.ok(&["cat", "snapshot", &id])).unwrap();
+    assert_eq!(snap["tags"], serde_json::json!(["from-config"]));
+    assert!(snap["paths"][0].as_str().unwrap().ends_with("/src"), "{snap}");
+    assert_eq!(snap["log"][1], "pre-hook: configured");
+    // The command line wins over the file: its paths, its tag.
+    let out = env.run(&["--json", "backup", "other", "--tag", "cli"]);
+    let id = summary(&String::from_utf8_lossy(&out.stdout))["snapshot"].as_str().unwrap().to_string();
+    let snap: serde_json::Value = serde_json::from_str(&env.ok(&["cat", "snapshot", &id])).unwrap();
+    assert_eq!(snap["tags"], serde_json::json!(["cli"]), "an option given replaces the file's, lists too");
+    assert!(snap["paths"][0].as_str().unwrap().ends_with("/other"), "{snap}");
+    // A profile's repository, where the environment names none.
+    let second = |args: &[&str]| env.cmd().env_remove("BAKARE_REPOSITORY").args(args).output().unwrap();
+    let init = second(&["--profile", "second", "init", "--kdf-memory-kib", "64", "--kdf-passes", "1"]);
+    assert_eq!(code(&init), 0, "{}", env.stderr(&init));
+    assert!(repo2.join("config").exists());
+    let out = second(&["backup", "--profile", "second", "-q"]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let listed = String::from_utf8(second(&["--profile", "second", "snapshots"]).stdout).unwrap();
+    assert!(listed.contains("/other") && listed.contains("1 snapshot"), "{listed}");
+    // Mistakes are named, and nothing runs.
+    let bad = env.cmd().env("BAKARE_CONFIG", env.path("nope.toml")).arg("snapshots").output().unwrap();
+    assert_eq!(code(&bad), 2);
+    assert!(env.stderr(&bad).contains("configuration file [TMP]/nope.toml: No such file"), "{}", env.stderr(&bad));
+    env.write("typo.toml", b"[backup]\nexclud = [\"x\"]\n");
+    let bad = env.run(&["--config", "typo.toml", "backup", "src"]);
+    assert_eq!(code(&bad), 2);
+    assert!(env.stderr(&bad).contains("`backup.exclud` is not an option of `bakare backup`"), "{}", env.stderr(&bad));
+    let bad = env.run(&["--profile", "third", "snapshots"]);
+    assert!(env.stderr(&bad).contains("no profile \"third\""), "{}", env.stderr(&bad));
+}

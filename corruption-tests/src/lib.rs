@@ -72,6 +72,8 @@ impl Cli {
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("BAKARE_PASSPHRASE", "pw")
+            // No configuration file of the machine's user (an empty one).
+            .env("BAKARE_CONFIG", "/dev/null")
             .env("BAKARE_CACHE_DIR", self.dir.join(format!("cache-{host}")))
             .env("BAKARE_CHECKPOINT_MIB", "1")
             .env("BAKARE_THREADS", "4")
