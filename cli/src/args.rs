@@ -15,7 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Debug)]
-#[command(next_display_order = 1000)]
+#[command(next_display_order = 1000, next_help_heading = "Global options")]
 pub struct Global {
     /// Repository: a folder, s3://bucket/prefix (endpoint, region and credentials from the
     /// usual AWS_* variables and ~/.aws files) or sftp://user@host[:port]/path (keys from
@@ -50,6 +50,9 @@ pub struct Global {
     /// Print nothing but errors
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// List what a backup found new or changed (`new PATH`, `changed PATH`)
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
     /// Folder for local state (the backup memo) [default: the user's cache folder, bakare]
     /// [env: BAKARE_CACHE_DIR]
     #[arg(long, global = true, value_name = "DIR")]
@@ -178,6 +181,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// A size in bytes: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`,
 /// `MB` and the like read the same).
+/// A time as nanoseconds since the epoch: RFC 3339, or a civil date and time in the local
+/// time zone.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let ts = match s.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts,
+        Err(_) => s
+            .parse::<jiff::civil::DateTime>()
+            .map_err(|e| format!("{s:?}: expected \"YYYY-MM-DD HH:MM[:SS]\" or RFC 3339 ({e})"))?
+            .to_zoned(jiff::tz::TimeZone::system())
+            .map_err(|e| e.to_string())?
+            .timestamp(),
+    };
+    i64::try_from(ts.as_nanosecond()).map_err(|_| format!("{s:?}: out of range"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -339,6 +357,9 @@ pub struct BackupArgs {
     /// Exclude paths matching a gitignore-style pattern (repeatable)
     #[arg(long, short = 'e', value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// As --exclude, ignoring case (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub iexclude: Vec<String>,
     /// Read exclude patterns from a file, one per line (repeatable)
     #[arg(long, value_name = "FILE")]
     pub exclude_file: Vec<PathBuf>,
@@ -367,6 +388,10 @@ pub struct BackupArgs {
     /// Host name to record [default: this machine's]
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// Time to record for the snapshot instead of now: "2026-12-24 18:00[:00]" in local
+    /// time, or RFC 3339 ("2026-12-24T17:00:00Z")
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub time: Option<i64>,
     /// Read every file again, trusting nothing remembered from earlier backups
     #[arg(long)]
     pub force_rehash: bool,

@@ -75,7 +75,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut cli = Cli::parse_from(argv);
+    let mut cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(hint) = restic_hint(&e) {
+                say!("bakare: {hint}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     if let Err(e) = cli.global.fill_from_env() {
         say!("bakare: error: {e}");
         return ExitCode::from(2);
@@ -169,6 +178,29 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// What a restic user who typed a command bakare does not have should know.
+fn restic_hint(e: &clap::Error) -> Option<&'static str> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(command)) = e.get(ContextKind::InvalidSubcommand) else { return None };
+    Some(match command.as_str() {
+        "check" => {
+            "restic's `check` is `bakare verify` here (`--read-data` reads every pack, `--repair` fixes what it can)"
+        }
+        "unlock" => {
+            "nothing in bakare takes a lock (backups, prunes and restores run side by side), so there is nothing to unlock"
+        }
+        "rebuild-index" | "repair" => {
+            "`bakare verify --repair` rebuilds a lost index and repairs what redundancy allows"
+        }
+        "list" => "`bakare snapshots` lists snapshots, `bakare key list` the keys, `bakare cat` prints any object",
+        "migrate" => "nothing to migrate: every bakare reads every older repository format",
+        _ => return None,
+    })
 }
 
 /// This process entered a mount namespace of its own at start (for `--fs-snapshot`): the

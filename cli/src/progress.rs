@@ -1,4 +1,6 @@
 //! Live progress: a spinner line on a terminal, JSON lines with `--json`, nothing otherwise.
+//! The line's message is cut to the terminal's width (`wide_msg`): a longer one would wrap,
+//! and every redraw would leave lines behind.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -26,20 +28,27 @@ pub struct Expected {
 }
 
 impl Ticker {
+    /// With `verbose`, also lists the files found new or changed (through the bar, so
+    /// that lines and bar do not overwrite each other).
     pub fn start(
         counters: Arc<Counters>,
         json: bool,
         quiet: bool,
+        verbose: bool,
         verb: &'static str,
         expected: Option<Expected>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tty = std::io::stderr().is_terminal();
-        let handle = if quiet || (!json && !tty) {
+        if verbose && let Ok(mut changes) = counters.changes.lock() {
+            *changes = Some(Vec::new());
+        }
+        let show = !quiet && (json || tty);
+        let handle = if !show && !verbose {
             None
         } else {
             let stop = stop.clone();
-            Some(std::thread::spawn(move || tick(&counters, &stop, json, verb, expected)))
+            Some(std::thread::spawn(move || tick(&counters, &stop, json, show, verb, expected)))
         };
         Self { stop, handle }
     }
@@ -59,14 +68,32 @@ fn done(c: &Counters) -> u64 {
     (Counters::get(&c.bytes_read) + Counters::get(&c.bytes_reused)).max(Counters::get(&c.bytes_written))
 }
 
-fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str, expected: Option<Expected>) {
+/// Prints the files queued as new or changed since the last call.
+fn list_changes(c: &Counters, bar: Option<&ProgressBar>, json: bool) {
+    let Some(changes) = c.changes.lock().ok().and_then(|mut q| q.as_mut().map(std::mem::take)) else { return };
+    for (change, path) in changes {
+        let word = if change == bakare_planner::FileChange::New { "new" } else { "changed" };
+        if json {
+            let line = serde_json::json!({"type": "file", "change": word, "path": path.to_string_lossy()});
+            out!("{line}").unwrap_or(());
+        } else {
+            let line = format!("{word:<8} {}", path.display());
+            match bar {
+                Some(b) => b.suspend(|| out!("{line}").unwrap_or(())),
+                None => out!("{line}").unwrap_or(()),
+            }
+        }
+    }
+}
+
+fn tick(c: &Counters, stop: &AtomicBool, json: bool, show: bool, verb: &str, expected: Option<Expected>) {
     let started = Instant::now();
-    let bar = (!json).then(|| match expected {
+    let bar = (show && !json).then(|| match expected {
         // A bar with a rate and an ETA when the size of the run is known.
         Some(e) => {
             let b = ProgressBar::new(e.bytes.max(1));
             let template =
-                "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}";
+                "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}";
             if let Ok(style) = ProgressStyle::with_template(template) {
                 b.set_style(style.progress_chars("=> "));
             }
@@ -74,7 +101,7 @@ fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str, expected: Optio
         }
         None => {
             let b = ProgressBar::new_spinner();
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}") {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {wide_msg}") {
                 b.set_style(style);
             }
             b
@@ -88,12 +115,20 @@ fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str, expected: Optio
             continue;
         }
         last = Instant::now();
+        list_changes(c, bar.as_ref(), json);
+        if !show {
+            continue;
+        }
         let files = Counters::get(&c.files) + Counters::get(&c.files_memo);
         let covered = done(c);
         let secs = started.elapsed().as_secs_f64().max(0.001);
         let rate = covered as f64 / secs;
         let current = c.current.lock().map(|s| s.clone()).unwrap_or_default();
         let errors = Counters::get(&c.errors);
+        // The spinner turns at every redraw, even while one large file is read.
+        if let Some(b) = &bar {
+            b.tick();
+        }
         match (&bar, expected) {
             (Some(b), Some(e)) => {
                 // The estimate may be short (the tree grew): grow the bar rather than stall.
@@ -126,6 +161,7 @@ fn tick(c: &Counters, stop: &AtomicBool, json: bool, verb: &str, expected: Optio
             }
         }
     }
+    list_changes(c, bar.as_ref(), json);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

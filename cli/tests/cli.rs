@@ -1223,3 +1223,45 @@ fn a_configuration_file_gives_defaults_and_profiles() {
     let bad = env.run(&["--profile", "third", "snapshots"]);
     assert!(env.stderr(&bad).contains("no profile \"third\""), "{}", env.stderr(&bad));
 }
+
+#[test]
+fn verbose_iexclude_time_and_hints_for_restic_habits() {
+    let env = Env::new();
+    env.init();
+    env.write("src/keep.txt", b"1");
+    env.write("src/photo.JPG", b"2");
+    env.write("src/Cache/x", b"3");
+    let out = env.run(&[
+        "backup",
+        "-v",
+        "src",
+        "--iexclude",
+        "*.jpg",
+        "--iexclude",
+        "cache/",
+        "--time",
+        "2025-12-24T17:00:00Z",
+    ]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("new") || l.starts_with("changed"))
+        .map(|l| l.replace(&env.tmp.path().to_string_lossy().into_owned(), "[TMP]"))
+        .collect();
+    assert_eq!(listed, ["new      [TMP]/src/keep.txt"]);
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "snapshots"])).unwrap();
+    assert_eq!(snaps[0]["time_ns"], 1_766_595_600_000_000_000i64);
+    env.write("src/keep.txt", b"22");
+    let out = env.run(&["--json", "-v", "backup", "src", "--iexclude", "*.jpg", "--iexclude", "cache/"]);
+    let files: Vec<serde_json::Value> =
+        json_lines(&String::from_utf8_lossy(&out.stdout)).into_iter().filter(|v| v["type"] == "file").collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0]["change"], "changed");
+    let bad = env.run(&["backup", "src", "--time", "yesterday"]);
+    assert_eq!(code(&bad), 2);
+    for (typed, says) in [("check", "`bakare verify`"), ("unlock", "nothing in bakare takes a lock")] {
+        let out = env.run(&[typed]);
+        assert_eq!(code(&out), 2);
+        assert!(env.stderr(&out).contains(says), "{typed}: {}", env.stderr(&out));
+    }
+}

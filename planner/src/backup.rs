@@ -60,6 +60,8 @@ pub struct BackupOptions {
     /// Lines for the snapshot's log before the walk's own (hooks' output, the filesystem
     /// snapshots read).
     pub log: Vec<String>,
+    /// The time to record for the snapshot instead of now (`--time`).
+    pub time_ns: Option<i64>,
 }
 
 impl Default for BackupOptions {
@@ -76,6 +78,7 @@ impl Default for BackupOptions {
             interrupt: Arc::default(),
             devices: crate::Devices::default(),
             log: Vec::new(),
+            time_ns: None,
         }
     }
 }
@@ -370,7 +373,7 @@ pub fn backup(
         if out.intact {
             let stats = snapshot_stats(&counters, started, &out, added, &repo, stored_before);
             let snapshot = Snapshot {
-                time_ns,
+                time_ns: opts.time_ns.unwrap_or(time_ns),
                 host: opts.host.clone(),
                 user: opts.user.clone(),
                 paths: abs_paths.clone(),
@@ -541,6 +544,11 @@ fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::D
         h.update(f);
     }
     h.update(&[u8::from(options.git_ignore)]);
+    for e in &options.iexcludes {
+        h.update(b"\x04");
+        h.update(&(e.len() as u64).to_le_bytes());
+        h.update(e.as_bytes());
+    }
     // Only when set, so that the sets of backups without them keep their ids (and memos).
     let s = &options.selection;
     if !s.is_empty() {

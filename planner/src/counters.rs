@@ -24,6 +24,9 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// The file most recently started, for display.
     pub current: Mutex<String>,
+    /// When `Some` (`--verbose`), each file found new or changed is queued here for the CLI
+    /// to print (and take away).
+    pub changes: Mutex<Option<Vec<(crate::FileChange, std::path::PathBuf)>>>,
 }
 
 impl Counters {

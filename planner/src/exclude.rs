@@ -22,6 +22,8 @@ use crate::error::PlanError;
 #[derive(Clone)]
 pub struct Excludes {
     global: Arc<Gitignore>,
+    /// `--iexclude`: patterns matched ignoring case.
+    global_icase: Option<Arc<Gitignore>>,
     git_ignore: bool,
     chain: Option<Arc<Level>>,
     select: Arc<Select>,
@@ -58,12 +60,40 @@ impl Excludes {
             }
         }
         let global = b.build().map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
-        Ok(Self { global: Arc::new(global), git_ignore, chain: None, select: Arc::default(), dev: None })
+        Ok(Self {
+            global: Arc::new(global),
+            global_icase: None,
+            git_ignore,
+            chain: None,
+            select: Arc::default(),
+            dev: None,
+        })
     }
 
     /// No rules at all.
     pub fn none() -> Self {
-        Self { global: Arc::new(Gitignore::empty()), git_ignore: false, chain: None, select: Arc::default(), dev: None }
+        Self {
+            global: Arc::new(Gitignore::empty()),
+            global_icase: None,
+            git_ignore: false,
+            chain: None,
+            select: Arc::default(),
+            dev: None,
+        }
+    }
+
+    /// These rules and `patterns` matched ignoring case (restic's `--iexclude`).
+    pub fn with_iexcludes(self, patterns: &[String]) -> Result<Self, PlanError> {
+        if patterns.is_empty() {
+            return Ok(self);
+        }
+        let mut b = GitignoreBuilder::new("/");
+        b.case_insensitive(true).map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
+        for p in patterns {
+            b.add_line(None, p).map_err(|e| PlanError::Exclude { pattern: p.clone(), reason: e.to_string() })?;
+        }
+        let icase = b.build().map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
+        Ok(Self { global_icase: Some(Arc::new(icase)), ..self })
     }
 
     /// These rules and `selection`'s.
@@ -128,6 +158,9 @@ impl Excludes {
         if let Match::Ignore(_) = self.global.matched(path, is_dir) {
             return true;
         }
+        if let Some(Match::Ignore(_)) = self.global_icase.as_ref().map(|g| g.matched(path, is_dir)) {
+            return true;
+        }
         let mut level = self.chain.as_deref();
         while let Some(l) = level {
             match l.rules.matched(path, is_dir) {
@@ -163,6 +196,10 @@ mod tests {
         assert!(!inner.is_excluded(&dir.path().join("build"), false));
         assert!(!ex.is_excluded(&dir.path().join("x.log"), false));
         let plain = Excludes::new(&[], &[], false).unwrap().enter(dir.path());
+        let icase = Excludes::new(&[], &[], false).unwrap().with_iexcludes(&["*.JPG".into(), "Cache/".into()]).unwrap();
+        assert!(icase.is_excluded(Path::new("/p/a.jpg"), false) && icase.is_excluded(Path::new("/p/b.Jpg"), false));
+        assert!(icase.is_excluded(Path::new("/p/cache"), true) && !icase.is_excluded(Path::new("/p/cache"), false));
+        assert!(!icase.is_excluded(Path::new("/p/a.png"), false));
         assert!(!plain.is_excluded(&dir.path().join("x.log"), false));
     }
 }

@@ -54,7 +54,9 @@ fn backup(ctx: &Context, a: &BackupArgs, source: SourceOptions, log: Vec<String>
         exclude_larger_than: a.exclude_larger_than,
         no_xattrs: a.no_xattrs,
     };
-    let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?.with_selection(&selection);
+    let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?
+        .with_iexcludes(&a.iexclude)?
+        .with_selection(&selection);
     // Opening the memo (redb's integrity check) runs while the key is unlocked (argon2id).
     let early = ctx.read_config(ctx.backend()?.as_ref()).ok().map(|config| {
         std::thread::scope(|s| {
@@ -104,12 +106,14 @@ fn backup(ctx: &Context, a: &BackupArgs, source: SourceOptions, log: Vec<String>
             parity: a.parity,
             selection,
             source,
+            iexcludes: a.iexclude.clone(),
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),
         interrupt: crate::interrupt::install(),
         devices: Default::default(),
         log,
+        time_ns: a.time,
     };
     // An interrupted backup of the same paths from this host is taken over, not redone.
     if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)?
@@ -249,7 +253,8 @@ fn walk_and_commit(
     let report = {
         let expected = bakare_planner::expected_totals(&memo, paths, &opts.session_options)
             .map(|(files, bytes)| Expected { files, bytes });
-        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, "backup", expected);
+        let _ticker =
+            Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, ctx.global.verbose, "backup", expected);
         match bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()) {
             Ok(r) => r,
             Err(bakare_planner::PlanError::Interrupted) => {

@@ -74,6 +74,8 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
     let opts = BackupOptions {
         excludes: Excludes::new(&o.excludes, &exclude_files, o.git_ignore)
             .context("the session's exclude rules")?
+            .with_iexcludes(&o.iexcludes)
+            .context("the session's exclude rules")?
             .with_selection(&o.selection),
         host: session.host.clone(),
         user: o.user.clone(),
@@ -85,6 +87,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         interrupt: crate::interrupt::install(),
         devices: Default::default(),
         log: Vec::new(),
+        time_ns: None,
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();

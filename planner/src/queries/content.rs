@@ -76,6 +76,12 @@ impl Content {
                     FileChange::Unchanged => &run.counters.files_unchanged,
                 };
                 Counters::add(counter, 1);
+                if *change != FileChange::Unchanged
+                    && let Ok(mut changes) = run.counters.changes.lock()
+                    && let Some(list) = changes.as_mut()
+                {
+                    list.push((*change, path.to_path_buf()));
+                }
                 if let Some(record) = record
                     && let Ok(mut fresh) = run.fresh.lock()
                 {

@@ -36,6 +36,8 @@ pub struct SessionOptions {
     pub selection: Selection,
     /// Where the sources are read from and what runs around the backup.
     pub source: SourceOptions,
+    /// `--iexclude`: exclude patterns matched ignoring case.
+    pub iexcludes: Vec<String>,
 }
 
 /// How a backup reads its sources: from a filesystem snapshot or live, and the commands run
@@ -100,8 +102,8 @@ struct SessionOptionsV2 {
 impl From<SessionOptionsV2> for SessionOptions {
     fn from(v: SessionOptionsV2) -> Self {
         let SessionOptionsV2 { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection } = v;
-        let source = SourceOptions::default();
-        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source }
+        let (source, iexcludes) = Default::default();
+        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source, iexcludes }
     }
 }
 
@@ -120,8 +122,8 @@ struct SessionOptionsV1 {
 impl From<SessionOptionsV1> for SessionOptions {
     fn from(v: SessionOptionsV1) -> Self {
         let SessionOptionsV1 { excludes, exclude_files, git_ignore, tags, user, compression, parity } = v;
-        let (selection, source) = Default::default();
-        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source }
+        let (selection, source, iexcludes) = Default::default();
+        Self { excludes, exclude_files, git_ignore, tags, user, compression, parity, selection, source, iexcludes }
     }
 }
 
@@ -480,6 +482,7 @@ mod tests {
                     pre_hook: Some(Hook { command: "pg_dump > /d".into(), timeout_secs: 60, required: true }),
                     post_hook: None,
                 },
+                iexcludes: vec!["*.JPG".into()],
                 ..SessionOptions::default()
             },
             checkpoints: 0,
