@@ -590,6 +590,7 @@ impl Pass<'_> {
             stopped: Mutex::default(),
             interrupt: self.opts.interrupt.clone(),
             devices: self.opts.devices.clone(),
+            zero_chunk: Mutex::default(),
         });
         let opts = self.opts;
         let walk = Walk {

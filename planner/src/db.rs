@@ -27,6 +27,8 @@ pub struct RunContext {
     pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
     /// The device numbers recorded for files seen on filesystem snapshots.
     pub devices: crate::Devices,
+    /// The length and id of the last chunk of zeros stored in this run.
+    pub zero_chunk: Mutex<Option<(usize, bakare_store::BlobId)>>,
 }
 
 impl RunContext {

@@ -25,6 +25,7 @@ mod queries;
 mod repair;
 mod restore;
 mod resume;
+mod sparse;
 mod xattrs;
 
 pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};

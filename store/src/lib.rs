@@ -25,7 +25,7 @@ mod repo;
 
 pub use bakare_crypto::{Digest, KdfParams, checksum};
 pub use budget::{Budget, ReadPermit, SMALL_READ};
-pub use chunker::Chunker;
+pub use chunker::{Chunker, all_zero};
 pub use error::StoreError;
 pub use format::config::{ChunkerParams, Config};
 pub use format::index::{BlobLocation, IndexSegment};

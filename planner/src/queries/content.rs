@@ -188,10 +188,16 @@ fn read_chunks(
     let _permit = (size_hint >= bakare_store::SMALL_READ)
         .then(|| run.repo.budget().read_permit(size_hint.saturating_add(1).min(run.chunker.buffer_len() as u64)));
     let mut chunks = Vec::new();
-    let size = run.chunker.stream(&file, size_hint, |batch: &[&[u8]]| {
+    let store = |batch: &[&[u8]]| {
         chunks.extend(store_batch(run, batch)?);
         Ok::<_, ReadError>(())
-    })?;
+    };
+    let meta = file.metadata()?;
+    let size = if crate::sparse::SparseReader::worth_it(meta.len(), std::os::unix::fs::MetadataExt::blocks(&meta)) {
+        run.chunker.stream(crate::sparse::SparseReader::new(&file), size_hint, store)?
+    } else {
+        run.chunker.stream(&file, size_hint, store)?
+    };
     Ok((size, chunks, StatFingerprint::of(&file.metadata()?).on(&run.devices)))
 }
 
@@ -200,7 +206,17 @@ fn read_chunks(
 fn store_batch(run: &RunContext, batch: &[&[u8]]) -> Result<Vec<BlobId>, StoreError> {
     let save = |c: &&[u8]| {
         Counters::add(&run.counters.bytes_read, c.len() as u64);
-        run.repo.save_blob(BlobKind::Data, c).map(|o| o.id)
+        // A run of zeros (a sparse file's holes) is cut into equal chunks of zeros: the first
+        // is hashed and stored, the others take its id.
+        let zeros = c.len() >= run.chunker.min_len() && bakare_store::all_zero(c);
+        if zeros && let Some(id) = run.zero_chunk.lock().ok().and_then(|z| z.filter(|(len, _)| *len == c.len())) {
+            return Ok(id.1);
+        }
+        let id = run.repo.save_blob(BlobKind::Data, c).map(|o| o.id)?;
+        if zeros && let Ok(mut z) = run.zero_chunk.lock() {
+            *z = Some((c.len(), id));
+        }
+        Ok(id)
     };
     if batch.len() <= 1 {
         return batch.iter().map(save).collect();

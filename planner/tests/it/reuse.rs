@@ -35,6 +35,7 @@ fn context(repo: Arc<Repository>) -> RunContext {
         stopped: Default::default(),
         interrupt: Default::default(),
         devices: Default::default(),
+        zero_chunk: Default::default(),
     }
 }
 
