@@ -334,6 +334,10 @@ pub struct CheckpointArgs {
 pub struct ResumeArgs {
     /// Session id (or a prefix of it) [default: the newest of this host]
     pub session: Option<String>,
+    /// Hooks around the continued backup (never taken from the repository: its session
+    /// records can be written with a put-only key)
+    #[command(flatten)]
+    pub hooks: HookArgs,
     #[command(flatten)]
     pub checkpoint: CheckpointArgs,
 }

@@ -25,7 +25,6 @@
 //! file; a list given on the command line replaces the file's. They are given to clap as more arguments, so they are checked as the command line's
 //! are; a key that is no option of its section is an error naming it.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -68,12 +67,13 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
             None => return Ok(argv),
         },
     };
+    let profile = global("profile").or_else(|| env("BAKARE_PROFILE").map(|p| p.to_string_lossy().into_owned()));
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(argv),
+        // A profile asked for needs its file: without one the command would run elsewhere.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit && profile.is_none() => return Ok(argv),
         Err(e) => return Err(format!("configuration file {}: {e}", path.display())),
     };
-    let profile = global("profile").or_else(|| env("BAKARE_PROFILE").map(|p| p.to_string_lossy().into_owned()));
     let Some((command, sub)) = matches.subcommand() else { return Ok(argv) };
     let options = options_for(&text, command, profile.as_deref())
         .map_err(|e| format!("configuration file {}: {e}", path.display()))?;
@@ -92,9 +92,11 @@ pub fn apply(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
     Ok(argv)
 }
 
-/// The `(section.key, value)` options for `command`: `[global]`, then `[command]`, then the
-/// profile's two over them.
+/// The `(section.key, value)` options for `command` in the order they apply (a later one over
+/// an earlier one): `[global]`, `[command]`, then the profile's two.
 fn options_for(text: &str, command: &str, profile: Option<&str>) -> Result<Vec<(String, toml::Value)>, String> {
+    let mut known: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+    known.push("global".into());
     let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
     let profiles = match file.remove("profile") {
         None => toml::Table::new(),
@@ -111,20 +113,23 @@ fn options_for(text: &str, command: &str, profile: Option<&str>) -> Result<Vec<(
             }
         }
     }
-    let mut merged: BTreeMap<String, (String, toml::Value)> = BTreeMap::new();
+    let mut ordered = Vec::new();
     for layer in layers {
         if let Some((section, _)) = layer.iter().find(|(_, v)| !v.is_table()) {
             return Err(format!("`{section}` must be a section ([{section}]) of options"));
+        }
+        if let Some(section) = layer.keys().find(|k| !known.contains(k)) {
+            return Err(format!("[{section}] is no section: the sections are global and the commands' names"));
         }
         // A command's own section over the global one.
         for section in ["global", command] {
             let Some(toml::Value::Table(table)) = layer.get(section) else { continue };
             for (key, value) in table {
-                merged.insert(key.clone(), (format!("{section}.{key}"), value.clone()));
+                ordered.push((format!("{section}.{key}"), value.clone()));
             }
         }
     }
-    Ok(merged.into_values().collect())
+    Ok(ordered)
 }
 
 /// Arguments for the options of `command` not given otherwise; and the source paths
@@ -141,16 +146,24 @@ fn tokens(
         matches!(sub.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
             || ENV_OF.iter().any(|(i, var)| *i == id && std::env::var_os(var).is_some_and(|v| !v.is_empty()))
     };
-    let mut out = Vec::new();
+    // Whether `arg`, or an option that conflicts with it (either way round), was given.
+    let taken = |arg: &clap::Arg| {
+        given(arg.get_id().as_str())
+            || cmd.get_arg_conflicts_with(arg).iter().any(|c| given(c.get_id().as_str()))
+            || cmd.get_arguments().any(|other| {
+                given(other.get_id().as_str())
+                    && cmd.get_arg_conflicts_with(other).iter().any(|c| c.get_id() == arg.get_id())
+            })
+    };
+    // Each option once, by what it is rather than how the file spells it (`repo` or its
+    // alias `repository`): a later layer's value replaces an earlier one's.
+    let mut chosen: Vec<(&clap::Arg, &String, &toml::Value)> = Vec::new();
     let mut paths = Vec::new();
     for (name, value) in options {
         let key = name.rsplit('.').next().unwrap_or(name);
         if command == "backup" && key == "paths" {
-            if !given("paths") {
-                for v in values(name, value)? {
-                    paths.push(v.into());
-                }
-            }
+            let listed = ["paths", "files_from", "files_from_verbatim", "files_from_raw"].iter().any(|id| given(id));
+            paths = if listed { Vec::new() } else { values(name, value)?.into_iter().map(OsString::from).collect() };
             continue;
         }
         let arg = cmd
@@ -158,11 +171,17 @@ fn tokens(
             .find(|a| a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|al| al.contains(&key)))
             .filter(|a| a.get_long() != Some("config") && a.get_long() != Some("profile"))
             .ok_or_else(|| format!("`{name}` is not an option of `bakare {command}`"))?;
-        let id = arg.get_id().as_str();
-        if given(id) || cmd.get_arg_conflicts_with(arg).iter().any(|c| given(c.get_id().as_str())) {
+        chosen.retain(|(a, _, _)| a.get_id() != arg.get_id());
+        chosen.push((arg, name, value));
+    }
+    chosen.sort_by_key(|(a, _, _)| a.get_long().unwrap_or_default().to_string());
+    let mut out = Vec::new();
+    for (arg, name, value) in chosen {
+        if taken(arg) {
             continue;
         }
-        let long = arg.get_long().unwrap_or(key);
+        let key = arg.get_long().unwrap_or_default();
+        let long = key;
         match arg.get_action() {
             ArgAction::SetTrue => match value {
                 toml::Value::Boolean(true) => out.push(format!("--{long}").into()),
@@ -262,6 +281,17 @@ mod tests {
     }
 
     #[test]
+    fn an_option_is_one_whatever_its_spelling_and_conflicts_count_both_ways() {
+        let text = "[global]\nrepository = \"/a\"\n[profile.p.global]\nrepo = \"/b\"\n";
+        assert_eq!(apply_text(text, &["bakare", "--profile", "p", "snapshots"]).unwrap(), ["--repo=/b"]);
+        // --repository-file conflicts with --repo (declared on it): the file's repo yields.
+        let t = apply_text(text, &["bakare", "--repository-file", "/f", "snapshots"]).unwrap();
+        assert!(t.is_empty(), "{t:?}");
+        let t = apply_text("[backup]\npaths = [\"/x\"]\n", &["bakare", "backup", "--files-from", "list"]).unwrap();
+        assert!(t.is_empty(), "config paths with --files-from: {t:?}");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = apply_text("[backup]\nexclud = [\"x\"]\n", &["bakare", "backup", "/a"]).unwrap_err();
         assert_eq!(e, "`backup.exclud` is not an option of `bakare backup`");
@@ -270,5 +300,7 @@ mod tests {
         let e = apply_text("[backup]\none-file-system = \"yes\"\n", &["bakare", "backup", "/a"]).unwrap_err();
         assert_eq!(e, "`backup.one-file-system` is true or false");
         assert!(apply_text("[backup\n", &["bakare", "backup", "/a"]).is_err());
+        let e = apply_text("[bakup]\nexclude = [\"x\"]\n", &["bakare", "backup", "/a"]).unwrap_err();
+        assert!(e.starts_with("[bakup] is no section"), "{e}");
     }
 }

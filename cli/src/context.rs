@@ -127,6 +127,19 @@ impl Context {
         Ok(Some(folder))
     }
 
+    /// The folders this command writes to on this machine: the cache folder and a local
+    /// repository (as they resolve now). A filesystem snapshot must not hide them.
+    pub fn writable_folders(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(Some(cache)) = self.cache_base() {
+            out.push(cache);
+        }
+        if let (Ok(None), Ok(repo)) = (self.remote_url(), self.repo_path()) {
+            out.push(repo);
+        }
+        out.into_iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect()
+    }
+
     /// This machine's cache folder for all repositories, or `None` with --no-cache.
     fn cache_base(&self) -> Result<Option<PathBuf>> {
         if self.global.no_cache {

@@ -92,7 +92,11 @@ fn main() -> ExitCode {
     let json = cli.global.json;
     // A mount namespace is per thread: it is entered before any thread starts.
     let wants_mounts = match &cli.command {
-        Command::Backup(a) => a.fs_snapshot != "off",
+        // Any backup as root also deletes the snapshots a killed one left.
+        Command::Backup(a) => {
+            a.fs_snapshot != "off"
+                || (rustix::process::geteuid().is_root() && bakare_planner::fs_snapshot::records_exist())
+        }
         // Resuming a backup that read a filesystem snapshot reads a new one.
         Command::Resume(_) => rustix::process::geteuid().is_root(),
         _ => false,
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
     if wants_mounts {
         match bakare_planner::fs_snapshot::private_mount_namespace() {
             Ok(()) => PRIVATE_MOUNTS.store(true, std::sync::atomic::Ordering::Relaxed),
-            Err(e) if matches!(cli.command, Command::Backup(_)) => {
+            Err(e) if matches!(&cli.command, Command::Backup(a) if a.fs_snapshot != "off") => {
                 say!("bakare: error: {e}");
                 return ExitCode::FAILURE;
             }

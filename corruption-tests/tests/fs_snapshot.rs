@@ -9,6 +9,8 @@
 //! - Nested subvolumes and the tmpfs below the source are in the snapshot.
 //! - After kill -9 mid-backup the snapshots stay; the next backup deletes them.
 //! - No mount is left in the test's namespace; `btrfs` on a tmpfs source is refused.
+//! - A repository and cache inside the source stay writable; an excluded nested subvolume
+//!   is not snapshotted.
 //!
 //! Needs root, `losetup`, `mkfs.btrfs` and `btrfs`; skipped with a message otherwise.
 
@@ -34,9 +36,9 @@ fn root_of(cli: &Cli, snapshot: &str) -> String {
     v["root"].as_str().unwrap().to_string()
 }
 
-/// Snapshots bakare left in `subvolume`.
-fn left(subvolume: &Path) -> Vec<String> {
-    std::fs::read_dir(subvolume.join(".bakare-fs-snapshots"))
+/// Snapshots bakare left on the filesystem whose top-level subvolume is mounted at `top`.
+fn left(top: &Path) -> Vec<String> {
+    std::fs::read_dir(top.join(".bakare-fs-snapshots"))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
@@ -71,8 +73,9 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     let cli = Cli::new(tmp.path().join("r"));
     cli.init();
     let src = vol.to_str().unwrap();
-    // The first snapshot run makes the (kept, empty) folder for snapshots in each
-    // subvolume's root, which changes those folders' times once.
+    // The first snapshot run makes the (kept, empty) snapshot folder in the filesystem's
+    // top-level subvolume, which here is the folder above the source (recorded on the way
+    // to it), so that folder's times change once.
     ok(&cli.run(&["backup", "--fs-snapshot", "btrfs", src]), "first snapshot backup");
     let live = cli.run(&["--json", "backup", src]);
     ok(&live, "live backup");
@@ -87,7 +90,7 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     let again = cli.run(&["--json", "backup", src]);
     ok(&again, "live backup after a snapshot one");
     assert_eq!(summary(&again)["files_read"], 0);
-    assert!(left(&vol).is_empty() && left(&vol.join("nested")).is_empty(), "snapshots left: {:?}", left(&vol));
+    assert!(left(&fs.mnt).is_empty(), "snapshots left: {:?}", left(&fs.mnt));
 
     // Rewritten after the snapshot was taken: restored as it was.
     let rewrite = |fs_snapshot: &str| {
@@ -115,7 +118,7 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     assert_eq!(std::fs::read(inside.join("nested/n.txt")).unwrap(), b"nested");
     assert_eq!(std::fs::read(inside.join("tmp/t.txt")).unwrap(), b"tmpfs");
     assert_eq!(std::fs::read(inside.join("docs/a.txt")).unwrap(), b"alpha");
-    assert!(!inside.join(".bakare-fs-snapshots").exists());
+    assert!(!inside.join(".bakare-fs-snapshots").exists() && !vol.join(".bakare-fs-snapshots").exists());
     let (bs, _) = rewrite("off");
     assert_eq!(bs, 4 << 20, "without a snapshot the rewrite is read");
 
@@ -123,15 +126,25 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     let mut child = cli.cmd(&["backup", "--fs-snapshot", "btrfs", src]);
     let mut child = child.env("BAKARE_FAILPOINT", "before-commit").spawn().unwrap();
     wait_stopped(&mut child);
-    assert_eq!((left(&vol).len(), left(&vol.join("nested")).len()), (1, 1));
+    assert_eq!(left(&fs.mnt).len(), 2, "the subvolume's and the nested one's");
     assert!(signal(&child, "-KILL"));
     child.wait().unwrap();
     let next = cli.run(&["backup", vol.join("docs").to_str().unwrap()]);
     ok(&next, "the backup after a kill");
     let said = String::from_utf8_lossy(&next.stderr);
     assert!(said.contains("deleted the filesystem snapshot"), "{said}");
-    assert!(left(&vol).is_empty() && left(&vol.join("nested")).is_empty(), "snapshots left: {:?}", left(&vol));
+    assert!(left(&fs.mnt).is_empty(), "snapshots left: {:?}", left(&fs.mnt));
     assert_eq!(mounts_mentioning(".bakare-fs-snapshots"), 0, "a snapshot mount leaked into this namespace");
+
+    // A repository and cache inside the source stay writable (bound live over the
+    // snapshot); an excluded nested subvolume is not snapshotted.
+    let inner = Cli::new(vol.join("bk"));
+    inner.init();
+    let out = inner.run(&["backup", "--fs-snapshot", "btrfs", "--exclude", "nested", src]);
+    ok(&out, "a backup into a repository inside its source");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("bk/repo read live (bakare writes there)") && !said.contains("nested read from"), "{said}");
+    std::fs::remove_dir_all(vol.join("bk")).unwrap();
 
     // A source btrfs cannot snapshot: refused with `btrfs`, read live with `auto`.
     let plain = tmp.path().join("plain");

@@ -150,6 +150,12 @@ impl Excludes {
         Self { chain: Some(Arc::new(Level { rules, parent: self.chain.clone() })), ..self.clone() }
     }
 
+    /// Whether the global rules (patterns, not `.gitignore` files) leave out the folder at
+    /// `path`, or one above it.
+    pub fn excludes_folder(&self, path: &Path) -> bool {
+        path.ancestors().any(|p| p.parent().is_some() && self.is_excluded(p, true))
+    }
+
     pub(crate) fn is_excluded(&self, path: &Path, is_dir: bool) -> bool {
         // Where `--fs-snapshot` keeps its snapshots while a backup runs.
         if is_dir && path.file_name().is_some_and(|n| n == crate::fs_snapshot::SNAPSHOT_DIR) {

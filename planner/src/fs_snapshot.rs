@@ -1,27 +1,33 @@
 //! `--fs-snapshot`: read the sources from one instant of their filesystem.
 //!
 //! Before the walk, each source's btrfs subvolume (and every subvolume nested below a
-//! source) gets a read-only snapshot, `.bakare-fs-snapshots/<pid>-<random>` inside itself.
-//! (Not right inside the subvolume's root: adding and removing it would change the root
-//! folder's times on every run. The walk leaves out every folder of that name.)
-//! In a private mount namespace (entered by [`private_mount_namespace`] before the process
-//! has threads) each snapshot is bind-mounted over the live path it was taken of, so the walk
-//! reads the snapshot under the original paths and records those. Other filesystems mounted
-//! below a source are bound again over the snapshot and read live (said in the log).
+//! source, unless excluded or `--one-file-system`) gets a read-only snapshot. Snapshots go
+//! into `.bakare-fs-snapshots/` in the *top-level* subvolume of their filesystem, mounted
+//! (`subvolid=5`) only in this process's mount namespace: a folder every component of whose
+//! path is root's, so no user can swap a snapshot for another subvolume before it is deleted,
+//! and nothing is added to the trees being backed up. In the private mount namespace (entered
+//! by [`private_mount_namespace`] before the process has threads) each snapshot is
+//! bind-mounted over the live path it was taken of, so the walk reads the snapshot under the
+//! original paths and records those. Other filesystems mounted below a source, and the
+//! folders bakare writes to (its cache, a local repository) when they lie in a source, are
+//! bound again over the snapshot and read live (the log says so).
 //!
 //! A snapshot is a new device with the same inode numbers, sizes and times, so the walk
 //! records its device as the live one ([`crate::Devices`]): a no-change backup from a fresh
 //! snapshot reuses the memo.
 //!
-//! The snapshots are deleted when the backup ends. Before each is made its path is written
-//! to a record of this process (`/var/lib/bakare/fs-snapshots/<pid>-<start time>`), so that a
-//! backup killed with SIGKILL leaves a record: [`clean_stale`], run at the start of every
-//! backup and resume, deletes the snapshots of records whose process is gone. The mounts
-//! need no cleaning: a mount namespace ends with its last process.
+//! The snapshots are deleted when the backup ends. Before each is made, its filesystem and
+//! name are written to a record of this process (`/var/lib/bakare/fs-snapshots/<pid>-<start
+//! time>`), so that a backup killed with SIGKILL leaves a record: [`clean_stale`], run at the
+//! start of a backup or resume as root, deletes the snapshots of records whose process is
+//! gone. The mounts need no cleaning: a mount namespace ends with its last process.
+//!
+//! `/` itself cannot be read this way (a mount over the process's root is not seen by it): it
+//! is refused with `btrfs` and read live with `auto`.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,10 +37,13 @@ use crate::Devices;
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 /// The inode number of every btrfs subvolume's root folder.
 const BTRFS_SUBVOLUME_INO: u64 = 256;
-/// The folder, in the root of each subvolume snapshotted, that holds the snapshots.
+/// The folder, in the top-level subvolume of each filesystem, that holds the snapshots (the
+/// walk leaves out every folder of that name).
 pub const SNAPSHOT_DIR: &str = ".bakare-fs-snapshots";
 /// Where running backups record the snapshots they made.
 pub const RECORD_DIR: &str = "/var/lib/bakare/fs-snapshots";
+/// Where the top-level subvolumes are mounted, in the private namespace only.
+const TOP_DIR: &str = "/var/lib/bakare/fs-snapshots/top";
 
 /// What `--fs-snapshot` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +80,13 @@ pub enum FsSnapshotError {
          and it is no subvolume's root: a bind mount of a folder inside a subvolume?); give the subvolume's path"
     )]
     NoSubvolume(PathBuf),
+    #[error(
+        "--fs-snapshot btrfs: {0} is the root folder, which a snapshot mounted over it would not hide from this \
+         process; back up the folders below it, or use --fs-snapshot auto to read it live"
+    )]
+    Root(PathBuf),
+    #[error("--fs-snapshot: {0} must be a folder of root's that only root can write (it holds the snapshots)")]
+    Unsafe(PathBuf),
     #[error("--fs-snapshot: {what}: {cause}")]
     Io { what: String, cause: std::io::Error },
     #[error("--fs-snapshot: `{command}` failed: {output}")]
@@ -114,9 +130,11 @@ pub fn private_mount_namespace() -> Result<(), FsSnapshotError> {
 #[derive(Debug, Default)]
 pub struct FsSnapshots {
     /// Snapshots made, in order.
-    taken: Vec<PathBuf>,
-    /// Mount points this process mounted on, in order.
+    taken: Vec<Taken>,
+    /// Mount points this process mounted on, in order (the top-level subvolumes first).
     mounted: Vec<PathBuf>,
+    /// The top-level subvolumes mounted: filesystem (its device) and mount point.
+    tops: Vec<(String, PathBuf)>,
     /// This process's record file.
     record: Option<PathBuf>,
     /// Snapshot devices to record as the live ones.
@@ -125,40 +143,83 @@ pub struct FsSnapshots {
     pub log: Vec<String>,
 }
 
-/// A subvolume to snapshot and where its snapshot goes.
+/// A snapshot made: its path (through the top-level mount).
+#[derive(Debug)]
+struct Taken {
+    path: PathBuf,
+}
+
+/// A subvolume to snapshot.
 struct Subvolume {
+    /// Its root in this namespace.
     path: PathBuf,
     dev: u64,
+    /// The device of its filesystem (mountinfo's source).
+    device: String,
+}
+
+/// What [`FsSnapshots::take`] is told besides the sources.
+pub struct TakeOptions<'a> {
+    pub mode: Mode,
+    /// `--one-file-system`: nested subvolumes are cut from the walk, so not snapshotted.
+    pub one_file_system: bool,
+    /// Whether the walk leaves a folder out (its nested subvolume is not snapshotted).
+    pub excluded: &'a dyn Fn(&Path) -> bool,
+    /// Folders bakare writes to (cache, local repository): where they lie in a source they
+    /// stay live.
+    pub keep_live: &'a [PathBuf],
 }
 
 impl FsSnapshots {
     /// Snapshots the subvolumes holding `sources` (absolute, canonical) and mounts each over
     /// its live path. With [`Mode::Off`], does nothing. The caller entered a private mount
-    /// namespace first.
-    pub fn take(mode: Mode, sources: &[PathBuf]) -> Result<Self, FsSnapshotError> {
-        let mut this = Self::default();
-        if mode == Mode::Off {
-            return Ok(this);
+    /// namespace first. With [`Mode::Auto`], a source that cannot be snapshotted is read live,
+    /// and if any snapshot fails, every source is (the log says why).
+    pub fn take(sources: &[PathBuf], o: &TakeOptions<'_>) -> Result<Self, FsSnapshotError> {
+        if o.mode == Mode::Off {
+            return Ok(Self::default());
         }
+        match Self::try_take(sources, o) {
+            Err(e) if o.mode == Mode::Auto => {
+                let mut live = Self::default();
+                live.log.push(format!("fs-snapshot: every source read live: {e}"));
+                Ok(live)
+            }
+            other => other,
+        }
+    }
+
+    fn try_take(sources: &[PathBuf], o: &TakeOptions<'_>) -> Result<Self, FsSnapshotError> {
+        let mut this = Self::default();
         let mut sources = sources.to_vec();
         sources.sort();
         sources.dedup();
+        let mounts = mount_info()?;
         // The subvolume of each source, and the source's path inside it.
         let mut roots: Vec<Subvolume> = Vec::new();
         let mut binds: Vec<(PathBuf, usize, PathBuf)> = Vec::new(); // (target, subvolume, path inside)
+        let live = |this: &mut Self, source: &Path, why: &str| {
+            this.log.push(format!("fs-snapshot: {} read live ({why})", source.display()));
+        };
         for source in &sources {
-            if !on_btrfs(source)? {
-                if mode == Mode::Btrfs {
-                    return Err(FsSnapshotError::NotBtrfs(source.clone()));
+            if source.parent().is_none() {
+                if o.mode == Mode::Btrfs {
+                    return Err(FsSnapshotError::Root(source.clone()));
                 }
-                this.log.push(format!("fs-snapshot: {} read live (not on btrfs)", source.display()));
+                live(&mut this, source, "the root folder cannot be read from a snapshot");
                 continue;
             }
-            let root = match subvolume_root(source)? {
+            if !on_btrfs(source)? {
+                if o.mode == Mode::Btrfs {
+                    return Err(FsSnapshotError::NotBtrfs(source.clone()));
+                }
+                live(&mut this, source, "not on btrfs");
+                continue;
+            }
+            let root = match subvolume_root(source, &mounts)? {
                 Some(r) => r,
-                None if mode == Mode::Auto => {
-                    this.log
-                        .push(format!("fs-snapshot: {} read live (its subvolume is not reachable)", source.display()));
+                None if o.mode == Mode::Auto => {
+                    live(&mut this, source, "its subvolume is not reachable");
                     continue;
                 }
                 None => return Err(FsSnapshotError::NoSubvolume(source.clone())),
@@ -174,55 +235,64 @@ impl FsSnapshots {
             binds.push((source.clone(), index, inside));
         }
         // Subvolumes nested below a source: a snapshot holds an empty folder in their place.
-        let mounts = mount_info()?;
-        let mut queue: Vec<PathBuf> = roots.iter().map(|r| r.path.clone()).collect();
-        while let Some(parent) = queue.pop() {
-            for nested in nested_subvolumes(&parent, &mounts)? {
-                if sources.iter().any(|s| nested.starts_with(s) && nested != *s) {
+        if !o.one_file_system {
+            let mut queue: Vec<usize> = (0..roots.len()).collect();
+            while let Some(parent) = queue.pop() {
+                let (parent_path, device) = (roots[parent].path.clone(), roots[parent].device.clone());
+                for nested in nested_subvolumes(&parent_path, &mounts)? {
+                    let below = sources.iter().any(|s| nested.starts_with(s) && nested != *s);
+                    if !below || (o.excluded)(&nested) || roots.iter().any(|r| r.path == nested) {
+                        continue;
+                    }
                     let dev = fs::symlink_metadata(&nested).map_err(io(nested.display()))?.dev();
-                    roots.push(Subvolume { path: nested.clone(), dev });
-                    binds.push((nested.clone(), roots.len() - 1, PathBuf::new()));
-                    queue.push(nested);
+                    roots.push(Subvolume { path: nested.clone(), dev, device: device.clone() });
+                    binds.push((nested, roots.len() - 1, PathBuf::new()));
+                    queue.push(roots.len() - 1);
                 }
             }
         }
-        // Other filesystems mounted below a source: held open now, bound again after.
-        let mut rebinds = Vec::new();
+        // Other filesystems mounted below a source, and bakare's own folders in a source:
+        // held open now, bound again after.
         let mut points: Vec<&PathBuf> = mounts.iter().map(|m| &m.point).collect();
         points.sort();
         points.dedup();
+        let mut rebinds = Vec::new();
+        let below_a_source = |p: &Path| sources.iter().any(|s| p.starts_with(s) && p != s);
         for m in points {
-            if sources.iter().any(|s| m.starts_with(s) && m != s) {
+            if below_a_source(m) {
+                this.log.push(format!("fs-snapshot: {} read live (another filesystem)", m.display()));
                 rebinds.push((m.clone(), open_path(m)?));
+            }
+        }
+        for p in o.keep_live {
+            if below_a_source(p) && p.exists() {
+                this.log.push(format!("fs-snapshot: {} read live (bakare writes there)", p.display()));
+                rebinds.push((p.clone(), open_path(p)?));
             }
         }
         this.record = Some(record_file()?);
         let mut snapshots = Vec::new();
         for sub in &roots {
-            let dir = sub.path.join(SNAPSHOT_DIR);
-            match fs::create_dir(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir.display())(e)),
-                _ => {}
-            }
-            let snap = dir.join(format!("{}-{:08x}", std::process::id(), random_u32()));
-            this.note(&snap)?;
+            let top = this.top(&sub.device)?;
+            let name = format!("{}-{:08x}", std::process::id(), random_u32());
+            this.note(&sub.device, &name)?;
+            let snap = top.join(SNAPSHOT_DIR).join(&name);
             run(Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(&sub.path).arg(&snap))?;
-            this.taken.push(snap.clone());
+            this.taken.push(Taken { path: snap.clone() });
             let snap_dev = fs::symlink_metadata(&snap).map_err(io(snap.display()))?.dev();
             this.devices.insert(snap_dev, sub.dev);
-            this.log.push(format!("fs-snapshot: {} read from btrfs snapshot {}", sub.path.display(), snap.display()));
+            this.log.push(format!("fs-snapshot: {} read from btrfs snapshot {name}", sub.path.display()));
             snapshots.push(snap);
         }
-        // Bind in path order (a parent before what lies in it), a live filesystem before a
-        // snapshot over the same path. Every source is held open before the first bind: a
-        // bind hides what lies below its target (a nested subvolume's snapshot, a mount).
+        // Bind in path order (a parent before what lies in it), a live folder before a
+        // snapshot over the same path. Everything is held open before the first bind: a
+        // bind hides what lies below its target.
         let mut steps: Vec<(PathBuf, bool, rustix::fd::OwnedFd)> = Vec::new();
         for (target, index, inside) in &binds {
             let from = snapshots[*index].join(inside);
             steps.push((target.clone(), true, open_path(&from)?));
         }
         for (target, fd) in rebinds {
-            this.log.push(format!("fs-snapshot: {} read live (another filesystem)", target.display()));
             steps.push((target, false, fd));
         }
         steps.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -236,11 +306,22 @@ impl FsSnapshots {
         Ok(this)
     }
 
-    /// Appends `snapshot` to this process's record before it is made.
-    fn note(&self, snapshot: &Path) -> Result<(), FsSnapshotError> {
+    /// The top-level subvolume of the filesystem on `device`, mounted (once) in this
+    /// namespace, with its snapshot folder checked.
+    fn top(&mut self, device: &str) -> Result<PathBuf, FsSnapshotError> {
+        if let Some((_, dir)) = self.tops.iter().find(|(d, _)| d == device) {
+            return Ok(dir.clone());
+        }
+        let dir = mount_top(device, self.tops.len())?;
+        self.tops.push((device.to_string(), dir.clone()));
+        Ok(dir)
+    }
+
+    /// Appends a snapshot about to be made to this process's record.
+    fn note(&self, device: &str, name: &str) -> Result<(), FsSnapshotError> {
         let Some(record) = &self.record else { return Ok(()) };
         let mut f = fs::OpenOptions::new().append(true).create(true).open(record).map_err(io(record.display()))?;
-        f.write_all(format!("{}\n", snapshot.display()).as_bytes()).map_err(io(record.display()))?;
+        f.write_all(format!("btrfs\t{device}\t{name}\n").as_bytes()).map_err(io(record.display()))?;
         f.sync_all().map_err(io(record.display()))
     }
 
@@ -258,10 +339,13 @@ impl FsSnapshots {
         }
         let mut kept = false;
         for snap in self.taken.drain(..).rev() {
-            if let Err(e) = delete_snapshot(&snap) {
+            if let Err(e) = delete_snapshot(&snap.path) {
                 problems.push(e.to_string());
                 kept = true;
             }
+        }
+        for (_, dir) in self.tops.drain(..).rev() {
+            let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
         }
         if let Some(record) = self.record.take()
             && !kept
@@ -278,8 +362,16 @@ impl Drop for FsSnapshots {
     }
 }
 
+/// Whether there are records of snapshots (of running or killed backups): a backup then
+/// enters a mount namespace of its own so that [`clean_stale`] can reach them.
+pub fn records_exist() -> bool {
+    fs::read_dir(RECORD_DIR)
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains('-'))))
+}
+
 /// Deletes the snapshots recorded by backups whose process is gone (killed); returns one
-/// line per snapshot deleted or problem met.
+/// line per snapshot deleted or problem met. Needs a private mount namespace (it mounts the
+/// filesystems' top-level subvolumes there).
 pub fn clean_stale() -> Vec<String> {
     let mut said = Vec::new();
     let Ok(entries) = fs::read_dir(RECORD_DIR) else { return said };
@@ -293,16 +385,30 @@ pub fn clean_stale() -> Vec<String> {
         let path = entry.path();
         let Ok(text) = fs::read_to_string(&path) else { continue };
         let mut kept = false;
-        for snap in text.lines().filter(|l| !l.is_empty()).map(PathBuf::from) {
-            if !is_ours(&snap) || fs::symlink_metadata(&snap).is_err() {
+        for (i, line) in text.lines().enumerate() {
+            let mut fields = line.split('\t');
+            let (Some("btrfs"), Some(device), Some(snap)) = (fields.next(), fields.next(), fields.next()) else {
+                continue;
+            };
+            if snap.is_empty() || !snap.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
                 continue;
             }
-            match delete_snapshot(&snap) {
-                Ok(()) => {
-                    said.push(format!("deleted the filesystem snapshot {} of a backup that was killed", snap.display()))
-                }
+            let result = mount_top(device, 1000 + i).and_then(|top| {
+                let snapshot = top.join(SNAPSHOT_DIR).join(snap);
+                let done = if fs::symlink_metadata(&snapshot).is_ok() {
+                    delete_snapshot(&snapshot).map(|()| Some(snapshot))
+                } else {
+                    Ok(None)
+                };
+                let _ = rustix::mount::unmount(&top, rustix::mount::UnmountFlags::DETACH);
+                done
+            });
+            match result {
+                Ok(Some(_)) => said
+                    .push(format!("deleted the filesystem snapshot {snap} (on {device}) of a backup that was killed")),
+                Ok(None) => {}
                 Err(e) => {
-                    said.push(e.to_string());
+                    said.push(format!("{e} (a snapshot of a killed backup, {snap} on {device}, remains)"));
                     kept = true;
                 }
             }
@@ -314,14 +420,54 @@ pub fn clean_stale() -> Vec<String> {
     said
 }
 
-/// An `O_PATH` handle on `path`, to bind from once `path` is hidden.
-fn open_path(path: &Path) -> Result<rustix::fd::OwnedFd, FsSnapshotError> {
-    rustix::fs::open(path, rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-        .map_err(|e| io(path.display())(e.into()))
+/// Mounts the top-level subvolume (`subvolid=5`) of the btrfs filesystem on `device` at a
+/// folder of its own in this namespace, and makes sure its snapshot folder is root's alone.
+fn mount_top(device: &str, n: usize) -> Result<PathBuf, FsSnapshotError> {
+    let dir = Path::new(TOP_DIR).join(n.to_string());
+    fs::create_dir_all(&dir).map_err(io(dir.display()))?;
+    let data = c"subvolid=5";
+    rustix::mount::mount(
+        device,
+        &dir,
+        "btrfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        data,
+    )
+    .map_err(|e| io(format!("mounting the top of the btrfs filesystem on {device}"))(e.into()))?;
+    let checked = (|| {
+        root_only(&dir)?;
+        let snaps = dir.join(SNAPSHOT_DIR);
+        match fs::create_dir(&snaps) {
+            Ok(()) => fs::set_permissions(&snaps, fs::Permissions::from_mode(0o700)).map_err(io(snaps.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(snaps.display())(e)),
+        }
+        root_only(&snaps)
+    })();
+    if let Err(e) = checked {
+        let _ = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH);
+        return Err(e);
+    }
+    Ok(dir)
+}
+
+/// `path` must be a real folder (no symlink) of root's that no one else can write.
+fn root_only(path: &Path) -> Result<(), FsSnapshotError> {
+    let m = fs::symlink_metadata(path).map_err(io(path.display()))?;
+    if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(FsSnapshotError::Unsafe(path.to_path_buf()));
+    }
+    Ok(())
 }
 
 fn delete_snapshot(snap: &Path) -> Result<(), FsSnapshotError> {
     run(Command::new("btrfs").args(["subvolume", "delete"]).arg(snap))
+}
+
+/// An `O_PATH` handle on `path`, to bind from once `path` is hidden.
+fn open_path(path: &Path) -> Result<rustix::fd::OwnedFd, FsSnapshotError> {
+    rustix::fs::open(path, rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        .map_err(|e| io(path.display())(e.into()))
 }
 
 /// Makes this process's record file (`<pid>-<start time>`), empty.
@@ -361,19 +507,29 @@ fn on_btrfs(path: &Path) -> Result<bool, FsSnapshotError> {
     Ok(s.f_type as i64 == BTRFS_SUPER_MAGIC)
 }
 
+/// The mount of this namespace that holds `path` (the longest mount point above it).
+fn mount_of<'m>(path: &Path, mounts: &'m [Mount]) -> Option<&'m Mount> {
+    mounts.iter().filter(|m| path.starts_with(&m.point)).max_by_key(|m| m.point.as_os_str().len())
+}
+
 /// The root of the btrfs subvolume holding `path`: the highest folder above it on the same
-/// device, which must be a subvolume root (inode 256).
-fn subvolume_root(path: &Path) -> Result<Option<Subvolume>, FsSnapshotError> {
+/// device and inside the same mount, which must be a subvolume root (inode 256).
+fn subvolume_root(path: &Path, mounts: &[Mount]) -> Result<Option<Subvolume>, FsSnapshotError> {
+    let Some(mount) = mount_of(path, mounts).filter(|m| m.btrfs) else { return Ok(None) };
     let dev = fs::symlink_metadata(path).map_err(io(path.display()))?.dev();
     let mut top = path.to_path_buf();
     while let Some(parent) = top.parent() {
+        if !parent.starts_with(&mount.point) {
+            break;
+        }
         match fs::symlink_metadata(parent) {
             Ok(m) if m.dev() == dev => top = parent.to_path_buf(),
             _ => break,
         }
     }
     let m = fs::symlink_metadata(&top).map_err(io(top.display()))?;
-    Ok((m.is_dir() && m.ino() == BTRFS_SUBVOLUME_INO).then_some(Subvolume { path: top, dev }))
+    let found = m.is_dir() && m.ino() == BTRFS_SUBVOLUME_INO;
+    Ok(found.then(|| Subvolume { path: top, dev, device: mount.source.clone() }))
 }
 
 /// One line of `/proc/self/mountinfo`.
@@ -382,6 +538,8 @@ struct Mount {
     /// The mounted folder's path inside its filesystem (`/@home` for `subvol=@home`).
     root: PathBuf,
     btrfs: bool,
+    /// The mount's source: the device of a btrfs filesystem.
+    source: String,
 }
 
 /// This namespace's mounts.
@@ -391,11 +549,14 @@ fn mount_info() -> Result<Vec<Mount>, FsSnapshotError> {
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else { continue };
-        let fstype = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1)).copied();
+        let dash = fields.iter().position(|f| *f == "-");
+        let fstype = dash.and_then(|i| fields.get(i + 1)).copied();
+        let source = dash.and_then(|i| fields.get(i + 2)).map(|s| unescape(s)).unwrap_or_default();
         mounts.push(Mount {
             point: PathBuf::from(unescape(point)),
             root: PathBuf::from(unescape(root)),
             btrfs: fstype == Some("btrfs"),
+            source,
         });
     }
     Ok(mounts)
@@ -421,32 +582,26 @@ fn unescape(s: &str) -> String {
 
 /// The subvolumes directly below the subvolume rooted at `root`, as paths of this namespace
 /// (`btrfs subvolume list -o` names them from the filesystem's top; the btrfs mount
-/// holding `root` translates).
+/// holding `root` translates). Our own snapshots are never among them.
 fn nested_subvolumes(root: &Path, mounts: &[Mount]) -> Result<Vec<PathBuf>, FsSnapshotError> {
-    let Some(mount) =
-        mounts.iter().filter(|m| m.btrfs && root.starts_with(&m.point)).max_by_key(|m| m.point.as_os_str().len())
-    else {
-        return Ok(Vec::new());
-    };
+    let Some(mount) = mount_of(root, mounts).filter(|m| m.btrfs) else { return Ok(Vec::new()) };
     let output = run_output(Command::new("btrfs").args(["subvolume", "list", "-o"]).arg(root))?;
     let mut nested = Vec::new();
     for line in output.lines() {
         let Some((_, p)) = line.split_once(" path ") else { continue };
         let p = p.strip_prefix("<FS_TREE>/").unwrap_or(p);
         let in_fs = Path::new("/").join(p);
+        if in_fs.components().any(|c| c.as_os_str() == SNAPSHOT_DIR) {
+            continue;
+        }
         if let Ok(rel) = in_fs.strip_prefix(&mount.root) {
             let path = mount.point.join(rel);
-            if path.starts_with(root) && path != root && !is_ours(&path) {
+            if path.starts_with(root) && path != root {
                 nested.push(path);
             }
         }
     }
     Ok(nested)
-}
-
-/// Whether `path` is where bakare puts snapshots.
-fn is_ours(path: &Path) -> bool {
-    path.parent().and_then(Path::file_name).is_some_and(|n| n == SNAPSHOT_DIR)
 }
 
 fn run(cmd: &mut Command) -> Result<(), FsSnapshotError> {
@@ -485,5 +640,15 @@ mod tests {
     fn this_process_is_alive_and_a_stranger_is_not() {
         assert!(start_time(std::process::id()).is_some());
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_root_folder_is_refused_and_read_live_with_auto() {
+        let excluded = |_: &Path| false;
+        let o = TakeOptions { mode: Mode::Btrfs, one_file_system: false, excluded: &excluded, keep_live: &[] };
+        assert!(matches!(FsSnapshots::take(&[PathBuf::from("/")], &o), Err(FsSnapshotError::Root(_))));
+        let auto = TakeOptions { mode: Mode::Auto, ..o };
+        let taken = FsSnapshots::take(&[PathBuf::from("/")], &auto).unwrap();
+        assert!(taken.log[0].contains("read live (the root folder"), "{:?}", taken.log);
     }
 }

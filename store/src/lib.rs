@@ -32,7 +32,7 @@ pub use format::index::{BlobLocation, IndexSegment};
 pub use format::object::FORMAT_VERSION;
 pub use format::pack::{MAX_BLOB_LEN, PackEntry, PackTable, decode_blob_table, parse_blob_table, read_pack_table};
 pub use format::session::{
-    CACHEDIR_TAG, Checkpoint, CheckpointRefs, Hook, Selection, Session, SessionOptions, SourceOptions,
+    CACHEDIR_TAG, Checkpoint, CheckpointRefs, Selection, Session, SessionOptions, SourceOptions,
 };
 pub use format::snapshot::{Snapshot, SnapshotStats};
 pub use format::tree::{Entry, Extra, Metadata, Node, Tree, Xattr};

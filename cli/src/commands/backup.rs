@@ -8,7 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use bakare_planner::{
     BackupOptions, BackupReport, CheckpointPolicy, Counters, Excludes, interrupted_session, prepare_resume,
 };
-use bakare_store::{Hook, Selection, SessionOptions, SourceOptions};
+use bakare_store::{Selection, SessionOptions, SourceOptions};
+
+use super::hooks::Hooks;
 
 use crate::Outcome;
 use crate::args::{BackupArgs, CheckpointArgs};
@@ -17,19 +19,21 @@ use crate::output::{bytes, count};
 use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
-    let hook =
-        |command: &String, required| Hook { command: command.clone(), timeout_secs: a.hooks.hook_timeout, required };
-    let source = SourceOptions {
-        fs_snapshot: a.fs_snapshot.clone(),
-        pre_hook: a.hooks.pre_hook.as_ref().map(|c| hook(c, a.hooks.pre_hook_required)),
-        post_hook: a.hooks.post_hook.as_ref().map(|c| hook(c, false)),
-    };
+    let hooks = Hooks::from_args(&a.hooks);
+    // Installed before the pre-hook, so that Ctrl-C stops a hook too (and the post-hook
+    // hears of it).
+    let interrupt = crate::interrupt::install();
     // The pre-hook runs first: it may be what makes the sources or the repository ready.
-    let result = pre_hook(ctx, &source, &a.paths).and_then(|log| backup(ctx, a, source.clone(), log));
-    post_hook(ctx, &source, result)
+    let result = pre_hook(ctx, &hooks, &a.paths, &interrupt).and_then(|log| backup(ctx, a, log, interrupt.clone()));
+    post_hook(ctx, &hooks, result, &interrupt)
 }
 
-fn backup(ctx: &Context, a: &BackupArgs, source: SourceOptions, log: Vec<String>) -> Result<Finished> {
+fn backup(
+    ctx: &Context,
+    a: &BackupArgs,
+    log: Vec<String>,
+    interrupt: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<Finished> {
     // Check the sources before creating or unlocking anything.
     let mut paths = Vec::new();
     for p in a.paths.iter().chain(&super::files_from::read(a)?) {
@@ -105,12 +109,12 @@ fn backup(ctx: &Context, a: &BackupArgs, source: SourceOptions, log: Vec<String>
             compression,
             parity: a.parity,
             selection,
-            source,
+            source: SourceOptions { fs_snapshot: a.fs_snapshot.clone() },
             iexcludes: a.iexclude.clone(),
         },
         resume: None,
         checkpoints: policy(&a.checkpoint),
-        interrupt: crate::interrupt::install(),
+        interrupt,
         devices: Default::default(),
         log,
         time_ns: a.time,
@@ -139,18 +143,26 @@ pub struct Finished {
     pub snapshot: bakare_store::SnapshotId,
 }
 
-/// Runs the pre-hook of `source`, if any; returns the lines for the snapshot's log. A
-/// required one that fails stops the backup.
-pub fn pre_hook(ctx: &Context, source: &SourceOptions, paths: &[std::path::PathBuf]) -> Result<Vec<String>> {
-    let Some(hook) = &source.pre_hook else { return Ok(Vec::new()) };
+/// Runs the pre-hook, if any; returns the lines for the snapshot's log. A required one that
+/// fails stops the backup, and so does an interrupt while it runs.
+pub fn pre_hook(
+    ctx: &Context,
+    hooks: &Hooks,
+    paths: &[std::path::PathBuf],
+    interrupt: &std::sync::atomic::AtomicUsize,
+) -> Result<Vec<String>> {
+    let Some(hook) = &hooks.pre else { return Ok(Vec::new()) };
     let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let env = [("BAKARE_HOOK", "pre".to_string()), ("BAKARE_PATHS", paths.join("\n")), repo_env(ctx)];
-    let run = super::hooks::run(hook, &env);
+    let run = super::hooks::run(hook, &env, interrupt);
     let lines = run.lines("pre", hook);
     if !ctx.global.quiet || !run.ok {
         for l in &lines {
             say!("bakare: {l}");
         }
+    }
+    if interrupt.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        return Err(crate::interrupt::Interrupted::from_flag(interrupt).into());
     }
     if !run.ok && hook.required {
         anyhow::bail!(
@@ -162,10 +174,14 @@ pub fn pre_hook(ctx: &Context, source: &SourceOptions, paths: &[std::path::PathB
     Ok(lines)
 }
 
-/// Runs the post-hook of `source`, if any, telling it how the backup ended; returns the
-/// backup's result.
-pub fn post_hook(ctx: &Context, source: &SourceOptions, result: Result<Finished>) -> Result<Outcome> {
-    if let Some(hook) = &source.post_hook {
+/// Runs the post-hook, if any, telling it how the backup ended; returns the backup's result.
+pub fn post_hook(
+    ctx: &Context,
+    hooks: &Hooks,
+    result: Result<Finished>,
+    interrupt: &std::sync::atomic::AtomicUsize,
+) -> Result<Outcome> {
+    if let Some(hook) = &hooks.post {
         let (outcome, snapshot, error) = match &result {
             Ok(f) => (
                 if matches!(f.outcome, Outcome::Partial) { "partial" } else { "success" },
@@ -187,7 +203,11 @@ pub fn post_hook(ctx: &Context, source: &SourceOptions, result: Result<Finished>
             ("BAKARE_ERROR", error),
             repo_env(ctx),
         ];
-        let run = super::hooks::run(hook, &env);
+        // A post-hook after an interrupt still runs (it may undo what the pre-hook did); a
+        // second Ctrl-C ends the process.
+        let calm = std::sync::atomic::AtomicUsize::new(0);
+        let flag = if interrupt.load(std::sync::atomic::Ordering::Relaxed) != 0 { &calm } else { interrupt };
+        let run = super::hooks::run(hook, &env, flag);
         if !ctx.global.quiet || !run.ok {
             for l in run.lines("post", hook) {
                 say!("bakare: {l}");
@@ -213,20 +233,30 @@ pub fn run_backup(
     paths: &[std::path::PathBuf],
     mut opts: BackupOptions,
 ) -> Result<Finished> {
+    use bakare_planner::fs_snapshot::{FsSnapshots, Mode, TakeOptions, clean_stale};
+    let private = crate::PRIVATE_MOUNTS.load(std::sync::atomic::Ordering::Relaxed);
     // Snapshots a killed backup left behind go first, whatever this backup reads from.
-    for line in bakare_planner::fs_snapshot::clean_stale() {
-        say!("bakare: {line}");
+    if private {
+        for line in clean_stale() {
+            say!("bakare: {line}");
+        }
     }
-    let mode = bakare_planner::fs_snapshot::Mode::parse(&opts.session_options.source.fs_snapshot)?;
-    if mode != bakare_planner::fs_snapshot::Mode::Off
-        && !crate::PRIVATE_MOUNTS.load(std::sync::atomic::Ordering::Relaxed)
-    {
+    let mode = Mode::parse(&opts.session_options.source.fs_snapshot)?;
+    if mode != Mode::Off && !private {
         anyhow::bail!(
             "--fs-snapshot: this process has no mount namespace of its own (it could not enter one at start: \
              run as root)"
         );
     }
-    let snapshots = bakare_planner::fs_snapshot::FsSnapshots::take(mode, paths)?;
+    let excluded = |p: &std::path::Path| opts.excludes.excludes_folder(p);
+    let keep_live = ctx.writable_folders();
+    let take = TakeOptions {
+        mode,
+        one_file_system: opts.session_options.selection.one_file_system,
+        excluded: &excluded,
+        keep_live: &keep_live,
+    };
+    let snapshots = FsSnapshots::take(paths, &take)?;
     bakare_store::failpoint::hit("after-fs-snapshot");
     opts.devices = snapshots.devices.clone();
     opts.log.extend(snapshots.log.iter().cloned());

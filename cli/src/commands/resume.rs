@@ -69,6 +69,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         );
     }
     let o = &session.options;
+    let interrupt = crate::interrupt::install();
     let exclude_files: Vec<PathBuf> =
         o.exclude_files.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
     let opts = BackupOptions {
@@ -84,18 +85,18 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         session_options: o.clone(),
         resume: Some(session.clone()),
         checkpoints: policy(&a.checkpoint),
-        interrupt: crate::interrupt::install(),
+        interrupt: interrupt.clone(),
         devices: Default::default(),
         log: Vec::new(),
         time_ns: None,
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();
-    // The interrupted backup's hooks run again around its continuation.
-    let source = &o.source;
-    let result = pre_hook(ctx, source, &paths).and_then(|log| {
+    // Hooks come from this command (or its configuration), never from the session record.
+    let hooks = crate::commands::hooks::Hooks::from_args(&a.hooks);
+    let result = pre_hook(ctx, &hooks, &paths, &interrupt).and_then(|log| {
         let opts = BackupOptions { log, ..opts };
         run_backup(ctx, Arc::new(repo), memo, &paths, opts)
     });
-    post_hook(ctx, source, result)
+    post_hook(ctx, &hooks, result, &interrupt)
 }

@@ -40,24 +40,13 @@ pub struct SessionOptions {
     pub iexcludes: Vec<String>,
 }
 
-/// How a backup reads its sources: from a filesystem snapshot or live, and the commands run
-/// before and after it (`resume` does the same).
+/// How a backup reads its sources (`resume` does the same). Hooks are not kept here: a
+/// session record is sealed with the index key, which a put-only key holds, and a command
+/// read from it would run as whoever resumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceOptions {
     /// `--fs-snapshot`: "off", "auto" or "btrfs".
     pub fs_snapshot: String,
-    pub pre_hook: Option<Hook>,
-    pub post_hook: Option<Hook>,
-}
-
-/// A command run through `sh -c` around a backup.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Hook {
-    pub command: String,
-    /// Killed after this many seconds.
-    pub timeout_secs: u64,
-    /// A pre-hook that fails (or times out) stops the backup; else it is logged.
-    pub required: bool,
 }
 
 /// What a backup's walk leaves out beyond its exclude patterns (restic's flags of the same
@@ -477,11 +466,7 @@ mod tests {
                     exclude_larger_than: Some(7),
                     no_xattrs: true,
                 },
-                source: SourceOptions {
-                    fs_snapshot: "btrfs".into(),
-                    pre_hook: Some(Hook { command: "pg_dump > /d".into(), timeout_secs: 60, required: true }),
-                    post_hook: None,
-                },
+                source: SourceOptions { fs_snapshot: "btrfs".into() },
                 iexcludes: vec!["*.JPG".into()],
                 ..SessionOptions::default()
             },
