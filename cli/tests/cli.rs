@@ -516,6 +516,7 @@ fn find_history_and_diff_across_snapshots() {
         settings.add_filter(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "[TIME]");
         settings.add_filter(r"  [0-9a-f]{8}  ", "  [SNAP]  ");
         settings.add_filter(r"in [0-9a-f]{8}:", "in [SNAP]:");
+        settings.add_filter(r"  [0-9a-f]{8} … [0-9a-f]{8}  ", "  [SNAP] … [SNAP]  ");
         settings.add_filter(&regex_escape(&src), "[SRC]");
         (settings, out)
     };

@@ -256,8 +256,10 @@ impl NameIndex {
 
     /// Paths matching `query` in the `chosen` snapshots (under `prefix` when given), best
     /// first: fuzzy (fzf-like, smart case) over the whole path and, weighted higher, over
-    /// the file name, an exact name first of all. When fewer than `limit` paths match, names
-    /// within one or two typos of the query (a swapped pair counts as one) are added.
+    /// the file name, an exact name first of all; a name holding the query with a typo or two
+    /// (a swapped pair counts as one) scores as a near-exact name match, above the loose
+    /// matches a long name gives to scattered letters (`copyrigth` finds `copyright` first
+    /// among thousands of long man-page names).
     pub fn find(
         &self,
         query: &str,
@@ -270,7 +272,19 @@ impl NameIndex {
         let pattern = Pattern::parse(query, CaseMatching::Smart, Normalization::Smart);
         let q = query.to_lowercase();
         let under = prefix.map(|p| format!("{}/", p.trim_end_matches('/')));
-        let scan = |typos: bool| -> Result<Vec<Candidate>, PlanError> {
+        // What the query scores against itself as a name. A name that holds the query with
+        // a typo is ranked just below that, less a quarter character per edit: below names
+        // that hold the query as it is, above names whose letters hold it scattered.
+        let perfect = {
+            let mut m = Matcher::new(Config::DEFAULT.match_paths());
+            let mut buf = Vec::new();
+            pattern.score(Utf32Str::new(query, &mut buf), &mut m).unwrap_or(100) * 2
+        };
+        let typo_rank = |d: usize| {
+            let len = q.chars().count().max(1) as u32;
+            perfect.saturating_sub(perfect.saturating_mul(d as u32) / (4 * len)).max(1)
+        };
+        let scan = || -> Result<Vec<Candidate>, PlanError> {
             let found: Result<Vec<Vec<Candidate>>, Failure> = rows
                 .par_iter()
                 .map_init(
@@ -284,28 +298,17 @@ impl NameIndex {
                                 continue;
                             }
                             let name = String::from_utf8_lossy(&n.name);
-                            // The typo pass looks at the name first: most fail its cheap checks.
-                            let typo = if typos {
-                                match typo_score(&q, &name.to_lowercase()) {
-                                    Some(t) => Some(t),
-                                    None => continue,
-                                }
-                            } else {
-                                None
-                            };
                             let path = format!("{dir}/{name}");
                             if under.as_ref().is_some_and(|u| !path.starts_with(u.as_str())) {
                                 continue;
                             }
+                            let lower = name.to_lowercase();
+                            // Most names fail the typo check's cheap tests at once.
+                            let typo = typo_distance(&q, &lower).filter(|d| *d > 0).map(typo_rank);
                             let whole = pattern.score(Utf32Str::new(&path, buf), matcher);
-                            let score = if typos {
-                                // Matched by the fuzzy pass already.
-                                if whole.is_some() { None } else { typo }
-                            } else {
-                                let in_name = pattern.score(Utf32Str::new(&name, buf), matcher).map(|s| s * 2);
-                                let exact = (name.to_lowercase() == q).then_some(10_000);
-                                [whole, in_name, exact].into_iter().flatten().max()
-                            };
+                            let in_name = pattern.score(Utf32Str::new(&name, buf), matcher).map(|s| s * 2);
+                            let exact = (lower == q).then_some(10_000);
+                            let score = [whole, in_name, exact, typo].into_iter().flatten().max();
                             if let Some(s) = score {
                                 out.push((s, path, n.runs));
                             }
@@ -319,10 +322,7 @@ impl NameIndex {
                 Err(e) => Err(fatal(e)),
             }
         };
-        let mut hits = scan(false)?;
-        if hits.len() < limit {
-            hits.extend(scan(true)?);
-        }
+        let mut hits = scan()?;
         hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.len().cmp(&b.1.len())).then(a.1.cmp(&b.1)));
         hits.truncate(limit);
         Ok(hits.into_iter().map(|(score, path, runs)| Hit { path, score, versions: view.versions(&runs) }).collect())
@@ -619,9 +619,9 @@ impl View {
 }
 
 /// How close a file name comes to the query with typos: the best Damerau-Levenshtein
-/// distance between the query and any part of the name of about its length, allowed 1 edit
-/// per 4 characters (at least 1). Scores below every fuzzy match of the same length.
-fn typo_score(query: &str, name: &str) -> Option<u32> {
+/// distance between the query and any part of the name of about its length, if within 1 edit
+/// per 4 characters (at least 1).
+fn typo_distance(query: &str, name: &str) -> Option<usize> {
     let q: Vec<char> = query.chars().collect();
     if q.len() < 3 {
         return None;
@@ -660,7 +660,7 @@ fn typo_score(query: &str, name: &str) -> Option<u32> {
         return None;
     }
     let d = substring_distance(&q, &n);
-    (d <= allowed).then(|| (q.len() as u32 * 8).saturating_sub(d as u32 * 12).max(1))
+    (d <= allowed).then_some(d)
 }
 
 /// The fewest edits (insert, delete, substitute, swap two neighbours) that turn `q` into
@@ -715,10 +715,10 @@ mod tests {
 
     #[test]
     fn typos_within_the_allowance_match() {
-        assert!(typo_score("bakrae", "bakare.toml").is_some(), "a swapped pair");
-        assert!(typo_score("bakae", "bakare.toml").is_some(), "a missing letter");
-        assert!(typo_score("bakare", "bakare.toml") > typo_score("bakrae", "bakare.toml"));
-        assert!(typo_score("zzzzzz", "bakare.toml").is_none());
-        assert!(typo_score("ab", "ab").is_none(), "too short to guess at");
+        assert_eq!(typo_distance("bakrae", "bakare.toml"), Some(1), "a swapped pair");
+        assert_eq!(typo_distance("bakae", "bakare.toml"), Some(1), "a missing letter");
+        assert_eq!(typo_distance("bakare", "bakare.toml"), Some(0));
+        assert!(typo_distance("zzzzzz", "bakare.toml").is_none());
+        assert!(typo_distance("ab", "ab").is_none(), "too short to guess at");
     }
 }

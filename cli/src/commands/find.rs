@@ -27,21 +27,46 @@ fn chosen(repo: &Repository, specs: &[String], host: Option<&str>) -> Result<Vec
     Ok(out)
 }
 
+/// One line per version, a run of versions with the same content folded into one line
+/// (`first … last, N snapshots, same content`): 20 hits over 26 snapshots are 20 short
+/// groups, not 540 lines.
 fn print_versions(versions: &[Version]) -> std::io::Result<()> {
-    for v in versions {
+    let mut i = 0;
+    while i < versions.len() {
+        let Some(v) = versions.get(i) else { break };
+        // The versions after `v` with its content.
+        let same = versions.get(i + 1..).unwrap_or_default().iter().take_while(|w| w.changed == Some(false)).count();
         let change = match v.changed {
             None => "first seen",
             Some(true) => "changed",
             Some(false) => "same content",
         };
-        out!(
-            "  {}  {}  {:>10}  {:<8} modified {}  {change}",
-            time(v.time_ns),
-            v.snapshot.get(..8).unwrap_or(&v.snapshot),
-            bytes(v.size),
-            v.kind,
-            time(v.mtime_ns)
-        )?;
+        let short = |s: &str| s.get(..8).unwrap_or(s).to_string();
+        if same > 0
+            && let Some(last) = versions.get(i + same)
+        {
+            out!(
+                "  {} … {}  {} … {}  {:>10}  {:<8} modified {}  {change}, the same in {same} more {}",
+                time(v.time_ns),
+                time(last.time_ns),
+                short(&v.snapshot),
+                short(&last.snapshot),
+                bytes(v.size),
+                v.kind,
+                time(v.mtime_ns),
+                if same == 1 { "snapshot" } else { "snapshots" },
+            )?;
+        } else {
+            out!(
+                "  {}  {}  {:>10}  {:<8} modified {}  {change}",
+                time(v.time_ns),
+                short(&v.snapshot),
+                bytes(v.size),
+                v.kind,
+                time(v.mtime_ns)
+            )?;
+        }
+        i += same + 1;
     }
     Ok(())
 }
