@@ -19,13 +19,17 @@ pub struct Ticker {
     handle: Option<JoinHandle<()>>,
 }
 
-/// What a run is expected to cover: files and bytes (a backup: its set's last run; a
-/// restore: the snapshot's totals).
+/// What a run is expected to cover: files and bytes (a backup: its set's last run, or a
+/// count made while it runs; a restore: the snapshot's totals).
 #[derive(Clone, Copy, Debug)]
 pub struct Expected {
     pub files: u64,
     pub bytes: u64,
 }
+
+/// Totals that arrive while the run goes (a first backup's parallel count): the spinner
+/// becomes a bar with an ETA once they are set.
+pub type Later = Arc<std::sync::OnceLock<Expected>>;
 
 impl Ticker {
     /// With `verbose`, also lists the files found new or changed (through the bar, so
@@ -37,6 +41,7 @@ impl Ticker {
         verbose: bool,
         verb: &'static str,
         expected: Option<Expected>,
+        later: Option<Later>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let tty = std::io::stderr().is_terminal();
@@ -48,7 +53,7 @@ impl Ticker {
             None
         } else {
             let stop = stop.clone();
-            Some(std::thread::spawn(move || tick(&counters, &stop, json, show, verb, expected)))
+            Some(std::thread::spawn(move || tick(&counters, &stop, json, show, verb, expected, later)))
         };
         Self { stop, handle }
     }
@@ -86,17 +91,31 @@ fn list_changes(c: &Counters, bar: Option<&ProgressBar>, json: bool) {
     }
 }
 
-fn tick(c: &Counters, stop: &AtomicBool, json: bool, show: bool, verb: &str, expected: Option<Expected>) {
+/// The bar's look once the size of the run is known: a rate and an ETA.
+fn bar_style(b: &ProgressBar, bytes: u64) {
+    b.set_length(bytes.max(1));
+    // 60 columns before the message, which takes what is left of the line.
+    let template =
+        "{spinner} {elapsed_precise} [{bar:16}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        b.set_style(style.progress_chars("=> "));
+    }
+}
+
+fn tick(
+    c: &Counters,
+    stop: &AtomicBool,
+    json: bool,
+    show: bool,
+    verb: &str,
+    mut expected: Option<Expected>,
+    later: Option<Later>,
+) {
     let started = Instant::now();
     let bar = (show && !json).then(|| match expected {
-        // A bar with a rate and an ETA when the size of the run is known.
         Some(e) => {
             let b = ProgressBar::new(e.bytes.max(1));
-            let template =
-                "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}";
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                b.set_style(style.progress_chars("=> "));
-            }
+            bar_style(&b, e.bytes);
             b
         }
         None => {
@@ -116,6 +135,14 @@ fn tick(c: &Counters, stop: &AtomicBool, json: bool, show: bool, verb: &str, exp
         }
         last = Instant::now();
         list_changes(c, bar.as_ref(), json);
+        if expected.is_none()
+            && let Some(e) = later.as_ref().and_then(|l| l.get())
+        {
+            expected = Some(*e);
+            if let Some(b) = &bar {
+                bar_style(b, e.bytes);
+            }
+        }
         if !show {
             continue;
         }

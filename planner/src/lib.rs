@@ -28,7 +28,9 @@ mod resume;
 mod sparse;
 mod xattrs;
 
-pub use backup::{BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, expected_totals, stat_walk};
+pub use backup::{
+    BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, count_sources, expected_totals, stat_walk,
+};
 pub use bakare_store::Chunker;
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};

@@ -283,8 +283,33 @@ fn walk_and_commit(
     let report = {
         let expected = bakare_planner::expected_totals(&memo, paths, &opts.session_options)
             .map(|(files, bytes)| Expected { files, bytes });
-        let _ticker =
-            Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, ctx.global.verbose, "backup", expected);
+        // A first backup (nothing remembered) counts its sources in parallel while it runs,
+        // for a bar with an ETA at a terminal, as restic's scanner does.
+        let at_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let later = (expected.is_none() && at_terminal && !ctx.global.quiet && !ctx.global.json).then(|| {
+            let later = crate::progress::Later::default();
+            let (set, paths, excludes) = (later.clone(), paths.to_vec(), opts.excludes.clone());
+            std::thread::spawn(move || {
+                // A pool of its own: queued behind the backup's work in the shared one, the
+                // count would end with the backup.
+                let count = || bakare_planner::count_sources(&paths, &excludes);
+                let (files, bytes) = match rayon::ThreadPoolBuilder::new().num_threads(4).build() {
+                    Ok(pool) => pool.install(count),
+                    Err(_) => count(),
+                };
+                let _ = set.set(Expected { files, bytes });
+            });
+            later
+        });
+        let _ticker = Ticker::start(
+            counters.clone(),
+            ctx.global.json,
+            ctx.global.quiet,
+            ctx.global.verbose,
+            "backup",
+            expected,
+            later,
+        );
         match bakare_planner::backup(repo.clone(), &memo, paths, opts, counters.clone()) {
             Ok(r) => r,
             Err(bakare_planner::PlanError::Interrupted) => {

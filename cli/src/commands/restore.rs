@@ -24,7 +24,8 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
         // The snapshot's totals, when all of it is restored.
         let whole = path.is_empty() || path == "/";
         let expected = whole.then(|| Expected { files: snap.stats.files(), bytes: snap.stats.total_bytes });
-        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, false, "restore", expected);
+        let _ticker =
+            Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, false, "restore", expected, None);
         let opts = RestoreOptions { overwrite: a.overwrite, keep_damaged: a.keep_damaged };
         bakare_planner::restore(&repo, start, &a.target, opts, &counters)?
     };
