@@ -174,7 +174,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => 1000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
     n.checked_mul(ms).map(std::time::Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
 }
@@ -259,6 +260,9 @@ pub enum Command {
     /// Sizes: what a restore would write, the unique data behind it, deduplication and
     /// compression, per snapshot and for the whole repository
     Stats(StatsArgs),
+    /// List this machine's cache folders (one per repository), and remove those of
+    /// repositories not used for a while
+    Cache(CacheArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
     /// Manage keys
@@ -797,4 +801,14 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("99999999999T").is_err(), "overflow");
     }
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// Remove the cache folders of repositories not used on this machine for --max-unused
+    #[arg(long)]
+    pub cleanup: bool,
+    /// How long a cache folder may go unused before --cleanup removes it (s, m, h, d suffixes)
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub max_unused: std::time::Duration,
 }

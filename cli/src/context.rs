@@ -123,7 +123,13 @@ impl Context {
     pub fn cache_folder(&self, config: &bakare_store::Config) -> Result<Option<PathBuf>> {
         let Some(base) = self.cache_base()? else { return Ok(None) };
         let folder = base.join(config.id_hex());
-        self.private.call_once(|| make_private(&base, &folder));
+        self.private.call_once(|| {
+            make_private(&base, &folder);
+            // When this repository was last used here, for `bakare cache --cleanup`.
+            if folder.is_dir() {
+                let _ = std::fs::write(folder.join(crate::commands::cache::LAST_USED), b"");
+            }
+        });
         Ok(Some(folder))
     }
 
@@ -141,7 +147,7 @@ impl Context {
     }
 
     /// This machine's cache folder for all repositories, or `None` with --no-cache.
-    fn cache_base(&self) -> Result<Option<PathBuf>> {
+    pub fn cache_base(&self) -> Result<Option<PathBuf>> {
         if self.global.no_cache {
             return Ok(None);
         }

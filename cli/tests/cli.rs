@@ -93,7 +93,7 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    let commands: [&[&str]; 14] = [
+    let commands: [&[&str]; 15] = [
         &[],
         &["init"],
         &["backup"],
@@ -108,6 +108,7 @@ fn help_texts() {
         &["forget"],
         &["prune"],
         &["key", "export"],
+        &["cache"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();
@@ -1265,4 +1266,36 @@ fn verbose_iexclude_time_and_hints_for_restic_habits() {
         assert_eq!(code(&out), 2);
         assert!(env.stderr(&out).contains(says), "{typed}: {}", env.stderr(&out));
     }
+}
+
+#[test]
+fn cache_folders_are_listed_and_old_ones_cleaned_up() {
+    let env = Env::new();
+    env.init();
+    env.write("src/f", b"data");
+    env.ok(&["backup", "-q", "src"]);
+    let base = env.path(".cache/bakare");
+    let current: Vec<_> = fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(current.len(), 1, "{current:?}");
+    // A repository used here 40 days ago, and nothing since.
+    let old = base.join("0123456789abcdef0123456789abcdef");
+    fs::create_dir_all(&old).unwrap();
+    fs::write(old.join("state.redb"), vec![0u8; 5000]).unwrap();
+    fs::write(old.join("last-used"), b"").unwrap();
+    let then = filetime::FileTime::from_unix_time(filetime::FileTime::now().unix_seconds() - 40 * 86_400, 0);
+    for f in ["state.redb", "last-used"] {
+        filetime::set_file_mtime(old.join(f), then).unwrap();
+    }
+    let listed = env.ok(&["cache"]);
+    assert!(
+        listed.contains("0123456789abcdef0123456789abcdef") && listed.contains("old: --cleanup removes it"),
+        "{listed}"
+    );
+    let out = env.run(&["backup", "src"]);
+    assert!(env.stderr(&out).contains("1 cache folder of repositories not used for 30 days"), "{}", env.stderr(&out));
+    let cleaned = env.ok(&["cache", "--cleanup"]);
+    assert!(cleaned.starts_with("removed 1 cache folder"), "{cleaned}");
+    assert!(!old.exists());
+    assert!(base.join(&current[0]).exists(), "the repository in use keeps its folder");
+    assert!(env.ok(&["cache"]).ends_with("1 cache folder\n"));
 }

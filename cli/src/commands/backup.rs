@@ -329,6 +329,12 @@ fn walk_and_commit(
     memo.close();
     crate::context::warn_index(&repo);
     print_report(ctx, &report)?;
+    if !ctx.global.quiet
+        && !ctx.global.json
+        && let Some(line) = super::cache::hint(ctx)
+    {
+        say!("bakare: {line}");
+    }
     let outcome = if report.errors.is_empty() { Outcome::Success } else { Outcome::Partial };
     Ok(Finished { outcome, snapshot: report.id })
 }

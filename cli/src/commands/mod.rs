@@ -1,6 +1,7 @@
 //! One module per command verb.
 
 pub mod backup;
+pub mod cache;
 pub mod cat;
 pub mod debug;
 pub mod docs;
