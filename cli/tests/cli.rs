@@ -679,10 +679,17 @@ fn messages_say_what_is_so_once() {
     assert!(one.ends_with("\n1 snapshot\n"), "{one}");
 
     let src = env.path("src").canonicalize().unwrap();
-    let folder = env.run(&["history", src.join("d").to_str().unwrap()]);
-    assert_eq!(code(&folder), 1);
-    let msg = env.stderr(&folder);
-    assert!(msg.contains("is a folder") && msg.contains("`bakare ls "), "{msg}");
+    // A folder's history: its versions are its trees.
+    env.ok(&["backup", "-q", "src"]);
+    env.write("src/d/b", b"two");
+    env.ok(&["backup", "-q", "src"]);
+    let folder = env.ok(&["history", src.join("d").to_str().unwrap()]);
+    let lines: Vec<&str> = folder.lines().collect();
+    assert_eq!(lines.len(), 3, "{folder}");
+    assert!(lines[0].ends_with("/d/  (folder)"), "{folder}");
+    assert!(lines[1].contains("1 entry  first seen, the same in 1 more snapshot"), "{folder}");
+    assert!(lines[2].contains("2 entries  1 added, 0 removed, 0 changed"), "{folder}");
+    env.ok(&["forget", "latest", "latest~1"]);
 
     let forget = env.ok(&["forget", "latest", "--dry-run"]);
     let id = env.ok(&["--json", "snapshots"]);

@@ -5,7 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{Context as _, Result, bail};
 use bakare_planner::{NameIndex, Version, diff, index_path};
-use bakare_store::{Repository, Snapshot, SnapshotId};
+use bakare_store::{BlobId, Repository, Snapshot, SnapshotId};
 
 use crate::Outcome;
 use crate::args::{DiffArgs, FindArgs, HistoryArgs};
@@ -171,23 +171,8 @@ pub fn history(ctx: &Context, a: &HistoryArgs) -> Result<Outcome> {
     }
     let (_, found) = query(ctx, &repo, |idx| idx.history(bytes, &snaps))?;
     let Some(h) = found else {
-        // A folder has no versions of its own: say so rather than that nothing holds it.
-        let text = String::from_utf8_lossy(bytes);
-        let folder = snaps.iter().rev().find_map(|(id, s)| match bakare_planner::find_node(&repo, s.root, &text) {
-            Ok(bakare_planner::Start::Tree(_)) => Some(*id),
-            _ => None,
-        });
-        match folder {
-            Some(id) => bail!(
-                "{} is a folder (in snapshot {}, among others): `history` lists the versions of a file; \
-                 `bakare ls {}:{}` lists the folder, `bakare find` searches in it",
-                path.display(),
-                id.short(),
-                id.short(),
-                path.display()
-            ),
-            None => bail!("no snapshot holds {}", path.display()),
-        }
+        // A folder: its versions are its trees, read from each snapshot that holds it.
+        return folder_history(ctx, &repo, &snaps, &String::from_utf8_lossy(bytes));
     };
     if ctx.global.json {
         out!(
@@ -253,6 +238,78 @@ pub fn run_diff(ctx: &Context, a: &DiffArgs) -> Result<Outcome> {
             count('m'),
             count('T')
         )?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// One snapshot's version of a folder: snapshot, its time, the folder's tree, (added,
+/// removed, changed) names from the version before (none for the first), entries.
+type FolderVersion = (SnapshotId, i64, BlobId, Option<(usize, usize, usize)>, usize);
+
+/// `history` of a folder: each snapshot that holds it, and what changed in it from the one
+/// before (names added, removed, changed; a subfolder changed when anything below it did).
+/// Runs of snapshots in which it stayed the same are folded into one line.
+fn folder_history(ctx: &Context, repo: &Repository, snaps: &[(SnapshotId, Snapshot)], path: &str) -> Result<Outcome> {
+    let mut rows: Vec<FolderVersion> = Vec::new();
+    let mut previous: Option<(BlobId, Vec<bakare_store::Entry>)> = None;
+    let mut in_order: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
+    in_order.sort_by_key(|(_, s)| s.time_ns);
+    for (id, s) in in_order {
+        let Ok(bakare_planner::Start::Tree(tree_id)) = bakare_planner::find_node(repo, s.root, path) else { continue };
+        let tree = repo.load_tree(&tree_id)?;
+        let change = match &previous {
+            None => None,
+            Some((prev_id, _)) if *prev_id == tree_id => Some((0, 0, 0)),
+            Some((_, before)) => {
+                let old: std::collections::HashMap<&[u8], &bakare_store::Entry> =
+                    before.iter().map(|e| (e.name.as_slice(), e)).collect();
+                let new: std::collections::HashSet<&[u8]> = tree.entries.iter().map(|e| e.name.as_slice()).collect();
+                let added = tree.entries.iter().filter(|e| !old.contains_key(e.name.as_slice())).count();
+                let removed = before.iter().filter(|e| !new.contains(e.name.as_slice())).count();
+                let changed =
+                    tree.entries.iter().filter(|e| old.get(e.name.as_slice()).is_some_and(|o| **o != **e)).count();
+                Some((added, removed, changed))
+            }
+        };
+        rows.push((*id, s.time_ns, tree_id, change, tree.entries.len()));
+        previous = Some((tree_id, tree.entries));
+    }
+    if rows.is_empty() {
+        bail!("no snapshot holds {path}");
+    }
+    if ctx.global.json {
+        let versions: Vec<_> = rows
+            .iter()
+            .map(|(id, t, tree, change, n)| {
+                serde_json::json!({"snapshot": id.to_hex(), "time_ns": t, "tree": tree.to_hex(), "entries": n,
+                    "added": change.map(|c| c.0), "removed": change.map(|c| c.1), "changed": change.map(|c| c.2)})
+            })
+            .collect();
+        out!("{}", serde_json::json!({"type": "history", "path": path, "kind": "dir", "versions": versions}))?;
+        return Ok(Outcome::Success);
+    }
+    out!("{path}/  (folder)")?;
+    let mut i = 0;
+    while let Some((id, t, _, change, n)) = rows.get(i) {
+        let same = rows.get(i + 1..).unwrap_or_default().iter().take_while(|r| r.3 == Some((0, 0, 0))).count();
+        let what = match change {
+            None => "first seen".to_string(),
+            Some((0, 0, 0)) => "same content".to_string(),
+            Some((a, r, c)) => format!("{a} added, {r} removed, {c} changed"),
+        };
+        let entries = crate::output::count(*n as u64, "entry", "entries");
+        match rows.get(i + same) {
+            Some((last, lt, ..)) if same > 0 => out!(
+                "  {} … {}  {} … {}  {entries:>12}  {what}, the same in {same} more {}",
+                time(*t),
+                time(*lt),
+                id.short(),
+                last.short(),
+                if same == 1 { "snapshot" } else { "snapshots" }
+            )?,
+            _ => out!("  {}  {}  {entries:>12}  {what}", time(*t), id.short())?,
+        }
+        i += same + 1;
     }
     Ok(Outcome::Success)
 }
