@@ -14,7 +14,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 #[command(next_display_order = 1000, next_help_heading = "Global options")]
 pub struct Global {
     /// Repository: a folder, s3://bucket/prefix (endpoint, region and credentials from the
@@ -263,6 +263,9 @@ pub enum Command {
     /// List this machine's cache folders (one per repository), and remove those of
     /// repositories not used for a while
     Cache(CacheArgs),
+    /// Copy snapshots from another repository into this one (re-encrypted, deduplicated
+    /// against what this one holds; snapshots copied before are skipped)
+    Copy(CopyArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
     /// Manage keys
@@ -811,4 +814,29 @@ pub struct CacheArgs {
     /// How long a cache folder may go unused before --cleanup removes it (s, m, h, d suffixes)
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
     pub max_unused: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots of the source to copy (ids, prefixes, latest, latest~N) [default: every
+    /// snapshot the filters let through]
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// The repository to copy from [env: BAKARE_FROM_REPOSITORY]
+    #[arg(long, value_name = "REPO")]
+    pub from_repo: Option<PathBuf>,
+    /// Read the source repository's passphrase from this file (else
+    /// BAKARE_FROM_PASSPHRASE, else a terminal prompt)
+    #[arg(long, visible_alias = "from-password-file", value_name = "FILE")]
+    pub from_passphrase_file: Option<PathBuf>,
+    /// Take the source repository's passphrase from the first line this command prints
+    #[arg(
+        long,
+        visible_alias = "from-password-command",
+        value_name = "COMMAND",
+        conflicts_with = "from_passphrase_file"
+    )]
+    pub from_passphrase_command: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }

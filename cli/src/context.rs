@@ -24,6 +24,10 @@ pub struct Context {
     backend: std::sync::OnceLock<Arc<dyn Backend>>,
     /// The repository's config, read once per command (each read is a round trip).
     config: std::sync::OnceLock<bakare_store::Config>,
+    /// Where the passphrase may come from in the environment, and the prompt for it: the
+    /// source of a `copy` has its own.
+    passphrase_env: &'static str,
+    prompt: &'static str,
 }
 
 impl Context {
@@ -35,7 +39,23 @@ impl Context {
             private: std::sync::Once::new(),
             backend: std::sync::OnceLock::new(),
             config: std::sync::OnceLock::new(),
+            passphrase_env: "BAKARE_PASSPHRASE",
+            prompt: "passphrase: ",
         }
+    }
+
+    /// A context for the repository a `copy` reads from: `repo`, its passphrase from
+    /// BAKARE_FROM_PASSPHRASE, `file` or `command`, this command's other options.
+    pub fn source(&self, repo: PathBuf, file: Option<PathBuf>, command: Option<String>) -> Self {
+        let global = Global {
+            repo: Some(repo),
+            repository_file: None,
+            passphrase_file: file,
+            passphrase_command: command,
+            key_file: None,
+            ..self.global.clone()
+        };
+        Self { passphrase_env: "BAKARE_FROM_PASSPHRASE", prompt: "source repository passphrase: ", ..Self::new(global) }
     }
 
     pub fn repo_path(&self) -> Result<PathBuf> {
@@ -161,7 +181,7 @@ impl Context {
 
     /// The passphrase from BAKARE_PASSPHRASE, --passphrase-file or the terminal.
     pub fn passphrase(&self, confirm: bool) -> Result<String> {
-        if let Ok(p) = std::env::var("BAKARE_PASSPHRASE") {
+        if let Ok(p) = std::env::var(self.passphrase_env) {
             return Ok(p);
         }
         if let Some(f) = &self.global.passphrase_file {
@@ -173,12 +193,19 @@ impl Context {
             return passphrase_from_command(cmd);
         }
         if !std::io::stdin().is_terminal() {
+            if self.passphrase_env != "BAKARE_PASSPHRASE" {
+                bail!(
+                    "no passphrase for the source repository: set {}, use --from-passphrase-file or \
+                     --from-passphrase-command, or run on a terminal",
+                    self.passphrase_env
+                );
+            }
             bail!(
                 "no passphrase: set BAKARE_PASSPHRASE, use --passphrase-file or --passphrase-command, or run on a \
                  terminal"
             );
         }
-        let p = rpassword::prompt_password("passphrase: ").context("reading passphrase")?;
+        let p = rpassword::prompt_password(self.prompt).context("reading passphrase")?;
         if confirm && rpassword::prompt_password("passphrase again: ").context("reading passphrase")? != p {
             bail!("the passphrases do not match");
         }

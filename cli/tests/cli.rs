@@ -93,7 +93,7 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    let commands: [&[&str]; 15] = [
+    let commands: [&[&str]; 16] = [
         &[],
         &["init"],
         &["backup"],
@@ -109,6 +109,7 @@ fn help_texts() {
         &["prune"],
         &["key", "export"],
         &["cache"],
+        &["copy"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();
@@ -1305,4 +1306,79 @@ fn cache_folders_are_listed_and_old_ones_cleaned_up() {
     assert!(!old.exists());
     assert!(base.join(&current[0]).exists(), "the repository in use keeps its folder");
     assert!(env.ok(&["cache"]).ends_with("1 cache folder\n"));
+}
+
+#[test]
+fn copy_moves_snapshots_between_repositories_once_and_past_damage() {
+    let env = Env::new();
+    env.init();
+    let src_repo = env.path("source-repo");
+    let from = src_repo.to_str().unwrap();
+    env.ok(&["--repo", from, "init", "--kdf-memory-kib", "64", "--kdf-passes", "1"]);
+    env.write("src/a.txt", b"alpha");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    env.write("src/big.bin", &big);
+    env.ok(&["--repo", from, "backup", "-q", "src"]);
+    env.write("src/b.txt", b"beta");
+    env.ok(&["--repo", from, "backup", "-q", "src"]);
+    let copy = |more: &[&str]| {
+        env.cmd()
+            .env("BAKARE_FROM_PASSPHRASE", "correct horse")
+            .args(["copy", "--from-repo", from])
+            .args(more)
+            .output()
+            .unwrap()
+    };
+    let out = copy(&[]);
+    assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.ends_with("2 snapshots copied, 0 snapshots copied before\n"), "{said}");
+    // The second snapshot added little: deduplicated against the first copy.
+    let added: Vec<&str> = said.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    assert!(added[1].ends_with(" B added") || added[1].contains("KiB"), "{said}");
+    let again = copy(&[]);
+    assert!(String::from_utf8_lossy(&again.stdout).ends_with("0 snapshots copied, 2 snapshots copied before\n"));
+    let verify = env.run(&["verify", "--read-data"]);
+    assert_eq!(code(&verify), 0, "{}", env.stderr(&verify));
+    // Restored from the copy, the files are the source's.
+    let target = env.path("out");
+    env.ok(&["restore", "-q", "latest", "--target", target.to_str().unwrap()]);
+    let inside = target.join(env.path("src").canonicalize().unwrap().strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(inside.join("b.txt")).unwrap(), b"beta");
+    let log = env.ok(&["snapshots", "--log"]);
+    assert!(log.contains("copied from snapshot "), "{log}");
+
+    // Damage in the source's data: that file is copied as an error, the rest as it is.
+    let mut packs: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![src_repo.join("packs")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { packs.push(p) }
+        }
+    }
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&packs[0], bytes).unwrap();
+    let fresh = env.path("fresh-repo");
+    env.ok(&["--repo", fresh.to_str().unwrap(), "init", "--kdf-memory-kib", "64", "--kdf-passes", "1"]);
+    let out = env
+        .cmd()
+        .env("BAKARE_FROM_PASSPHRASE", "correct horse")
+        .args(["--repo", fresh.to_str().unwrap(), "copy", "--from-repo", from, "latest"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", env.stderr(&out));
+    assert!(env.stderr(&out).contains("big.bin: not copied: its data is damaged"), "{}", env.stderr(&out));
+    let verify = env.run(&["--repo", fresh.to_str().unwrap(), "verify", "--read-data"]);
+    assert_eq!(code(&verify), 0, "{}", env.stderr(&verify));
+    let out2 = env.path("out2");
+    let restore =
+        env.run(&["--repo", fresh.to_str().unwrap(), "restore", "-q", "latest", "--target", out2.to_str().unwrap()]);
+    assert_eq!(code(&restore), 4, "the damaged file is not restored: {}", env.stderr(&restore));
+    let inside = out2.join(env.path("src").canonicalize().unwrap().strip_prefix("/").unwrap());
+    assert_eq!(fs::read(inside.join("b.txt")).unwrap(), b"beta");
 }

@@ -447,7 +447,11 @@ pub fn backup(
 
 /// Writes the snapshot of an intact pass, if the session stands before and after: its id,
 /// or `None` when the snapshot was not written or was taken back (the pass is then void).
-fn commit(repo: &Repository, session: &Session, snapshot: &Snapshot) -> Result<Option<SnapshotId>, PlanError> {
+pub(crate) fn commit(
+    repo: &Repository,
+    session: &Session,
+    snapshot: &Snapshot,
+) -> Result<Option<SnapshotId>, PlanError> {
     bakare_store::failpoint::hit("after-fence");
     // The commit writes the session record again: never one that is gone (a prune declared
     // it expired, or a `resume` took the session over and finished it), which would make the

@@ -10,6 +10,7 @@
 //! [`bakare_store::Repository`] interface.
 
 mod backup;
+mod copy;
 mod counters;
 mod db;
 mod devices;
@@ -32,6 +33,7 @@ pub use backup::{
     BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, count_sources, expected_totals, stat_walk,
 };
 pub use bakare_store::Chunker;
+pub use copy::{Copied, Copier, copied_from};
 pub use counters::Counters;
 pub use db::{Db, PlanDb, RunContext};
 pub use devices::Devices;

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cache;
 pub mod cat;
+pub mod copy;
 pub mod debug;
 pub mod docs;
 pub mod dump;
