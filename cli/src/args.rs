@@ -266,6 +266,9 @@ pub enum Command {
     /// Copy snapshots from another repository into this one (re-encrypted, deduplicated
     /// against what this one holds; snapshots copied before are skipped)
     Copy(CopyArgs),
+    /// Mount the snapshots as a read-only file system (FUSE) until Ctrl-C or umount:
+    /// MOUNTPOINT/snapshots/TIME, ids/ID, hosts/HOST/TIME, tags/TAG/TIME
+    Mount(MountArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
     /// Manage keys
@@ -837,6 +840,14 @@ pub struct CopyArgs {
         conflicts_with = "from_passphrase_file"
     )]
     pub from_passphrase_command: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An empty folder to mount on
+    pub mountpoint: PathBuf,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

@@ -144,6 +144,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => commands::stats::run(&ctx, &a),
         Command::Cache(a) => commands::cache::run(&ctx, &a),
         Command::Copy(a) => commands::copy::run(&ctx, &a),
+        Command::Mount(a) => commands::mount::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Key(KeyCommand::List) => commands::key::list(&ctx),
         Command::Key(KeyCommand::Add(a)) => commands::key::add(&ctx, &a, false),

@@ -93,7 +93,7 @@ fn code(out: &Output) -> i32 {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    let commands: [&[&str]; 16] = [
+    let commands: [&[&str]; 17] = [
         &[],
         &["init"],
         &["backup"],
@@ -110,6 +110,7 @@ fn help_texts() {
         &["key", "export"],
         &["cache"],
         &["copy"],
+        &["mount"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();
@@ -1381,4 +1382,77 @@ fn copy_moves_snapshots_between_repositories_once_and_past_damage() {
     assert_eq!(code(&restore), 4, "the damaged file is not restored: {}", env.stderr(&restore));
     let inside = out2.join(env.path("src").canonicalize().unwrap().strip_prefix("/").unwrap());
     assert_eq!(fs::read(inside.join("b.txt")).unwrap(), b"beta");
+}
+
+#[test]
+fn mount_shows_every_snapshot_and_reads_every_file() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !Path::new("/dev/fuse").exists() || !fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        eprintln!("skipping: mounting needs /dev/fuse and root");
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    env.write("src/a.txt", b"alpha");
+    env.write("src/empty", b"");
+    let big: Vec<u8> = (0..9_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    env.write("src/deep/er/big.bin", &big);
+    std::os::unix::fs::symlink("a.txt", env.path("src/link")).unwrap();
+    fs::set_permissions(env.path("src/a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    env.ok(&["backup", "-q", "--tag", "first", "src"]);
+    env.write("src/b.txt", b"beta");
+    env.ok(&["backup", "-q", "src"]);
+    let mnt = env.path("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut child =
+        env.cmd().args(["mount", mnt.to_str().unwrap()]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !mnt.join("snapshots/latest").exists() {
+        assert!(std::time::Instant::now() < deadline, "the mount never appeared");
+        assert!(child.try_wait().unwrap().is_none(), "bakare mount ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let src = env.path("src").canonicalize().unwrap();
+    let rel = src.strip_prefix("/").unwrap();
+    let latest = mnt.join("snapshots/latest").join(rel);
+    // Every file read back through the mount, byte for byte, with its mode and mtime.
+    let mut stack = vec![PathBuf::new()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(src.join(&dir)).unwrap() {
+            let e = e.unwrap();
+            let r = dir.join(e.file_name());
+            let (orig, seen) =
+                (fs::symlink_metadata(src.join(&r)).unwrap(), fs::symlink_metadata(latest.join(&r)).unwrap());
+            assert_eq!(orig.mode(), seen.mode(), "{r:?}");
+            if orig.is_dir() {
+                stack.push(r);
+            } else if orig.is_symlink() {
+                assert_eq!(fs::read_link(src.join(&r)).unwrap(), fs::read_link(latest.join(&r)).unwrap());
+            } else {
+                assert_eq!(orig.mtime(), seen.mtime(), "{r:?}");
+                assert_eq!(fs::read(src.join(&r)).unwrap(), fs::read(latest.join(&r)).unwrap(), "{r:?}");
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 4);
+    // A read from the middle of the large file, across a chunk boundary.
+    let mut f = fs::File::open(latest.join("deep/er/big.bin")).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(5_000_000)).unwrap();
+    let mut piece = vec![0u8; 3_000_000];
+    std::io::Read::read_exact(&mut f, &mut piece).unwrap();
+    assert_eq!(piece, big[5_000_000..8_000_000]);
+    // The other views: two snapshots by time and by id, the first under its tag and host.
+    let count = |p: &str| fs::read_dir(mnt.join(p)).unwrap().count();
+    assert_eq!((count("snapshots"), count("ids")), (3, 2), "two snapshots and `latest`");
+    assert!(mnt.join("tags/first/latest").join(rel).join("a.txt").exists());
+    assert!(!mnt.join("tags/first/latest").join(rel).join("b.txt").exists());
+    let host = fs::read_dir(mnt.join("hosts")).unwrap().next().unwrap().unwrap().path();
+    assert!(host.join("latest").join(rel).join("b.txt").exists());
+    // Ctrl-C unmounts and ends it.
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    assert!(!mnt.join("snapshots").exists(), "still mounted: {}", env.stderr(&out));
 }

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod init;
 pub mod key;
 pub mod ls;
+pub mod mount;
 pub mod prune;
 pub mod restore;
 pub mod resume;
