@@ -409,6 +409,10 @@ pub struct BackupArgs {
     /// Read every file again, trusting nothing remembered from earlier backups
     #[arg(long)]
     pub force_rehash: bool,
+    /// Say what the backup would read (new and changed files, by the local memo; with -v,
+    /// which), reading no file and writing nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// Write Reed-Solomon parity with each pack: N recovery shards of 1/64 of the pack each
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]

@@ -1456,3 +1456,40 @@ fn mount_shows_every_snapshot_and_reads_every_file() {
     assert!(out.status.success(), "{}", env.stderr(&out));
     assert!(!mnt.join("snapshots").exists(), "still mounted: {}", env.stderr(&out));
 }
+
+#[test]
+fn dry_run_says_what_would_be_read_and_writes_nothing() {
+    let env = Env::new();
+    env.init();
+    env.write("src/same.txt", b"same");
+    env.write("src/edit.txt", b"before");
+    // Older than the memo's racy window (a file changed just before it was read is read
+    // again next time, and a dry run counts it so).
+    let old = filetime::FileTime::from_unix_time(filetime::FileTime::now().unix_seconds() - 3600, 0);
+    for f in ["src/same.txt", "src/edit.txt"] {
+        filetime::set_file_mtime(env.path(f), old).unwrap();
+    }
+    env.ok(&["backup", "-q", "src"]);
+    env.write("src/edit.txt", b"after!!");
+    env.write("src/new.txt", b"new");
+    let listing = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(env.path(p)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let (packs, snaps) = (listing("repo/packs"), env.ok(&["snapshots"]));
+    let out = env.ok(&["backup", "-n", "-v", "src"]);
+    let src = env.path("src").canonicalize().unwrap();
+    let src = src.display();
+    assert!(
+        out.contains(&format!("changed  {src}/edit.txt\n")) && out.contains(&format!("new      {src}/new.txt\n")),
+        "{out}"
+    );
+    assert!(!out.contains("same.txt"), "{out}");
+    assert!(out.contains("would read: 10 B from 2 files (1 new, 1 changed)\nunchanged:  1 file"), "{out}");
+    assert_eq!((listing("repo/packs"), env.ok(&["snapshots"])), (packs, snaps), "a dry run wrote to the repository");
+    // The real backup then finds the same.
+    let real = summary(&env.ok(&["--json", "backup", "src"]));
+    assert_eq!((real["files_new"].as_u64(), real["files_changed"].as_u64()), (Some(1), Some(1)));
+}

@@ -1043,6 +1043,101 @@ fn list_dir(path: &Path, ex: &Excludes) -> std::io::Result<Vec<(OsString, PathBu
     Ok(out)
 }
 
+/// What a backup would read: files and bytes new, changed and unchanged by the memo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DryRun {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    /// Bytes of the new and changed files: what the backup would read.
+    pub bytes_to_read: u64,
+    pub dirs: u64,
+}
+
+impl DryRun {
+    fn add(self, o: Self) -> Self {
+        Self {
+            files_new: self.files_new + o.files_new,
+            files_changed: self.files_changed + o.files_changed,
+            files_unchanged: self.files_unchanged + o.files_unchanged,
+            bytes_to_read: self.bytes_to_read + o.bytes_to_read,
+            dirs: self.dirs + o.dirs,
+        }
+    }
+}
+
+/// `backup --dry-run`: walks `paths` as a backup would (global exclude rules, no
+/// `.gitignore` files, no selection) and compares each file with the memo, reading no file
+/// and writing nothing. A file the memo vouches for (same size, mtime, inode and device, not
+/// changed within its clock tick) is unchanged; one it has another record of is changed;
+/// others are new. `on_file` hears of each new or changed one. An estimate: the backup also
+/// checks that the memo's chunks are still in the repository.
+pub fn dry_run(
+    memo: &Memo,
+    paths: &[PathBuf],
+    excludes: &Excludes,
+    on_file: &(dyn Fn(crate::FileChange, &Path, u64) + Sync),
+) -> DryRun {
+    fn file(
+        memo: &[MemoRecord],
+        path: &Path,
+        m: &fs::Metadata,
+        on_file: &(dyn Fn(crate::FileChange, &Path, u64) + Sync),
+    ) -> DryRun {
+        let fp = StatFingerprint::of(m);
+        let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
+        let change = match record {
+            Some(r) if !r.racy && r.fp.same_content(&fp) => crate::FileChange::Unchanged,
+            Some(_) => crate::FileChange::Changed,
+            None => crate::FileChange::New,
+        };
+        let mut d = DryRun::default();
+        match change {
+            crate::FileChange::Unchanged => d.files_unchanged = 1,
+            crate::FileChange::Changed => d.files_changed = 1,
+            crate::FileChange::New => d.files_new = 1,
+        }
+        if change != crate::FileChange::Unchanged {
+            d.bytes_to_read = fp.size;
+            on_file(change, path, fp.size);
+        }
+        d
+    }
+    fn dir(
+        memo: &Memo,
+        path: &Path,
+        ex: &Excludes,
+        on_file: &(dyn Fn(crate::FileChange, &Path, u64) + Sync),
+    ) -> DryRun {
+        let Ok(listing) = list_dir(path, &ex.enter(path)) else { return DryRun { dirs: 1, ..DryRun::default() } };
+        let records = memo.folder(path).files;
+        listing
+            .into_par_iter()
+            .map(|(_, child, entry)| match entry.metadata() {
+                Ok(m) if m.is_dir() => dir(memo, &child, ex, on_file),
+                Ok(m) if m.is_file() => file(&records, &child, &m, on_file),
+                _ => DryRun::default(),
+            })
+            .reduce(DryRun::default, DryRun::add)
+            .add(DryRun { dirs: 1, ..DryRun::default() })
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let p = fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => dir(memo, &p, excludes, on_file),
+                Ok(m) if m.is_file() => {
+                    let records = p.parent().map(|parent| memo.folder(parent).files).unwrap_or_default();
+                    file(&records, &p, &m, on_file)
+                }
+                _ => DryRun::default(),
+            }
+        })
+        .fold(DryRun::default(), DryRun::add)
+}
+
 /// Files and bytes under `paths` as a backup with `excludes` would see them (global rules;
 /// `.gitignore` files and the selection are not applied, so it may count more): a quick
 /// parallel count that gives a first backup a total to show progress against.

@@ -30,7 +30,8 @@ mod sparse;
 mod xattrs;
 
 pub use backup::{
-    BackupOptions, BackupReport, CheckpointPolicy, Heartbeat, backup, count_sources, expected_totals, stat_walk,
+    BackupOptions, BackupReport, CheckpointPolicy, DryRun, Heartbeat, backup, count_sources, dry_run, expected_totals,
+    stat_walk,
 };
 pub use bakare_store::Chunker;
 pub use copy::{Copied, Copier, copied_from};

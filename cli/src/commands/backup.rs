@@ -19,6 +19,9 @@ use crate::output::{bytes, count};
 use crate::progress::{Expected, Ticker};
 
 pub fn run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
+    if a.dry_run {
+        return dry_run(ctx, a);
+    }
     let hooks = Hooks::from_args(&a.hooks);
     // Installed before the pre-hook, so that Ctrl-C stops a hook too (and the post-hook
     // hears of it).
@@ -135,6 +138,57 @@ fn backup(
         opts.resume = Some(session);
     }
     run_backup(ctx, Arc::new(repo), memo, &paths, opts)
+}
+
+/// `backup --dry-run`: what would be read, from the memo; no hook runs, nothing is read or
+/// written (the repository's config is read to find its memo).
+fn dry_run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
+    let mut paths = Vec::new();
+    for p in a.paths.iter().chain(&super::files_from::read(a)?) {
+        paths.push(std::fs::canonicalize(p).with_context(|| format!("source path {}", p.display()))?);
+    }
+    let excludes = Excludes::new(&a.exclude, &a.exclude_file, a.git_ignore)?.with_iexcludes(&a.iexclude)?;
+    let memo = match ctx.read_config(ctx.backend()?.as_ref()) {
+        Ok(config) => ctx.memo_of(&config)?,
+        // No repository yet: everything would be new.
+        Err(bakare_store::StoreError::NotARepository { .. }) => bakare_planner::Memo::disabled(),
+        Err(e) => return Err(e.into()),
+    };
+    let (json, verbose) = (ctx.global.json, ctx.global.verbose);
+    let on_file = |change: bakare_planner::FileChange, path: &std::path::Path, size: u64| {
+        if !verbose {
+            return;
+        }
+        let word = if change == bakare_planner::FileChange::New { "new" } else { "changed" };
+        if json {
+            let line =
+                serde_json::json!({"type": "file", "change": word, "path": path.to_string_lossy(), "size": size});
+            let _ = out!("{line}");
+        } else {
+            let _ = out!("{word:<8} {}", path.display());
+        }
+    };
+    let d = bakare_planner::dry_run(&memo, &paths, &excludes, &on_file);
+    memo.close();
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({"type": "dry_run", "files_new": d.files_new, "files_changed": d.files_changed,
+                "files_unchanged": d.files_unchanged, "bytes_to_read": d.bytes_to_read, "dirs": d.dirs})
+        )?;
+    } else if !ctx.global.quiet {
+        out!("dry run: nothing was read or written")?;
+        out!(
+            "would read: {} from {} ({} new, {} changed)",
+            bytes(d.bytes_to_read),
+            count(d.files_new + d.files_changed, "file", "files"),
+            d.files_new,
+            d.files_changed
+        )?;
+        out!("unchanged:  {} (the local memo vouches for them)", count(d.files_unchanged, "file", "files"))?;
+        out!("folders:    {}", d.dirs)?;
+    }
+    Ok(Outcome::Success)
 }
 
 /// How a backup that ran to its end ended.
