@@ -3,6 +3,7 @@
 # fresh btrfs snapshot, right after one of the live tree, on N small files.
 #
 #   bench/fs_snapshot.sh N [ROUNDS] [WORK_DIR]           (as root; needs mkfs.btrfs, btrfs)
+#   COLD=1 bench/fs_snapshot.sh N [ROUNDS]               (page cache dropped before each run)
 #
 # Makes a btrfs file system on a loop device over a sparse image in WORK_DIR, a subvolume
 # holding a tree of N files from the project's generator (testkit create, --mean-kib 1), one
@@ -47,6 +48,7 @@ results=$work/results
 : >"$results"
 run() { # run NAME ARGS...
   local name=$1; shift
+  if [ -n "${COLD:-}" ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
   /usr/bin/time -f '%e %M' -o "$work/time" "$bakare" --json backup --repo "$repo" "$@" "$mnt/vol" >"$work/out" 2>"$work/err"
   local wall rss read
   read -r wall rss <"$work/time"
