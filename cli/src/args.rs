@@ -852,6 +852,10 @@ pub struct CopyArgs {
 pub struct MountArgs {
     /// An empty folder to mount on
     pub mountpoint: PathBuf,
+    /// Show the files' extended attributes and ACLs (each `ls -l` of a file then asks the
+    /// mount twice: listings of large folders are slower)
+    #[arg(long)]
+    pub xattrs: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }

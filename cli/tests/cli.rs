@@ -1399,13 +1399,20 @@ fn mount_shows_every_snapshot_and_reads_every_file() {
     env.write("src/deep/er/big.bin", &big);
     std::os::unix::fs::symlink("a.txt", env.path("src/link")).unwrap();
     fs::set_permissions(env.path("src/a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    let attr = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).output().ok();
+    let xattr = attr(&["setfattr", "-n", "user.note", "-v", "kept", env.path("src/a.txt").to_str().unwrap()])
+        .is_some_and(|o| o.status.success());
     env.ok(&["backup", "-q", "--tag", "first", "src"]);
     env.write("src/b.txt", b"beta");
     env.ok(&["backup", "-q", "src"]);
     let mnt = env.path("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    let mut child =
-        env.cmd().args(["mount", mnt.to_str().unwrap()]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .cmd()
+        .args(["mount", "--xattrs", mnt.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !mnt.join("snapshots/latest").exists() {
         assert!(std::time::Instant::now() < deadline, "the mount never appeared");
@@ -1443,6 +1450,13 @@ fn mount_shows_every_snapshot_and_reads_every_file() {
     let mut piece = vec![0u8; 3_000_000];
     std::io::Read::read_exact(&mut f, &mut piece).unwrap();
     assert_eq!(piece, big[5_000_000..8_000_000]);
+    if xattr {
+        let got =
+            attr(&["getfattr", "--only-values", "-n", "user.note", latest.join("a.txt").to_str().unwrap()]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "kept", "an extended attribute through the mount");
+    } else {
+        eprintln!("no setfattr here, or no user xattrs on this file system: extended attributes not checked");
+    }
     // The other views: two snapshots by time and by id, the first under its tag and host.
     let count = |p: &str| fs::read_dir(mnt.join(p)).unwrap().count();
     assert_eq!((count("snapshots"), count("ids")), (3, 2), "two snapshots and `latest`");

@@ -57,6 +57,8 @@ enum Kind {
 struct Inode {
     kind: Kind,
     attr: FileAttr,
+    /// Its extended attributes (and so POSIX ACLs), as backed up.
+    xattrs: Vec<bakare_store::Xattr>,
 }
 
 /// An open file: where its chunks start, and the last chunk read.
@@ -73,6 +75,10 @@ struct SnapshotFs {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// `--xattrs`: answer extended attribute requests. Off, the first is refused as not
+    /// supported and the kernel asks no more: `ls -l` asks for two per file, each a round
+    /// trip (5 s instead of 0.2 s for 100,000 files, warm).
+    xattrs: bool,
 }
 
 fn time_of(ns: i64) -> SystemTime {
@@ -118,11 +124,15 @@ impl SnapshotFs {
     }
 
     fn virtual_dir(&self, children: Vec<(OsString, u64)>, mtime: SystemTime) -> u64 {
-        self.add(|ino| Inode { kind: Kind::Virtual(children), attr: self.folder_attr(ino, mtime) })
+        self.add(|ino| Inode { kind: Kind::Virtual(children), attr: self.folder_attr(ino, mtime), xattrs: Vec::new() })
     }
 
     fn tree_dir(&self, id: BlobId, mtime: SystemTime) -> u64 {
-        self.add(|ino| Inode { kind: Kind::Tree { id, children: OnceLock::new() }, attr: self.folder_attr(ino, mtime) })
+        self.add(|ino| Inode {
+            kind: Kind::Tree { id, children: OnceLock::new() },
+            attr: self.folder_attr(ino, mtime),
+            xattrs: Vec::new(),
+        })
     }
 
     /// An inode for one entry of a snapshot's tree.
@@ -148,6 +158,7 @@ impl SnapshotFs {
         };
         self.add(|ino| Inode {
             kind,
+            xattrs: e.extra.xattrs.clone(),
             attr: FileAttr {
                 ino: INodeNo(ino),
                 size,
@@ -168,10 +179,10 @@ impl SnapshotFs {
         })
     }
 
-    /// A folder's children, made on first use.
-    fn children(&self, inode: &Inode) -> Result<Vec<(OsString, u64)>, Errno> {
+    /// A folder's children, made on first use (borrowed: a folder may hold 100,000).
+    fn children<'i>(&self, inode: &'i Inode) -> Result<&'i [(OsString, u64)], Errno> {
         match &inode.kind {
-            Kind::Virtual(c) => Ok(c.clone()),
+            Kind::Virtual(c) => Ok(c),
             Kind::Tree { id, children } => {
                 let made = children.get_or_init(|| match self.repo.load_tree(id) {
                     Ok(tree) => {
@@ -179,7 +190,7 @@ impl SnapshotFs {
                     }
                     Err(e) => Err(e.to_string()),
                 });
-                made.clone().map_err(|why| {
+                made.as_deref().map_err(|why| {
                     eprintln!("bakare mount: {why}");
                     Errno::EIO
                 })
@@ -220,6 +231,45 @@ impl FromVec for OsString {
 }
 
 impl Filesystem for SnapshotFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // A path through `latest` is resolved on every lookup: without this each is a
+        // round trip (`ls -l` of 100,000 files took 5 s warm).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_CACHE_SYMLINKS);
+        Ok(())
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        match inode.xattrs.iter().find(|x| x.name == name.as_bytes()) {
+            None => reply.error(Errno::NO_XATTR),
+            Some(x) if size == 0 => reply.size(u32::try_from(x.value.len()).unwrap_or(u32::MAX)),
+            Some(x) if x.value.len() > size as usize => reply.error(Errno::ERANGE),
+            Some(x) => reply.data(&x.value),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        let mut names = Vec::new();
+        for x in &inode.xattrs {
+            names.extend_from_slice(&x.name);
+            names.push(0);
+        }
+        if size == 0 {
+            reply.size(u32::try_from(names.len()).unwrap_or(u32::MAX));
+        } else if names.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(&names);
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(dir) = self.get(parent.0) else { return reply.error(Errno::ENOENT) };
         let children = match self.children(&dir) {
@@ -339,10 +389,21 @@ impl Filesystem for SnapshotFs {
             Ok(c) => c,
             Err(e) => return reply.error(e),
         };
-        let dots = [(OsString::from("."), ino.0), (OsString::from(".."), ino.0)];
-        for (i, (name, child)) in dots.iter().chain(children.iter()).enumerate().skip(offset as usize) {
-            let kind = self.get(*child).map_or(FileType::RegularFile, |c| c.attr.kind);
-            if reply.add(INodeNo(*child), (i + 1) as u64, kind, name) {
+        // Offsets 0 and 1 are `.` and `..`; offset n + 2 is the n-th child.
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for i in start..2 {
+            let name = if i == 0 { "." } else { ".." };
+            if reply.add(ino, (i + 1) as u64, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let inodes = self.inodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (n, (name, child)) in children.iter().enumerate().skip(start.saturating_sub(2)) {
+            let kind = usize::try_from(*child)
+                .ok()
+                .and_then(|c| inodes.get(c.wrapping_sub(1)))
+                .map_or(FileType::RegularFile, |c| c.attr.kind);
+            if reply.add(INodeNo(*child), (n + 3) as u64, kind, name) {
                 break;
             }
         }
@@ -381,6 +442,7 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
         next_fh: AtomicU64::new(1),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
+        xattrs: a.xattrs,
     };
     let now = SystemTime::now();
     // The root is inode 1: made first, its children filled in below.
@@ -410,6 +472,7 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
                     ..fs.folder_attr(ino, now)
                 },
                 kind: Kind::Symlink(target),
+                xattrs: Vec::new(),
             });
             children.push(("latest".into(), ino));
         }
@@ -437,7 +500,7 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
         let children =
             vec![("snapshots".into(), by_time), ("ids".into(), ids), ("hosts".into(), hosts), ("tags".into(), tags)];
         if let Some(r) = inodes.get_mut(usize::try_from(root - 1).unwrap_or(0)) {
-            *r = Arc::new(Inode { kind: Kind::Virtual(children), attr: fs.folder_attr(root, now) });
+            *r = Arc::new(Inode { kind: Kind::Virtual(children), attr: fs.folder_attr(root, now), xattrs: Vec::new() });
         }
     }
     let mountpoint: PathBuf = a.mountpoint.clone();
