@@ -193,3 +193,44 @@ fn tick(
         b.finish_and_clear();
     }
 }
+
+/// A spinner line `verb: N/M packs, X read` at a terminal while a maintenance run counts
+/// into `progress`; nothing when `silent` or not at a terminal. Stops when dropped.
+pub fn show_packs(progress: Arc<bakare_store::progress::Progress>, silent: bool, verb: &'static str) -> Option<Shown> {
+    if silent || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let b = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed_precise} {wide_msg}") {
+            b.set_style(style);
+        }
+        while !flag.load(Ordering::Relaxed) {
+            let (done, total, read) = progress.get();
+            if total > 0 {
+                b.set_message(format!("{verb}: {done}/{total} packs, {} read", bytes(read)));
+            }
+            b.tick();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b.finish_and_clear();
+    });
+    Some(Shown { stop, handle: Some(handle) })
+}
+
+/// A progress line shown until dropped.
+pub struct Shown {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

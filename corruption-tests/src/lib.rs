@@ -533,6 +533,7 @@ impl Fixture {
             repair: true,
             source: Some(self.source.clone()),
             passphrase: Some(b"pw".to_vec()),
+            progress: None,
         };
         let backend = Arc::new(LocalBackend::new(self.repo_dir()));
         let out = match std::panic::catch_unwind(|| check(backend, self.access.clone(), &opts)) {

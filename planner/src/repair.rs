@@ -23,6 +23,8 @@ pub struct CheckOptions {
     pub source: Option<PathBuf>,
     /// Lets repair write a fresh key file.
     pub passphrase: Option<Vec<u8>>,
+    /// Where the survey counts the packs it checked (shown by the CLI).
+    pub progress: Option<Arc<bakare_store::progress::Progress>>,
 }
 
 /// What a check found and did.
@@ -38,7 +40,14 @@ pub struct CheckOutcome {
 }
 
 pub fn check(backend: Arc<dyn Backend>, access: Access, opts: &CheckOptions) -> Result<CheckOutcome, PlanError> {
-    let open = || Repository::open_with_key(backend.clone(), access.clone());
+    let open = || {
+        Repository::open_with_key(backend.clone(), access.clone()).map(|mut r| {
+            if let Some(p) = &opts.progress {
+                r.set_progress(p.clone());
+            }
+            r
+        })
+    };
     let repo = open()?;
     let before = verify(&repo, opts.read_data)?;
     let mut out = CheckOutcome { before, actions: Vec::new(), recovered: 0, rewritten: Vec::new(), after: None };

@@ -21,6 +21,7 @@ pub mod format;
 mod ids;
 pub mod local;
 pub mod maintenance;
+pub mod progress;
 mod repo;
 
 pub use bakare_crypto::{Digest, KdfParams, checksum};

@@ -28,6 +28,10 @@ fn a_parity_object_of_another_pack_is_found_when_packs_are_read() {
     assert_eq!(parity.len(), 2);
     let clean = verify(&repo, ReadData::All).unwrap();
     assert!(clean.is_clean(), "{:?}", clean.problems);
+    // The survey counted its packs, and what it read of them, where a CLI can show it.
+    let (done, total, read) = repo.progress().get();
+    assert_eq!((done, total), (clean.packs.len() as u64, clean.packs.len() as u64));
+    assert_eq!(read, clean.bytes_read);
     // The first pack's parity under the second's name.
     let first = backend.get(&parity[0]).unwrap();
     backend.tamper(&parity[1], first);

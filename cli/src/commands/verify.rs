@@ -16,9 +16,18 @@ pub fn run(ctx: &Context, a: &VerifyArgs) -> Result<Outcome> {
         (false, Some((n, m))) => ReadData::Subset { n, m },
         (false, None) => ReadData::No,
     };
-    let opts =
-        CheckOptions { read_data, repair: a.repair, source: a.source.clone(), passphrase: Some(pass.into_bytes()) };
-    let out = check(repo.backend().clone(), repo.access().clone(), &opts)?;
+    let progress = std::sync::Arc::new(bakare_store::progress::Progress::default());
+    let opts = CheckOptions {
+        read_data,
+        repair: a.repair,
+        source: a.source.clone(),
+        passphrase: Some(pass.into_bytes()),
+        progress: Some(progress.clone()),
+    };
+    let out = {
+        let _shown = crate::progress::show_packs(progress, ctx.global.json || ctx.global.quiet, "verify");
+        check(repo.backend().clone(), repo.access().clone(), &opts)?
+    };
     let last = out.after.as_ref().unwrap_or(&out.before);
     // Files an earlier repair marked lost are known: no longer a failure of this run.
     let lost_any = !out.rewritten.is_empty() || last.unmarked_lost().next().is_some();

@@ -334,13 +334,17 @@ fn check_packs(
     let mut present = HashSet::new();
     let with_parity: HashSet<PackId> =
         backend.list("parity")?.iter().filter_map(|p| id_of_path(p)).map(PackId).collect();
-    for path in backend.list("packs")? {
+    let packs = backend.list("packs")?;
+    let progress = repo.progress();
+    progress.start(packs.len() as u64);
+    for path in packs {
         let Some(id) = id_of_path(&path).map(PackId) else {
             s.problem(&path, "name is not an id", false);
             continue;
         };
         present.insert(id);
         let mut state = PackState::default();
+        let read_before = s.bytes_read;
         if read_data.includes(&id) {
             read_whole_pack(repo, s, &id, &path, indexed, &mut state, with_parity.contains(&id));
         } else {
@@ -367,6 +371,7 @@ fn check_packs(
             s.add_location(id, e);
         }
         s.packs.insert(id, state);
+        progress.step(s.bytes_read.saturating_sub(read_before));
     }
     for pack in indexed.keys().filter(|p| !present.contains(*p)) {
         s.problem(pack_path(pack), "listed in the index but missing", true);

@@ -116,6 +116,8 @@ pub struct Repository {
     spans: std::sync::OnceLock<runs::Spans>,
     /// The run's memory budget (the CLI hands down the one `--memory-limit` made).
     budget: Budget,
+    /// How far a long maintenance run on this handle has come.
+    progress: Arc<crate::progress::Progress>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,6 +147,7 @@ impl Repository {
             reader: BlobReader::default(),
             spans: std::sync::OnceLock::new(),
             budget: Budget::default(),
+            progress: Arc::default(),
         }
     }
 
@@ -163,6 +166,7 @@ impl Repository {
             reader: BlobReader::default(),
             spans: std::sync::OnceLock::new(),
             budget: self.budget.clone(),
+            progress: self.progress.clone(),
         }
     }
 
@@ -181,6 +185,16 @@ impl Repository {
     /// The memory budget this handle's reads and local files keep to.
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// Where long maintenance runs on this handle count their progress.
+    pub fn progress(&self) -> &Arc<crate::progress::Progress> {
+        &self.progress
+    }
+
+    /// Counts progress into `progress` (shared with whoever shows it).
+    pub fn set_progress(&mut self, progress: Arc<crate::progress::Progress>) {
+        self.progress = progress;
     }
 
     /// Sets the memory budget (before the index or any cache is used).
