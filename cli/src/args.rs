@@ -355,7 +355,11 @@ pub struct ResumeArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and folders to back up
-    #[arg(value_name = "PATH", required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw"])]
+    #[arg(
+        value_name = "PATH",
+        required_unless_present_any = ["files_from", "files_from_verbatim", "files_from_raw", "stdin"],
+        conflicts_with = "stdin"
+    )]
     pub paths: Vec<PathBuf>,
     /// Read the paths to back up from a file, one per line: blank lines and lines starting
     /// with # are skipped, glob patterns expanded; `-` reads standard input (repeatable)
@@ -413,6 +417,12 @@ pub struct BackupArgs {
     /// which), reading no file and writing nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Back up standard input (a dump piped in) as one file, /NAME of its own snapshot
+    #[arg(long, conflicts_with_all = ["files_from", "files_from_verbatim", "files_from_raw", "dry_run", "fs_snapshot"])]
+    pub stdin: bool,
+    /// The name of the file --stdin stores
+    #[arg(long, value_name = "NAME", default_value = "stdin", requires = "stdin")]
+    pub stdin_filename: String,
     /// Write Reed-Solomon parity with each pack: N recovery shards of 1/64 of the pack each
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]

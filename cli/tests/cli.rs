@@ -1507,3 +1507,34 @@ fn dry_run_says_what_would_be_read_and_writes_nothing() {
     let real = summary(&env.ok(&["--json", "backup", "src"]));
     assert_eq!((real["files_new"].as_u64(), real["files_changed"].as_u64()), (Some(1), Some(1)));
 }
+
+#[test]
+fn stdin_is_backed_up_as_one_file() {
+    use std::io::Write as _;
+    let env = Env::new();
+    env.init();
+    let dump: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let pipe = |name: &str| {
+        let mut child = env
+            .cmd()
+            .args(["--json", "backup", "--stdin", "--stdin-filename", name, "--tag", "db"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&dump).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", env.stderr(&out));
+        summary(&String::from_utf8_lossy(&out.stdout))
+    };
+    let first = pipe("db.sql");
+    assert_eq!(first["bytes_read"].as_u64(), Some(3_000_000));
+    let again = pipe("db.sql");
+    assert!(again["bytes_added"].as_u64().unwrap() < 10_000, "the same dump again is deduplicated: {again}");
+    let out = env.cmd().args(["dump", "latest:/db.sql"]).output().unwrap();
+    assert_eq!(out.stdout, dump);
+    let bad = env.run(&["backup", "--stdin", "--stdin-filename", "a/b"]);
+    assert_eq!(code(&bad), 1);
+    assert!(env.stderr(&bad).contains("a file name (no /) is needed"), "{}", env.stderr(&bad));
+}

@@ -77,43 +77,16 @@ impl<'a> Copier<'a> {
     /// Copies one snapshot (`id` in the source) and writes it in the target as `host`'s copy
     /// session.
     pub fn copy(&self, id: &SnapshotId, snap: &Snapshot, host: &str) -> Result<Copied, PlanError> {
-        let now = clock::now_ns();
-        let session = Session {
-            id: Session::new_id()?,
-            host: format!("{host} (copy)"),
-            started_ns: now,
-            heartbeat_ns: now,
-            paths: snap.paths.clone(),
-            options: SessionOptions { user: snap.user.clone(), tags: snap.tags.clone(), ..SessionOptions::default() },
-            checkpoints: 0,
-            interrupted: false,
-            committing: None,
-        };
-        self.dst.put_session(&session)?;
-        self.dst.write_for_session(session.id);
-        let heartbeat = Heartbeat::start(self.dst.clone(), session.clone(), Duration::from_secs(60));
         if let Ok(mut d) = self.damaged.lock() {
             d.clear();
         }
-        let root = self.tree(&snap.root, "")?;
-        self.dst.flush()?;
-        // The fence: nothing this copy deduplicated against was marked meanwhile.
-        let present: std::collections::HashSet<_> = self.dst.index_segments()?.into_iter().collect();
-        let intact = !self.dst.is_poisoned() && self.dst.segments_used().iter().all(|s| present.contains(s));
-        drop(heartbeat);
-        if !intact {
-            let _ = self.dst.remove_session(&session);
-            return Err(PlanError::Fatal(
-                "a prune marked data this copy relied on while it ran; run the copy again".into(),
-            ));
-        }
-        let mut log = snap.log.clone();
-        log.push(copied_from(id, &self.src.config().id_hex()));
-        let copy = Snapshot { root, parent: None, log, ..snap.clone() };
-        let Some(new_id) = commit(&self.dst, &session, &copy)? else {
-            return Err(PlanError::Fatal("a prune declared this copy expired while it ran; run the copy again".into()));
-        };
-        self.dst.remove_session(&session)?;
+        let src_repo = self.src.config().id_hex();
+        let (new_id, copy) = write_snapshot(&self.dst, &format!("{host} (copy)"), snap, "copy", || {
+            let root = self.tree(&snap.root, "")?;
+            let mut log = snap.log.clone();
+            log.push(copied_from(id, &src_repo));
+            Ok(Snapshot { root, parent: None, log, ..snap.clone() })
+        })?;
         let damaged = self.damaged.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
         Ok(Copied { id: new_id, snapshot: copy, damaged })
     }
@@ -197,6 +170,63 @@ impl<'a> Copier<'a> {
         }
         Ok(out)
     }
+}
+
+/// Writes a snapshot whose data `make` stores, as a backup does: under a session of its own
+/// (host `session_host`, paths and tags of `like`), with a heartbeat, behind the commit
+/// fence (nothing it deduplicated against was marked by a prune meanwhile). `what` names
+/// the command in its errors.
+pub(crate) fn write_snapshot(
+    dst: &Arc<Repository>,
+    session_host: &str,
+    like: &Snapshot,
+    what: &str,
+    make: impl FnOnce() -> Result<Snapshot, PlanError>,
+) -> Result<(SnapshotId, Snapshot), PlanError> {
+    let now = clock::now_ns();
+    let session = Session {
+        id: Session::new_id()?,
+        host: session_host.to_string(),
+        started_ns: now,
+        heartbeat_ns: now,
+        paths: like.paths.clone(),
+        options: SessionOptions { user: like.user.clone(), tags: like.tags.clone(), ..SessionOptions::default() },
+        checkpoints: 0,
+        interrupted: false,
+        committing: None,
+    };
+    dst.put_session(&session)?;
+    dst.write_for_session(session.id);
+    let heartbeat = Heartbeat::start(dst.clone(), session.clone(), Duration::from_secs(60));
+    let made = make().and_then(|snap| {
+        dst.flush()?;
+        Ok(snap)
+    });
+    let snapshot = match made {
+        Ok(s) => s,
+        Err(e) => {
+            drop(heartbeat);
+            let _ = dst.remove_session(&session);
+            return Err(e);
+        }
+    };
+    // The fence: nothing this run deduplicated against was marked meanwhile.
+    let present: std::collections::HashSet<_> = dst.index_segments()?.into_iter().collect();
+    let intact = !dst.is_poisoned() && dst.segments_used().iter().all(|s| present.contains(s));
+    drop(heartbeat);
+    if !intact {
+        let _ = dst.remove_session(&session);
+        return Err(PlanError::Fatal(format!(
+            "a prune marked data this {what} relied on while it ran; run the {what} again"
+        )));
+    }
+    let Some(id) = commit(dst, &session, &snapshot)? else {
+        return Err(PlanError::Fatal(format!(
+            "a prune declared this {what} expired while it ran; run the {what} again"
+        )));
+    };
+    dst.remove_session(&session)?;
+    Ok((id, snapshot))
 }
 
 /// A file's content, read blob by blob from the source repository.

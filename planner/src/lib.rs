@@ -27,6 +27,7 @@ mod repair;
 mod restore;
 mod resume;
 mod sparse;
+mod stream;
 mod xattrs;
 
 pub use backup::{
@@ -49,3 +50,4 @@ pub use queries::{Content, FileChange, Stop, TreeResult, dir_tree, file_content}
 pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
 pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};
 pub use resume::{Prepared, find_session, finish_committed, interrupted_session, prepare_resume};
+pub use stream::backup_stream;

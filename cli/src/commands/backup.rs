@@ -37,6 +37,9 @@ fn backup(
     log: Vec<String>,
     interrupt: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Result<Finished> {
+    if a.stdin {
+        return stdin(ctx, a, log);
+    }
     // Check the sources before creating or unlocking anything.
     let mut paths = Vec::new();
     for p in a.paths.iter().chain(&super::files_from::read(a)?) {
@@ -138,6 +141,43 @@ fn backup(
         opts.resume = Some(session);
     }
     run_backup(ctx, Arc::new(repo), memo, &paths, opts)
+}
+
+/// `backup --stdin`: standard input as the file `/NAME` of a snapshot of its own.
+fn stdin(ctx: &Context, a: &BackupArgs, log: Vec<String>) -> Result<Finished> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!(
+            "--stdin reads standard input, which is a terminal here: pipe something in (pg_dump db | bakare backup --stdin)"
+        );
+    }
+    let (mut repo, created) = ctx.open_or_init()?;
+    if created {
+        super::init::report(ctx, &repo, &repo.backend().location())?;
+    }
+    repo.set_compression_level(1);
+    let host = a.host.clone().unwrap_or_else(this_host);
+    let opts = BackupOptions {
+        host,
+        user: std::env::var("USER").unwrap_or_default(),
+        tags: a.tag.clone(),
+        log,
+        time_ns: a.time,
+        ..BackupOptions::default()
+    };
+    let counters = Arc::new(Counters::default());
+    let report = {
+        let _ticker = Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, false, "backup", None, None);
+        bakare_planner::backup_stream(
+            Arc::new(repo),
+            &a.stdin_filename,
+            std::io::stdin().lock(),
+            &opts,
+            counters.clone(),
+        )
+        .map_err(resumable)?
+    };
+    print_report(ctx, &report)?;
+    Ok(Finished { outcome: Outcome::Success, snapshot: report.id })
 }
 
 /// `backup --dry-run`: what would be read, from the memo; no hook runs, nothing is read or
