@@ -197,6 +197,16 @@ fn tick(
 /// A spinner line `verb: N/M packs, X read` at a terminal while a maintenance run counts
 /// into `progress`; nothing when `silent` or not at a terminal. Stops when dropped.
 pub fn show_packs(progress: Arc<bakare_store::progress::Progress>, silent: bool, verb: &'static str) -> Option<Shown> {
+    show_steps(progress, silent, verb, "packs")
+}
+
+/// As [`show_packs`], counting `units`; bytes shown only when some were read.
+pub fn show_steps(
+    progress: Arc<bakare_store::progress::Progress>,
+    silent: bool,
+    verb: &'static str,
+    units: &'static str,
+) -> Option<Shown> {
     if silent || !std::io::stderr().is_terminal() {
         return None;
     }
@@ -209,8 +219,10 @@ pub fn show_packs(progress: Arc<bakare_store::progress::Progress>, silent: bool,
         }
         while !flag.load(Ordering::Relaxed) {
             let (done, total, read) = progress.get();
-            if total > 0 {
-                b.set_message(format!("{verb}: {done}/{total} packs, {} read", bytes(read)));
+            if total > 0 && read > 0 {
+                b.set_message(format!("{verb}: {done}/{total} {units}, {} read", bytes(read)));
+            } else if total > 0 {
+                b.set_message(format!("{verb}: {done}/{total} {units}"));
             }
             b.tick();
             std::thread::sleep(Duration::from_millis(100));

@@ -219,7 +219,10 @@ impl NameIndex {
         let roots: HashMap<SnapshotId, BlobId> = all.iter().map(|(id, s)| (*id, s.root)).collect();
         let mut new: Vec<&(SnapshotId, Snapshot)> = all.iter().filter(|(id, _)| !indexed.contains(id)).collect();
         new.sort_by_key(|(id, s)| (s.time_ns, *id));
+        let progress = repo.progress();
+        progress.start(new.len() as u64);
         for (id, snap) in new {
+            progress.step(0);
             let found = self.state.sets.iter().rposition(|s| s.host == snap.host && s.paths == snap.paths);
             // The newest indexed snapshot of the set, if it still exists to compare with.
             let tail = found.and_then(|i| {

@@ -77,6 +77,12 @@ fn name_index(ctx: &Context, repo: &Repository) -> Result<NameIndex> {
     let all = repo.snapshots()?.snapshots;
     let path = ctx.cache_folder(repo.config())?.map(|f| index_path(&f));
     // Damage redb panics on is damage like any other: the file is built again.
+    let _shown = crate::progress::show_steps(
+        repo.progress().clone(),
+        ctx.global.json || ctx.global.quiet,
+        "indexing names",
+        "snapshots",
+    );
     let open =
         || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| NameIndex::open(path.as_deref(), repo, &all)));
     let idx = match open() {

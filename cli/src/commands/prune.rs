@@ -68,6 +68,12 @@ pub fn run_on(ctx: &Context, repo: Arc<Repository>, a: &GcArgs) -> Result<Outcom
             plan.report
         })
     } else {
+        let _shown = crate::progress::show_steps(
+            repo.progress().clone(),
+            ctx.global.json || ctx.global.quiet,
+            "prune: repacking",
+            "packs",
+        );
         prune_rounds(&repo, &host, own, &policy, a.now)
     };
     if let Some(h) = heartbeat {

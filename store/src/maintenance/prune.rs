@@ -683,7 +683,10 @@ fn copy_used_blobs(
     // A tree's copy goes to the trees' pool, or to the mirrors' when this prune already
     // copied that tree once (its other pack is repacked too): two copies in two packs.
     let mut trees_copied: HashSet<BlobId> = HashSet::new();
+    let progress = repo.progress().clone();
+    progress.start(packs.len() as u64);
     for p in packs {
+        progress.step(0);
         let entries = indexed.get(&p.pack).map(Vec::as_slice).unwrap_or_default();
         let mut ok = true;
         for e in entries.iter().filter(|e| referenced.contains(&e.id)) {
