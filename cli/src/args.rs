@@ -249,12 +249,13 @@ pub enum Command {
     /// Write a file of a snapshot to standard output, or a folder as a tar archive
     Dump(DumpArgs),
     /// Print a repository object as JSON, for debugging: config, snapshot, tree, pack
-    /// (its blob table) or keys
+    /// (its blob table), index (a segment, or the list of them) or keys
     Cat {
-        /// config, snapshot, tree, pack or keys
-        #[arg(value_parser = ["config", "snapshot", "tree", "pack", "keys"])]
+        /// config, snapshot, tree, pack, index or keys
+        #[arg(value_parser = ["config", "snapshot", "tree", "pack", "index", "keys"])]
         what: String,
-        /// The snapshot (id, prefix, latest), tree (blob id) or pack (id)
+        /// The snapshot (id, prefix, latest), tree (blob id), pack (id) or index segment (id;
+        /// without one, the segments are listed)
         id: Option<String>,
     },
     /// Sizes: what a restore would write, the unique data behind it, deduplication and

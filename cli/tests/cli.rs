@@ -1100,6 +1100,16 @@ fn cat_walks_from_the_snapshot_to_its_blobs() {
         }
     }
     assert!(found, "no pack lists the file's chunk");
+    // The index segments, and in one of them the same chunk.
+    let segments = cat(&["index"]);
+    let listed = segments.as_array().unwrap().iter().any(|seg| {
+        cat(&["index", seg.as_str().unwrap()])["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["blobs"].as_array().unwrap().iter().any(|b| b["id"] == chunk.as_str()))
+    });
+    assert!(listed, "no index segment lists the file's chunk");
     let out = env.run(&["cat", "tree", "xyz"]);
     assert!(env.stderr(&out).contains("is not a blob id"));
 }

@@ -1,4 +1,4 @@
-//! `bakare cat config|snapshot|tree|pack|keys [ID]`: one repository object, decrypted and
+//! `bakare cat config|snapshot|tree|pack|index|keys [ID]`: one repository object, decrypted and
 //! decoded, as JSON (names as text where they are UTF-8, else as byte arrays): for
 //! debugging and for scripts that want what `ls` and `snapshots` leave out.
 
@@ -84,6 +84,40 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
                 })
                 .collect();
             json!({"id": id.to_hex(), "size": repo.backend().size(&path)?, "blobs": blobs})
+        }
+        "index" => {
+            let repo = ctx.open(false)?;
+            match id {
+                // The segments: their ids.
+                None => Value::Array(repo.index_segments()?.iter().map(|d| Value::String(d.to_hex())).collect()),
+                Some(spec) => {
+                    let digest = bakare_store::Digest::from_hex(spec)
+                        .with_context(|| format!("{spec:?} is not an index segment id (64 hex digits)"))?;
+                    let path = format!("index/{}", digest.to_hex());
+                    let bytes = repo.backend().get(&path)?;
+                    if bakare_crypto::checksum(&bytes) != digest {
+                        bail!("{path} is corrupt: its content does not match its name");
+                    }
+                    let segment =
+                        bakare_store::IndexSegment::decode(&path, &bytes, &repo.access().write_key().index_key)?;
+                    let packs: Vec<_> = segment
+                        .packs
+                        .iter()
+                        .map(|(pack, entries)| {
+                            let blobs: Vec<_> = entries
+                                .iter()
+                                .map(|e| {
+                                    json!({"id": e.id.to_hex(), "kind": format!("{:?}", e.kind).to_lowercase(),
+                                        "offset": e.offset, "length": e.length, "raw_len": e.raw_len,
+                                        "compressed": e.compressed})
+                                })
+                                .collect();
+                            json!({"pack": pack.to_hex(), "blobs": blobs})
+                        })
+                        .collect();
+                    json!({"id": digest.to_hex(), "packs": packs})
+                }
+            }
         }
         "keys" => {
             let (repo, pass) = ctx.open_master()?;
