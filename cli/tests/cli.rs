@@ -917,6 +917,10 @@ fn tags_after_the_fact_and_keep_tag_and_keep_within() {
     // All were taken within the last hour of the newest.
     let out = env.ok(&["forget", "--keep-within", "1h", "--dry-run"]);
     assert!(out.contains("would remove 0 snapshots"), "{out}");
+    // `--path` with a trailing `/` names the same path, as in every other command.
+    let src = env.path("src").canonicalize().unwrap();
+    let out = env.ok(&["forget", "--keep-last", "1", "--dry-run", "--path", &format!("{}/", src.display())]);
+    assert!(out.contains("would remove 1 snapshot"), "{out}");
     let out = env.run(&["forget", "--keep-within", "7"]);
     assert!(env.stderr(&out).contains("every number needs a unit"), "{}", env.stderr(&out));
     env.ok(&["tag", "--set", "", "--tag", "release"]);
@@ -1066,6 +1070,15 @@ fn stats_count_restore_size_and_unique_data() {
     assert_eq!(twin["per_snapshot"][0]["files"], 2);
     let human = env.ok(&["stats"]);
     assert!(human.contains("deduplication:     2.00x"), "{human}");
+    // A hard link's data is restored once: counted once, whichever folders its names are in.
+    env.write("linked/one/data", &[7u8; 50_000]);
+    fs::create_dir_all(env.path("linked/two")).unwrap();
+    fs::hard_link(env.path("linked/one/data"), env.path("linked/two/same")).unwrap();
+    fs::hard_link(env.path("linked/one/data"), env.path("linked/one/again")).unwrap();
+    env.ok(&["backup", "-q", "--host", "links", "linked"]);
+    let links = stats(&["--host", "links", "--per-snapshot"]);
+    assert_eq!(links["restore_bytes"], 50_000, "{links}");
+    assert_eq!(links["per_snapshot"][0]["files"], 3);
 }
 
 /// `cat`: config, snapshot, tree and pack as JSON, each leading to the next.

@@ -39,11 +39,11 @@ pub fn run(ctx: &Context, a: &ForgetArgs) -> Result<Outcome> {
     for spec in &a.snapshots {
         remove.push(repo.find_snapshot(spec)?.0);
     }
-    let filter = bakare_store::SnapshotFilter {
-        hosts: a.host.iter().cloned().collect(),
-        paths: a.path.iter().map(|p| p.as_os_str().as_encoded_bytes().to_vec()).collect(),
-        tags: a.tag.clone(),
-    };
+    // The same filter, and the same reading of `--path` (a trailing `/` is no part of it), as
+    // every other command's.
+    let filter =
+        crate::args::FilterArgs { host: a.host.iter().cloned().collect(), path: a.path.clone(), tag: a.tag.clone() }
+            .filter();
     let matching: Vec<_> = list.snapshots.iter().filter(|(_, s)| filter.matches(s)).cloned().collect();
     let groups = if policy.is_empty() { Vec::new() } else { plan(&matching, &policy) };
     for g in &groups {

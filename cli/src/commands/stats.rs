@@ -25,6 +25,8 @@ struct Size {
 struct Walk<'a> {
     repo: &'a Repository,
     trees: HashMap<BlobId, Size>,
+    /// The hard-linked files under each tree: (link group, size), one per name.
+    links: HashMap<BlobId, std::sync::Arc<Vec<(u64, u64)>>>,
     blobs: HashSet<BlobId>,
     problems: Vec<String>,
 }
@@ -35,6 +37,7 @@ impl Walk<'_> {
             return *s;
         }
         let mut size = Size::default();
+        let mut links = Vec::new();
         match self.repo.load_tree(id) {
             Err(e) => self.problems.push(format!("tree {}: {e}", id.short())),
             Ok(tree) => {
@@ -44,9 +47,15 @@ impl Walk<'_> {
                             size.files += 1;
                             size.bytes += n;
                             self.blobs.extend(chunks.iter().copied());
+                            if e.extra.link != 0 {
+                                links.push((e.extra.link, *n));
+                            }
                         }
                         Node::Dir { tree } => {
                             let sub = self.tree(tree);
+                            if let Some(l) = self.links.get(tree) {
+                                links.extend(l.iter().copied());
+                            }
                             size.dirs += 1 + sub.dirs;
                             size.files += sub.files;
                             size.others += sub.others;
@@ -58,6 +67,21 @@ impl Walk<'_> {
             }
         }
         self.trees.insert(*id, size);
+        if !links.is_empty() {
+            self.links.insert(*id, std::sync::Arc::new(links));
+        }
+        size
+    }
+
+    /// A snapshot's restore size: a hard-link group's data is written once, however many
+    /// names it has.
+    fn snapshot(&mut self, root: &BlobId) -> Size {
+        let mut size = self.tree(root);
+        if let Some(links) = self.links.get(root) {
+            let mut seen = HashSet::new();
+            let again: u64 = links.iter().filter(|(group, _)| !seen.insert(*group)).map(|(_, n)| n).sum();
+            size.bytes = size.bytes.saturating_sub(again);
+        }
         size
     }
 }
@@ -65,11 +89,12 @@ impl Walk<'_> {
 pub fn run(ctx: &Context, a: &StatsArgs) -> Result<Outcome> {
     let repo = ctx.open(false)?;
     let chosen = super::chosen_snapshots(&repo, &a.snapshots, &a.filter.filter())?;
-    let mut walk = Walk { repo: &repo, trees: HashMap::new(), blobs: HashSet::new(), problems: Vec::new() };
+    let mut walk =
+        Walk { repo: &repo, trees: HashMap::new(), links: HashMap::new(), blobs: HashSet::new(), problems: Vec::new() };
     let mut total = Size::default();
     let mut per = Vec::new();
     for (id, s) in &chosen {
-        let size = walk.tree(&s.root);
+        let size = walk.snapshot(&s.root);
         total.files += size.files;
         total.dirs += size.dirs;
         total.others += size.others;
