@@ -77,17 +77,31 @@ fn done(c: &Counters) -> u64 {
 fn list_changes(c: &Counters, bar: Option<&ProgressBar>, json: bool) {
     let Some(changes) = c.changes.lock().ok().and_then(|mut q| q.as_mut().map(std::mem::take)) else { return };
     for (change, path) in changes {
-        let word = if change == bakare_planner::FileChange::New { "new" } else { "changed" };
-        if json {
-            let line = serde_json::json!({"type": "file", "change": word, "path": path.to_string_lossy()});
-            out!("{line}").unwrap_or(());
-        } else {
-            let line = format!("{word:<8} {}", path.display());
-            match bar {
-                Some(b) => b.suspend(|| out!("{line}").unwrap_or(())),
-                None => out!("{line}").unwrap_or(()),
-            }
+        let line = change_line(change, &path, None, json);
+        match bar {
+            Some(b) => b.suspend(|| out!("{line}").unwrap_or(())),
+            None => out!("{line}").unwrap_or(()),
         }
+    }
+}
+
+/// The line `-v` prints for a file found new or changed (`new      PATH`), or its JSON line
+/// (with the size when known).
+pub fn change_line(
+    change: bakare_planner::FileChange,
+    path: &std::path::Path,
+    size: Option<u64>,
+    json: bool,
+) -> String {
+    let word = if change == bakare_planner::FileChange::New { "new" } else { "changed" };
+    if json {
+        let mut v = serde_json::json!({"type": "file", "change": word, "path": path.to_string_lossy()});
+        if let (Some(size), Some(o)) = (size, v.as_object_mut()) {
+            o.insert("size".into(), size.into());
+        }
+        v.to_string()
+    } else {
+        format!("{word:<8} {}", path.display())
     }
 }
 

@@ -1138,31 +1138,6 @@ pub fn dry_run(
         .fold(DryRun::default(), DryRun::add)
 }
 
-/// Files and bytes under `paths` as a backup with `excludes` would see them (global rules;
-/// `.gitignore` files and the selection are not applied, so it may count more): a quick
-/// parallel count that gives a first backup a total to show progress against.
-pub fn count_sources(paths: &[PathBuf], excludes: &Excludes) -> (u64, u64) {
-    fn count(dir: &Path, ex: &Excludes) -> (u64, u64) {
-        let Ok(listing) = list_dir(dir, ex) else { return (0, 0) };
-        listing
-            .into_par_iter()
-            .map(|(_, child, entry)| match entry.metadata() {
-                Ok(m) if m.is_dir() => count(&child, ex),
-                Ok(m) if m.is_file() => (1, m.len()),
-                _ => (0, 0),
-            })
-            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-    }
-    paths
-        .iter()
-        .map(|p| match fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => count(p, excludes),
-            Ok(m) if m.is_file() => (1, m.len()),
-            _ => (0, 0),
-        })
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-}
-
 /// A bare parallel `lstat` walk of `root` in the same way the backup walks (name-sorted
 /// listings, siblings in parallel), touching no repository and no memo: the reference cost
 /// a no-change backup is measured against. Returns (folders, other entries).

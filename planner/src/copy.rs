@@ -21,8 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bakare_store::{
-    BlobId, BlobKind, Digest, Entry, Node, Repository, Session, SessionOptions, Snapshot, SnapshotId, StoreError, Tree,
-    clock,
+    BlobId, Digest, Entry, Node, Repository, Session, SessionOptions, Snapshot, SnapshotId, StoreError, Tree, clock,
 };
 use rayon::prelude::*;
 
@@ -145,24 +144,19 @@ impl<'a> Copier<'a> {
             return Ok(done);
         }
         let reader = SourceReader { repo: self.src, ids: chunks, next: 0, buf: Vec::new(), at: 0 };
-        let mut out = Vec::new();
-        let chunker = self.dst.chunker();
-        let result = chunker.stream(reader, size, |batch: &[&[u8]]| {
-            for c in batch {
-                Counters::add(&self.counters.bytes_read, c.len() as u64);
-                out.push(self.dst.save_blob(BlobKind::Data, c).map_err(std::io::Error::other)?.id);
-            }
-            Ok::<_, std::io::Error>(())
-        });
-        if let Err(e) = result {
+        let out = match crate::stream::store_stream(&self.dst, reader, size, &self.counters) {
+            Ok((_, out)) => out,
             // The store's own error, carried through the chunker's reader.
-            return Err(match e.into_inner().map(|inner| inner.downcast::<StoreError>()) {
-                Some(Ok(store)) => *store,
-                Some(Err(other)) => StoreError::Corrupt { object: "a copied file".into(), reason: other.to_string() },
-                None => StoreError::Corrupt { object: "a copied file".into(), reason: "reading it failed".into() },
-            });
-        }
-        Counters::add(&self.counters.files, 1);
+            Err(e) => {
+                return Err(match e.into_inner().map(|inner| inner.downcast::<StoreError>()) {
+                    Some(Ok(store)) => *store,
+                    Some(Err(other)) => {
+                        StoreError::Corrupt { object: "a copied file".into(), reason: other.to_string() }
+                    }
+                    None => StoreError::Corrupt { object: "a copied file".into(), reason: "reading it failed".into() },
+                });
+            }
+        };
         if let Ok(mut f) = self.files.lock()
             && f.len() < REMEMBERED
         {

@@ -31,8 +31,7 @@ mod stream;
 mod xattrs;
 
 pub use backup::{
-    BackupOptions, BackupReport, CheckpointPolicy, DryRun, Heartbeat, backup, count_sources, dry_run, expected_totals,
-    stat_walk,
+    BackupOptions, BackupReport, CheckpointPolicy, DryRun, Heartbeat, backup, dry_run, expected_totals, stat_walk,
 };
 pub use bakare_store::Chunker;
 pub use copy::{Copied, Copier, copied_from};

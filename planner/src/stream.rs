@@ -8,11 +8,32 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bakare_store::{BlobKind, Entry, Extra, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree, clock};
+use bakare_store::{BlobId, BlobKind, Entry, Extra, Metadata, Node, Repository, Snapshot, SnapshotStats, Tree, clock};
 
 use crate::backup::{BackupOptions, BackupReport};
 use crate::counters::Counters;
 use crate::error::PlanError;
+
+/// Cuts what `reader` gives with `repo`'s chunker and stores its chunks, counting the bytes
+/// and the file; returns its size and chunk ids. A store error comes back inside the
+/// `io::Error` (`into_inner`). `stdin` and `copy` store their streams so.
+pub(crate) fn store_stream(
+    repo: &Repository,
+    reader: impl Read,
+    size_hint: u64,
+    counters: &Counters,
+) -> std::io::Result<(u64, Vec<BlobId>)> {
+    let mut chunks = Vec::new();
+    let size = repo.chunker().stream(reader, size_hint, |batch: &[&[u8]]| {
+        for c in batch {
+            Counters::add(&counters.bytes_read, c.len() as u64);
+            chunks.push(repo.save_blob(BlobKind::Data, c).map_err(std::io::Error::other)?.id);
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    Counters::add(&counters.files, 1);
+    Ok((size, chunks))
+}
 
 /// Backs up what `reader` gives as the file `/name`.
 pub fn backup_stream(
@@ -41,15 +62,7 @@ pub fn backup_stream(
         log: opts.log.clone(),
     };
     let (id, snapshot) = crate::copy::write_snapshot(&repo, &opts.host, &like, "backup", || {
-        let mut chunks = Vec::new();
-        let size = repo.chunker().stream(reader, 0, |batch: &[&[u8]]| {
-            for c in batch {
-                Counters::add(&counters.bytes_read, c.len() as u64);
-                chunks.push(repo.save_blob(BlobKind::Data, c).map_err(std::io::Error::other)?.id);
-            }
-            Ok::<_, std::io::Error>(())
-        })?;
-        Counters::add(&counters.files, 1);
+        let (size, chunks) = store_stream(&repo, reader, 0, &counters)?;
         let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
         let entry = Entry {
             name: name.as_bytes().to_vec(),

@@ -196,16 +196,8 @@ fn dry_run(ctx: &Context, a: &BackupArgs) -> Result<Outcome> {
     };
     let (json, verbose) = (ctx.global.json, ctx.global.verbose);
     let on_file = |change: bakare_planner::FileChange, path: &std::path::Path, size: u64| {
-        if !verbose {
-            return;
-        }
-        let word = if change == bakare_planner::FileChange::New { "new" } else { "changed" };
-        if json {
-            let line =
-                serde_json::json!({"type": "file", "change": word, "path": path.to_string_lossy(), "size": size});
-            let _ = out!("{line}");
-        } else {
-            let _ = out!("{word:<8} {}", path.display());
+        if verbose {
+            let _ = out!("{}", crate::progress::change_line(change, path, Some(size), json));
         }
     };
     let d = bakare_planner::dry_run(&memo, &paths, &excludes, &on_file);
@@ -386,12 +378,14 @@ fn walk_and_commit(
             std::thread::spawn(move || {
                 // A pool of its own: queued behind the backup's work in the shared one, the
                 // count would end with the backup.
-                let count = || bakare_planner::count_sources(&paths, &excludes);
-                let (files, bytes) = match rayon::ThreadPoolBuilder::new().num_threads(4).build() {
+                // Against no memo, every file is one to read: the dry run counts them all.
+                let none = bakare_planner::Memo::disabled();
+                let count = || bakare_planner::dry_run(&none, &paths, &excludes, &|_, _, _| {});
+                let all = match rayon::ThreadPoolBuilder::new().num_threads(4).build() {
                     Ok(pool) => pool.install(count),
                     Err(_) => count(),
                 };
-                let _ = set.set(Expected { files, bytes });
+                let _ = set.set(Expected { files: all.files_new, bytes: all.bytes_to_read });
             });
             later
         });

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -217,16 +217,6 @@ impl SnapshotFs {
             f.last = Some((i, data.clone()));
         }
         Ok(data)
-    }
-}
-
-trait FromVec {
-    fn from_vec(v: Vec<u8>) -> Self;
-}
-
-impl FromVec for OsString {
-    fn from_vec(v: Vec<u8>) -> Self {
-        std::os::unix::ffi::OsStringExt::from_vec(v)
     }
 }
 
