@@ -106,9 +106,10 @@ impl Cli {
         let mut total = 0;
         let mut stack = vec![self.dir.join("repo/packs")];
         while let Some(d) = stack.pop() {
-            for e in fs::read_dir(d).into_iter().flatten() {
-                let e = e.unwrap();
-                let m = e.metadata().unwrap();
+            // A running backup renames and deletes temporary packs under us: an entry gone
+            // between the listing and its stat is skipped, not a failure.
+            for e in fs::read_dir(d).into_iter().flatten().flatten() {
+                let Ok(m) = e.metadata() else { continue };
                 if m.is_dir() {
                     stack.push(e.path());
                 } else if !e.file_name().to_string_lossy().starts_with(".tmp") {
