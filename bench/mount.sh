@@ -7,7 +7,9 @@
 # Makes one folder of N empty files and a tree of M files from the project's generator
 # (testkit create, --mean-kib 1) once in WORK_DIR, backs both up into a repository there,
 # mounts it and times the listings (wall seconds). bakare is $BAKARE or
-# target/release/bakare of this checkout.
+# target/release/bakare of this checkout; BAKARE_MEMORY_LIMIT=SIZE sets the mount's
+# --memory-limit. The peak RSS is counted from once the repository is open (the argon2 key
+# derivation takes 64 MiB for an instant before, as in every command).
 set -euo pipefail
 n=${1:-100000}
 m=${2:-200000}
@@ -35,6 +37,7 @@ umount "$mnt" 2>/dev/null || true
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -e "$mnt/snapshots/latest" ] && break; sleep 0.1; done
+echo 5 >/proc/$pid/clear_refs # resets VmHWM
 latest=$mnt/snapshots/latest
 t() { # t LABEL CMD...
   local label=$1 start end
@@ -49,4 +52,4 @@ t ls-l-warm ls -l "$latest$work/flat"
 t find-cold find "$latest$work/tree" -type f
 t find-warm find "$latest$work/tree" -type f
 echo "entries: $(ls "$latest$work/flat" | wc -l) in the folder, $(find "$latest$work/tree" -type f | wc -l) files in the tree"
-echo "bakare mount peak RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB"
+echo "bakare mount peak RSS: $(awk '/VmHWM/ {print int($2/1024)}' /proc/$pid/status) MiB, now $(awk '/VmRSS/ {print int($2/1024)}' /proc/$pid/status) MiB (--memory-limit ${BAKARE_MEMORY_LIMIT:-512M})"

@@ -12,18 +12,25 @@
 //! Everything is loaded when first looked at: a folder's tree when it is listed or a name in
 //! it looked up, a file's chunk offsets (from the index: no blob read) when it is opened, its
 //! chunks when read (the last chunk read is kept per open file, as the kernel reads 128 KiB at
-//! a time). Trees come through the repository's tree cache and memory budget.
+//! a time).
+//!
+//! Memory stays within `--memory-limit` however large the snapshots: decoded trees are kept
+//! most recently used first within an eighth of it, plus the largest one ([`Trees`]); an
+//! inode the kernel looked up is a slot of about 100 bytes naming its folder and index, its
+//! details read from the folder's tree when asked ([`Table`]), freed when the kernel forgets
+//! it, and past a sixteenth of the limit the least recently used are handed back to the
+//! kernel ([`SnapshotFs::trim`]); open files' last chunks take at most an eighth.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use bakare_store::{BlobId, Entry, Node, Repository};
+use bakare_store::{BlobId, Entry, Node, Repository, Tree};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
@@ -36,43 +43,198 @@ use crate::context::Context;
 /// How long the kernel may keep names and attributes: a snapshot never changes.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// What an inode is.
-enum Kind {
-    /// A folder made up by the mount (snapshots/, hosts/HOST, ...): fixed children.
-    Virtual(Vec<(OsString, u64)>),
-    /// A folder of a snapshot; its children are made on first use.
-    Tree {
-        id: BlobId,
-        children: OnceLock<Result<Vec<(OsString, u64)>, String>>,
-    },
-    File {
-        size: u64,
-        chunks: Vec<BlobId>,
-    },
-    Symlink(Vec<u8>),
-    /// A FIFO, socket or device: shown, never opened.
-    Special,
+/// About what one looked-up inode costs the table: its slot and place, with the maps' spare
+/// room (a folder's adds its tree's id).
+const SLOT_BYTES: usize = 96;
+
+/// An inode the mount makes up: the folders of snapshots, the `latest` links and each
+/// snapshot's root. Kept for the whole mount (a few per snapshot).
+enum Fixed {
+    /// A made-up folder (snapshots/, hosts/HOST, ...): fixed children.
+    Folder(Arc<Vec<(OsString, u64)>>),
+    Link(Vec<u8>),
+    /// A snapshot's root folder (its tree is in [`Table::folders`]).
+    Root,
 }
 
-struct Inode {
-    kind: Kind,
-    attr: FileAttr,
-    /// Its extended attributes (and so POSIX ACLs), as backed up.
-    xattrs: Vec<bakare_store::Xattr>,
+/// Where an inode comes from.
+enum Place {
+    /// Boxed: most slots are entries, which this would make three times larger.
+    Fixed(Box<(Fixed, FileAttr)>),
+    /// Entry `index` of the folder inode `parent` (whose tree is in [`Table::folders`]): its
+    /// details are read from that tree (through [`Trees`]) each time they are needed.
+    Entry { parent: u64, index: u32 },
 }
 
-/// An open file: where its chunks start, and the last chunk read.
+/// One inode the kernel may name: 40 bytes, whatever the entry holds.
+struct Slot {
+    place: Place,
+    /// Lookups answered and not yet forgotten by the kernel (a fixed inode ignores them).
+    lookups: u64,
+    /// Entry slots whose parent this is: a folder's slot outlives its children's.
+    kids: u32,
+    /// When it was last used (a tick of [`Table`]), for trimming.
+    used: u64,
+}
+
+/// The inodes the kernel holds. An entry's slot is made by `lookup` and freed when the
+/// kernel forgets it; past [`Table::cap`] slots, the least recently used leaves are handed
+/// back ([`SnapshotFs::trim`]), so the table stays within its share of `--memory-limit`
+/// however many files are looked at.
+struct Table {
+    slots: HashMap<u64, Slot>,
+    /// The slot of (parent, index), so that a name looked up twice is one inode.
+    places: HashMap<(u64, u32), u64>,
+    /// The tree each folder slot lists (folders are few beside files: kept apart).
+    folders: HashMap<u64, BlobId>,
+    next: u64,
+    tick: u64,
+    cap: usize,
+}
+
+impl Table {
+    fn touch(&mut self, ino: u64) -> Option<&mut Slot> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.slots.get_mut(&ino)?;
+        slot.used = tick;
+        Some(slot)
+    }
+
+    fn add(&mut self, place: Place) -> u64 {
+        self.next += 1;
+        let ino = self.next;
+        self.slots.insert(ino, Slot { place, lookups: 0, kids: 0, used: self.tick });
+        ino
+    }
+
+    /// Drops the lookups the kernel gave back; frees the slot (and parents left with no
+    /// lookups and no children) once none are left.
+    fn forget(&mut self, ino: u64, n: u64) {
+        let mut ino = ino;
+        let mut n = n;
+        loop {
+            let Some(slot) = self.slots.get_mut(&ino) else { return };
+            slot.lookups = slot.lookups.saturating_sub(n);
+            n = 0;
+            let Place::Entry { parent, index } = slot.place else { return };
+            if slot.lookups > 0 || slot.kids > 0 {
+                return;
+            }
+            self.slots.remove(&ino);
+            self.places.remove(&(parent, index));
+            self.folders.remove(&ino);
+            let Some(p) = self.slots.get_mut(&parent) else { return };
+            p.kids = p.kids.saturating_sub(1);
+            ino = parent;
+        }
+    }
+
+    /// How many entry slots there are.
+    fn entries(&self) -> usize {
+        self.places.len()
+    }
+}
+
+/// Decoded trees, most recently used kept, within their share of the memory limit; the
+/// largest one is not counted (a folder being listed must be whole, and `ls -l` of a folder
+/// larger than the share would otherwise decode it again for every name), nor is one in use.
+struct Trees {
+    map: HashMap<BlobId, (Arc<Tree>, usize, u64)>,
+    by_use: BTreeMap<u64, BlobId>,
+    bytes: usize,
+    cap: usize,
+    tick: u64,
+}
+
+impl Trees {
+    fn get(&mut self, id: &BlobId) -> Option<Arc<Tree>> {
+        self.tick += 1;
+        let (tree, _, used) = self.map.get_mut(id)?;
+        self.by_use.remove(used);
+        *used = self.tick;
+        self.by_use.insert(self.tick, *id);
+        Some(tree.clone())
+    }
+
+    fn put(&mut self, id: BlobId, tree: Arc<Tree>) {
+        if self.map.contains_key(&id) {
+            return;
+        }
+        self.tick += 1;
+        let bytes = tree_bytes(&tree);
+        self.bytes += bytes;
+        self.map.insert(id, (tree, bytes, self.tick));
+        self.by_use.insert(self.tick, id);
+        if self.bytes <= self.cap {
+            return;
+        }
+        let Some((&largest, &(_, largest_bytes, _))) = self.map.iter().max_by_key(|(_, v)| v.1) else { return };
+        let mut over = self.bytes.saturating_sub(largest_bytes).saturating_sub(self.cap);
+        let mut gone = Vec::new();
+        for (&used, old) in &self.by_use {
+            if over == 0 {
+                break;
+            }
+            match self.map.get(old) {
+                Some((t, b, _)) if *old != largest && Arc::strong_count(t) == 1 => {
+                    over = over.saturating_sub(*b);
+                    gone.push((used, *old));
+                }
+                _ => {}
+            }
+        }
+        for (used, old) in gone {
+            self.by_use.remove(&used);
+            if let Some((_, b, _)) = self.map.remove(&old) {
+                self.bytes -= b;
+            }
+        }
+    }
+}
+
+/// About how much memory a decoded tree takes.
+fn tree_bytes(t: &Tree) -> usize {
+    let entry = |e: &Entry| {
+        std::mem::size_of::<Entry>()
+            + e.name.len()
+            + e.error.as_ref().map_or(0, String::len)
+            + match &e.node {
+                Node::File { chunks, .. } => chunks.len() * std::mem::size_of::<BlobId>(),
+                Node::Symlink { target } => target.len(),
+                _ => 0,
+            }
+            + e.extra.xattrs.iter().map(|x| x.name.len() + x.value.len() + 48).sum::<usize>()
+    };
+    std::mem::size_of::<Tree>() + t.entries.iter().map(entry).sum::<usize>()
+}
+
+/// What an inode resolves to.
+enum Found {
+    Fixed(FileAttr),
+    Entry(Arc<Tree>, usize),
+}
+
+/// An open file: its chunks, where each starts, and the last chunk read.
 struct Open {
     ino: u64,
+    size: u64,
+    chunks: Vec<BlobId>,
     starts: Vec<u64>,
     last: Option<(usize, Arc<Vec<u8>>)>,
 }
 
 struct SnapshotFs {
     repo: Repository,
-    inodes: RwLock<Vec<Arc<Inode>>>,
+    table: Mutex<Table>,
+    trees: Mutex<Trees>,
     open: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
+    /// Set (and the condvar told) when the table is past its cap: the main thread trims.
+    trim_wanted: (Mutex<bool>, std::sync::Condvar),
+    /// Bytes of the open files' last chunks, kept within their share of the memory limit.
+    held: AtomicUsize,
+    held_cap: usize,
     uid: u32,
     gid: u32,
     /// `--xattrs`: answer extended attribute requests. Off, the first is refused as not
@@ -87,6 +249,20 @@ fn time_of(ns: i64) -> SystemTime {
     } else {
         UNIX_EPOCH.checked_sub(Duration::from_nanos(ns.unsigned_abs())).unwrap_or(UNIX_EPOCH)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The inode number `readdir` gives an entry nobody has looked up (the kernel takes inode
+/// numbers from `lookup`; this one is only seen by `ls -i` and the like): high, so never
+/// a slot's.
+fn unlooked(parent: u64, index: usize) -> u64 {
+    let mut x = parent.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (x ^ (x >> 29)) | (1 << 63)
 }
 
 impl SnapshotFs {
@@ -110,100 +286,109 @@ impl SnapshotFs {
         }
     }
 
-    /// Adds an inode; returns its number.
-    fn add(&self, make: impl FnOnce(u64) -> Inode) -> u64 {
-        let mut inodes = self.inodes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ino = inodes.len() as u64 + 1;
-        inodes.push(Arc::new(make(ino)));
-        ino
-    }
-
-    fn get(&self, ino: u64) -> Option<Arc<Inode>> {
-        let inodes = self.inodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        inodes.get(usize::try_from(ino).ok()?.checked_sub(1)?).cloned()
+    fn fixed(&self, what: Fixed, make_attr: impl FnOnce(u64) -> FileAttr) -> u64 {
+        let mut t = lock(&self.table);
+        let ino = t.next + 1;
+        t.add(Place::Fixed(Box::new((what, make_attr(ino)))))
     }
 
     fn virtual_dir(&self, children: Vec<(OsString, u64)>, mtime: SystemTime) -> u64 {
-        self.add(|ino| Inode { kind: Kind::Virtual(children), attr: self.folder_attr(ino, mtime), xattrs: Vec::new() })
+        self.fixed(Fixed::Folder(Arc::new(children)), |ino| self.folder_attr(ino, mtime))
     }
 
     fn tree_dir(&self, id: BlobId, mtime: SystemTime) -> u64 {
-        self.add(|ino| Inode {
-            kind: Kind::Tree { id, children: OnceLock::new() },
-            attr: self.folder_attr(ino, mtime),
-            xattrs: Vec::new(),
+        let ino = self.fixed(Fixed::Root, |ino| self.folder_attr(ino, mtime));
+        lock(&self.table).folders.insert(ino, id);
+        ino
+    }
+
+    /// A tree, decoded once and kept while it is used.
+    fn tree(&self, id: &BlobId) -> Result<Arc<Tree>, Errno> {
+        if let Some(t) = lock(&self.trees).get(id) {
+            return Ok(t);
+        }
+        let tree = Arc::new(self.repo.load_tree(id).map_err(|e| {
+            eprintln!("bakare mount: {e}");
+            Errno::EIO
+        })?);
+        lock(&self.trees).put(*id, tree.clone());
+        Ok(tree)
+    }
+
+    /// What `ino` is: a made-up inode's attributes, or an entry of a tree.
+    fn find(&self, ino: u64) -> Result<Found, Errno> {
+        let (parent_tree, index) = {
+            let mut t = lock(&self.table);
+            let Some(slot) = t.touch(ino) else { return Err(Errno::ENOENT) };
+            match &slot.place {
+                Place::Fixed(fixed) => return Ok(Found::Fixed(fixed.1)),
+                &Place::Entry { parent, index } => {
+                    (t.folders.get(&parent).copied().ok_or(Errno::ENOENT)?, index as usize)
+                }
+            }
+        };
+        let tree = self.tree(&parent_tree)?;
+        if index >= tree.entries.len() {
+            return Err(Errno::EIO);
+        }
+        Ok(Found::Entry(tree, index))
+    }
+
+    fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        Ok(match self.find(ino)? {
+            Found::Fixed(attr) => attr,
+            Found::Entry(tree, i) => tree.entries.get(i).map(|e| self.entry_attr(ino, e)).ok_or(Errno::EIO)?,
         })
     }
 
-    /// An inode for one entry of a snapshot's tree.
-    fn entry(&self, e: &Entry) -> u64 {
+    /// The attributes of one entry of a snapshot's tree.
+    fn entry_attr(&self, ino: u64, e: &Entry) -> FileAttr {
         let m = &e.meta;
         let mtime = time_of(m.mtime_ns);
         let ctime = if e.extra.ctime_ns != 0 { time_of(e.extra.ctime_ns) } else { mtime };
         let crtime = e.extra.btime_ns.map_or(mtime, time_of);
-        let (kind, size, ftype) = match &e.node {
-            Node::File { size, chunks } => {
-                (Kind::File { size: *size, chunks: chunks.clone() }, *size, FileType::RegularFile)
-            }
-            Node::Dir { tree } => (Kind::Tree { id: *tree, children: OnceLock::new() }, 0, FileType::Directory),
-            Node::Symlink { target } => (Kind::Symlink(target.clone()), target.len() as u64, FileType::Symlink),
-            Node::Fifo => (Kind::Special, 0, FileType::NamedPipe),
-            Node::Socket => (Kind::Special, 0, FileType::Socket),
-            Node::CharDevice { .. } => (Kind::Special, 0, FileType::CharDevice),
-            Node::BlockDevice { .. } => (Kind::Special, 0, FileType::BlockDevice),
-        };
+        let (size, kind) = node_kind(&e.node);
         let rdev = match e.node {
             Node::CharDevice { rdev } | Node::BlockDevice { rdev } => u32::try_from(rdev).unwrap_or(0),
             _ => 0,
         };
-        self.add(|ino| Inode {
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime,
+            crtime,
             kind,
-            xattrs: e.extra.xattrs.clone(),
-            attr: FileAttr {
-                ino: INodeNo(ino),
-                size,
-                blocks: size.div_ceil(512),
-                atime: mtime,
-                mtime,
-                ctime,
-                crtime,
-                kind: ftype,
-                perm: (m.mode & 0o7777) as u16,
-                nlink: if ftype == FileType::Directory { 2 } else { 1 },
-                uid: m.uid,
-                gid: m.gid,
-                rdev,
-                blksize: 4096,
-                flags: 0,
-            },
-        })
-    }
-
-    /// A folder's children, made on first use (borrowed: a folder may hold 100,000).
-    fn children<'i>(&self, inode: &'i Inode) -> Result<&'i [(OsString, u64)], Errno> {
-        match &inode.kind {
-            Kind::Virtual(c) => Ok(c),
-            Kind::Tree { id, children } => {
-                let made = children.get_or_init(|| match self.repo.load_tree(id) {
-                    Ok(tree) => {
-                        Ok(tree.entries.iter().map(|e| (OsString::from_vec(e.name.clone()), self.entry(e))).collect())
-                    }
-                    Err(e) => Err(e.to_string()),
-                });
-                made.as_deref().map_err(|why| {
-                    eprintln!("bakare mount: {why}");
-                    Errno::EIO
-                })
-            }
-            _ => Err(Errno::ENOTDIR),
+            perm: (m.mode & 0o7777) as u16,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: m.uid,
+            gid: m.gid,
+            rdev,
+            blksize: 4096,
+            flags: 0,
         }
     }
 
-    /// The bytes of a file's `chunk`-th chunk, through the open file's one-chunk cache.
+    /// The folder `ino` lists: made-up children, or a tree.
+    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
+        let lists = {
+            let mut t = lock(&self.table);
+            let Some(slot) = t.touch(ino) else { return Err(Errno::ENOENT) };
+            if let Place::Fixed(fixed) = &slot.place
+                && let Fixed::Folder(children) = &fixed.0
+            {
+                return Ok(Listing::Made(children.clone()));
+            }
+            t.folders.get(&ino).copied().ok_or(Errno::ENOTDIR)?
+        };
+        Ok(Listing::Tree(self.tree(&lists)?))
+    }
+
+    /// The bytes of an open file's `chunk`-th chunk, through its one-chunk cache.
     fn chunk(&self, fh: u64, chunks: &[BlobId], i: usize) -> Result<Arc<Vec<u8>>, Errno> {
-        if let Some(hit) =
-            self.open.lock().ok().and_then(|o| o.get(&fh).and_then(|f| f.last.clone())).filter(|l| l.0 == i)
-        {
+        if let Some(hit) = lock(&self.open).get(&fh).and_then(|f| f.last.clone()).filter(|l| l.0 == i) {
             return Ok(hit.1);
         }
         let id = chunks.get(i).ok_or(Errno::EIO)?;
@@ -211,16 +396,105 @@ impl SnapshotFs {
             eprintln!("bakare mount: {e}");
             Errno::EIO
         })?);
-        if let Ok(mut o) = self.open.lock()
-            && let Some(f) = o.get_mut(&fh)
-        {
-            f.last = Some((i, data.clone()));
+        if let Some(f) = lock(&self.open).get_mut(&fh) {
+            if let Some((_, old)) = f.last.take() {
+                self.held.fetch_sub(old.len(), Ordering::Relaxed);
+            }
+            // Kept only within the share of the memory limit: many files open at once
+            // read each chunk anew rather than hold one chunk each.
+            if self.held.fetch_add(data.len(), Ordering::Relaxed) + data.len() <= self.held_cap {
+                f.last = Some((i, data.clone()));
+            } else {
+                self.held.fetch_sub(data.len(), Ordering::Relaxed);
+            }
         }
         Ok(data)
     }
+
+    /// When more entries are looked up than the table's share of the memory limit holds,
+    /// asks the kernel to drop the least recently used names that have nothing below them;
+    /// it then forgets their inodes (an open file or a folder in use stays). Sent from the
+    /// mount's main thread, never from a request: the kernel locks the folder meanwhile.
+    fn trim(&self, notifier: &fuser::Notifier) -> usize {
+        let victims: Vec<(u64, u32)> = {
+            let t = lock(&self.table);
+            if t.entries() <= t.cap {
+                return 0;
+            }
+            let mut leaves: Vec<(u64, u64, u64, u32)> = t
+                .slots
+                .iter()
+                .filter_map(|(&ino, s)| match s.place {
+                    Place::Entry { parent, index } if s.kids == 0 && s.lookups > 0 => {
+                        Some((s.used, ino, parent, index))
+                    }
+                    _ => None,
+                })
+                .collect();
+            leaves.sort_unstable();
+            let drop = t.entries() - t.cap * 3 / 4;
+            leaves.into_iter().take(drop).map(|(_, _, parent, index)| (parent, index)).collect()
+        };
+        let mut sent = 0;
+        for (parent, index) in victims {
+            let Ok(Listing::Tree(tree)) = self.listing(parent) else { continue };
+            let Some(e) = tree.entries.get(index as usize) else { continue };
+            if notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&e.name)).is_ok() {
+                sent += 1;
+            }
+        }
+        // The kernel has forgotten them by now (it does so as each name goes): the maps give
+        // back the room they grew into.
+        let mut t = lock(&self.table);
+        if t.slots.capacity() > 2 * t.slots.len() + 1024 {
+            t.slots.shrink_to_fit();
+            t.places.shrink_to_fit();
+            t.folders.shrink_to_fit();
+        }
+        sent
+    }
+
+    /// Waits until the table wants trimming, or `timeout`.
+    fn wait_for_trim(&self, timeout: Duration) {
+        let wanted = lock(&self.trim_wanted.0);
+        let (mut wanted, _) = self
+            .trim_wanted
+            .1
+            .wait_timeout_while(wanted, timeout, |w| !*w)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *wanted = false;
+    }
 }
 
-impl Filesystem for SnapshotFs {
+enum Listing {
+    Made(Arc<Vec<(OsString, u64)>>),
+    Tree(Arc<Tree>),
+}
+
+/// An entry's size and file type.
+fn node_kind(node: &Node) -> (u64, FileType) {
+    match node {
+        Node::File { size, .. } => (*size, FileType::RegularFile),
+        Node::Dir { .. } => (0, FileType::Directory),
+        Node::Symlink { target } => (target.len() as u64, FileType::Symlink),
+        Node::Fifo => (0, FileType::NamedPipe),
+        Node::Socket => (0, FileType::Socket),
+        Node::CharDevice { .. } => (0, FileType::CharDevice),
+        Node::BlockDevice { .. } => (0, FileType::BlockDevice),
+    }
+}
+
+/// The file system handed to `fuser`; the mount's main thread keeps the other handle (to trim).
+struct Shared(Arc<SnapshotFs>);
+
+impl std::ops::Deref for Shared {
+    type Target = SnapshotFs;
+    fn deref(&self) -> &SnapshotFs {
+        &self.0
+    }
+}
+
+impl Filesystem for Shared {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         // A path through `latest` is resolved on every lookup: without this each is a
         // round trip (`ls -l` of 100,000 files took 5 s warm).
@@ -232,8 +506,13 @@ impl Filesystem for SnapshotFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        match inode.xattrs.iter().find(|x| x.name == name.as_bytes()) {
+        let tree = match self.find(ino.0) {
+            Ok(Found::Entry(tree, i)) => (tree, i),
+            Ok(Found::Fixed(_)) => return reply.error(Errno::NO_XATTR),
+            Err(e) => return reply.error(e),
+        };
+        let xattrs = tree.0.entries.get(tree.1).map(|e| e.extra.xattrs.as_slice()).unwrap_or_default();
+        match xattrs.iter().find(|x| x.name == name.as_bytes()) {
             None => reply.error(Errno::NO_XATTR),
             Some(x) if size == 0 => reply.size(u32::try_from(x.value.len()).unwrap_or(u32::MAX)),
             Some(x) if x.value.len() > size as usize => reply.error(Errno::ERANGE),
@@ -245,11 +524,16 @@ impl Filesystem for SnapshotFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
         let mut names = Vec::new();
-        for x in &inode.xattrs {
-            names.extend_from_slice(&x.name);
-            names.push(0);
+        match self.find(ino.0) {
+            Ok(Found::Entry(tree, i)) => {
+                for x in tree.entries.get(i).map(|e| e.extra.xattrs.as_slice()).unwrap_or_default() {
+                    names.extend_from_slice(&x.name);
+                    names.push(0);
+                }
+            }
+            Ok(Found::Fixed(_)) => {}
+            Err(e) => return reply.error(e),
         }
         if size == 0 {
             reply.size(u32::try_from(names.len()).unwrap_or(u32::MAX));
@@ -261,41 +545,96 @@ impl Filesystem for SnapshotFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(dir) = self.get(parent.0) else { return reply.error(Errno::ENOENT) };
-        let children = match self.children(&dir) {
-            Ok(c) => c,
+        let tree = match self.listing(parent.0) {
+            Ok(Listing::Made(children)) => {
+                let found = children.iter().find(|(n, _)| n == name).map(|(_, ino)| *ino);
+                return match found.map(|ino| self.attr(ino)) {
+                    Some(Ok(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+                    Some(Err(e)) => reply.error(e),
+                    None => reply.error(Errno::ENOENT),
+                };
+            }
+            Ok(Listing::Tree(tree)) => tree,
             Err(e) => return reply.error(e),
         };
-        // Trees are sorted by name bytes; made-up folders are small.
-        let found = match &dir.kind {
-            Kind::Tree { .. } => {
-                children.binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes())).ok().and_then(|i| children.get(i))
-            }
-            _ => children.iter().find(|(n, _)| n == name),
+        // Trees are sorted by name bytes.
+        let Ok(i) = tree.entries.binary_search_by(|e| e.name.as_slice().cmp(name.as_bytes())) else {
+            return reply.error(Errno::ENOENT);
         };
-        match found.and_then(|(_, ino)| self.get(*ino)) {
-            Some(inode) => reply.entry(&TTL, &inode.attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
-        }
+        let (Some(e), Ok(index)) = (tree.entries.get(i), u32::try_from(i)) else { return reply.error(Errno::EIO) };
+        let lists = match &e.node {
+            Node::Dir { tree } => Some(*tree),
+            _ => None,
+        };
+        let ino = {
+            let mut t = lock(&self.table);
+            let ino = match t.places.get(&(parent.0, index)) {
+                Some(&ino) => ino,
+                None => {
+                    let ino = t.add(Place::Entry { parent: parent.0, index });
+                    t.places.insert((parent.0, index), ino);
+                    if let Some(id) = lists {
+                        t.folders.insert(ino, id);
+                    }
+                    if let Some(p) = t.slots.get_mut(&parent.0) {
+                        p.kids += 1;
+                    }
+                    ino
+                }
+            };
+            if let Some(slot) = t.touch(ino) {
+                slot.lookups += 1;
+            }
+            if t.entries() > t.cap {
+                let mut wanted = lock(&self.trim_wanted.0);
+                if !*wanted {
+                    *wanted = true;
+                    self.trim_wanted.1.notify_one();
+                }
+            }
+            ino
+        };
+        reply.entry(&TTL, &self.entry_attr(ino, e), Generation(0));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.table).forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.get(ino.0) {
-            Some(inode) => reply.attr(&TTL, &inode.attr),
-            None => reply.error(Errno::ENOENT),
+        match self.attr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.get(ino.0).as_deref().map(|i| &i.kind) {
-            Some(Kind::Symlink(target)) => reply.data(target),
-            _ => reply.error(Errno::EINVAL),
+        let link = match lock(&self.table).slots.get(&ino.0).map(|s| &s.place) {
+            Some(Place::Fixed(fixed)) if let Fixed::Link(target) = &fixed.0 => Some(target.clone()),
+            _ => None,
+        };
+        if let Some(target) = link {
+            return reply.data(&target);
+        }
+        match self.find(ino.0) {
+            Ok(Found::Entry(tree, i)) => match tree.entries.get(i).map(|e| &e.node) {
+                Some(Node::Symlink { target }) => reply.data(target),
+                _ => reply.error(Errno::EINVAL),
+            },
+            Ok(Found::Fixed(_)) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        let Kind::File { chunks, .. } = &inode.kind else { return reply.error(Errno::EISDIR) };
+        let (tree, i) = match self.find(ino.0) {
+            Ok(Found::Entry(tree, i)) => (tree, i),
+            Ok(Found::Fixed(_)) => return reply.error(Errno::EISDIR),
+            Err(e) => return reply.error(e),
+        };
+        let Some(Node::File { size, chunks }) = tree.entries.get(i).map(|e| &e.node) else {
+            return reply.error(Errno::EISDIR);
+        };
         // Where each chunk starts, from the index (plaintext lengths): no blob is read.
         let mut starts = Vec::with_capacity(chunks.len());
         let mut at = 0u64;
@@ -310,9 +649,7 @@ impl Filesystem for SnapshotFs {
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut o) = self.open.lock() {
-            o.insert(fh, Open { ino: ino.0, starts, last: None });
-        }
+        lock(&self.open).insert(fh, Open { ino: ino.0, size: *size, chunks: chunks.clone(), starts, last: None });
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -327,21 +664,20 @@ impl Filesystem for SnapshotFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(inode) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        let Kind::File { size: file_size, chunks } = &inode.kind else { return reply.error(Errno::EISDIR) };
-        let starts =
-            match self.open.lock().ok().and_then(|o| o.get(&fh.0).filter(|f| f.ino == ino.0).map(|f| f.starts.clone()))
-            {
-                Some(s) => s,
-                None => return reply.error(Errno::EBADF),
-            };
-        let end = offset.saturating_add(u64::from(size)).min(*file_size);
+        let Some((file_size, chunks, starts)) = lock(&self.open)
+            .get(&fh.0)
+            .filter(|f| f.ino == ino.0)
+            .map(|f| (f.size, f.chunks.clone(), f.starts.clone()))
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut at = offset;
         while at < end {
             // The chunk holding `at`.
             let i = starts.partition_point(|&s| s <= at).saturating_sub(1);
-            let data = match self.chunk(fh.0, chunks, i) {
+            let data = match self.chunk(fh.0, &chunks, i) {
                 Ok(d) => d,
                 Err(e) => return reply.error(e),
             };
@@ -367,16 +703,17 @@ impl Filesystem for SnapshotFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut o) = self.open.lock() {
-            o.remove(&fh.0);
+        if let Some(f) = lock(&self.open).remove(&fh.0)
+            && let Some((_, last)) = f.last
+        {
+            self.held.fetch_sub(last.len(), Ordering::Relaxed);
         }
         reply.ok();
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(dir) = self.get(ino.0) else { return reply.error(Errno::ENOENT) };
-        let children = match self.children(&dir) {
-            Ok(c) => c,
+        let listing = match self.listing(ino.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(e),
         };
         // Offsets 0 and 1 are `.` and `..`; offset n + 2 is the n-th child.
@@ -387,14 +724,27 @@ impl Filesystem for SnapshotFs {
                 return reply.ok();
             }
         }
-        let inodes = self.inodes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (n, (name, child)) in children.iter().enumerate().skip(start.saturating_sub(2)) {
-            let kind = usize::try_from(*child)
-                .ok()
-                .and_then(|c| inodes.get(c.wrapping_sub(1)))
-                .map_or(FileType::RegularFile, |c| c.attr.kind);
-            if reply.add(INodeNo(*child), (n + 3) as u64, kind, name) {
-                break;
+        let skip = start.saturating_sub(2);
+        match listing {
+            Listing::Made(children) => {
+                for (n, (name, child)) in children.iter().enumerate().skip(skip) {
+                    let kind = self.attr(*child).map_or(FileType::Directory, |a| a.kind);
+                    if reply.add(INodeNo(*child), (n + 3) as u64, kind, name) {
+                        break;
+                    }
+                }
+            }
+            Listing::Tree(tree) => {
+                let t = lock(&self.table);
+                for (n, e) in tree.entries.iter().enumerate().skip(skip) {
+                    let child = u32::try_from(n)
+                        .ok()
+                        .and_then(|i| t.places.get(&(ino.0, i)).copied())
+                        .unwrap_or_else(|| unlooked(ino.0, n));
+                    if reply.add(INodeNo(child), (n + 3) as u64, node_kind(&e.node).1, OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
             }
         }
         reply.ok();
@@ -425,15 +775,30 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
     let filter = a.filter.filter();
     snaps.retain(|(_, s)| filter.matches(s));
     snaps.sort_by_key(|(_, s)| s.time_ns);
-    let fs = SnapshotFs {
+    // Shares of --memory-limit: decoded trees an eighth (and the largest besides), the
+    // inodes the kernel holds a sixteenth (about 100 bytes each), open files' last chunks an
+    // eighth; the repository's own caches take theirs.
+    let limit = usize::try_from(ctx.global.memory_limit.max(bakare_store::budget::MIN_LIMIT)).unwrap_or(usize::MAX);
+    let fs = Arc::new(SnapshotFs {
         repo,
-        inodes: RwLock::new(Vec::new()),
+        table: Mutex::new(Table {
+            slots: HashMap::new(),
+            places: HashMap::new(),
+            folders: HashMap::new(),
+            next: 0,
+            tick: 0,
+            cap: (limit / 16 / SLOT_BYTES).max(1000),
+        }),
+        trees: Mutex::new(Trees { map: HashMap::new(), by_use: BTreeMap::new(), bytes: 0, cap: limit / 8, tick: 0 }),
         open: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
+        trim_wanted: (Mutex::new(false), std::sync::Condvar::new()),
+        held: AtomicUsize::new(0),
+        held_cap: limit / 8,
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
         xattrs: a.xattrs,
-    };
+    });
     let now = SystemTime::now();
     // The root is inode 1: made first, its children filled in below.
     let root = fs.virtual_dir(Vec::new(), now);
@@ -453,16 +818,13 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
             && let Some(name) = folder_names.get(newest)
         {
             let target = name.as_bytes().to_vec();
-            let ino = fs.add(|ino| Inode {
-                attr: FileAttr {
-                    kind: FileType::Symlink,
-                    perm: 0o777,
-                    size: target.len() as u64,
-                    nlink: 1,
-                    ..fs.folder_attr(ino, now)
-                },
-                kind: Kind::Symlink(target),
-                xattrs: Vec::new(),
+            let size = target.len() as u64;
+            let ino = fs.fixed(Fixed::Link(target), |ino| FileAttr {
+                kind: FileType::Symlink,
+                perm: 0o777,
+                size,
+                nlink: 1,
+                ..fs.folder_attr(ino, now)
             });
             children.push(("latest".into(), ino));
         }
@@ -473,8 +835,8 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
     let ids: Vec<(OsString, u64)> =
         snaps.iter().map(|(id, s)| (OsString::from(id.short()), fs.tree_dir(s.root, time_of(s.time_ns)))).collect();
     let ids = fs.virtual_dir(ids, now);
-    let mut hosts: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
-    let mut tags: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    let mut hosts: BTreeMap<String, Vec<usize>> = Default::default();
+    let mut tags: BTreeMap<String, Vec<usize>> = Default::default();
     for (i, (_, s)) in snaps.iter().enumerate() {
         hosts.entry(s.host.clone()).or_default().push(i);
         for t in &s.tags {
@@ -485,13 +847,13 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
     let hosts = fs.virtual_dir(hosts, now);
     let tags: Vec<(OsString, u64)> = tags.iter().map(|(t, m)| (OsString::from(t), view(m))).collect();
     let tags = fs.virtual_dir(tags, now);
-    {
-        let mut inodes = fs.inodes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let children =
-            vec![("snapshots".into(), by_time), ("ids".into(), ids), ("hosts".into(), hosts), ("tags".into(), tags)];
-        if let Some(r) = inodes.get_mut(usize::try_from(root - 1).unwrap_or(0)) {
-            *r = Arc::new(Inode { kind: Kind::Virtual(children), attr: fs.folder_attr(root, now), xattrs: Vec::new() });
-        }
+    if let Some(Slot { place: Place::Fixed(fixed), .. }) = lock(&fs.table).slots.get_mut(&root) {
+        fixed.0 = Fixed::Folder(Arc::new(vec![
+            ("snapshots".into(), by_time),
+            ("ids".into(), ids),
+            ("hosts".into(), hosts),
+            ("tags".into(), tags),
+        ]));
     }
     let mountpoint: PathBuf = a.mountpoint.clone();
     let mut config = fuser::Config::default();
@@ -504,7 +866,7 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
     ]);
     config.n_threads = Some(4);
     let count = snaps.len();
-    let session = fuser::spawn_mount(fs, &mountpoint, &config)
+    let session = fuser::spawn_mount(Shared(fs.clone()), &mountpoint, &config)
         .with_context(|| format!("mounting at {} (needs /dev/fuse, and root or fusermount)", mountpoint.display()))?;
     if !ctx.global.quiet {
         say!(
@@ -514,19 +876,25 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
             mountpoint.display()
         );
     }
+    let notifier = session.notifier();
     // Until a signal, or until someone unmounts it.
     let stop = crate::interrupt::install();
     let canonical = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint.clone());
     let mut seen = false;
     let started = std::time::Instant::now();
+    let mut checked = started;
     while stop.load(Ordering::Relaxed) == 0 {
-        let now_mounted = mounted(&canonical);
-        seen |= now_mounted;
-        // Unmounted by someone else (after it was seen; the mount may take a moment).
-        if !now_mounted && (seen || started.elapsed() > Duration::from_secs(10)) {
-            break;
+        if checked.elapsed() >= Duration::from_millis(200) || !seen {
+            checked = std::time::Instant::now();
+            let now_mounted = mounted(&canonical);
+            seen |= now_mounted;
+            // Unmounted by someone else (after it was seen; the mount may take a moment).
+            if !now_mounted && (seen || started.elapsed() > Duration::from_secs(10)) {
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        fs.wait_for_trim(Duration::from_millis(200));
+        fs.trim(&notifier);
     }
     // Unmounted here unless someone did already (then the error says so, and is moot).
     // Busy (a shell's folder in it, a file still open): detached, gone once they close.

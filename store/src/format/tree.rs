@@ -9,7 +9,34 @@ use crate::{Result, StoreError};
 /// A folder listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tree {
+    #[serde(deserialize_with = "entries")]
     pub entries: Vec<Entry>,
+}
+
+/// A tree's entries, in a list that ends the size of the folder. serde's own grows by
+/// doubling from a cautious start, so a folder of 100,000 entries held room for 200,000
+/// (34 MB instead of 17). This one doubles only up to the count the encoding states: a
+/// corrupt count costs at most twice what was really decoded.
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Entry>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<Entry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of tree entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<Entry>, A::Error> {
+            let stated = seq.size_hint().unwrap_or(0);
+            let mut v: Vec<Entry> = Vec::with_capacity(stated.min(4096));
+            while let Some(e) = seq.next_element()? {
+                if v.len() == v.capacity() {
+                    v.reserve_exact(stated.saturating_sub(v.len()).min(v.len()).max(1));
+                }
+                v.push(e);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Entries)
 }
 
 /// One name in a folder.
@@ -164,6 +191,13 @@ mod tests {
 
     fn entry(name: &[u8]) -> Entry {
         Entry { name: name.to_vec(), node: Node::Fifo, meta: Metadata::default(), error: None, extra: Extra::default() }
+    }
+
+    #[test]
+    fn a_large_folder_decodes_into_a_list_of_its_size() {
+        let entries: Vec<Entry> = (0..10_000u32).map(|i| entry(format!("{i:08}").as_bytes())).collect();
+        let t = Tree::decode("t", &Tree { entries }.encode().unwrap()).unwrap();
+        assert_eq!((t.entries.len(), t.entries.capacity()), (10_000, 10_000));
     }
 
     #[test]
