@@ -1011,6 +1011,9 @@ fn keys_are_added_changed_and_removed_never_the_last() {
     let current = |keys: &[serde_json::Value]| keys.iter().filter(|k| k["current"] == true).count();
     let keys = list("correct horse");
     assert_eq!((keys.len(), current(&keys)), (2, 2));
+    // The table names the key derivation's memory in its unit (this one's 64 KiB was "0 MiB").
+    let table = env.ok(&["key", "list"]);
+    assert!(table.contains("64 KiB, 1 passes"), "{table}");
     env.write("second", b"battery staple\n");
     env.ok(&["key", "add", "--new-passphrase-file", "second"]);
     let keys = list("battery staple");

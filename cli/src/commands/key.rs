@@ -54,7 +54,13 @@ pub fn list(ctx: &Context) -> Result<Outcome> {
     }
     out!("  {:<12}  {:<26}  note", "id", "kdf (argon2id)")?;
     for k in &keys {
-        let kdf = k.kdf.map(|p| format!("{} MiB, {} passes, {} lanes", p.m_kib / 1024, p.t, p.p)).unwrap_or_default();
+        let kdf = k
+            .kdf
+            .map(|p| {
+                let memory = crate::output::bytes(u64::from(p.m_kib) * 1024).replace(".0 ", " ");
+                format!("{memory}, {} passes, {} lanes", p.t, p.p)
+            })
+            .unwrap_or_default();
         let mark = if k.current { "*" } else { " " };
         let note = match (&k.problem, k.current) {
             (Some(p), _) => format!("damaged: {p}"),
