@@ -949,6 +949,7 @@ fn dump_a_file_and_a_folder_as_tar_past_damage() {
     }
     env.write("src/big.bin", &big);
     std::os::unix::fs::symlink("a.txt", env.path("src/link")).unwrap();
+    fs::set_permissions(env.path("src"), fs::Permissions::from_mode(0o750)).unwrap();
     env.ok(&["backup", "-q", "src"]);
     let src = env.path("src").canonicalize().unwrap().to_string_lossy().into_owned();
     let out = env.run(&["dump", &format!("latest:{src}/sub/b.txt")]);
@@ -962,6 +963,10 @@ fn dump_a_file_and_a_folder_as_tar_past_damage() {
         assert!(s.success());
     };
     untar("x");
+    // The folder's own entry comes first, with its mode.
+    let list = Command::new("tar").args(["tf", "src.tar"]).current_dir(env.tmp.path()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().next(), Some("src/"));
+    assert_eq!(fs::metadata(env.path("x/src")).unwrap().permissions().mode() & 0o7777, 0o750);
     assert_eq!(fs::read(env.path("x/src/big.bin")).unwrap(), big);
     assert_eq!(fs::read(env.path("x/src/sub/b.txt")).unwrap(), b"beta ".repeat(1000));
     assert_eq!(fs::read_link(env.path("x/src/link")).unwrap(), Path::new("a.txt"));

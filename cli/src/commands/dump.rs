@@ -46,6 +46,12 @@ pub fn run(ctx: &Context, a: &DumpArgs) -> Result<Outcome> {
             let base = Path::new(path.trim_matches('/')).file_name().map(PathBuf::from).unwrap_or_default();
             let mut tar = tar::Builder::new(&mut out);
             tar.follow_symlinks(false);
+            // The folder itself first, with its mode, owner and time (a snapshot's root has
+            // no entry: the archive then holds its paths only).
+            if let Some(e) = folder_entry(&repo, snap.root, path) {
+                let mut h = header(tar::EntryType::Directory, &e.meta, 0);
+                tar.append_data(&mut h, base.join(""), std::io::empty())?;
+            }
             write_tree(&repo, &tree, &base, &mut tar, &mut damaged)?;
             tar.finish()?;
         }
@@ -55,6 +61,14 @@ pub fn run(ctx: &Context, a: &DumpArgs) -> Result<Outcome> {
         say!("bakare: damaged: {}: {why} (its lost ranges are zeros in the archive)", p.display());
     }
     Ok(if damaged.is_empty() { Outcome::Success } else { Outcome::Incomplete })
+}
+
+/// The entry of the folder at `path` in its parent's listing (`None` for the root).
+fn folder_entry(repo: &Repository, root: BlobId, path: &str) -> Option<Entry> {
+    let trimmed = Path::new(path.trim_end_matches('/'));
+    let (parent, name) = (trimmed.parent()?, trimmed.file_name()?);
+    let Ok(Start::Tree(parent)) = find_node(repo, root, &parent.to_string_lossy()) else { return None };
+    repo.load_tree(&parent).ok()?.get(name.as_bytes()).cloned()
 }
 
 fn nice(path: &str) -> &str {
@@ -106,7 +120,8 @@ fn write_entry<W: Write>(
     match &e.node {
         Node::Dir { tree } => {
             let mut h = header(tar::EntryType::Directory, &e.meta, 0);
-            tar.append_data(&mut h, path, std::io::empty())?;
+            // "name/", as tar writes folders.
+            tar.append_data(&mut h, path.join(""), std::io::empty())?;
             write_tree(repo, tree, path, tar, damaged)?;
         }
         Node::File { size, chunks } => {
