@@ -319,9 +319,9 @@ fn quiet_cache_panics() {
 #[allow(unsafe_code)]
 fn private_files() {
     // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
-    unsafe {
-        libc::umask(0o077);
-    }
+    let user = unsafe { libc::umask(0o077) };
+    // Hooks are the user's commands: they create files with the user's mask.
+    commands::hooks::USER_UMASK.store(user, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

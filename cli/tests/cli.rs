@@ -1190,6 +1190,12 @@ fn hooks_run_around_a_backup_and_their_output_is_logged() {
         format!("BAKARE_EXIT_CODE=0\nBAKARE_HOOK=post\nBAKARE_OUTCOME=success\nBAKARE_SNAPSHOT_ID={id}\n"),
         "the post-hook is told the outcome, and never the passphrase"
     );
+    // What the hook wrote has the user's file-creation mask, not bakare's own 077.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap().trim();
+    let umask = u32::from_str_radix(umask, 8).unwrap();
+    let mode = fs::metadata(env.path("post.env")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !umask, "the hook's file, with umask {umask:03o}");
     let shown = env.ok(&["snapshots", "--log", "--latest", "1"]);
     assert!(shown.contains("    pre-hook: dumping\n"), "{shown}");
 

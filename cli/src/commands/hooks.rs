@@ -63,6 +63,10 @@ impl HookRun {
     }
 }
 
+/// The file-creation mask bakare was started with (it runs with 077 itself), which hooks
+/// get back: a file a hook writes is as readable as if the user's shell had run it.
+pub static USER_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
 /// How long the output is waited for once the hook has ended: a process it started that
 /// left its process group (`setsid`) may hold the pipe open for ever.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
@@ -87,6 +91,7 @@ pub fn run(hook: &Hook, env: &[(&str, String)], interrupt: &AtomicUsize) -> Hook
     cmd.arg("-c").arg(&hook.command).stdin(Stdio::null()).stdout(writer).stderr(writer2).process_group(0);
     // The repository's passphrase is not the hook's business.
     cmd.env_remove("BAKARE_PASSPHRASE").env_remove("BAKARE_NEW_PASSPHRASE");
+    user_umask(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -174,6 +179,20 @@ fn lines(kept: &[u8], dropped: u64) -> Vec<String> {
         lines.push(format!("({dropped} more bytes of output not kept)"));
     }
     lines
+}
+
+/// Gives the hook the user's file-creation mask back.
+#[allow(unsafe_code)]
+fn user_umask(cmd: &mut Command) {
+    let mask = rustix::fs::Mode::from_raw_mode(USER_UMASK.load(Ordering::Relaxed));
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: umask(2) is one, and it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::umask(mask);
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]
