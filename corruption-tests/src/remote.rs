@@ -567,7 +567,10 @@ static NAMESPACES: AtomicU64 = AtomicU64::new(0);
 
 impl LossyNet {
     /// A namespace with its loopback up and no loss yet; `Err` says why one cannot be made.
+    /// Namespaces left by a test process that is gone (killed before its drop ran) are
+    /// deleted first.
     pub fn new() -> Result<Self, String> {
+        Self::clean_stale();
         let name = format!("bakare-loss-{}-{}", std::process::id(), NAMESPACES.fetch_add(1, Ordering::Relaxed));
         run_quiet(&["ip", "netns", "add", &name]).map_err(|e| format!("cannot create a network namespace: {e}"))?;
         let net = Self { name };
@@ -591,6 +594,25 @@ impl LossyNet {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Deletes the `bakare-loss-PID-N` namespaces whose PID no longer runs, ending what
+    /// still runs inside them (servers `ip netns exec` handed over to).
+    pub fn clean_stale() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).stdin(Stdio::null()).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else { continue };
+            let Some(pid) = name.strip_prefix("bakare-loss-").and_then(|r| r.split('-').next()) else { continue };
+            if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = run_quiet(&["kill", "-9", p]);
+                }
+            }
+            let _ = run_quiet(&["ip", "netns", "del", name]);
+        }
     }
 
     /// Drops each packet on the namespace's loopback with probability `p` (0 to 1) from now

@@ -292,3 +292,31 @@ fn s3_over_a_long_narrow_link_uses_every_connection() {
         assert!(most <= 4, "{most} uploads were in flight at once with --connections 4");
     });
 }
+
+/// A namespace left by a test process killed before its drop ran (with a server still
+/// running in it) is deleted, and the server ended, when the next loss test makes its own.
+#[test]
+fn a_killed_tests_namespace_is_cleaned_up_by_the_next() {
+    let Some(mine) = LossyNet::for_test() else { return };
+    // A process id that ran and is gone.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = format!("bakare-loss-{pid}-0");
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(ip(&["netns", "add", &stale]).status.success());
+    let mut server = std::process::Command::new("ip").args(["netns", "exec", &stale, "sleep", "300"]).spawn().unwrap();
+    let listed = |name: &str| String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).contains(name);
+    let t = Instant::now();
+    while String::from_utf8_lossy(&ip(&["netns", "pids", &stale]).stdout).trim().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let next = LossyNet::new().unwrap();
+    let ended = listed(&stale);
+    let _ = ip(&["netns", "del", &stale]);
+    let _ = server.kill();
+    assert!(!ended, "the stale namespace is still there");
+    assert!(server.wait().unwrap().code().is_none(), "the server in it was killed");
+    assert!(listed(mine.name()) && listed(next.name()), "a live process's namespaces are kept");
+}
