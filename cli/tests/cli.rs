@@ -1503,9 +1503,17 @@ fn mount_memory_stays_within_the_limit_however_many_files_are_looked_at() {
         }
         seen
     };
+    // A process working in the first folder: it stays the process's folder however many
+    // names are handed back to the kernel (a folder's name is never: the kernel would
+    // unhash it under the process, whose getcwd then fails).
+    let mut resident = Command::new("sleep").arg("120").current_dir(root.join("d000")).spawn().unwrap();
     assert_eq!(walk(10), folders * files);
     // Again: the first folders' names were handed back by now, and are looked up anew.
     assert_eq!(walk(97), folders * files);
+    let cwd = fs::read_link(format!("/proc/{}/cwd", resident.id())).unwrap();
+    let _ = resident.kill();
+    let _ = resident.wait();
+    assert!(!cwd.to_string_lossy().ends_with("(deleted)"), "the folder went from under its process: {cwd:?}");
     let peak = peak_mib();
     stop_mount(&env, &mnt, child);
     assert!(peak < 48, "the mount peaked at {peak} MiB with --memory-limit 48M");

@@ -26,7 +26,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
@@ -75,6 +75,9 @@ struct Slot {
     kids: u32,
     /// When it was last used (a tick of [`Table`]), for trimming.
     used: u64,
+    /// The kernel was asked to drop its name (not again until it is looked up again: an
+    /// open file keeps its inode).
+    handed_back: bool,
 }
 
 /// The inodes the kernel holds. An entry's slot is made by `lookup` and freed when the
@@ -104,7 +107,7 @@ impl Table {
     fn add(&mut self, place: Place) -> u64 {
         self.next += 1;
         let ino = self.next;
-        self.slots.insert(ino, Slot { place, lookups: 0, kids: 0, used: self.tick });
+        self.slots.insert(ino, Slot { place, lookups: 0, kids: 0, used: self.tick, handed_back: false });
         ino
     }
 
@@ -155,6 +158,11 @@ impl Trees {
         *used = self.tick;
         self.by_use.insert(self.tick, *id);
         Some(tree.clone())
+    }
+
+    /// A tree if it is kept, without counting as a use.
+    fn peek(&self, id: &BlobId) -> Option<Arc<Tree>> {
+        self.map.get(id).map(|v| v.0.clone())
     }
 
     fn put(&mut self, id: BlobId, tree: Arc<Tree>) {
@@ -215,12 +223,15 @@ enum Found {
     Entry(Arc<Tree>, usize),
 }
 
+/// A tree being decoded: the request that decodes it fills it, the others wait on it.
+type Decoding = Arc<OnceLock<Result<Arc<Tree>, Errno>>>;
+
 /// An open file: its chunks, where each starts, and the last chunk read.
 struct Open {
     ino: u64,
     size: u64,
-    chunks: Vec<BlobId>,
-    starts: Vec<u64>,
+    chunks: Arc<[BlobId]>,
+    starts: Arc<[u64]>,
     last: Option<(usize, Arc<Vec<u8>>)>,
 }
 
@@ -228,6 +239,8 @@ struct SnapshotFs {
     repo: Repository,
     table: Mutex<Table>,
     trees: Mutex<Trees>,
+    /// Trees being decoded, each once however many requests want it.
+    loading: Mutex<HashMap<BlobId, Decoding>>,
     open: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
     /// Set (and the condvar told) when the table is past its cap: the main thread trims.
@@ -303,16 +316,26 @@ impl SnapshotFs {
     }
 
     /// A tree, decoded once and kept while it is used.
+    /// A tree being decoded is waited for, not decoded again by another thread.
     fn tree(&self, id: &BlobId) -> Result<Arc<Tree>, Errno> {
         if let Some(t) = lock(&self.trees).get(id) {
             return Ok(t);
         }
-        let tree = Arc::new(self.repo.load_tree(id).map_err(|e| {
-            eprintln!("bakare mount: {e}");
-            Errno::EIO
-        })?);
-        lock(&self.trees).put(*id, tree.clone());
-        Ok(tree)
+        let cell = lock(&self.loading).entry(*id).or_default().clone();
+        let made = cell
+            .get_or_init(|| {
+                let tree = self.repo.load_tree(id).map(Arc::new).map_err(|e| {
+                    eprintln!("bakare mount: {e}");
+                    Errno::EIO
+                });
+                if let Ok(t) = &tree {
+                    lock(&self.trees).put(*id, t.clone());
+                }
+                tree
+            })
+            .clone();
+        lock(&self.loading).remove(id);
+        made
     }
 
     /// What `ino` is: a made-up inode's attributes, or an entry of a tree.
@@ -416,35 +439,49 @@ impl SnapshotFs {
     /// it then forgets their inodes (an open file or a folder in use stays). Sent from the
     /// mount's main thread, never from a request: the kernel locks the folder meanwhile.
     fn trim(&self, notifier: &fuser::Notifier) -> usize {
-        let victims: Vec<(u64, u32)> = {
-            let t = lock(&self.table);
+        // Not folders: the kernel unhashes a name it is told to drop even when it is in use,
+        // and a process's working folder would then be gone from under it.
+        let victims: Vec<(u64, BlobId, u32)> = {
+            let mut t = lock(&self.table);
             if t.entries() <= t.cap {
                 return 0;
             }
-            let mut leaves: Vec<(u64, u64, u64, u32)> = t
+            let mut leaves: Vec<(u64, u64)> = t
                 .slots
                 .iter()
-                .filter_map(|(&ino, s)| match s.place {
-                    Place::Entry { parent, index } if s.kids == 0 && s.lookups > 0 => {
-                        Some((s.used, ino, parent, index))
-                    }
-                    _ => None,
+                .filter(|(ino, s)| {
+                    matches!(s.place, Place::Entry { .. })
+                        && s.kids == 0
+                        && s.lookups > 0
+                        && !s.handed_back
+                        && !t.folders.contains_key(ino)
                 })
+                .map(|(&ino, s)| (s.used, ino))
                 .collect();
             leaves.sort_unstable();
             let drop = t.entries() - t.cap * 3 / 4;
-            leaves.into_iter().take(drop).map(|(_, _, parent, index)| (parent, index)).collect()
+            let mut victims = Vec::new();
+            for (_, ino) in leaves.into_iter().take(drop) {
+                let Some(slot) = t.slots.get_mut(&ino) else { continue };
+                slot.handed_back = true;
+                let Place::Entry { parent, index } = slot.place else { continue };
+                if let Some(&tree) = t.folders.get(&parent) {
+                    victims.push((parent, tree, index));
+                }
+            }
+            victims
         };
         let mut sent = 0;
-        for (parent, index) in victims {
-            let Ok(Listing::Tree(tree)) = self.listing(parent) else { continue };
+        for (parent, tree, index) in victims {
+            // Only from trees still decoded, and without counting as a use.
+            let Some(tree) = lock(&self.trees).peek(&tree) else { continue };
             let Some(e) = tree.entries.get(index as usize) else { continue };
             if notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&e.name)).is_ok() {
                 sent += 1;
             }
         }
-        // The kernel has forgotten them by now (it does so as each name goes): the maps give
-        // back the room they grew into.
+        // The maps give back the room they grew into (the kernel's forgets for the names
+        // just dropped come later: the next trim finds them gone).
         let mut t = lock(&self.table);
         if t.slots.capacity() > 2 * t.slots.len() + 1024 {
             t.slots.shrink_to_fit();
@@ -452,6 +489,11 @@ impl SnapshotFs {
             t.folders.shrink_to_fit();
         }
         sent
+    }
+
+    fn over_cap(&self) -> bool {
+        let t = lock(&self.table);
+        t.entries() > t.cap
     }
 
     /// Waits until the table wants trimming, or `timeout`.
@@ -584,6 +626,7 @@ impl Filesystem for Shared {
             };
             if let Some(slot) = t.touch(ino) {
                 slot.lookups += 1;
+                slot.handed_back = false;
             }
             if t.entries() > t.cap {
                 let mut wanted = lock(&self.trim_wanted.0);
@@ -649,7 +692,16 @@ impl Filesystem for Shared {
             }
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.open).insert(fh, Open { ino: ino.0, size: *size, chunks: chunks.clone(), starts, last: None });
+        lock(&self.open).insert(
+            fh,
+            Open {
+                ino: ino.0,
+                size: *size,
+                chunks: Arc::from(chunks.as_slice()),
+                starts: Arc::from(starts),
+                last: None,
+            },
+        );
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
@@ -789,6 +841,7 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
             tick: 0,
             cap: (limit / 16 / SLOT_BYTES).max(1000),
         }),
+        loading: Mutex::new(HashMap::new()),
         trees: Mutex::new(Trees { map: HashMap::new(), by_use: BTreeMap::new(), bytes: 0, cap: limit / 8, tick: 0 }),
         open: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
@@ -894,7 +947,11 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
             }
         }
         fs.wait_for_trim(Duration::from_millis(200));
-        fs.trim(&notifier);
+        if fs.trim(&notifier) == 0 && fs.over_cap() {
+            // Over the cap with nothing to hand back (folders, open files): no use scanning
+            // again at every lookup.
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     // Unmounted here unless someone did already (then the error says so, and is moot).
     // Busy (a shell's folder in it, a file still open): detached, gone once they close.
