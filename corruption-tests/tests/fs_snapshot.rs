@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use bakare_corruption_tests::{Cli, LoopFs, ok, on_path, run, signal, wait_stopped};
@@ -60,6 +61,7 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     run(&["btrfs", "subvolume", "create", vol.join("nested").to_str().unwrap()]);
     std::fs::create_dir_all(vol.join("docs")).unwrap();
     std::fs::write(vol.join("docs/a.txt"), b"alpha").unwrap();
+    std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(vol.join("nested/n.txt"), b"nested").unwrap();
     std::fs::write(vol.join("big"), vec![b'a'; 8 << 20]).unwrap();
     std::fs::create_dir_all(vol.join("tmp")).unwrap();
@@ -92,7 +94,12 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     assert_eq!(summary(&again)["files_read"], 0);
     assert!(left(&fs.mnt).is_empty(), "snapshots left: {:?}", left(&fs.mnt));
 
-    // Rewritten after the snapshot was taken: restored as it was.
+    // Changed after the snapshot was taken: restored as it was. The walk takes the metadata
+    // of what did not change from the live tree, so each kind of change is tried: data,
+    // mode, a new name, a renamed one (in the nested subvolume).
+    // Older than the walk's margin (a second before the snapshot), so that what is
+    // unchanged is taken live and only the changes from the snapshot.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     let rewrite = |fs_snapshot: &str| {
         let mut child = cli.cmd(&["--json", "backup", "--fs-snapshot", fs_snapshot, src]);
         let mut child = child.env("BAKARE_FAILPOINT", "after-fs-snapshot").spawn().unwrap();
@@ -101,10 +108,16 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
         f.seek(SeekFrom::Start(0)).unwrap();
         f.write_all(&vec![b'b'; 4 << 20]).unwrap();
         f.sync_all().unwrap();
+        std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(vol.join("docs/new.txt"), b"new").unwrap();
+        std::fs::rename(vol.join("nested/n.txt"), vol.join("nested/m.txt")).unwrap();
         assert!(signal(&child, "-CONT"));
         let out = child.wait_with_output().unwrap();
         ok(&out, "backup");
         std::fs::write(vol.join("big"), vec![b'a'; 8 << 20]).unwrap();
+        std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(vol.join("docs/new.txt")).unwrap();
+        std::fs::rename(vol.join("nested/m.txt"), vol.join("nested/n.txt")).unwrap();
         let id = summary(&out)["snapshot"].as_str().unwrap().to_string();
         let target = tmp.path().join(format!("restored-{fs_snapshot}"));
         ok(&cli.run(&["restore", "-q", &id, "--target", target.to_str().unwrap()]), "restore");
@@ -115,12 +128,18 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     };
     let (bs, inside) = rewrite("btrfs");
     assert_eq!(bs, 0, "a file rewritten after the snapshot was taken came back rewritten");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&inside.join("docs/a.txt")), 0o644, "a mode changed after the snapshot");
+    assert!(!inside.join("docs/new.txt").exists(), "a file made after the snapshot");
+    assert!(!inside.join("nested/m.txt").exists(), "a name given after the snapshot");
     assert_eq!(std::fs::read(inside.join("nested/n.txt")).unwrap(), b"nested");
     assert_eq!(std::fs::read(inside.join("tmp/t.txt")).unwrap(), b"tmpfs");
     assert_eq!(std::fs::read(inside.join("docs/a.txt")).unwrap(), b"alpha");
     assert!(!inside.join(".bakare-fs-snapshots").exists() && !vol.join(".bakare-fs-snapshots").exists());
-    let (bs, _) = rewrite("off");
+    let (bs, inside) = rewrite("off");
     assert_eq!(bs, 4 << 20, "without a snapshot the rewrite is read");
+    assert_eq!(mode(&inside.join("docs/a.txt")), 0o600, "without a snapshot the new mode is read");
+    assert!(inside.join("docs/new.txt").exists() && inside.join("nested/m.txt").exists());
 
     // Killed with its snapshots taken: the next backup deletes them.
     let mut child = cli.cmd(&["backup", "--fs-snapshot", "btrfs", src]);

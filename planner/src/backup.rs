@@ -34,6 +34,7 @@ use crate::counters::Counters;
 use crate::db::{PlanDb, RunContext};
 use crate::error::PlanError;
 use crate::exclude::Excludes;
+use crate::fs_snapshot::Live;
 use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
 use crate::memo::{DirRecord, Memo, MemoRecord, Trust, chunk_list_digest};
 use crate::meta::{extra_of, metadata_of, special_node};
@@ -57,6 +58,9 @@ pub struct BackupOptions {
     pub interrupt: Arc<std::sync::atomic::AtomicUsize>,
     /// Devices recorded as others (a filesystem snapshot's as its live filesystem's).
     pub devices: crate::Devices,
+    /// The live folders behind filesystem snapshots: what has not changed since a snapshot
+    /// was taken has its metadata read there (see [`crate::fs_snapshot::LiveViews`]).
+    pub live: crate::fs_snapshot::LiveViews,
     /// Lines for the snapshot's log before the walk's own (hooks' output, the filesystem
     /// snapshots read).
     pub log: Vec<String>,
@@ -77,6 +81,7 @@ impl Default for BackupOptions {
             checkpoints: CheckpointPolicy::default(),
             interrupt: Arc::default(),
             devices: crate::Devices::default(),
+            live: Default::default(),
             log: Vec::new(),
             time_ns: None,
         }
@@ -175,6 +180,7 @@ enum PlannedKind {
 
 struct Walk<'a> {
     repo: &'a Repository,
+    live: &'a crate::fs_snapshot::LiveViews,
     memo: &'a Memo,
     run: Arc<RunContext>,
     force: bool,
@@ -599,6 +605,7 @@ impl Pass<'_> {
         let opts = self.opts;
         let walk = Walk {
             repo,
+            live: &opts.live,
             memo,
             run: run.clone(),
             force: opts.force_rehash,
@@ -624,10 +631,10 @@ impl Pass<'_> {
         let resolved = if self.sources.whole {
             let root = Path::new("/");
             let ex = match fs::symlink_metadata(root) {
-                Ok(m) => opts.excludes.enter(root).on_device(m.dev()),
+                Ok(m) => opts.excludes.enter(root).on_device(run.devices.normal(m.dev())),
                 Err(_) => opts.excludes.enter(root),
             };
-            match walk.dir(root, &ex) {
+            match walk.dir(root, &ex, None) {
                 Ok(Some(r)) => Ok(r),
                 // The whole file system, left out by a tag in `/`: an empty root.
                 Ok(None) => walk.finish(root, Vec::new(), None, None),
@@ -784,7 +791,7 @@ impl Walk<'_> {
                 let meta = fs::symlink_metadata(&child_path)
                     .map_err(|cause| PlanError::Source { path: child_path.clone(), cause })?;
                 if child.whole {
-                    self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files)
+                    self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files, None, None)
                 } else {
                     Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
@@ -798,11 +805,14 @@ impl Walk<'_> {
         self.finish(path, children, None, folder.tree)
     }
 
-    /// A folder's tree; `None` when a tag file in it leaves it out.
-    fn dir(&self, path: &Path, ex: &Excludes) -> Result<Option<Resolved>, PlanError> {
+    /// A folder's tree; `None` when a tag file in it leaves it out. `live`: the live folder
+    /// behind it when it is read from a filesystem snapshot.
+    fn dir(&self, path: &Path, ex: &Excludes, live: Option<Live>) -> Result<Option<Resolved>, PlanError> {
         if self.run.interrupted() {
             return Err(PlanError::Interrupted);
         }
+        // A snapshot's root or a filesystem bound live starts its own view.
+        let live = self.live.at(path).unwrap_or(live);
         let listing = match list_dir(path, ex) {
             Ok(l) => l,
             Err(e) => {
@@ -818,14 +828,24 @@ impl Walk<'_> {
         Counters::add(&self.run.counters.dirs, 1);
         let folder = self.memo.folder(path);
         let memo = folder.files;
+        let live = live.map(|l| l.listing());
         let children: Vec<Planned> = listing
             .into_par_iter()
-            .map(|(name, child_path, entry)| match entry.metadata() {
-                Ok(meta) => self.child(&child_path, name.as_bytes(), &meta, ex, &memo),
-                Err(e) => {
-                    self.record_error(&child_path, format!("vanished or unreadable: {e}"));
-                    Ok(None)
-                }
+            .map(|(name, child_path, entry)| {
+                // Unchanged since the snapshot: its live metadata (no new inode for it).
+                let seen = live.as_ref().and_then(|l| l.unchanged(&name, std::os::unix::fs::DirEntryExt::ino(&entry)));
+                let (meta, at) = match seen {
+                    Some((meta, at)) => (meta, Some(at)),
+                    None => match entry.metadata() {
+                        Ok(meta) => (meta, None),
+                        Err(e) => {
+                            self.record_error(&child_path, format!("vanished or unreadable: {e}"));
+                            return Ok(None);
+                        }
+                    },
+                };
+                let inner = live.as_ref().filter(|_| meta.is_dir()).and_then(|l| l.live().enter(&name, meta.ino()));
+                self.child(&child_path, name.as_bytes(), &meta, ex, &memo, at.as_deref(), inner)
             })
             .filter_map(Result::transpose)
             .collect::<Result<_, PlanError>>()?;
@@ -920,6 +940,9 @@ impl Walk<'_> {
         }
     }
 
+    /// One entry of a folder. `at`: where its metadata was read live (its link target and
+    /// extended attributes are read there too); `live`: for a folder, the live folder behind it.
+    #[allow(clippy::too_many_arguments)]
     fn child(
         &self,
         path: &Path,
@@ -927,15 +950,19 @@ impl Walk<'_> {
         meta: &fs::Metadata,
         ex: &Excludes,
         memo: &[MemoRecord],
+        at: Option<&Path>,
+        live: Option<Live>,
     ) -> Result<Option<Planned>, PlanError> {
         let ft = meta.file_type();
-        let kind = if ft.is_dir() && ex.crosses(meta.dev()) {
+        let dev = self.run.devices.normal(meta.dev());
+        let at = at.unwrap_or(path);
+        let kind = if ft.is_dir() && ex.crosses(dev) {
             // A mount point under --one-file-system: kept, empty, so a restore has it.
             Counters::add(&self.run.counters.dirs, 1);
             let Resolved(tree, error) = self.finish(path, Vec::new(), None, None)?;
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
         } else if ft.is_dir() {
-            let Some(Resolved(tree, error)) = self.dir(path, &ex.enter(path).on_device(meta.dev()))? else {
+            let Some(Resolved(tree, error)) = self.dir(path, &ex.enter(path).on_device(dev), live)? else {
                 return Ok(None);
             };
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
@@ -946,7 +973,7 @@ impl Walk<'_> {
             let extra = extra_of(meta, xattrs, &self.run.devices);
             return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }));
         } else if ft.is_symlink() {
-            match fs::read_link(path) {
+            match fs::read_link(at) {
                 Ok(t) => PlannedKind::Resolved {
                     node: Node::Symlink { target: t.as_os_str().as_bytes().to_vec() },
                     error: None,
@@ -960,17 +987,23 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        let extra = extra_of(meta, self.xattrs_of(path), &self.run.devices);
+        let extra = extra_of(meta, self.xattrs_of_at(path, at), &self.run.devices);
         Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }))
     }
 
     /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read
     /// is recorded as the entry's error and the rest backed up.
     fn xattrs_of(&self, path: &Path) -> Vec<Xattr> {
+        self.xattrs_of_at(path, path)
+    }
+
+    /// The extended attributes of `path`, read at `at` (its live path, when unchanged since
+    /// a filesystem snapshot was taken).
+    fn xattrs_of_at(&self, path: &Path, at: &Path) -> Vec<Xattr> {
         if !self.xattrs {
             return Vec::new();
         }
-        crate::xattrs::read(path).unwrap_or_else(|e| {
+        crate::xattrs::read(at).unwrap_or_else(|e| {
             self.record_error(path, e);
             Vec::new()
         })

@@ -122,6 +122,7 @@ fn backup(
         checkpoints: policy(&a.checkpoint),
         interrupt,
         devices: Default::default(),
+        live: Default::default(),
         log,
         time_ns: a.time,
     };
@@ -345,6 +346,7 @@ pub fn run_backup(
     let snapshots = FsSnapshots::take(paths, &take)?;
     bakare_store::failpoint::hit("after-fs-snapshot");
     opts.devices = snapshots.devices.clone();
+    opts.live = snapshots.live.clone();
     opts.log.extend(snapshots.log.iter().cloned());
     if !ctx.global.quiet && !ctx.global.json {
         for line in &snapshots.log {

@@ -87,6 +87,7 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         checkpoints: policy(&a.checkpoint),
         interrupt: interrupt.clone(),
         devices: Default::default(),
+        live: Default::default(),
         log: Vec::new(),
         time_ns: None,
     };
