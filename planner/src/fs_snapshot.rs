@@ -649,8 +649,16 @@ struct Mount {
     /// The mounted folder's path inside its filesystem (`/@home` for `subvol=@home`).
     root: PathBuf,
     btrfs: bool,
+    /// Its filesystem type (`fuse.bakare`, `btrfs`).
+    fstype: String,
     /// The mount's source: the device of a btrfs filesystem.
     source: String,
+}
+
+/// Whether a filesystem whose type begins with `fstype` is mounted at `point` in this
+/// process's namespace (mountinfo's paths unescaped: a mount point may hold a space).
+pub fn mounted_at(point: &Path, fstype: &str) -> bool {
+    mount_info().is_ok_and(|m| m.iter().any(|m| m.point == point && m.fstype.starts_with(fstype)))
 }
 
 /// This namespace's mounts.
@@ -667,6 +675,7 @@ fn mount_info() -> Result<Vec<Mount>, FsSnapshotError> {
             point: PathBuf::from(unescape(point)),
             root: PathBuf::from(unescape(root)),
             btrfs: fstype == Some("btrfs"),
+            fstype: fstype.unwrap_or_default().to_string(),
             source,
         });
     }

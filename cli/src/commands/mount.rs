@@ -966,10 +966,5 @@ pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
 
 /// Whether a bakare file system is mounted at `path`.
 fn mounted(path: &std::path::Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
-        t.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f.get(4).is_some_and(|p| std::path::Path::new(p) == path) && l.contains(" - fuse")
-        })
-    })
+    bakare_planner::fs_snapshot::mounted_at(path, "fuse")
 }
