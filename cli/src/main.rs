@@ -115,6 +115,7 @@ fn main() -> ExitCode {
     let threads = cli.global.threads.unwrap_or((cores * 4).clamp(1, 256));
     tune_malloc(cli.global.memory_limit, cores);
     private_files();
+    raise_open_files();
     quiet_cache_panics();
     // Only fails if a global pool exists already, and then that one serves.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
@@ -311,6 +312,18 @@ fn quiet_cache_panics() {
             default(info);
         }
     }));
+}
+
+/// The walk keeps a folder open per level on every worker (two with a filesystem snapshot:
+/// the snapshot's and the live one): the soft limit on open files (1024 by default) goes up
+/// to the hard one, as Go programs do.
+fn raise_open_files() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }
 
 /// Everything bakare creates is its user's alone: local caches (the memo holds file names),

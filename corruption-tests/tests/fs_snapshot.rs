@@ -63,6 +63,7 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     std::fs::write(vol.join("docs/a.txt"), b"alpha").unwrap();
     std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(vol.join("nested/n.txt"), b"nested").unwrap();
+    std::os::unix::fs::symlink("a.txt", vol.join("docs/link")).unwrap();
     std::fs::write(vol.join("big"), vec![b'a'; 8 << 20]).unwrap();
     std::fs::create_dir_all(vol.join("tmp")).unwrap();
     run(&["mount", "-t", "tmpfs", "tmpfs", vol.join("tmp").to_str().unwrap()]);
@@ -111,6 +112,12 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
         std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(vol.join("docs/new.txt"), b"new").unwrap();
         std::fs::rename(vol.join("nested/n.txt"), vol.join("nested/m.txt")).unwrap();
+        std::fs::remove_file(vol.join("docs/link")).unwrap();
+        std::os::unix::fs::symlink("new.txt", vol.join("docs/link")).unwrap();
+        let _ = std::process::Command::new("setfattr")
+            .args(["-n", "user.late", "-v", "1"])
+            .arg(vol.join("docs/a.txt"))
+            .status();
         assert!(signal(&child, "-CONT"));
         let out = child.wait_with_output().unwrap();
         ok(&out, "backup");
@@ -118,6 +125,9 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
         std::fs::set_permissions(vol.join("docs/a.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::remove_file(vol.join("docs/new.txt")).unwrap();
         std::fs::rename(vol.join("nested/m.txt"), vol.join("nested/n.txt")).unwrap();
+        std::fs::remove_file(vol.join("docs/link")).unwrap();
+        std::os::unix::fs::symlink("a.txt", vol.join("docs/link")).unwrap();
+        let _ = std::process::Command::new("setfattr").args(["-x", "user.late"]).arg(vol.join("docs/a.txt")).status();
         let id = summary(&out)["snapshot"].as_str().unwrap().to_string();
         let target = tmp.path().join(format!("restored-{fs_snapshot}"));
         ok(&cli.run(&["restore", "-q", &id, "--target", target.to_str().unwrap()]), "restore");
@@ -132,6 +142,9 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     assert_eq!(mode(&inside.join("docs/a.txt")), 0o644, "a mode changed after the snapshot");
     assert!(!inside.join("docs/new.txt").exists(), "a file made after the snapshot");
     assert!(!inside.join("nested/m.txt").exists(), "a name given after the snapshot");
+    assert_eq!(std::fs::read_link(inside.join("docs/link")).unwrap(), Path::new("a.txt"), "a link swapped after it");
+    let late = std::process::Command::new("getfattr").args(["-n", "user.late"]).arg(inside.join("docs/a.txt")).output();
+    assert!(late.is_err() || !late.unwrap().status.success(), "an extended attribute set after the snapshot");
     assert_eq!(std::fs::read(inside.join("nested/n.txt")).unwrap(), b"nested");
     assert_eq!(std::fs::read(inside.join("tmp/t.txt")).unwrap(), b"tmpfs");
     assert_eq!(std::fs::read(inside.join("docs/a.txt")).unwrap(), b"alpha");
@@ -140,6 +153,7 @@ fn a_backup_reads_one_instant_of_a_btrfs_subvolume() {
     assert_eq!(bs, 4 << 20, "without a snapshot the rewrite is read");
     assert_eq!(mode(&inside.join("docs/a.txt")), 0o600, "without a snapshot the new mode is read");
     assert!(inside.join("docs/new.txt").exists() && inside.join("nested/m.txt").exists());
+    assert_eq!(std::fs::read_link(inside.join("docs/link")).unwrap(), Path::new("new.txt"));
 
     // Killed with its snapshots taken: the next backup deletes them.
     let mut child = cli.cmd(&["backup", "--fs-snapshot", "btrfs", src]);

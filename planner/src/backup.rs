@@ -791,7 +791,7 @@ impl Walk<'_> {
                 let meta = fs::symlink_metadata(&child_path)
                     .map_err(|cause| PlanError::Source { path: child_path.clone(), cause })?;
                 if child.whole {
-                    self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files, None, None)
+                    self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files, None)
                 } else {
                     Counters::add(&self.run.counters.dirs, 1);
                     let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
@@ -828,16 +828,16 @@ impl Walk<'_> {
         Counters::add(&self.run.counters.dirs, 1);
         let folder = self.memo.folder(path);
         let memo = folder.files;
-        let live = live.map(|l| l.listing());
+        let live = live.and_then(|l| l.listing());
         let children: Vec<Planned> = listing
             .into_par_iter()
             .map(|(name, child_path, entry)| {
                 // Unchanged since the snapshot: its live metadata (no new inode for it).
                 let seen = live.as_ref().and_then(|l| l.unchanged(&name, std::os::unix::fs::DirEntryExt::ino(&entry)));
-                let (meta, at) = match seen {
-                    Some((meta, at)) => (meta, Some(at)),
+                let meta = match seen {
+                    Some(meta) => meta,
                     None => match entry.metadata() {
-                        Ok(meta) => (meta, None),
+                        Ok(meta) => meta,
                         Err(e) => {
                             self.record_error(&child_path, format!("vanished or unreadable: {e}"));
                             return Ok(None);
@@ -845,7 +845,7 @@ impl Walk<'_> {
                     },
                 };
                 let inner = live.as_ref().filter(|_| meta.is_dir()).and_then(|l| l.live().enter(&name, meta.ino()));
-                self.child(&child_path, name.as_bytes(), &meta, ex, &memo, at.as_deref(), inner)
+                self.child(&child_path, name.as_bytes(), &meta, ex, &memo, inner)
             })
             .filter_map(Result::transpose)
             .collect::<Result<_, PlanError>>()?;
@@ -940,9 +940,8 @@ impl Walk<'_> {
         }
     }
 
-    /// One entry of a folder. `at`: where its metadata was read live (its link target and
-    /// extended attributes are read there too); `live`: for a folder, the live folder behind it.
-    #[allow(clippy::too_many_arguments)]
+    /// One entry of a folder; `live`: for a folder read from a filesystem snapshot, the
+    /// live folder behind it.
     fn child(
         &self,
         path: &Path,
@@ -950,12 +949,10 @@ impl Walk<'_> {
         meta: &fs::Metadata,
         ex: &Excludes,
         memo: &[MemoRecord],
-        at: Option<&Path>,
         live: Option<Live>,
     ) -> Result<Option<Planned>, PlanError> {
         let ft = meta.file_type();
         let dev = self.run.devices.normal(meta.dev());
-        let at = at.unwrap_or(path);
         let kind = if ft.is_dir() && ex.crosses(dev) {
             // A mount point under --one-file-system: kept, empty, so a restore has it.
             Counters::add(&self.run.counters.dirs, 1);
@@ -973,7 +970,7 @@ impl Walk<'_> {
             let extra = extra_of(meta, xattrs, &self.run.devices);
             return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }));
         } else if ft.is_symlink() {
-            match fs::read_link(at) {
+            match fs::read_link(path) {
                 Ok(t) => PlannedKind::Resolved {
                     node: Node::Symlink { target: t.as_os_str().as_bytes().to_vec() },
                     error: None,
@@ -987,23 +984,17 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        let extra = extra_of(meta, self.xattrs_of_at(path, at), &self.run.devices);
+        let extra = extra_of(meta, self.xattrs_of(path), &self.run.devices);
         Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }))
     }
 
     /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read
     /// is recorded as the entry's error and the rest backed up.
     fn xattrs_of(&self, path: &Path) -> Vec<Xattr> {
-        self.xattrs_of_at(path, path)
-    }
-
-    /// The extended attributes of `path`, read at `at` (its live path, when unchanged since
-    /// a filesystem snapshot was taken).
-    fn xattrs_of_at(&self, path: &Path, at: &Path) -> Vec<Xattr> {
         if !self.xattrs {
             return Vec::new();
         }
-        crate::xattrs::read(at).unwrap_or_else(|e| {
+        crate::xattrs::read(path).unwrap_or_else(|e| {
             self.record_error(path, e);
             Vec::new()
         })

@@ -162,28 +162,62 @@ pub struct Live {
     cut_ns: i64,
     /// The live subvolume's device.
     dev: u64,
+    clock: std::sync::Arc<ClockCheck>,
+}
+
+/// The system clock since the snapshots were taken: stepped back (by NTP at boot, by hand),
+/// a file changed since could have a ctime older than the cut, so live views end.
+#[derive(Debug)]
+struct ClockCheck {
+    wall: std::time::SystemTime,
+    steady: std::time::Instant,
+}
+
+impl ClockCheck {
+    fn new() -> Self {
+        Self { wall: std::time::SystemTime::now(), steady: std::time::Instant::now() }
+    }
+
+    /// Whether the wall clock has advanced with the steady one, within half a second (a
+    /// slewed clock never goes back; suspend only moves the wall clock ahead).
+    fn sane(&self) -> bool {
+        let steady = self.steady.elapsed();
+        clock_sane(std::time::SystemTime::now().duration_since(self.wall).ok(), steady)
+    }
+}
+
+/// Whether `wall` (the wall clock's advance, `None` if it went back past its start) kept up
+/// with `steady` within half a second.
+fn clock_sane(wall: Option<std::time::Duration>, steady: std::time::Duration) -> bool {
+    wall.is_some_and(|wall| wall + std::time::Duration::from_millis(500) >= steady)
+}
+
+/// Now, in ns since the epoch, by the system clock.
+fn wall_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 impl Live {
-    fn path_of(&self, name: &std::ffi::OsStr) -> PathBuf {
-        use std::os::fd::AsRawFd as _;
-        PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd())).join(name)
-    }
-
     fn stands_for(&self, m: &fs::Metadata, ino: u64) -> bool {
         let ctime = m.ctime().checked_mul(1_000_000_000).and_then(|s| s.checked_add(m.ctime_nsec()));
         m.ino() == ino && m.dev() == self.dev && ctime.is_some_and(|c| c < self.cut_ns)
     }
 
-    /// The live folder's entries, read once (their metadata is then an `fstatat` each).
-    pub fn listing(&self) -> LiveListing {
+    /// The live folder's entries, read once (their metadata is then an `fstatat` each);
+    /// `None` once the system clock has gone back.
+    pub fn listing(&self) -> Option<LiveListing> {
+        if !self.clock.sane() {
+            return None;
+        }
         use std::os::fd::AsRawFd as _;
         let mut entries: Vec<(std::ffi::OsString, fs::DirEntry)> =
             fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
                 .map(|d| d.flatten().map(|e| (e.file_name(), e)).collect())
                 .unwrap_or_default();
         entries.sort_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-        LiveListing { live: self.clone(), entries }
+        Some(LiveListing { live: self.clone(), entries })
     }
 
     /// The live folder `name`, when it is the snapshot's folder `ino` (its entries may have
@@ -211,13 +245,15 @@ pub struct LiveListing {
 }
 
 impl LiveListing {
-    /// The live metadata of `name`, when it is the snapshot's inode `ino` unchanged since
-    /// the snapshot was taken; with the live path to read its link target or extended
-    /// attributes at.
-    pub fn unchanged(&self, name: &std::ffi::OsStr, ino: u64) -> Option<(fs::Metadata, PathBuf)> {
+    /// The live metadata of the regular file `name`, when it is the snapshot's inode `ino`
+    /// unchanged since the snapshot was taken. Only files: what else a folder, link or
+    /// device holds (extended attributes, a target) would be read by name after this check,
+    /// and could be another's by then; those come from the snapshot, whose inode a folder
+    /// costs anyway when it is listed.
+    pub fn unchanged(&self, name: &std::ffi::OsStr, ino: u64) -> Option<fs::Metadata> {
         let i = self.entries.binary_search_by(|(n, _)| n.as_encoded_bytes().cmp(name.as_encoded_bytes())).ok()?;
         let m = self.entries.get(i)?.1.metadata().ok()?;
-        self.live.stands_for(&m, ino).then(|| (m, self.live.path_of(name)))
+        (m.is_file() && self.live.stands_for(&m, ino)).then_some(m)
     }
 
     pub fn live(&self) -> &Live {
@@ -381,8 +417,9 @@ impl FsSnapshots {
             this.note(&sub.device, &name)?;
             let snap = top.join(SNAPSHOT_DIR).join(&name);
             // A file whose ctime is older than this was as it is now when the snapshot was
-            // taken; a second of margin for coarse clocks and small clock steps.
-            cuts.push(bakare_store::clock::now_ns().saturating_sub(CUT_MARGIN_NS));
+            // taken; a second of margin for coarse clocks. The system clock itself (no test
+            // offset): ctimes come from it.
+            cuts.push(wall_ns().saturating_sub(CUT_MARGIN_NS));
             run(Command::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(&sub.path).arg(&snap))?;
             this.taken.push(Taken { path: snap.clone() });
             let snap_dev = fs::symlink_metadata(&snap).map_err(io(snap.display()))?.dev();
@@ -394,13 +431,23 @@ impl FsSnapshots {
         // snapshot over the same path. Everything is held open before the first bind: a
         // bind hides what lies below its target.
         let mut steps: Vec<(PathBuf, bool, rustix::fd::OwnedFd)> = Vec::new();
+        let clock = std::sync::Arc::new(ClockCheck::new());
         for (target, index, inside) in &binds {
             let from = snapshots[*index].join(inside);
             steps.push((target.clone(), true, open_path(&from)?));
-            // The live folder, held before the snapshot hides it.
-            let live =
-                Live { dir: std::sync::Arc::new(open_path(target)?), cut_ns: cuts[*index], dev: roots[*index].dev };
-            this.live.roots.push((target.clone(), Some(live)));
+            // The live folder, held before the snapshot hides it. Not through an idmapped
+            // mount: its owners would not be the snapshot's (read through the plain mount).
+            let idmapped = mount_of(target, &mounts).is_some_and(|m| m.idmapped);
+            let live = match open_path(target) {
+                Ok(fd) if !idmapped => Some(Live {
+                    dir: std::sync::Arc::new(fd),
+                    cut_ns: cuts[*index],
+                    dev: roots[*index].dev,
+                    clock: clock.clone(),
+                }),
+                _ => None,
+            };
+            this.live.roots.push((target.clone(), live));
         }
         for (target, fd) in rebinds {
             this.live.roots.push((target.clone(), None));
@@ -649,6 +696,8 @@ struct Mount {
     /// The mounted folder's path inside its filesystem (`/@home` for `subvol=@home`).
     root: PathBuf,
     btrfs: bool,
+    /// An idmapped mount (owners shown mapped).
+    idmapped: bool,
     /// Its filesystem type (`fuse.bakare`, `btrfs`).
     fstype: String,
     /// The mount's source: the device of a btrfs filesystem.
@@ -675,6 +724,7 @@ fn mount_info() -> Result<Vec<Mount>, FsSnapshotError> {
             point: PathBuf::from(unescape(point)),
             root: PathBuf::from(unescape(root)),
             btrfs: fstype == Some("btrfs"),
+            idmapped: fields.get(5).is_some_and(|o| o.split(',').any(|o| o == "idmapped")),
             fstype: fstype.unwrap_or_default().to_string(),
             source,
         });
@@ -741,6 +791,15 @@ fn run_output(cmd: &mut Command) -> Result<String, FsSnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_views_end_when_the_clock_goes_back() {
+        let s = std::time::Duration::from_secs;
+        assert!(clock_sane(Some(s(10)), s(10)), "in step");
+        assert!(clock_sane(Some(s(3600)), s(10)), "a suspend moves the wall clock ahead");
+        assert!(!clock_sane(Some(s(5)), s(10)), "stepped back 5 s");
+        assert!(!clock_sane(None, s(1)), "stepped back past the start");
+    }
 
     #[test]
     fn mountinfo_escapes() {
