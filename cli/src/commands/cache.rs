@@ -26,13 +26,20 @@ struct Folder {
     last_used: SystemTime,
 }
 
-/// The cache folders under `base` (named by a repository id: 32 hex digits).
-fn folders(base: &Path) -> Vec<Folder> {
+/// The cache folders under `base` (named by a repository id: 32 hex digits), each sized
+/// only when `sized` says so of its last use (the end-of-backup hint sizes the old ones
+/// alone: this repository's own cache may be large).
+fn folders(base: &Path, sized: impl Fn(SystemTime) -> bool) -> Vec<Folder> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if name.len() != 32 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || !path.is_dir() {
+            continue;
+        }
+        let marked = std::fs::metadata(path.join(LAST_USED)).and_then(|m| m.modified()).ok();
+        if marked.is_some_and(|t| !sized(t)) {
+            out.push(Folder { name, path, bytes: 0, last_used: marked.unwrap_or(SystemTime::UNIX_EPOCH) });
             continue;
         }
         let mut bytes = 0;
@@ -49,8 +56,7 @@ fn folders(base: &Path) -> Vec<Folder> {
                 }
             }
         }
-        let last_used = std::fs::metadata(path.join(LAST_USED)).and_then(|m| m.modified()).unwrap_or(newest);
-        out.push(Folder { name, path, bytes, last_used });
+        out.push(Folder { name, path, bytes, last_used: marked.unwrap_or(newest) });
     }
     out.sort_by_key(|f| std::cmp::Reverse(f.last_used));
     out
@@ -64,7 +70,7 @@ pub fn run(ctx: &Context, a: &CacheArgs) -> Result<Outcome> {
     let Some(base) = ctx.cache_base()? else {
         anyhow::bail!("--no-cache: there is no cache folder");
     };
-    let all = folders(&base);
+    let all = folders(&base, |_| true);
     let cutoff = SystemTime::now().checked_sub(a.max_unused).unwrap_or(SystemTime::UNIX_EPOCH);
     if ctx.global.json {
         let list: Vec<_> = all
@@ -116,7 +122,7 @@ fn remove_old(all: &[Folder], cutoff: SystemTime) -> Result<(u64, u64)> {
 pub fn hint(ctx: &Context) -> Option<String> {
     let base = ctx.cache_base().ok()??;
     let cutoff = SystemTime::now().checked_sub(std::time::Duration::from_secs(30 * 86_400))?;
-    let old: Vec<Folder> = folders(&base).into_iter().filter(|f| f.last_used < cutoff).collect();
+    let old: Vec<Folder> = folders(&base, |t| t < cutoff).into_iter().filter(|f| f.last_used < cutoff).collect();
     if old.is_empty() {
         return None;
     }
