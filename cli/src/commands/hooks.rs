@@ -209,8 +209,20 @@ mod tests {
 
     #[test]
     fn a_daemon_that_keeps_the_output_open_does_not_hang_the_backup() {
+        // The hook waits until the daemon has left its process group (else killing the
+        // group after the hook ends may still reach it, and nothing holds the output open).
+        let left = std::env::temp_dir().join(format!("bakare-hook-daemon-{}", std::process::id()));
+        let _ = std::fs::remove_file(&left);
         let started = Instant::now();
-        let r = run(&hook("setsid sleep 31 & echo forked", 10), &[], &calm());
+        let r = run(
+            &hook(
+                r#"setsid sh -c ': > "$LEFT"; exec sleep 31' & while ! [ -e "$LEFT" ]; do sleep 0.01; done; echo forked"#,
+                10,
+            ),
+            &[("LEFT", left.display().to_string())],
+            &calm(),
+        );
+        let _ = std::fs::remove_file(&left);
         assert!(r.ok, "{}", r.status);
         assert_eq!(r.output[0], "forked");
         assert!(r.output[1].contains("still holds its output open"), "{:?}", r.output);
