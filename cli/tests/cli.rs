@@ -1546,6 +1546,16 @@ fn mount_shows_every_snapshot_and_reads_every_file() {
     let src = env.path("src").canonicalize().unwrap();
     let rel = src.strip_prefix("/").unwrap();
     let latest = mnt.join("snapshots/latest").join(rel);
+    // `ls -i` reads the listing's inode numbers, `stat` the looked-up one: the same, also
+    // for names listed before any was looked up.
+    let listed: Vec<(PathBuf, u64)> = fs::read_dir(&latest)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.path(), std::os::unix::fs::DirEntryExt::ino(&e)))
+        .collect();
+    for (p, ino) in listed {
+        assert_eq!(ino, fs::symlink_metadata(&p).unwrap().ino(), "{p:?}");
+    }
     // Every file read back through the mount, byte for byte, with its mode and mtime.
     let mut stack = vec![PathBuf::new()];
     let mut files = 0;

@@ -133,6 +133,38 @@ impl Table {
         }
     }
 
+    /// The slot of entry `index` of the folder `parent`, made if there is none (`lists`: the
+    /// tree of a folder entry).
+    fn slot_for(&mut self, parent: u64, index: u32, lists: Option<BlobId>) -> u64 {
+        if let Some(&ino) = self.places.get(&(parent, index)) {
+            return ino;
+        }
+        let ino = self.add(Place::Entry { parent, index });
+        self.places.insert((parent, index), ino);
+        if let Some(id) = lists {
+            self.folders.insert(ino, id);
+        }
+        if let Some(p) = self.slots.get_mut(&parent) {
+            p.kids += 1;
+        }
+        ino
+    }
+
+    /// Frees up to `n` of the least recently used slots the kernel does not hold (made by
+    /// `readdir` for names never looked up), with nothing below them.
+    fn drop_unheld(&mut self, n: usize) {
+        let mut unheld: Vec<(u64, u64)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.place, Place::Entry { .. }) && s.lookups == 0 && s.kids == 0)
+            .map(|(&ino, s)| (s.used, ino))
+            .collect();
+        unheld.sort_unstable();
+        for (_, ino) in unheld.into_iter().take(n) {
+            self.forget(ino, 0);
+        }
+    }
+
     /// How many entry slots there are.
     fn entries(&self) -> usize {
         self.places.len()
@@ -266,16 +298,6 @@ fn time_of(ns: i64) -> SystemTime {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The inode number `readdir` gives an entry nobody has looked up (the kernel takes inode
-/// numbers from `lookup`; this one is only seen by `ls -i` and the like): high, so never
-/// a slot's.
-fn unlooked(parent: u64, index: usize) -> u64 {
-    let mut x = parent.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
-    x ^= x >> 31;
-    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    (x ^ (x >> 29)) | (1 << 63)
 }
 
 impl SnapshotFs {
@@ -446,6 +468,12 @@ impl SnapshotFs {
             if t.entries() <= t.cap {
                 return 0;
             }
+            // First what the kernel does not hold: freed here, nothing to tell it.
+            let over = t.entries() - t.cap * 3 / 4;
+            t.drop_unheld(over);
+            if t.entries() <= t.cap * 3 / 4 {
+                return 1;
+            }
             let mut leaves: Vec<(u64, u64)> = t
                 .slots
                 .iter()
@@ -489,6 +517,17 @@ impl SnapshotFs {
             t.folders.shrink_to_fit();
         }
         sent
+    }
+
+    /// Wakes the main thread to trim when the table is past its cap.
+    fn trim_if_over(&self, t: &Table) {
+        if t.entries() > t.cap {
+            let mut wanted = lock(&self.trim_wanted.0);
+            if !*wanted {
+                *wanted = true;
+                self.trim_wanted.1.notify_one();
+            }
+        }
     }
 
     fn over_cap(&self) -> bool {
@@ -610,31 +649,12 @@ impl Filesystem for Shared {
         };
         let ino = {
             let mut t = lock(&self.table);
-            let ino = match t.places.get(&(parent.0, index)) {
-                Some(&ino) => ino,
-                None => {
-                    let ino = t.add(Place::Entry { parent: parent.0, index });
-                    t.places.insert((parent.0, index), ino);
-                    if let Some(id) = lists {
-                        t.folders.insert(ino, id);
-                    }
-                    if let Some(p) = t.slots.get_mut(&parent.0) {
-                        p.kids += 1;
-                    }
-                    ino
-                }
-            };
+            let ino = t.slot_for(parent.0, index, lists);
             if let Some(slot) = t.touch(ino) {
                 slot.lookups += 1;
                 slot.handed_back = false;
             }
-            if t.entries() > t.cap {
-                let mut wanted = lock(&self.trim_wanted.0);
-                if !*wanted {
-                    *wanted = true;
-                    self.trim_wanted.1.notify_one();
-                }
-            }
+            self.trim_if_over(&t);
             ino
         };
         reply.entry(&TTL, &self.entry_attr(ino, e), Generation(0));
@@ -787,16 +807,21 @@ impl Filesystem for Shared {
                 }
             }
             Listing::Tree(tree) => {
-                let t = lock(&self.table);
+                // Each name gets its slot now, so that `ls -i` (which reads these numbers)
+                // and `stat` (which looks the name up) agree.
+                let mut t = lock(&self.table);
                 for (n, e) in tree.entries.iter().enumerate().skip(skip) {
-                    let child = u32::try_from(n)
-                        .ok()
-                        .and_then(|i| t.places.get(&(ino.0, i)).copied())
-                        .unwrap_or_else(|| unlooked(ino.0, n));
+                    let Ok(index) = u32::try_from(n) else { break };
+                    let lists = match &e.node {
+                        Node::Dir { tree } => Some(*tree),
+                        _ => None,
+                    };
+                    let child = t.slot_for(ino.0, index, lists);
                     if reply.add(INodeNo(child), (n + 3) as u64, node_kind(&e.node).1, OsStr::from_bytes(&e.name)) {
                         break;
                     }
                 }
+                self.trim_if_over(&t);
             }
         }
         reply.ok();
