@@ -1431,22 +1431,48 @@ fn can_mount() -> bool {
     ok
 }
 
+/// A running `bakare mount`: a test that fails before [`stop_mount`] still ends it and
+/// leaves nothing mounted.
+struct Mounted {
+    child: Option<std::process::Child>,
+    mnt: PathBuf,
+}
+
+impl Mounted {
+    fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
 /// Starts `bakare mount` on `mnt` (made here) with `more` options; returns once its
 /// snapshots show.
-fn start_mount(env: &Env, mnt: &Path, more: &[&str]) -> std::process::Child {
+fn start_mount(env: &Env, mnt: &Path, more: &[&str]) -> Mounted {
     fs::create_dir_all(mnt).unwrap();
-    let mut child = env.cmd().arg("mount").args(more).arg(mnt).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = env.cmd().arg("mount").args(more).arg(mnt).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut mounted = Mounted { child: Some(child), mnt: mnt.to_path_buf() };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !mnt.join("snapshots/latest").exists() {
         assert!(std::time::Instant::now() < deadline, "the mount never appeared");
-        assert!(child.try_wait().unwrap().is_none(), "bakare mount ended early");
+        let ended = mounted.child.as_mut().map(|c| c.try_wait().unwrap().is_some());
+        assert_eq!(ended, Some(false), "bakare mount ended early");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    child
+    mounted
 }
 
 /// Ctrl-C: the mount goes and the command ends well.
-fn stop_mount(env: &Env, mnt: &Path, child: std::process::Child) {
+fn stop_mount(env: &Env, mnt: &Path, mut mounted: Mounted) {
+    let child = mounted.child.take().unwrap();
     assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", env.stderr(&out));
