@@ -954,6 +954,14 @@ fn dump_a_file_and_a_folder_as_tar_past_damage() {
     let src = env.path("src").canonicalize().unwrap().to_string_lossy().into_owned();
     let out = env.run(&["dump", &format!("latest:{src}/sub/b.txt")]);
     assert_eq!(out.stdout, b"beta ".repeat(1000));
+    // A path no snapshot holds, said in words that fit one snapshot.
+    let out = env.run(&["dump", "latest", "/nonexistent"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        env.stderr(&out).contains("latest: the repository's one snapshot is not among those that hold /nonexistent"),
+        "{}",
+        env.stderr(&out)
+    );
     let out = env.run(&["dump", "latest", &src]);
     assert!(out.status.success(), "{}", env.stderr(&out));
     fs::write(env.path("src.tar"), &out.stdout).unwrap();
@@ -1429,6 +1437,40 @@ fn can_mount() -> bool {
         eprintln!("skipping: mounting needs /dev/fuse and root");
     }
     ok
+}
+
+/// The common mistake, a mount point not made yet, is said plainly (it was "needs
+/// /dev/fuse, and root or fusermount: No such file or directory"), before anything is asked.
+#[test]
+fn mount_names_a_missing_mount_point() {
+    let env = Env::new();
+    env.init();
+    let out = env.run(&["mount", &env.path("my mount").display().to_string()]);
+    assert_eq!(code(&out), 1);
+    let said = env.stderr(&out);
+    assert!(said.contains("my mount does not exist: make it first (mkdir -p '"), "{said}");
+    env.write("file", b"x");
+    let out = env.run(&["mount", &env.path("file").display().to_string()]);
+    assert!(env.stderr(&out).contains("file is not a folder"), "{}", env.stderr(&out));
+    // A mount whose process was killed stays until unmounted: said so.
+    if !can_mount() {
+        return;
+    }
+    env.write("src/a", b"a");
+    env.ok(&["backup", "-q", "src"]);
+    let mnt = env.path("mnt");
+    let mut mounted = start_mount(&env, &mnt, &[]);
+    let child = mounted.child.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = env.run(&["mount", &mnt.display().to_string()]);
+    assert!(
+        env.stderr(&out).contains("is still mounted by a process that ended: unmount it first"),
+        "{}",
+        env.stderr(&out)
+    );
+    drop(mounted);
+    assert!(fs::read_dir(&mnt).unwrap().next().is_none(), "unmounted, empty");
 }
 
 /// A running `bakare mount`: a test that fails before [`stop_mount`] still ends it and

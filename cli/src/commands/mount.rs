@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use bakare_store::{BlobId, Entry, Node, Repository, Tree};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
@@ -847,6 +847,20 @@ fn names(times: &[i64]) -> Vec<String> {
 }
 
 pub fn run(ctx: &Context, a: &MountArgs) -> Result<Outcome> {
+    // Before the passphrase is asked for: a missing mount point is the common mistake.
+    let at = a.mountpoint.display();
+    match std::fs::metadata(&a.mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("the mount point {at} is not a folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("the mount point {at} does not exist: make it first (mkdir -p '{at}')")
+        }
+        // A FUSE mount whose process was killed stays until unmounted.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {
+            bail!("the mount point {at} is still mounted by a process that ended: unmount it first (umount '{at}')")
+        }
+        Err(e) => return Err(e).with_context(|| format!("the mount point {at}")),
+    }
     let (repo, _) = ctx.open_master()?;
     let mut snaps = repo.snapshots()?.snapshots;
     let filter = a.filter.filter();

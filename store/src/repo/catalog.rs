@@ -139,9 +139,13 @@ impl Repository {
             all.retain(|(_, s)| filter.matches(s) && holds(s, path.as_bytes()));
             let what = filter.describe(path);
             let unfit = |why: String| StoreError::NoFittingSnapshot { spec: spec.to_string(), why };
-            let of_all = if total == 1 { "the one snapshot".to_string() } else { format!("the {total} snapshots") };
+            let of_all = format!("the {total} snapshots");
             if all.is_empty() {
-                return Err(unfit(format!("none of {of_all} {what}")));
+                return Err(unfit(if total == 1 {
+                    format!("the repository's one snapshot is not among those that {what}")
+                } else {
+                    format!("none of {of_all} {what}")
+                }));
             }
             let at = all.len().checked_sub(n + 1).ok_or_else(|| {
                 unfit(match (all.len() == total, total) {
