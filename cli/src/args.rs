@@ -622,6 +622,19 @@ pub struct RestoreArgs {
     /// reported, and the exit code is 4)
     #[arg(long)]
     pub keep_damaged: bool,
+    /// Restore only what matches this gitignore-style pattern, matched against the path in
+    /// the snapshot (`*.pdf`, `/home/me/docs`), with all below it (repeatable)
+    #[arg(long, short = 'i', value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// As --include, ignoring case (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub iinclude: Vec<String>,
+    /// Leave out what matches this gitignore-style pattern, with all below it (repeatable)
+    #[arg(long, short = 'e', value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// As --exclude, ignoring case (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -1008,6 +1008,77 @@ fn dump_a_file_and_a_folder_as_tar_past_damage() {
     assert!(env.stderr(&out).contains("is a symlink to a.txt"), "{}", env.stderr(&out));
 }
 
+/// `restore --include/--exclude` as restic has them: only what an include matches, with the
+/// folders on the way (their times kept) and no folder with nothing included below it.
+#[test]
+fn restore_only_what_includes_match_less_what_excludes_match() {
+    let env = Env::new();
+    env.init();
+    env.write("src/docs/a.pdf", b"a");
+    env.write("src/docs/B.PDF", b"b");
+    env.write("src/docs/notes.txt", b"n");
+    env.write("src/docs/old/c.pdf", b"c");
+    env.write("src/music/x.mp3", b"x");
+    env.write("src/music/sub/y.mp3", b"y");
+    fs::create_dir(env.path("src/empty")).unwrap();
+    let old = filetime::FileTime::from_unix_time(1_500_000_000, 0);
+    filetime::set_file_mtime(env.path("src/docs"), old).unwrap();
+    env.ok(&["backup", "-q", "src"]);
+    let src = env.path("src").canonicalize().unwrap().to_string_lossy().into_owned();
+    let files = |dir: &str| {
+        let mut found = Vec::new();
+        let mut stack = vec![env.path(dir)];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(env.path(dir)).unwrap().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    found.push(format!("{rel}/"));
+                    stack.push(p);
+                } else {
+                    found.push(rel);
+                }
+            }
+        }
+        found.sort();
+        found
+    };
+    let out =
+        env.run(&["restore", &format!("latest:{src}"), "-t", "r1", "-i", "*.pdf", "-e", &format!("{src}/docs/old")]);
+    assert!(out.status.success(), "{}", env.stderr(&out));
+    assert_eq!(files("r1"), ["docs/", "docs/a.pdf"]);
+    let docs = fs::metadata(env.path("r1/docs")).unwrap();
+    assert_eq!(filetime::FileTime::from_last_modification_time(&docs), old, "a folder on the way keeps its time");
+    // Ignoring case; a folder included is included whole, less what is excluded.
+    env.ok(&[
+        "restore",
+        "latest",
+        "-t",
+        "r2",
+        "--iinclude",
+        "*.pdf",
+        "--include",
+        &format!("{src}/music"),
+        "--exclude",
+        "sub",
+    ]);
+    let rel = src.trim_start_matches('/');
+    let want: Vec<String> =
+        ["", "/docs/", "/docs/B.PDF", "/docs/a.pdf", "/docs/old/", "/docs/old/c.pdf", "/music/", "/music/x.mp3"]
+            .iter()
+            .map(|f| format!("{rel}{f}"))
+            .collect();
+    let got: Vec<String> = files("r2").into_iter().filter(|f| f.len() >= rel.len()).collect();
+    assert_eq!(
+        got,
+        want.iter().map(|f| if f.len() == rel.len() { format!("{f}/") } else { f.clone() }).collect::<Vec<_>>()
+    );
+    // Nothing matched: said, and nothing made.
+    let out = env.run(&["restore", "latest", "-t", "r3", "-i", "*.doc"]);
+    assert!(env.stderr(&out).contains("nothing in snapshot"), "{}", env.stderr(&out));
+    assert_eq!(files("r3"), Vec::<String>::new());
+}
+
 /// `key list/add/passwd/remove`: a second passphrase opens the repository; the one in use
 /// cannot be removed (only changed, new key files first); the old one stops working.
 #[test]

@@ -47,6 +47,6 @@ pub use meta::metadata_of;
 pub use names::{Hit, IndexReport, NameIndex, index_path};
 pub use queries::{Content, FileChange, Stop, TreeResult, dir_tree, file_content};
 pub use repair::{CheckOptions, CheckOutcome, check, recover_from_source};
-pub use restore::{RestoreOptions, RestoreReport, Start, find_node, restore};
+pub use restore::{RestoreOptions, RestoreReport, RestoreSelect, Start, find_node, restore, restore_selected};
 pub use resume::{Prepared, find_session, finish_committed, interrupted_session, prepare_resume};
 pub use stream::backup_stream;

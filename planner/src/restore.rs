@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository, Xattr};
 use filetime::FileTime;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use rayon::prelude::*;
 
 use crate::counters::Counters;
@@ -35,6 +36,68 @@ pub struct RestoreOptions {
     /// Write what is readable of a damaged file, its lost ranges as holes, under its own
     /// name (it is still reported as not restored completely).
     pub keep_damaged: bool,
+}
+
+/// Which entries a restore writes (restic's `--include` / `--exclude`): gitignore-style
+/// patterns matched against an entry's path in the snapshot (`/home/me/a.txt`). An excluded
+/// entry is left out with all below it. With includes, only what an include matches is
+/// written, with all below it, and the folders on the way to it; folders with nothing
+/// included below them are not left behind.
+#[derive(Default)]
+pub struct RestoreSelect {
+    include: Vec<Gitignore>,
+    exclude: Vec<Gitignore>,
+}
+
+impl RestoreSelect {
+    /// Rules from patterns, `i` ones matched ignoring case.
+    pub fn new(
+        include: &[String],
+        iinclude: &[String],
+        exclude: &[String],
+        iexclude: &[String],
+    ) -> Result<Self, PlanError> {
+        let build = |patterns: &[String], icase: bool| -> Result<Option<Gitignore>, PlanError> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            let bad =
+                |pattern: &str, e: ignore::Error| PlanError::Exclude { pattern: pattern.into(), reason: e.to_string() };
+            let mut b = GitignoreBuilder::new("/");
+            b.case_insensitive(icase).map_err(|e| bad("", e))?;
+            for p in patterns {
+                b.add_line(None, p).map_err(|e| bad(p, e))?;
+            }
+            b.build().map(Some).map_err(|e| bad("", e))
+        };
+        Ok(Self {
+            include: [build(include, false)?, build(iinclude, true)?].into_iter().flatten().collect(),
+            exclude: [build(exclude, false)?, build(iexclude, true)?].into_iter().flatten().collect(),
+        })
+    }
+
+    /// Whether only what includes match is written.
+    pub fn narrows(&self) -> bool {
+        !self.include.is_empty()
+    }
+
+    fn excluded(&self, path: &Path, is_dir: bool) -> bool {
+        self.exclude.iter().any(|g| g.matched(path, is_dir).is_ignore())
+    }
+
+    fn included(&self, path: &Path, is_dir: bool) -> bool {
+        self.include.is_empty() || self.include.iter().any(|g| g.matched(path, is_dir).is_ignore())
+    }
+}
+
+/// A folder whose metadata is applied at the end, after everything below it.
+struct Folder {
+    path: PathBuf,
+    meta: Metadata,
+    xattrs: Vec<Xattr>,
+    /// Made by this restore only on the way to what includes match: removed if nothing
+    /// below it was written.
+    on_the_way: bool,
 }
 
 /// What a restore did.
@@ -86,8 +149,15 @@ struct Ctx<'a> {
     remote: bool,
     /// Remote only: small files waiting to be restored in pack order, a batch at a time.
     pending: Mutex<Vec<PendingFile>>,
-    /// Remote only: folders whose metadata is applied last (their files come later).
-    folders: Mutex<Vec<(PathBuf, Metadata, Vec<Xattr>)>>,
+    /// Folders whose metadata is applied last, children before parents: all of them when
+    /// remote (their files come later), and those only on the way to what is included.
+    folders: Mutex<Vec<Folder>>,
+    /// Which entries are written.
+    select: &'a RestoreSelect,
+    /// Where `start` is in the snapshot (`/` for a snapshot's root), and where on disk:
+    /// an entry's path in the snapshot is found from its path on disk.
+    base: PathBuf,
+    target: PathBuf,
     /// Hard-link groups: the first name restored of each.
     links: Mutex<HashMap<u64, PathBuf>>,
     /// The other names of each group, linked to the first at the end.
@@ -115,6 +185,20 @@ pub fn restore(
     opts: RestoreOptions,
     counters: &Counters,
 ) -> Result<RestoreReport, PlanError> {
+    restore_selected(repo, start, "/", target, opts, &RestoreSelect::default(), counters)
+}
+
+/// As [`restore`], writing only what `select` lets through; `at` is where `start` is in the
+/// snapshot (`/home/me`, or `/` for its root), against which patterns are matched.
+pub fn restore_selected(
+    repo: &Repository,
+    start: Start,
+    at: &str,
+    target: &Path,
+    opts: RestoreOptions,
+    select: &RestoreSelect,
+    counters: &Counters,
+) -> Result<RestoreReport, PlanError> {
     if !opts.overwrite && target.exists() {
         let mut entries = fs::read_dir(target).map_err(io(target))?;
         if entries.next().is_some() {
@@ -135,21 +219,34 @@ pub fn restore(
         folders: Mutex::default(),
         links: Mutex::default(),
         link_later: Mutex::default(),
+        select,
+        base: Path::new("/").join(at.trim_start_matches('/')),
+        target: target.to_path_buf(),
     };
     match start {
-        Start::Tree(id) => ctx.tree(&id, target)?,
+        Start::Tree(id) => ctx.tree(&id, target, select.included(&ctx.base, true))?,
         Start::Entry(e) => {
-            let path = target.join(std::ffi::OsStr::from_bytes(&e.name));
-            ctx.entry_or_record(&e, &path)?;
+            let is_dir = matches!(e.node, Node::Dir { .. });
+            if !select.excluded(&ctx.base, is_dir) && select.included(&ctx.base, is_dir) {
+                let path = target.join(std::ffi::OsStr::from_bytes(&e.name));
+                ctx.entry_or_record(&e, &path, true)?;
+            }
         }
     }
     let rest = std::mem::take(&mut *lock(&ctx.pending));
     ctx.restore_batch(rest)?;
     ctx.make_links()?;
     // Children before their parents: each folder's times are set after its contents.
-    for (path, meta, xattrs) in std::mem::take(&mut *lock(&ctx.folders)) {
-        if let Err(e) = ctx.apply(&path, &meta, &xattrs, false) {
-            ctx.incomplete(&path, e)?;
+    for f in std::mem::take(&mut *lock(&ctx.folders)) {
+        // Nothing was written below a folder only on the way: it goes (it is empty).
+        if f.on_the_way && fs::remove_dir(&f.path).is_ok() {
+            continue;
+        }
+        if f.on_the_way {
+            Counters::add(&ctx.counters.dirs, 1);
+        }
+        if let Err(e) = ctx.apply(&f.path, &f.meta, &f.xattrs, false) {
+            ctx.incomplete(&f.path, e)?;
         }
     }
     let mut incomplete = ctx.incomplete.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -276,7 +373,9 @@ impl Ctx<'_> {
     }
 
     /// A folder's entries, each on its own: one that fails is recorded, the others restored.
-    fn tree(&self, id: &BlobId, dir: &Path) -> Result<(), PlanError> {
+    /// Restores the tree `id` into `dir`; `selected`: all of it is included (else only what
+    /// an include matches below it).
+    fn tree(&self, id: &BlobId, dir: &Path, selected: bool) -> Result<(), PlanError> {
         let tree = match self.repo.load_tree(id) {
             Ok(t) => t,
             Err(e) => return self.incomplete(dir, PlanError::from(e)),
@@ -284,20 +383,34 @@ impl Ctx<'_> {
         if self.opts.overwrite {
             remove_partials(dir);
         }
-        tree.entries
-            .par_iter()
-            .try_for_each(|e| self.entry_or_record(e, &dir.join(std::ffi::OsStr::from_bytes(&e.name))))
+        let in_snapshot = self.base.join(dir.strip_prefix(&self.target).unwrap_or(Path::new("")));
+        tree.entries.par_iter().try_for_each(|e| {
+            let name = std::ffi::OsStr::from_bytes(&e.name);
+            let is_dir = matches!(e.node, Node::Dir { .. });
+            let at = in_snapshot.join(name);
+            if self.select.excluded(&at, is_dir) {
+                return Ok(());
+            }
+            let selected = selected || self.select.included(&at, is_dir);
+            self.entry_or_record(e, &dir.join(name), selected)
+        })
     }
 
-    fn entry_or_record(&self, e: &Entry, path: &Path) -> Result<(), PlanError> {
-        match self.entry(e, path) {
+    fn entry_or_record(&self, e: &Entry, path: &Path, selected: bool) -> Result<(), PlanError> {
+        if !selected && !matches!(e.node, Node::Dir { .. }) {
+            return Ok(());
+        }
+        match self.entry(e, path, selected) {
             Ok(()) => Ok(()),
             Err(err) => self.incomplete(path, err),
         }
     }
 
-    fn entry(&self, e: &Entry, path: &Path) -> Result<(), PlanError> {
-        if let Some(err) = &e.error {
+    /// Restores one entry; `selected` false: a folder on the way to what is included.
+    fn entry(&self, e: &Entry, path: &Path, selected: bool) -> Result<(), PlanError> {
+        if let Some(err) = &e.error
+            && selected
+        {
             // A file with chunks and an error was marked lost by a repair: its data was lost
             // in the repository, later. With --keep-damaged what is left of it is written (and
             // the lost ranges reported by `file`).
@@ -317,14 +430,20 @@ impl Ctx<'_> {
         }
         match &e.node {
             Node::Dir { tree } => {
-                Counters::add(&self.counters.dirs, 1);
-                match fs::create_dir(path) {
+                let made = match fs::create_dir(path) {
+                    Ok(()) => true,
                     Err(err) if !(self.opts.overwrite && path.is_dir()) => return Err(io(path)(err)),
-                    _ => {}
+                    Err(_) => false,
+                };
+                if selected || !made {
+                    Counters::add(&self.counters.dirs, 1);
                 }
-                self.tree(tree, path)?;
-                if self.remote {
-                    lock(&self.folders).push((path.to_path_buf(), e.meta, e.extra.xattrs.clone()));
+                self.tree(tree, path, selected)?;
+                if self.remote || !selected {
+                    let on_the_way = !selected && made;
+                    let folder =
+                        Folder { path: path.to_path_buf(), meta: e.meta, xattrs: e.extra.xattrs.clone(), on_the_way };
+                    lock(&self.folders).push(folder);
                     return Ok(());
                 }
                 self.apply(path, &e.meta, &e.extra.xattrs, false)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use bakare_planner::{Counters, RestoreOptions, find_node};
+use bakare_planner::{Counters, RestoreOptions, RestoreSelect, find_node};
 
 use crate::Outcome;
 use crate::args::RestoreArgs;
@@ -21,14 +21,17 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let counters = Arc::new(Counters::default());
     let began = Instant::now();
     let report = {
+        let select = RestoreSelect::new(&a.include, &a.iinclude, &a.exclude, &a.iexclude)?;
         // The snapshot's totals, when all of it is restored.
-        let whole = path.is_empty() || path == "/";
+        let whole = (path.is_empty() || path == "/") && a.include.is_empty() && a.iinclude.is_empty();
+        let whole = whole && a.exclude.is_empty() && a.iexclude.is_empty();
         let expected = whole.then(|| Expected { files: snap.stats.files(), bytes: snap.stats.total_bytes });
         let _ticker =
             Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, false, "restore", expected, None);
         let opts = RestoreOptions { overwrite: a.overwrite, keep_damaged: a.keep_damaged };
-        bakare_planner::restore(&repo, start, &a.target, opts, &counters)?
+        bakare_planner::restore_selected(&repo, start, path, &a.target, opts, &select, &counters)?
     };
+    let narrowed = !(a.include.is_empty() && a.iinclude.is_empty());
     crate::context::warn_index(&repo);
     let files = Counters::get(&counters.files);
     let written = Counters::get(&counters.bytes_written);
@@ -68,6 +71,9 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
                 bytes(written)
             )?;
         }
+    }
+    if narrowed && files == 0 && Counters::get(&counters.dirs) == 0 {
+        say!("bakare: warning: nothing in snapshot {} matched --include", id.short());
     }
     if !report.incomplete.is_empty() {
         say!(
