@@ -1077,6 +1077,26 @@ fn restore_only_what_includes_match_less_what_excludes_match() {
     let out = env.run(&["restore", "latest", "-t", "r3", "-i", "*.doc"]);
     assert!(env.stderr(&out).contains("nothing in snapshot"), "{}", env.stderr(&out));
     assert_eq!(files("r3"), Vec::<String>::new());
+    // Patterns see the start's own path and the folders above it, however it was spelt.
+    let out = env.run(&["restore", &format!("latest:{src}//docs/"), "-t", "r4", "-i", &src, "-e", "notes.txt"]);
+    assert!(out.status.success() && !env.stderr(&out).contains("nothing"), "{}", env.stderr(&out));
+    assert_eq!(files("r4"), ["B.PDF", "a.pdf", "old/", "old/c.pdf"]);
+    let out = env.run(&["restore", &format!("latest:{src}/docs/a.pdf"), "-t", "r5", "-e", &format!("{src}/docs")]);
+    assert!(
+        env.stderr(&out).contains("nothing in snapshot") && env.stderr(&out).contains("--exclude"),
+        "{}",
+        env.stderr(&out)
+    );
+    assert_eq!(files("r5"), Vec::<String>::new());
+    // What is included but is not a file (a link) counts as matched.
+    std::os::unix::fs::symlink("a.pdf", env.path("src/docs/link")).unwrap();
+    env.ok(&["backup", "-q", "src"]);
+    let out = env.run(&["restore", "latest", "-t", "r6", "-i", "link"]);
+    assert!(out.status.success() && !env.stderr(&out).contains("nothing"), "{}", env.stderr(&out));
+    assert_eq!(
+        fs::read_link(env.path("r6").join(src.trim_start_matches('/')).join("docs/link")).unwrap(),
+        Path::new("a.pdf")
+    );
 }
 
 /// `key list/add/passwd/remove`: a second passphrase opens the repository; the one in use

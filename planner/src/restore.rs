@@ -88,6 +88,16 @@ impl RestoreSelect {
     fn included(&self, path: &Path, is_dir: bool) -> bool {
         self.include.is_empty() || self.include.iter().any(|g| g.matched(path, is_dir).is_ignore())
     }
+
+    /// Whether the start of a restore (an absolute path) or a folder above it is excluded.
+    fn start_excluded(&self, path: &Path, is_dir: bool) -> bool {
+        self.exclude.iter().any(|g| g.matched_path_or_any_parents(path, is_dir).is_ignore())
+    }
+
+    /// Whether the start of a restore (an absolute path) or a folder above it is included.
+    fn start_included(&self, path: &Path, is_dir: bool) -> bool {
+        self.include.is_empty() || self.include.iter().any(|g| g.matched_path_or_any_parents(path, is_dir).is_ignore())
+    }
 }
 
 /// A folder whose metadata is applied at the end, after everything below it.
@@ -112,6 +122,8 @@ pub struct RestoreReport {
     pub kept: u64,
     /// Trees read from their second copy (their first is damaged).
     pub fallbacks: Vec<String>,
+    /// Whether anything was let through `--include` / `--exclude` (or there were none).
+    pub selected_any: bool,
 }
 
 /// Where a restore starts: a whole tree, or one entry.
@@ -158,6 +170,8 @@ struct Ctx<'a> {
     /// an entry's path in the snapshot is found from its path on disk.
     base: PathBuf,
     target: PathBuf,
+    /// Whether any entry was let through the selection.
+    selected_any: std::sync::atomic::AtomicBool,
     /// Hard-link groups: the first name restored of each.
     links: Mutex<HashMap<u64, PathBuf>>,
     /// The other names of each group, linked to the first at the end.
@@ -220,17 +234,24 @@ pub fn restore_selected(
         links: Mutex::default(),
         link_later: Mutex::default(),
         select,
-        base: Path::new("/").join(at.trim_start_matches('/')),
+        // `home//me/` is found as `/home/me`, and matched as that.
+        base: Path::new("/").join(at).components().collect(),
         target: target.to_path_buf(),
+        selected_any: std::sync::atomic::AtomicBool::new(false),
     };
-    match start {
-        Start::Tree(id) => ctx.tree(&id, target, select.included(&ctx.base, true))?,
-        Start::Entry(e) => {
-            let is_dir = matches!(e.node, Node::Dir { .. });
-            if !select.excluded(&ctx.base, is_dir) && select.included(&ctx.base, is_dir) {
+    let is_dir = matches!(start, Start::Tree(_));
+    if !select.start_excluded(&ctx.base, is_dir) {
+        let selected = select.start_included(&ctx.base, is_dir);
+        if selected {
+            ctx.selected_any.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        match start {
+            Start::Tree(id) => ctx.tree(&id, target, selected)?,
+            Start::Entry(e) if selected => {
                 let path = target.join(std::ffi::OsStr::from_bytes(&e.name));
                 ctx.entry_or_record(&e, &path, true)?;
             }
+            Start::Entry(_) => {}
         }
     }
     let rest = std::mem::take(&mut *lock(&ctx.pending));
@@ -256,6 +277,7 @@ pub fn restore_selected(
         incomplete,
         kept: ctx.kept.into_inner(),
         fallbacks: repo.take_tree_fallbacks(),
+        selected_any: ctx.selected_any.into_inner(),
     })
 }
 
@@ -391,7 +413,13 @@ impl Ctx<'_> {
             if self.select.excluded(&at, is_dir) {
                 return Ok(());
             }
-            let selected = selected || self.select.included(&at, is_dir);
+            let selected = selected || {
+                let included = self.select.included(&at, is_dir);
+                if included {
+                    self.selected_any.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                included
+            };
             self.entry_or_record(e, &dir.join(name), selected)
         })
     }
@@ -435,12 +463,16 @@ impl Ctx<'_> {
                     Err(err) if !(self.opts.overwrite && path.is_dir()) => return Err(io(path)(err)),
                     Err(_) => false,
                 };
-                if selected || !made {
+                if selected {
                     Counters::add(&self.counters.dirs, 1);
                 }
                 self.tree(tree, path, selected)?;
+                if !selected && !made {
+                    // A folder already there (--overwrite), only on the way: left as it is.
+                    return Ok(());
+                }
                 if self.remote || !selected {
-                    let on_the_way = !selected && made;
+                    let on_the_way = !selected;
                     let folder =
                         Folder { path: path.to_path_buf(), meta: e.meta, xattrs: e.extra.xattrs.clone(), on_the_way };
                     lock(&self.folders).push(folder);

@@ -72,8 +72,9 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
             )?;
         }
     }
-    if narrowed && files == 0 && Counters::get(&counters.dirs) == 0 {
-        say!("bakare: warning: nothing in snapshot {} matched --include", id.short());
+    if !report.selected_any {
+        let what = if narrowed { "matched --include" } else { "was left by --exclude" };
+        say!("bakare: warning: nothing in snapshot {} {what}", id.short());
     }
     if !report.incomplete.is_empty() {
         say!(
