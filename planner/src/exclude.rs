@@ -84,16 +84,10 @@ impl Excludes {
 
     /// These rules and `patterns` matched ignoring case (restic's `--iexclude`).
     pub fn with_iexcludes(self, patterns: &[String]) -> Result<Self, PlanError> {
-        if patterns.is_empty() {
-            return Ok(self);
+        match gitignore(patterns, true)? {
+            Some(icase) => Ok(Self { global_icase: Some(Arc::new(icase)), ..self }),
+            None => Ok(self),
         }
-        let mut b = GitignoreBuilder::new("/");
-        b.case_insensitive(true).map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
-        for p in patterns {
-            b.add_line(None, p).map_err(|e| PlanError::Exclude { pattern: p.clone(), reason: e.to_string() })?;
-        }
-        let icase = b.build().map_err(|e| PlanError::Exclude { pattern: String::new(), reason: e.to_string() })?;
-        Ok(Self { global_icase: Some(Arc::new(icase)), ..self })
     }
 
     /// These rules and `selection`'s.
@@ -177,6 +171,21 @@ impl Excludes {
         }
         false
     }
+}
+
+/// Gitignore rules rooted at `/` from `patterns` (`icase`: matched ignoring case); none for
+/// no patterns.
+pub(crate) fn gitignore(patterns: &[String], icase: bool) -> Result<Option<Gitignore>, PlanError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let bad = |pattern: &str, e: ignore::Error| PlanError::Exclude { pattern: pattern.into(), reason: e.to_string() };
+    let mut b = GitignoreBuilder::new("/");
+    b.case_insensitive(icase).map_err(|e| bad("", e))?;
+    for p in patterns {
+        b.add_line(None, p).map_err(|e| bad(p, e))?;
+    }
+    b.build().map(Some).map_err(|e| bad("", e))
 }
 
 /// Whether the file at `path` begins with `header`.

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use bakare_store::{BlobId, Entry, Metadata, Node, PackId, Repository, Xattr};
 use filetime::FileTime;
-use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::gitignore::Gitignore;
 use rayon::prelude::*;
 
 use crate::counters::Counters;
@@ -57,19 +57,7 @@ impl RestoreSelect {
         exclude: &[String],
         iexclude: &[String],
     ) -> Result<Self, PlanError> {
-        let build = |patterns: &[String], icase: bool| -> Result<Option<Gitignore>, PlanError> {
-            if patterns.is_empty() {
-                return Ok(None);
-            }
-            let bad =
-                |pattern: &str, e: ignore::Error| PlanError::Exclude { pattern: pattern.into(), reason: e.to_string() };
-            let mut b = GitignoreBuilder::new("/");
-            b.case_insensitive(icase).map_err(|e| bad("", e))?;
-            for p in patterns {
-                b.add_line(None, p).map_err(|e| bad(p, e))?;
-            }
-            b.build().map(Some).map_err(|e| bad("", e))
-        };
+        let build = crate::exclude::gitignore;
         Ok(Self {
             include: [build(include, false)?, build(iinclude, true)?].into_iter().flatten().collect(),
             exclude: [build(exclude, false)?, build(iexclude, true)?].into_iter().flatten().collect(),
@@ -79,6 +67,11 @@ impl RestoreSelect {
     /// Whether only what includes match is written.
     pub fn narrows(&self) -> bool {
         !self.include.is_empty()
+    }
+
+    /// Whether everything is written (no includes, no excludes).
+    pub fn takes_all(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
     }
 
     fn excluded(&self, path: &Path, is_dir: bool) -> bool {

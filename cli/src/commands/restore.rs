@@ -20,18 +20,16 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
     let start = find_node(&repo, snap.root, path).map_err(|e| crate::commands::ls::in_snapshot(e, &id, &snap))?;
     let counters = Arc::new(Counters::default());
     let began = Instant::now();
+    let select = RestoreSelect::new(&a.include, &a.iinclude, &a.exclude, &a.iexclude)?;
     let report = {
-        let select = RestoreSelect::new(&a.include, &a.iinclude, &a.exclude, &a.iexclude)?;
         // The snapshot's totals, when all of it is restored.
-        let whole = (path.is_empty() || path == "/") && a.include.is_empty() && a.iinclude.is_empty();
-        let whole = whole && a.exclude.is_empty() && a.iexclude.is_empty();
+        let whole = (path.is_empty() || path == "/") && select.takes_all();
         let expected = whole.then(|| Expected { files: snap.stats.files(), bytes: snap.stats.total_bytes });
         let _ticker =
             Ticker::start(counters.clone(), ctx.global.json, ctx.global.quiet, false, "restore", expected, None);
         let opts = RestoreOptions { overwrite: a.overwrite, keep_damaged: a.keep_damaged };
         bakare_planner::restore_selected(&repo, start, path, &a.target, opts, &select, &counters)?
     };
-    let narrowed = !(a.include.is_empty() && a.iinclude.is_empty());
     crate::context::warn_index(&repo);
     let files = Counters::get(&counters.files);
     let written = Counters::get(&counters.bytes_written);
@@ -73,7 +71,7 @@ pub fn run(ctx: &Context, a: &RestoreArgs) -> Result<Outcome> {
         }
     }
     if !report.selected_any {
-        let what = if narrowed { "matched --include" } else { "was left by --exclude" };
+        let what = if select.narrows() { "matched --include" } else { "was left by --exclude" };
         say!("bakare: warning: nothing in snapshot {} {what}", id.short());
     }
     if !report.incomplete.is_empty() {
