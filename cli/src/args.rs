@@ -154,6 +154,20 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--compression`: a name or a zstd level, as the level (0: off).
+pub fn parse_compression(s: &str) -> Result<i32, String> {
+    match s.trim() {
+        "off" => Ok(0),
+        "fast" => Ok(-1),
+        "default" => Ok(1),
+        "max" => Ok(19),
+        n => match n.parse::<i32>() {
+            Ok(level @ 1..=19) => Ok(level),
+            _ => Err(format!("{s:?}: off, fast, default, max or a zstd level from 1 to 19")),
+        },
+    }
+}
+
 /// `--memory-limit`: a size of at least 32 MiB (less cannot hold one pack being written).
 pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;
@@ -428,10 +442,11 @@ pub struct BackupArgs {
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]
     pub parity: u16,
-    /// Compression: off, fast (zstd -1), default (zstd 1) or max (zstd 19); chunks that do
-    /// not compress are stored as they are
-    #[arg(long, default_value = "default", value_parser = ["off", "fast", "default", "max"])]
-    pub compression: String,
+    /// Compression: off, fast (zstd -1), default (zstd 1), max (zstd 19) or a zstd level
+    /// from 1 to 19; chunks that do not compress are stored as they are, small files are
+    /// compressed together
+    #[arg(long, default_value = "default", value_name = "LEVEL", value_parser = parse_compression)]
+    pub compression: i32,
     /// Read the sources from a filesystem snapshot taken when the backup starts, so that it
     /// holds one instant of the tree: btrfs (every source must be on btrfs), auto (a btrfs
     /// snapshot where the source is on btrfs, the live tree elsewhere) or off. Needs root;

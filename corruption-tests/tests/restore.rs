@@ -1,6 +1,6 @@
-//! Restore under damage and interruption, through the real binary: one damaged blob costs
-//! only the files that use it (each named, exit code 4, `--keep-damaged` writes the rest with
-//! holes); a restore killed with SIGKILL leaves no partly written file under its own name,
+//! Restore under damage and interruption, through the real binary: one damaged blob (or
+//! frame of small blobs) costs only the files that use it (each named, exit code 4,
+//! `--keep-damaged` writes the rest with holes); a restore killed with SIGKILL leaves no partly written file under its own name,
 //! and the same restore run again (`--overwrite`) continues, keeping what was finished.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -52,15 +52,29 @@ fn partials(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A tree backed up with small chunks, and one data blob damaged: that of the first chunk
-/// of a file no other file shares it with. (cli, source, the file, its first chunk's raw length)
-fn damaged_repository(tmp: &Path) -> (Cli, PathBuf, PathBuf, usize) {
+/// A repository with one sealed object of data damaged, and what that costs.
+struct Damage {
+    cli: Cli,
+    src: PathBuf,
+    /// A file whose first chunk was damaged.
+    victim: PathBuf,
+    /// Every file with a chunk in the damaged object: per chunk, its length and whether lost.
+    lost: BTreeMap<PathBuf, Vec<(usize, bool)>>,
+    /// The distinct chunks lost.
+    chunks: usize,
+}
+
+/// A tree backed up with small chunks, and one sealed object damaged: that of the first chunk
+/// of a file no other file shares it with. Uncompressed (`framed` false), that object is the
+/// chunk alone; compressed, small chunks share frames, and the damage costs the whole frame.
+fn damaged_repository(tmp: &Path, framed: bool) -> Damage {
     let src = tmp.join("src");
     bakare_testkit::create(&src, &bakare_testkit::TreeSpec::new(60).mean_kib(64.0).seed(21).extras(false)).unwrap();
     let src = fs::canonicalize(&src).unwrap();
     let cli = Cli::new(tmp.join("w"));
     cli.init_with(&["--chunk-kib", "16"]);
-    ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    let compression = if framed { "default" } else { "off" };
+    ok(&cli.run(&["backup", "-q", "--compression", compression, src.to_str().unwrap()]), "backup");
     let repo = open(&cli);
     let all = source_files(&repo, &src);
     let (victim, chunks) = all
@@ -69,43 +83,90 @@ fn damaged_repository(tmp: &Path) -> (Cli, PathBuf, PathBuf, usize) {
         .map(|(p, c)| (p.clone(), c.clone()))
         .unwrap();
     let loc = repo.blob_location(&chunks[0]).unwrap();
+    assert_eq!(loc.entry.frame_at.is_some(), framed, "framed only when compressed");
     let pack = cli.dir.join("repo").join(bakare_store::pack_path(&loc.pack));
     let mut bytes = fs::read(&pack).unwrap();
     bytes[(loc.entry.offset + loc.entry.length - 20) as usize] ^= 0x40;
     fs::write(&pack, bytes).unwrap();
-    (cli, src, victim, loc.entry.raw_len as usize)
+    let mut lost = BTreeMap::new();
+    let mut gone = std::collections::HashSet::new();
+    for (path, chunks) in &all {
+        let per: Vec<(usize, bool)> = chunks
+            .iter()
+            .map(|c| {
+                let l = repo.blob_location(c).unwrap();
+                let hit = l.pack == loc.pack && l.entry.offset == loc.entry.offset;
+                if hit {
+                    gone.insert(*c);
+                }
+                (l.entry.raw_len as usize, hit)
+            })
+            .collect();
+        if per.iter().any(|&(_, hit)| hit) {
+            lost.insert(path.clone(), per);
+        }
+    }
+    assert!(!framed || lost.len() > 1, "a frame holds the chunks of several files");
+    Damage { cli, src, victim, lost, chunks: gone.len() }
 }
 
-#[test]
-fn one_damaged_blob_costs_only_the_files_that_use_it() {
+/// What one damaged object costs a restore: exactly the files with a chunk in it, each
+/// named (exit code 4); every other file restored identical; `--keep-damaged` writes them
+/// with the lost chunks as holes.
+fn damage_costs_only_the_files_that_use_it(framed: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let (cli, src, victim, lost) = damaged_repository(tmp.path());
+    let Damage { cli, src, lost, .. } = damaged_repository(tmp.path(), framed);
     let expected = contents(&src);
     let target = tmp.path().join("out");
     let spec = format!("latest:{}", src.display());
     let out = cli.run(&["restore", &spec, "--target", target.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    let victim_s = victim.to_string_lossy().into_owned();
-    assert!(stderr.contains(&format!("not restored completely: {}", target.join(&victim).display())), "{stderr}");
-    assert!(stderr.contains("1 entry not restored completely (listed above)"), "{stderr}");
+    for path in lost.keys() {
+        assert!(stderr.contains(&format!("not restored completely: {}", target.join(path).display())), "{stderr}");
+    }
+    let count = if lost.len() == 1 { "1 entry".to_string() } else { format!("{} entries", lost.len()) };
+    assert!(stderr.contains(&format!("{count} not restored completely (listed above)")), "{stderr}");
     let got = contents(&target);
-    assert!(!got.contains_key(&victim_s), "no partly written file under its own name");
     assert!(partials(&target).is_empty());
     let mut want = expected.clone();
-    want.remove(&victim_s);
+    for path in lost.keys() {
+        let path = path.to_string_lossy().into_owned();
+        assert!(!got.contains_key(&path), "no partly written file under its own name");
+        want.remove(&path);
+    }
     assert_eq!(got, want, "every other file restored identical");
 
-    // --keep-damaged: the readable bytes, the lost chunk as a hole.
+    // --keep-damaged: the readable bytes, the lost chunks as holes.
     let kept = tmp.path().join("kept");
     let out = cli.run(&["restore", &spec, "--keep-damaged", "--target", kept.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("written with the lost ranges as holes"));
-    let original = fs::read(src.join(&victim)).unwrap();
-    let partial = fs::read(kept.join(&victim)).unwrap();
-    assert_eq!(partial.len(), original.len());
-    assert!(partial[..lost].iter().all(|&b| b == 0), "the lost first chunk is zeros");
-    assert_eq!(partial[lost..], original[lost..], "the rest is the file's");
+    for (path, chunks) in &lost {
+        let original = fs::read(src.join(path)).unwrap();
+        let partial = fs::read(kept.join(path)).unwrap();
+        assert_eq!(partial.len(), original.len());
+        let mut at = 0;
+        for &(len, hit) in chunks {
+            let (got, want) = (&partial[at..at + len], &original[at..at + len]);
+            if hit {
+                assert!(got.iter().all(|&b| b == 0), "{}: a lost chunk is zeros", path.display());
+            } else {
+                assert_eq!(got, want, "{}: the rest is the file's", path.display());
+            }
+            at += len;
+        }
+    }
+}
+
+#[test]
+fn one_damaged_blob_costs_only_the_files_that_use_it() {
+    damage_costs_only_the_files_that_use_it(false);
+}
+
+#[test]
+fn a_damaged_frame_costs_only_the_files_with_chunks_in_it() {
+    damage_costs_only_the_files_that_use_it(true);
 }
 
 #[test]
@@ -169,7 +230,7 @@ fn a_killed_restore_leaves_only_complete_files_and_continues() {
 #[test]
 fn a_repair_without_source_never_prevents_a_later_one_with_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cli, src, victim, _) = damaged_repository(tmp.path());
+    let Damage { cli, src, victim, .. } = damaged_repository(tmp.path(), false);
     let expected = contents(&src);
     let first = cli.run(&["verify", "--read-data", "--repair"]);
     let said = String::from_utf8_lossy(&first.stdout);
@@ -195,15 +256,27 @@ fn a_repair_without_source_never_prevents_a_later_one_with_it() {
     assert_eq!(contents(&after), expected, "{} is whole again", victim.display());
 }
 
-/// `verify --repair --json` lists as lost only what stays lost: a file `--source` recovered
-/// is among what was found (`lost_found`), not among the losses.
+/// `verify --repair --json` lists as lost only what stays lost: the files `--source`
+/// recovered (every file with a chunk in a damaged frame) are among what was found
+/// (`lost_found`), not among the losses.
 #[test]
 fn verify_json_lists_as_lost_only_what_stays_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cli, src, _, _) = damaged_repository(tmp.path());
+    let Damage { cli, src, lost, chunks, .. } = damaged_repository(tmp.path(), true);
     let out = cli.run(&["--json", "verify", "--read-data", "--repair", "--source", src.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    assert_eq!(v["lost_found"].as_array().unwrap().len(), 1, "{v}");
+    let found: Vec<PathBuf> = v["lost_found"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Path::new(f["path"].as_str().unwrap()).strip_prefix(&src).unwrap().to_path_buf())
+        .collect();
+    assert_eq!(found, lost.keys().cloned().collect::<Vec<_>>(), "{v}");
     assert_eq!(v["lost"].as_array().unwrap().len(), 0, "recovered from the source: {v}");
-    assert_eq!(v["recovered_chunks"], 1);
+    assert_eq!(v["recovered_chunks"], chunks);
+    ok(&cli.run(&["verify", "--read-data"]), "verify after the repair");
+    let after = tmp.path().join("after");
+    let spec = format!("latest:{}", src.display());
+    ok(&cli.run(&["restore", "-q", &spec, "--target", after.to_str().unwrap()]), "restore after the repair");
+    assert_eq!(contents(&after), contents(&src), "every file whole again");
 }

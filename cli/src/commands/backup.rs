@@ -86,13 +86,7 @@ fn backup(
     // zstd levels. The default is level 1: on a mixed 2 GB tree it made the repository
     // 1.3 % larger than level 3 for 10 % less time, and compression is most of a first
     // backup's CPU.
-    let compression = match a.compression.as_str() {
-        "off" => 0,
-        "fast" => -1,
-        "max" => 19,
-        _ => 1,
-    };
-    repo.set_compression_level(compression);
+    repo.set_compression_level(a.compression);
     repo.set_parity(a.parity);
     let memo = match memo {
         Some(m) => m?,
@@ -112,7 +106,7 @@ fn backup(
             git_ignore: a.git_ignore,
             tags: a.tag.clone(),
             user,
-            compression,
+            compression: a.compression,
             parity: a.parity,
             selection,
             source: SourceOptions { fs_snapshot: a.fs_snapshot.clone() },

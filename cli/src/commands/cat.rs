@@ -80,7 +80,8 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
                 .iter()
                 .map(|e| {
                     json!({"id": e.id.to_hex(), "kind": format!("{:?}", e.kind).to_lowercase(), "offset": e.offset,
-                        "length": e.length, "raw_len": e.raw_len, "compressed": e.compressed})
+                        "length": e.length, "raw_len": e.raw_len, "compressed": e.compressed,
+                        "frame_at": e.frame_at})
                 })
                 .collect();
             json!({"id": id.to_hex(), "size": repo.backend().size(&path)?, "blobs": blobs})
@@ -109,7 +110,7 @@ pub fn run(ctx: &Context, what: &str, id: Option<&str>) -> Result<Outcome> {
                                 .map(|e| {
                                     json!({"id": e.id.to_hex(), "kind": format!("{:?}", e.kind).to_lowercase(),
                                         "offset": e.offset, "length": e.length, "raw_len": e.raw_len,
-                                        "compressed": e.compressed})
+                                        "compressed": e.compressed, "frame_at": e.frame_at})
                                 })
                                 .collect();
                             json!({"pack": pack.to_hex(), "blobs": blobs})

@@ -103,11 +103,15 @@ pub fn run(ctx: &Context, a: &StatsArgs) -> Result<Outcome> {
     }
     // The unique data behind them, from the index.
     let (mut raw, mut stored, mut unknown) = (0u64, 0u64, 0u64);
+    // Small blobs share a frame: each frame counts once, whole.
+    let mut frames = HashSet::new();
     for b in &walk.blobs {
         match repo.blob_location(b) {
             Some(loc) => {
                 raw += u64::from(loc.entry.raw_len);
-                stored += u64::from(loc.entry.length);
+                if loc.entry.frame_at.is_none() || frames.insert((loc.pack, loc.entry.offset)) {
+                    stored += u64::from(loc.entry.length);
+                }
             }
             None => unknown += 1,
         }

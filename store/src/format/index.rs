@@ -91,8 +91,21 @@ mod tests {
             offset: 40,
             length: 100,
             raw_len: 300,
+            frame_at: None,
         };
-        let seg = IndexSegment { packs: vec![(PackId(checksum(b"p")), vec![entry, entry])] };
+        // Three blobs of one frame, after the tree: their places follow from their order.
+        let framed = |n: u8, at: u32| PackEntry {
+            id: BlobId(checksum(&[n])),
+            kind: BlobKind::Data,
+            compressed: true,
+            offset: 140,
+            length: 60,
+            raw_len: 10 + u32::from(n),
+            frame_at: Some(at),
+        };
+        let seg = IndexSegment {
+            packs: vec![(PackId(checksum(b"p")), vec![entry, entry, framed(1, 0), framed(2, 11), framed(3, 23)])],
+        };
         let (_, bytes) = seg.encode(&m.write.index_key).unwrap();
         assert_eq!(IndexSegment::decode("i", &bytes, &m.write.index_key).unwrap(), seg);
         for i in 0..bytes.len() {

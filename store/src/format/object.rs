@@ -13,7 +13,10 @@ use crate::{Result, StoreError};
 /// 2: trees may hold entries of tree format 2 (extended attributes, hard-link groups,
 /// ctime, birth time) and snapshots carry a log. A format-1 reader meets a format-2 object
 /// with "newer than this bakare supports" instead of calling its trees damaged.
-pub const FORMAT_VERSION: u8 = 2;
+///
+/// 3: packs may hold frames (small data blobs compressed together; compression 2 in blob
+/// tables and index segments), which a format-2 reader would call damaged tables.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The oldest format version this build still reads.
 pub const OLDEST_FORMAT_VERSION: u8 = 1;

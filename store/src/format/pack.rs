@@ -4,7 +4,9 @@
 //! 0   header "bakare" | 3 | version                          8
 //! 8   ephemeral X25519 public key of this pack               32
 //! 40  blobs, each: nonce (24) | ciphertext | tag (16)
-//!     sealed with the pack key, AAD = blob id (32) | kind (1) | compression (1)
+//!     sealed with the pack key, AAD = blob id (32) | kind (1) | compression (1);
+//!     or a frame: small data blobs back to back, compressed together as one zstd frame,
+//!     sealed with the pack key, AAD = "bakare frame"
 //! T   blob table: nonce | ciphertext | tag, sealed with the index key, AAD = "bakare pack table"
 //! end table length u32 LE | "bkpt"                           8
 //! ```
@@ -29,6 +31,15 @@ pub(crate) const ENTRY_LEN: usize = 48;
 pub const MAX_BLOB_LEN: u32 = 64 << 20;
 pub(crate) const PACK_PURPOSE: &[u8] = b"pack";
 const TABLE_AAD: &[u8] = b"bakare pack table";
+pub(crate) const FRAME_AAD: &[u8] = b"bakare frame";
+/// Data blobs smaller than this are gathered into frames (compressed together, so that small
+/// files share their compression context); larger ones are sealed alone.
+pub const FRAMED_BELOW: u32 = 128 << 10;
+/// A frame is sealed once its blobs reach this many bytes: restoring one small file
+/// decompresses at most one frame (under `FRAME_TARGET + FRAMED_BELOW` bytes).
+pub const FRAME_TARGET: usize = 512 << 10;
+/// No frame's plaintext is larger (readers refuse one that claims more).
+pub const MAX_FRAME_LEN: usize = 4 << 20;
 
 /// A pack's authenticated blob table and its copy of the pack's ephemeral key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,13 +60,18 @@ pub struct PackEntry {
     pub length: u32,
     /// Length of the plaintext after decompression.
     pub raw_len: u32,
+    /// For a blob in a frame (compression 2 in the table): where its bytes start in the
+    /// frame's plaintext. `offset` and `length` are then the sealed frame's, shared by every
+    /// blob in it. Not stored: the blobs of a frame are listed one after another, in order,
+    /// so this is the sum of the lengths of the frame's blobs listed before it.
+    pub frame_at: Option<u32>,
 }
 
 impl PackEntry {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.id.0.as_bytes());
         out.push(self.kind.to_byte());
-        out.push(u8::from(self.compressed));
+        out.push(if self.frame_at.is_some() { 2 } else { u8::from(self.compressed) });
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.length.to_le_bytes());
@@ -66,9 +82,11 @@ impl PackEntry {
         let bad = |what: &str| StoreError::corrupt(object, format!("blob table entry: {what}"));
         let id: [u8; 32] = b.get(..32).and_then(|s| s.try_into().ok()).ok_or_else(|| bad("short"))?;
         let kind = b.get(32).copied().and_then(BlobKind::from_byte).ok_or_else(|| bad("blob kind"))?;
-        let compressed = match b.get(33) {
-            Some(0) => false,
-            Some(1) => true,
+        // Framed blobs get their place in the frame from the table (decode_entries).
+        let (compressed, frame_at) = match b.get(33) {
+            Some(0) => (false, None),
+            Some(1) => (true, None),
+            Some(2) => (true, Some(0)),
             _ => return Err(bad("compression")),
         };
         let entry = Self {
@@ -78,15 +96,24 @@ impl PackEntry {
             offset: le_u32(b, 36).ok_or_else(|| bad("short"))?,
             length: le_u32(b, 40).ok_or_else(|| bad("short"))?,
             raw_len: le_u32(b, 44).ok_or_else(|| bad("short"))?,
+            frame_at,
         };
         if (entry.length as usize) < SEAL_OVERHEAD || entry.raw_len > MAX_BLOB_LEN {
             return Err(bad("length out of range"));
+        }
+        if frame_at.is_some() && (kind != BlobKind::Data || entry.raw_len as usize > MAX_FRAME_LEN) {
+            return Err(bad("a framed blob that is not small data"));
         }
         Ok(entry)
     }
 
     pub(crate) fn aad(&self) -> [u8; 34] {
         blob_aad(&self.id, self.kind, self.compressed)
+    }
+
+    /// Whether two entries name the same sealed bytes (the blobs of one frame do).
+    pub fn same_sealed(&self, other: &PackEntry) -> bool {
+        self.offset == other.offset && self.length == other.length
     }
 }
 
@@ -116,6 +143,15 @@ pub(crate) enum PackBytes {
     File(std::path::PathBuf),
 }
 
+/// Small blobs gathered for one frame: their bytes back to back, and their entries (whose
+/// `offset` and `length` are set when the frame is sealed).
+#[derive(Default)]
+struct OpenFrame {
+    raw: Vec<u8>,
+    entries: Vec<PackEntry>,
+    level: i32,
+}
+
 /// A pack being filled. Blobs are sealed as they are added; nothing is written to the
 /// repository until [`PackBuilder::finish`].
 pub(crate) struct PackBuilder {
@@ -126,6 +162,8 @@ pub(crate) struct PackBuilder {
     /// One sealed blob on its way to a spool file.
     scratch: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// Small data blobs waiting to be sealed together as one frame.
+    frame: OpenFrame,
     /// The thread that added the last blob (a pool hands a thread its own pack again).
     pub(crate) last_writer: Option<std::thread::ThreadId>,
     /// A write to the spool file failed (a full disk): part of a blob may be in the file
@@ -152,6 +190,7 @@ impl PackBuilder {
             sink: Some(Sink::Memory(buf)),
             scratch: Vec::new(),
             entries: Vec::new(),
+            frame: OpenFrame::default(),
             last_writer: None,
             broken: None,
         })
@@ -176,6 +215,7 @@ impl PackBuilder {
             sink: Some(Sink::File { file, path, len: start.len(), hash }),
             scratch: Vec::new(),
             entries: Vec::new(),
+            frame: OpenFrame::default(),
             last_writer: None,
             broken: None,
         })
@@ -191,7 +231,12 @@ impl PackBuilder {
         Some(spool_err(&path, std::io::Error::new(*kind, format!("{why} (earlier, on this pack)"))))
     }
 
+    /// The pack's length so far, counting an open frame's blobs at their full size.
     pub(crate) fn len(&self) -> usize {
+        self.sealed_len() + self.frame.raw.len()
+    }
+
+    fn sealed_len(&self) -> usize {
         match &self.sink {
             Some(Sink::Memory(b)) => b.len(),
             Some(Sink::File { len, .. }) => *len,
@@ -200,7 +245,7 @@ impl PackBuilder {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.frame.entries.is_empty()
     }
 
     /// Appends sealed bytes made by `seal` (which appends to the buffer it is given).
@@ -249,19 +294,79 @@ impl PackBuilder {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<u32> {
-        let offset = self.len();
+        let offset = self.sealed_len();
         let key = self.key.clone();
         self.append(|buf| Ok(key.seal_into(&blob_aad(&id, kind, compressed), payload, buf)?))?;
         let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
         let offset = u32::try_from(offset).map_err(|_| too_big())?;
-        let length = u32::try_from(self.len() - offset as usize).map_err(|_| too_big())?;
-        self.entries.push(PackEntry { id, kind, compressed, offset, length, raw_len });
+        let length = u32::try_from(self.sealed_len() - offset as usize).map_err(|_| too_big())?;
+        self.entries.push(PackEntry { id, kind, compressed, offset, length, raw_len, frame_at: None });
         Ok(length)
+    }
+
+    /// Adds a small data blob (under [`FRAMED_BELOW`] bytes) to the open frame, sealing the
+    /// frame (zstd at `level`) once it holds [`FRAME_TARGET`] bytes; returns the sealed
+    /// bytes this call added to the pack (0 while the frame stays open).
+    pub(crate) fn add_framed(&mut self, id: BlobId, level: i32, data: &[u8]) -> Result<u32> {
+        if let Some(err) = self.broken_error() {
+            return Err(err);
+        }
+        let raw_len = u32::try_from(data.len())
+            .ok()
+            .filter(|&l| l < FRAMED_BELOW)
+            .ok_or_else(|| StoreError::corrupt(format!("blob {}", id.short()), "too large for a frame"))?;
+        let at = u32::try_from(self.frame.raw.len()).map_err(|_| StoreError::corrupt("frame", "too large"))?;
+        self.frame.raw.extend_from_slice(data);
+        self.frame.level = level;
+        self.frame.entries.push(PackEntry {
+            id,
+            kind: BlobKind::Data,
+            compressed: true,
+            offset: 0,
+            length: 0,
+            raw_len,
+            frame_at: Some(at),
+        });
+        if self.frame.raw.len() >= FRAME_TARGET { self.seal_frame() } else { Ok(0) }
+    }
+
+    /// Compresses and seals the open frame (if any blob waits in it) into the pack; returns
+    /// its sealed length.
+    pub(crate) fn seal_frame(&mut self) -> Result<u32> {
+        if self.frame.entries.is_empty() {
+            return Ok(0);
+        }
+        let frame = std::mem::take(&mut self.frame);
+        let offset = self.sealed_len();
+        let key = self.key.clone();
+        let sealed = zstd::bulk::compress(&frame.raw, frame.level)
+            .map_err(|e| StoreError::corrupt("frame", format!("zstd: {e}")))
+            .and_then(|compressed| self.append(|buf| Ok(key.seal_into(FRAME_AAD, &compressed, buf)?)));
+        let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
+        let placed = sealed.and_then(|()| {
+            let offset = u32::try_from(offset).map_err(|_| too_big())?;
+            Ok((offset, u32::try_from(self.sealed_len() - offset as usize).map_err(|_| too_big())?))
+        });
+        match placed {
+            Ok((offset, length)) => {
+                self.entries.extend(frame.entries.into_iter().map(|e| PackEntry { offset, length, ..e }));
+                Ok(length)
+            }
+            Err(e) => {
+                // The frame's blobs are gone but their writers were told they are saved:
+                // this pack must never be finished (its backup fails and saves them again).
+                if self.broken.is_none() {
+                    self.broken = Some((std::io::ErrorKind::Other, e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Seals the blob table, appends the trailer and names the pack by its hash. A spool
     /// file is flushed and synced.
     pub(crate) fn finish(mut self, index_key: &SymmetricKey) -> Result<(PackId, PackBytes, Vec<PackEntry>)> {
+        self.seal_frame()?;
         let mut table = Vec::with_capacity(36 + self.entries.len() * ENTRY_LEN);
         table.extend_from_slice(&self.eph.0);
         let count = u32::try_from(self.entries.len()).map_err(|_| StoreError::corrupt("pack", "too many blobs"))?;
@@ -374,9 +479,18 @@ pub(crate) fn decode_entries(name: &str, table: &[u8], limit: usize) -> Result<V
     if count.checked_mul(ENTRY_LEN) != Some(body.len()) {
         return Err(StoreError::corrupt(name, "blob table length does not match its count"));
     }
-    let mut out = Vec::with_capacity(count);
+    let mut out: Vec<PackEntry> = Vec::with_capacity(count);
     for raw in body.chunks_exact(ENTRY_LEN) {
-        let e = PackEntry::decode(name, raw)?;
+        let mut e = PackEntry::decode(name, raw)?;
+        if e.frame_at.is_some() {
+            // After the frame's blobs listed before it, if the last entry is of this frame.
+            let after = out.last().filter(|p| p.frame_at.is_some() && p.same_sealed(&e));
+            let at = after.map_or(Some(0), |p| p.frame_at.and_then(|a| a.checked_add(p.raw_len)));
+            e.frame_at = Some(
+                at.filter(|&a| a as usize + e.raw_len as usize <= MAX_FRAME_LEN)
+                    .ok_or_else(|| StoreError::corrupt(name, "a frame's blobs exceed the frame limit"))?,
+            );
+        }
         let end = (e.offset as usize).checked_add(e.length as usize);
         if (e.offset as usize) < PACK_PREFIX_LEN || end.is_none_or(|end| end > limit) {
             return Err(StoreError::corrupt(name, format!("blob {} lies outside the pack", e.id.short())));

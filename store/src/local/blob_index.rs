@@ -39,20 +39,30 @@ impl Hasher for IdHasher {
     fn write_usize(&mut self, _: usize) {}
 }
 
-/// Where a blob is, compactly: 20 bytes beside its 32-byte id.
+/// Where a blob is, compactly: 24 bytes beside its 32-byte id.
 #[derive(Clone, Copy)]
 struct Slot {
     pack: u32,
     offset: u32,
     length: u32,
     raw_len: u32,
+    /// Where a framed blob starts in its frame; `u32::MAX`: not framed.
+    frame_at: u32,
     kind: BlobKind,
     compressed: bool,
 }
 
 impl Slot {
     fn of(pack: u32, e: &PackEntry) -> Self {
-        Self { pack, offset: e.offset, length: e.length, raw_len: e.raw_len, kind: e.kind, compressed: e.compressed }
+        Self {
+            pack,
+            offset: e.offset,
+            length: e.length,
+            raw_len: e.raw_len,
+            frame_at: e.frame_at.unwrap_or(u32::MAX),
+            kind: e.kind,
+            compressed: e.compressed,
+        }
     }
 }
 
@@ -103,6 +113,7 @@ fn entry_of(id: &BlobId, s: &Slot) -> PackEntry {
         offset: s.offset,
         length: s.length,
         raw_len: s.raw_len,
+        frame_at: (s.frame_at != u32::MAX).then_some(s.frame_at),
     }
 }
 
@@ -110,12 +121,13 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const PACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("packs");
 const PACK_NUMBERS: TableDefinition<&[u8], u32> = TableDefinition::new("pack_numbers");
 const SEGMENTS: TableDefinition<&[u8], u64> = TableDefinition::new("segments");
-/// Layout 2: values checked by [`db::seal_value`] (layout 1 had 8-byte checksums).
-const LAYOUT: db::Layout = db::Layout { kind: "bakare blob index", version: 2 };
+/// Layout 3: slots carry a framed blob's place in its frame (layout 2 had none; layout 1
+/// had 8-byte checksums).
+const LAYOUT: db::Layout = db::Layout { kind: "bakare blob index", version: 3 };
 
 fn encode_slot(id: &BlobId, s: &Slot) -> Vec<u8> {
-    let mut v = Vec::with_capacity(18 + db::SUM);
-    for n in [s.pack, s.offset, s.length, s.raw_len] {
+    let mut v = Vec::with_capacity(22 + db::SUM);
+    for n in [s.pack, s.offset, s.length, s.raw_len, s.frame_at] {
         v.extend_from_slice(&n.to_le_bytes());
     }
     v.push(s.kind.to_byte());
@@ -124,15 +136,16 @@ fn encode_slot(id: &BlobId, s: &Slot) -> Vec<u8> {
 }
 
 fn decode_slot(id: &BlobId, v: &[u8]) -> Option<Slot> {
-    let body = db::open_value(id.0.as_bytes(), v).filter(|b| b.len() == 18)?;
+    let body = db::open_value(id.0.as_bytes(), v).filter(|b| b.len() == 22)?;
     let u = |i: usize| body.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
     Some(Slot {
         pack: u(0)?,
         offset: u(4)?,
         length: u(8)?,
         raw_len: u(12)?,
-        kind: BlobKind::from_byte(*body.get(16)?)?,
-        compressed: match body.get(17)? {
+        frame_at: u(16)?,
+        kind: BlobKind::from_byte(*body.get(20)?)?,
+        compressed: match body.get(21)? {
             0 => false,
             1 => true,
             _ => return None,
@@ -384,6 +397,8 @@ mod tests {
             offset: u32::from(n) * 100,
             length: 90,
             raw_len: 120,
+            // Every third is framed: its place in the frame survives the file.
+            frame_at: n.is_multiple_of(3).then_some(u32::from(n) * 7),
         }
     }
 
@@ -397,12 +412,14 @@ mod tests {
             let mut d = DiskIndex::open(&path, 1 << 20, &key).unwrap();
             d.insert_pending(pack, &entry(1));
             assert!(d.contains(&entry(1).id), "pending");
-            let packs = vec![(pack, vec![entry(1), entry(2)])];
+            let packs = vec![(pack, vec![entry(1), entry(2), entry(6)])];
             d.add_segments(&[(Digest([1; 32]), &packs)]).unwrap();
             assert!(d.pending.blobs.is_empty(), "moved to the file");
             let loc = d.get(&entry(2).id).unwrap();
             assert_eq!((loc.pack, loc.entry), (pack, entry(2)));
-            assert_eq!(d.len(), 2);
+            let loc = d.get(&entry(6).id).unwrap();
+            assert_eq!((loc.pack, loc.entry), (pack, entry(6)), "a framed blob's place");
+            assert_eq!(d.len(), 3);
             assert_eq!(d.segments().unwrap(), HashSet::from([Digest([1; 32])]));
         }
         // Another key: emptied.
@@ -416,7 +433,15 @@ mod tests {
         let txn = d.db.begin_write().unwrap();
         {
             let mut t = txn.open_table(BLOBS).unwrap();
-            let slot = Slot { pack: 0, offset: 1, length: 2, raw_len: 3, kind: BlobKind::Data, compressed: false };
+            let slot = Slot {
+                pack: 0,
+                offset: 1,
+                length: 2,
+                raw_len: 3,
+                frame_at: u32::MAX,
+                kind: BlobKind::Data,
+                compressed: false,
+            };
             let good = encode_slot(&entry(3).id, &slot);
             let mut bad = good.clone();
             bad[5] ^= 1;

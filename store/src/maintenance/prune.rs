@@ -626,10 +626,19 @@ impl PartlyUsed {
     fn of(pack: PackId, size: u64, entries: &[PackEntry], referenced: &HashSet<BlobId>) -> Option<Self> {
         // What the unreferenced blobs take, with their rows of the blob table: the header and
         // the rest of the table are the price of any pack, not waste.
+        // A framed blob takes its share of its frame, by plaintext length.
+        let mut frame_raw: HashMap<(u32, u32), u64> = HashMap::new();
+        for e in entries.iter().filter(|e| e.frame_at.is_some()) {
+            *frame_raw.entry((e.offset, e.length)).or_default() += u64::from(e.raw_len);
+        }
+        let takes = |e: &PackEntry| match frame_raw.get(&(e.offset, e.length)).filter(|_| e.frame_at.is_some()) {
+            Some(&total) => u64::from(e.length) * u64::from(e.raw_len) / total.max(1),
+            None => u64::from(e.length),
+        };
         let unused: u64 = entries
             .iter()
             .filter(|e| !referenced.contains(&e.id))
-            .map(|e| u64::from(e.length) + crate::format::pack::ENTRY_LEN as u64)
+            .map(|e| takes(e) + crate::format::pack::ENTRY_LEN as u64)
             .sum();
         (unused > 0).then_some(Self { pack, size, used: size.saturating_sub(unused) })
     }

@@ -13,7 +13,9 @@ use super::runs::{SPAN, Spans};
 use super::{Core, lock, pack_path};
 use crate::format::index::BlobLocation;
 use crate::format::object::id_of_path;
-use crate::format::pack::{PACK_PREFIX_LEN, PACK_PURPOSE, PackEntry, PackTable, pack_ephemeral, read_pack_table};
+use crate::format::pack::{
+    FRAME_AAD, MAX_FRAME_LEN, PACK_PREFIX_LEN, PACK_PURPOSE, PackEntry, PackTable, pack_ephemeral, read_pack_table,
+};
 use crate::format::tree::Tree;
 use crate::ids::{BlobId, BlobKind, PackId};
 use crate::local::trees::TreeCache;
@@ -37,10 +39,63 @@ pub(crate) struct BlobReader {
     /// from the cache are read a span at a time, since the trees a walk reads next were
     /// saved next to this one; a request per tree costs a round trip each.
     tree_spans: OnceLock<Spans>,
+    /// Frames opened lately, by pack and offset: the small files of one folder usually share
+    /// a frame, and each would otherwise decompress it whole again.
+    frames: Mutex<FrameCache>,
+    /// Signalled when a frame being read is ready (or failed).
+    frame_read: std::sync::Condvar,
+}
+
+type FrameKey = (String, u32, u32);
+
+/// The plaintexts of the last [`FRAMES_KEPT`] frames opened, newest last, and the frames
+/// being read: the restoring threads often want the same frame at once (its files are
+/// restored side by side), and it is read once.
+#[derive(Default)]
+struct FrameCache {
+    ready: std::collections::VecDeque<(FrameKey, std::sync::Arc<Vec<u8>>)>,
+    reading: std::collections::HashSet<FrameKey>,
+}
+
+/// Frames kept open (each at most [`MAX_FRAME_LEN`], usually ~600 KiB).
+const FRAMES_KEPT: usize = 8;
+
+impl FrameCache {
+    fn get(&self, key: &FrameKey) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.ready.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, key: FrameKey, plain: std::sync::Arc<Vec<u8>>) {
+        if self.get(&key).is_none() {
+            self.ready.push_back((key, plain));
+            while self.ready.len() > FRAMES_KEPT {
+                self.ready.pop_front();
+            }
+        }
+    }
+}
+
+fn frame_key(path: &str, entry: &PackEntry) -> FrameKey {
+    (path.to_string(), entry.offset, entry.length)
 }
 
 /// Spans of tree packs kept in memory (of [`SPAN`] bytes each).
 const TREE_SPANS: usize = 4;
+
+/// A framed blob's bytes, cut from its frame's plaintext and checked against its id.
+fn blob_in_frame(core: &Core, path: &str, entry: &PackEntry, frame: &[u8]) -> Result<Vec<u8>> {
+    let at = entry.frame_at.unwrap_or_default() as usize;
+    let data = frame.get(at..at + entry.raw_len as usize).ok_or_else(|| {
+        StoreError::corrupt(format!("blob {} in {path}", entry.id.short()), "lies past its frame's end")
+    })?;
+    if core.blob_id(data) != entry.id {
+        return Err(StoreError::corrupt(
+            format!("blob {} in {path}", entry.id.short()),
+            "content does not match its id",
+        ));
+    }
+    Ok(data.to_vec())
+}
 
 /// A blob's sealed bytes within a whole pack held in memory.
 fn sealed_in<'a>(path: &str, entry: &PackEntry, pack_bytes: &'a [u8]) -> Result<&'a [u8]> {
@@ -81,8 +136,33 @@ impl BlobReader {
     pub(crate) fn load_blob_at(&self, core: &Core, loc: &BlobLocation) -> Result<Vec<u8>> {
         core.access.master()?;
         let path = pack_path(&loc.pack);
-        let sealed = core.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
-        self.open_blob(core, &path, &loc.entry, &sealed)
+        if loc.entry.frame_at.is_none() {
+            let sealed = core.backend.get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))?;
+            return self.open_blob(core, &path, &loc.entry, &sealed);
+        }
+        // A frame another thread is reading is waited for, not read twice.
+        let key = frame_key(&path, &loc.entry);
+        let mut frames = lock(&self.frames);
+        loop {
+            if let Some(frame) = frames.get(&key) {
+                drop(frames);
+                return blob_in_frame(core, &path, &loc.entry, &frame);
+            }
+            if frames.reading.insert(key.clone()) {
+                break;
+            }
+            frames = self.frame_read.wait(frames).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(frames);
+        // Opening it puts the frame among the ready ones.
+        let read = core
+            .backend
+            .get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))
+            .map_err(StoreError::from)
+            .and_then(|sealed| self.open_blob(core, &path, &loc.entry, &sealed));
+        lock(&self.frames).reading.remove(&key);
+        self.frame_read.notify_all();
+        read
     }
 
     /// Reads one blob at a location, and if the pack's key fails, tries the key derived from
@@ -184,6 +264,30 @@ impl BlobReader {
         sealed: &[u8],
     ) -> Result<Vec<u8>> {
         let name = || format!("blob {} in {path}", entry.id.short());
+        if entry.frame_at.is_some() {
+            let cache_key = frame_key(path, entry);
+            if let Some(frame) = lock(&self.frames).get(&cache_key) {
+                return blob_in_frame(core, path, entry, &frame);
+            }
+            let frame_name = || format!("frame at {} in {path} (holding blob {})", entry.offset, entry.id.short());
+            let plain = key.open(FRAME_AAD, sealed).map_err(|e| StoreError::crypto(frame_name(), e))?;
+            // A frame says its length (zstd's header), within the frame limit.
+            let len = zstd::zstd_safe::get_frame_content_size(&plain)
+                .ok()
+                .flatten()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n <= MAX_FRAME_LEN)
+                .ok_or_else(|| StoreError::corrupt(frame_name(), "no length within the frame limit"))?;
+            let frame =
+                zstd::bulk::decompress(&plain, len).map_err(|e| StoreError::corrupt(frame_name(), e.to_string()))?;
+            if frame.len() != len {
+                return Err(StoreError::corrupt(frame_name(), "shorter than its header says"));
+            }
+            let frame = std::sync::Arc::new(frame);
+            let found = blob_in_frame(core, path, entry, &frame);
+            lock(&self.frames).put(cache_key, frame);
+            return found;
+        }
         let plain = key.open(&entry.aad(), sealed).map_err(|e| StoreError::crypto(name(), e))?;
         let data = if entry.compressed {
             zstd::bulk::decompress(&plain, entry.raw_len as usize)

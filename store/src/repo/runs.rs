@@ -17,12 +17,19 @@ use crate::{Result, StoreError};
 pub const RUN_BYTES: u64 = 16 << 20;
 
 /// How many of the first locations lie one after another in one pack (at least 1), within
-/// [`RUN_BYTES`].
+/// [`RUN_BYTES`]. Blobs of one frame share its bytes: the next blob of the frame continues a
+/// run without lengthening it.
 pub fn adjacent_run(locs: &[BlobLocation]) -> usize {
     let Some(first) = locs.first() else { return 0 };
     let mut end = u64::from(first.entry.offset) + u64::from(first.entry.length);
     let mut n = 1;
+    let mut last = first;
     for l in locs.iter().skip(1) {
+        if l.pack == last.pack && l.entry.frame_at.is_some() && l.entry.same_sealed(&last.entry) {
+            n += 1;
+            continue;
+        }
+        last = l;
         let next_end = u64::from(l.entry.offset) + u64::from(l.entry.length);
         if l.pack != first.pack
             || u64::from(l.entry.offset) != end
@@ -117,8 +124,13 @@ impl Spans {
 /// Whether a run of chunks lies in one span and is small enough to read through [`Spans`].
 fn within_span(first: &BlobLocation, run: &[BlobLocation]) -> bool {
     let start = u64::from(first.entry.offset);
-    let end = start + run.iter().map(|l| u64::from(l.entry.length)).sum::<u64>();
+    let end = run_end(run);
     end - start <= SPAN / 4 && start / SPAN == (end.saturating_sub(1)) / SPAN
+}
+
+/// Where a run of adjacent blobs (see [`adjacent_run`]) ends in its pack.
+fn run_end(run: &[BlobLocation]) -> u64 {
+    run.iter().map(|l| u64::from(l.entry.offset) + u64::from(l.entry.length)).max().unwrap_or_default()
 }
 
 /// Reads a run of adjacent blobs (see [`adjacent_run`]) with one request, through `spans`
@@ -138,7 +150,7 @@ pub(crate) fn load_run(
         [one] if !spanned => vec![reader.load_blob_at(core, one)?],
         [first, ..] => {
             let start = u64::from(first.entry.offset);
-            let len = run.iter().map(|l| u64::from(l.entry.length)).sum();
+            let len = run_end(run).saturating_sub(start);
             let _permit = (!spanned).then(|| budget.read_permit(len));
             let bytes = match spans {
                 Some(spans) if spanned => spans.read(core, budget.spans(SPAN), &first.pack, start, len)?,
@@ -170,6 +182,7 @@ mod tests {
             offset,
             length,
             raw_len: length,
+            frame_at: None,
         };
         BlobLocation { pack: PackId(Digest([pack; 32])), entry }
     }
@@ -184,5 +197,16 @@ mod tests {
         assert_eq!(adjacent_run(&[loc(1, 50, 5), loc(1, 40, 10)]), 1, "so does going back");
         let big = [loc(1, 0, 10 << 20), loc(1, 10 << 20, 10 << 20)];
         assert_eq!(adjacent_run(&big), 1, "at most RUN_BYTES at once");
+        // Blobs of one frame share its bytes: each continues the run, and what follows the
+        // frame does too; a blob sealed alone at the frame's offset is not of the frame.
+        let framed = |offset, length, at| {
+            let mut l = loc(1, offset, length);
+            l.entry.frame_at = Some(at);
+            l
+        };
+        let run = [framed(40, 100, 0), framed(40, 100, 30), framed(40, 100, 70), loc(1, 140, 5)];
+        assert_eq!(adjacent_run(&run), 4);
+        assert_eq!(run_end(&run), 145);
+        assert_eq!(adjacent_run(&[framed(40, 100, 0), loc(1, 40, 100)]), 1);
     }
 }

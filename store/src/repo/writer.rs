@@ -12,7 +12,7 @@ use super::index::BlobIndex;
 use super::{Core, SaveOutcome, WriteStats, lock, now_ns, pack_path};
 use crate::backend::{BackendError, in_parallel};
 use crate::format::index::IndexSegment;
-use crate::format::pack::{MAX_BLOB_LEN, PackBuilder, PackBytes, PackEntry};
+use crate::format::pack::{FRAMED_BELOW, MAX_BLOB_LEN, PackBuilder, PackBytes, PackEntry};
 use crate::ids::{BlobId, BlobKind, PackId};
 use crate::{Result, StoreError};
 
@@ -25,6 +25,8 @@ struct Sealing<'a> {
     compressed: bool,
     /// The bytes to seal: compressed if `compressed`.
     payload: &'a [u8],
+    /// Gathered with other small blobs into a frame (`payload` is then the blob itself).
+    framed: bool,
 }
 
 /// The writing half of a handle.
@@ -281,7 +283,7 @@ impl BlobWriter {
             core,
             index,
             pool,
-            &Sealing { kind: BlobKind::Tree, id, raw_len, compressed: compressed.is_some(), payload },
+            &Sealing { kind: BlobKind::Tree, id, raw_len, compressed: compressed.is_some(), payload, framed: false },
         )?;
         self.stats.bytes_stored.fetch_add(stored, Ordering::Relaxed);
         Ok(SaveOutcome { id, stored })
@@ -296,7 +298,10 @@ impl BlobWriter {
         raw_len: u32,
         data: &[u8],
     ) -> Result<u64> {
-        let compressed = compress(self.compression_level, data);
+        // Small data blobs are compressed together, in frames (a small file alone compresses
+        // poorly: it has little context of its own).
+        let framed = kind == BlobKind::Data && self.compression_level != 0 && raw_len < FRAMED_BELOW;
+        let compressed = if framed { None } else { compress(self.compression_level, data) };
         let payload = compressed.as_deref().unwrap_or(data);
         let mut stored = 0;
         for pool in self.pools_for(kind) {
@@ -304,14 +309,14 @@ impl BlobWriter {
                 core,
                 index,
                 pool,
-                &Sealing { kind, id, raw_len, compressed: compressed.is_some(), payload },
+                &Sealing { kind, id, raw_len, compressed: compressed.is_some(), payload, framed },
             )?;
         }
         Ok(stored)
     }
 
     fn seal_into(&self, core: &Core, index: &BlobIndex, pool: &PackPool, blob: &Sealing<'_>) -> Result<u64> {
-        let Sealing { kind, id, raw_len, compressed, payload } = *blob;
+        let Sealing { kind, id, raw_len, compressed, payload, framed } = *blob;
         let target = core.config.pack_size as usize;
         let limit = if self.spool_dir(core).is_some() {
             core.backend.parallel_writes().max(MAX_SPOOLED_PACKS)
@@ -320,21 +325,27 @@ impl BlobWriter {
         };
         let mut builder = pool.take(limit, || self.new_pack(core, target + target / 8))?;
         builder.last_writer = Some(std::thread::current().id());
-        let stored = match builder.add(id, kind, compressed, raw_len, payload) {
+        let added = if framed {
+            builder.add_framed(id, self.compression_level, payload)
+        } else {
+            builder.add(id, kind, compressed, raw_len, payload)
+        };
+        let stored = match added {
             Ok(s) => s,
             Err(e) => {
                 pool.give_back(builder);
                 return Err(e);
             }
         };
+        let mut stored = u64::from(stored);
         if builder.len() >= target {
             let written = self.write_pack(core, index, builder);
             pool.release_slot();
-            written?;
+            stored += written?;
         } else {
             pool.give_back(builder);
         }
-        Ok(u64::from(stored))
+        Ok(stored)
     }
 
     /// A new open pack: spooled to a file where the storage offers a folder for it, so that
@@ -352,7 +363,9 @@ impl BlobWriter {
         }
     }
 
-    fn write_pack(&self, core: &Core, index: &BlobIndex, builder: PackBuilder) -> Result<()> {
+    /// Writes a pack; returns the bytes its open frame added when sealed (not yet counted).
+    fn write_pack(&self, core: &Core, index: &BlobIndex, mut builder: PackBuilder) -> Result<u64> {
+        let last_frame = u64::from(builder.seal_frame()?);
         let (id, bytes, entries) = builder.finish(&core.access.write_key().index_key)?;
         let parity = match (&bytes, self.parity) {
             (_, 0) => None,
@@ -381,7 +394,7 @@ impl BlobWriter {
             blobs.insert(id, e);
             pending.remove(&e.id);
         }
-        Ok(())
+        Ok(last_frame)
     }
 
     /// Writes every open pack, then one index segment for all packs written since the last
@@ -391,7 +404,9 @@ impl BlobWriter {
         let open: Vec<PackBuilder> =
             self.pools.iter().flat_map(|pool| pool.drain()).filter(|b| !b.is_empty()).collect();
         let width = crate::backend::request_width(core.backend.as_ref());
-        in_parallel(open, width, |b| self.write_pack(core, index, b)).into_iter().collect::<Result<()>>()?;
+        let frames =
+            in_parallel(open, width, |b| self.write_pack(core, index, b)).into_iter().collect::<Result<Vec<u64>>>()?;
+        self.stats.bytes_stored.fetch_add(frames.iter().sum(), Ordering::Relaxed);
         // The packs stay listed as unindexed until their segment is written.
         let packs = lock(&self.unindexed).clone();
         if packs.is_empty() {
