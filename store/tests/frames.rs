@@ -131,3 +131,35 @@ fn frames_in(repo: &Repository, path: &str) -> usize {
     let table = read_pack_table(repo.backend().as_ref(), path, &repo.access().write_key().index_key).unwrap();
     table.entries.len()
 }
+
+/// Two frames of one pack with sealed bytes of the same length, each read as a run of its
+/// blobs: each frame's blobs come from that frame (frames are kept by their place in the
+/// pack, not by their place in the bytes a run read).
+#[test]
+fn runs_of_two_frames_of_one_length_read_their_own_blobs() {
+    let backend = Arc::new(MemoryBackend::new());
+    let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
+    let repo = Repository::init(backend.clone(), b"pw", kdf, ChunkerParams::default()).unwrap();
+    // Incompressible 100 KiB blobs: six fill a frame, and equal frames seal to equal lengths.
+    let blobs: Vec<Vec<u8>> = (0..12u8)
+        .map(|n| {
+            let mut b = vec![0u8; 100 << 10];
+            blake3::Hasher::new().update(&[n]).finalize_xof().fill(&mut b);
+            b
+        })
+        .collect();
+    let ids: Vec<BlobId> = blobs.iter().map(|b| repo.save_blob(BlobKind::Data, b).unwrap().id).collect();
+    repo.flush().unwrap();
+    let repo = Repository::open_with_passphrase(backend, b"pw").unwrap();
+    let locs: Vec<_> = ids.iter().map(|id| repo.blob_location(id).unwrap()).collect();
+    let (first, second) = (&locs[..6], &locs[6..]);
+    assert!(first.iter().all(|l| l.entry.same_sealed(&first[0].entry) && l.entry.frame_at.is_some()));
+    assert!(second.iter().all(|l| l.entry.same_sealed(&second[0].entry)));
+    assert_eq!(first[0].pack, second[0].pack, "one pack");
+    assert_ne!(first[0].entry.offset, second[0].entry.offset, "two frames");
+    assert_eq!(first[0].entry.length, second[0].entry.length, "of one length");
+    for (run, want) in [(first, &blobs[..6]), (second, &blobs[6..])] {
+        assert_eq!(bakare_store::adjacent_run(run), 6);
+        assert_eq!(repo.load_run(run).unwrap(), want);
+    }
+}

@@ -192,6 +192,17 @@ impl BlobReader {
         self.open_blob(core, &path, entry, sealed_in(&path, entry, pack_bytes)?)
     }
 
+    /// Opens a blob from its sealed bytes (or its frame's), read by the caller.
+    pub(crate) fn open_sealed_blob(
+        &self,
+        core: &Core,
+        pack: &PackId,
+        entry: &PackEntry,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.open_blob(core, &pack_path(pack), entry, sealed)
+    }
+
     /// As [`Repository::open_blob_in`], trying the table's key copy when the pack's fails.
     pub(crate) fn open_blob_in_trying(
         &self,

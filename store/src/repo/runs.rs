@@ -158,9 +158,16 @@ pub(crate) fn load_run(
             };
             run.iter()
                 .map(|l| {
-                    let mut e = l.entry;
-                    e.offset -= first.entry.offset;
-                    reader.open_blob_in(core, &l.pack, &e, &bytes)
+                    // Cut by the offset in the run; opened under its real place (frames are
+                    // kept by it).
+                    let at = (l.entry.offset - first.entry.offset) as usize;
+                    let sealed = bytes.get(at..at + l.entry.length as usize).ok_or_else(|| {
+                        StoreError::corrupt(
+                            pack_path(&l.pack),
+                            format!("blob {} lies past the end", l.entry.id.short()),
+                        )
+                    })?;
+                    reader.open_sealed_blob(core, &l.pack, &l.entry, sealed)
                 })
                 .collect::<Result<_>>()?
         }
