@@ -244,8 +244,10 @@ impl PackBuilder {
         }
     }
 
+    /// Whether the pack holds nothing. A broken pack never is: a frame it failed to seal
+    /// took blobs that writers were told are saved, and finishing it must fail.
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.frame.entries.is_empty()
+        self.entries.is_empty() && self.frame.entries.is_empty() && self.broken.is_none()
     }
 
     /// Appends sealed bytes made by `seal` (which appends to the buffer it is given).
@@ -548,6 +550,49 @@ mod tests {
         assert!(b.add(id, BlobKind::Data, false, blob.len() as u32, &blob).is_err(), "a failed pack takes no more");
         assert!(b.finish(&m.write.index_key).is_err(), "a failed pack is not named");
         assert!(!mnt.join("spool").exists(), "its spool file is removed");
+    }
+
+    /// A frame whose sealing failed (the spool's file system full) leaves a pack that is not
+    /// empty and never finishes, even when the frame held all its blobs: a flush must fail,
+    /// not drop the pack as empty and call its blobs saved.
+    #[test]
+    fn a_frame_that_failed_to_seal_fails_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("fs");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let m = MasterKey::generate().unwrap();
+        let mut b = PackBuilder::spooled(&m.write, &mnt, "spool").unwrap();
+        let mut failed = false;
+        for n in 0u8..8 {
+            // Incompressible: the frame seals at 512 KiB, more than the file system holds.
+            let mut blob = vec![0u8; 100 << 10];
+            blake3::Hasher::new().update(&[n]).finalize_xof().fill(&mut blob);
+            let id = BlobId(m.write.id_key.id(&blob));
+            if b.add_framed(id, 1, &blob).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the frame was sealed into a full file system");
+        assert!(!b.is_empty(), "a pack whose frame was lost is not empty");
+        assert!(b.finish(&m.write.index_key).is_err(), "and never finishes");
     }
 
     #[test]

@@ -154,15 +154,20 @@ impl BlobReader {
             frames = self.frame_read.wait(frames).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         drop(frames);
+        // Whatever happens (an error, a panic), the waiters are let go.
+        struct Done<'a>(&'a BlobReader, FrameKey);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.frames).reading.remove(&self.1);
+                self.0.frame_read.notify_all();
+            }
+        }
+        let _done = Done(self, key);
         // Opening it puts the frame among the ready ones.
-        let read = core
-            .backend
+        core.backend
             .get_range(&path, u64::from(loc.entry.offset), u64::from(loc.entry.length))
             .map_err(StoreError::from)
-            .and_then(|sealed| self.open_blob(core, &path, &loc.entry, &sealed));
-        lock(&self.frames).reading.remove(&key);
-        self.frame_read.notify_all();
-        read
+            .and_then(|sealed| self.open_blob(core, &path, &loc.entry, &sealed))
     }
 
     /// Reads one blob at a location, and if the pack's key fails, tries the key derived from
