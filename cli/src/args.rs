@@ -159,11 +159,12 @@ pub fn parse_compression(s: &str) -> Result<i32, String> {
     match s.trim() {
         "off" => Ok(0),
         "fast" => Ok(-1),
-        "default" => Ok(1),
+        // restic's name for its default.
+        "default" | "auto" => Ok(1),
         "max" => Ok(19),
         n => match n.parse::<i32>() {
             Ok(level @ 1..=19) => Ok(level),
-            _ => Err(format!("{s:?}: off, fast, default, max or a zstd level from 1 to 19")),
+            _ => Err(format!("{s:?}: off, fast, default (or auto), max or a zstd level from 1 to 19")),
         },
     }
 }
@@ -442,8 +443,8 @@ pub struct BackupArgs {
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]
     pub parity: u16,
-    /// Compression: off, fast (zstd -1), default (zstd 1), max (zstd 19) or a zstd level
-    /// from 1 to 19; chunks that do not compress are stored as they are, small files are
+    /// Compression: off, fast (zstd -1), default (zstd 1; also auto), max (zstd 19) or a zstd
+    /// level from 1 to 19; chunks that do not compress are stored as they are, small files are
     /// compressed together
     #[arg(long, default_value = "default", value_name = "LEVEL", value_parser = parse_compression)]
     pub compression: i32,
@@ -837,7 +838,18 @@ pub struct KeyExportArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_compression, parse_size};
+
+    #[test]
+    fn compression_names_and_levels() {
+        assert_eq!(parse_compression("default"), Ok(1));
+        assert_eq!(parse_compression("auto"), Ok(1), "restic's name");
+        assert_eq!(parse_compression("off"), Ok(0));
+        assert_eq!(parse_compression("max"), Ok(19));
+        assert_eq!(parse_compression("3"), Ok(3));
+        assert!(parse_compression("0").is_err() && parse_compression("20").is_err());
+        assert!(parse_compression("zstd").unwrap_err().contains("from 1 to 19"));
+    }
 
     #[test]
     fn sizes_with_units() {

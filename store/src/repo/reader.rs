@@ -61,8 +61,13 @@ struct FrameCache {
 const FRAMES_KEPT: usize = 8;
 
 impl FrameCache {
-    fn get(&self, key: &FrameKey) -> Option<std::sync::Arc<Vec<u8>>> {
-        self.ready.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    /// A kept frame, made the newest (the least recently used goes first).
+    fn get(&mut self, key: &FrameKey) -> Option<std::sync::Arc<Vec<u8>>> {
+        let at = self.ready.iter().rposition(|(k, _)| k == key)?;
+        let found = self.ready.remove(at)?;
+        let plain = found.1.clone();
+        self.ready.push_back(found);
+        Some(plain)
     }
 
     fn put(&mut self, key: FrameKey, plain: std::sync::Arc<Vec<u8>>) {
@@ -393,5 +398,25 @@ impl BlobReader {
         let cache = TreeCache::open(path, cache_bytes).map_err(|e| e.to_string())?;
         let _ = self.tree_cache.set(cache);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache keeps the frames used last: one read again stays while older ones go.
+    #[test]
+    fn the_frame_cache_forgets_the_least_recently_used() {
+        let key = |n: u32| ("packs/p".to_string(), n, 100);
+        let mut cache = FrameCache::default();
+        for n in 0..FRAMES_KEPT as u32 {
+            cache.put(key(n), std::sync::Arc::new(vec![n as u8]));
+        }
+        assert_eq!(cache.get(&key(0)).as_deref(), Some(&vec![0u8]));
+        cache.put(key(100), std::sync::Arc::new(vec![1]));
+        assert!(cache.get(&key(0)).is_some(), "used lately: kept");
+        assert!(cache.get(&key(1)).is_none(), "the least recently used went");
+        assert_eq!(cache.ready.len(), FRAMES_KEPT);
     }
 }
