@@ -160,7 +160,7 @@ pub fn parse_compression(s: &str) -> Result<i32, String> {
         "off" => Ok(0),
         "fast" => Ok(-1),
         // restic's name for its default.
-        "default" | "auto" => Ok(1),
+        "default" | "auto" => Ok(bakare_store::DEFAULT_COMPRESSION),
         "max" => Ok(19),
         n => match n.parse::<i32>() {
             Ok(level @ 1..=19) => Ok(level),
@@ -443,7 +443,7 @@ pub struct BackupArgs {
     /// (N/64 more space), so that `verify --repair` rebuilds up to N damaged parts of a pack
     #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=16))]
     pub parity: u16,
-    /// Compression: off, fast (zstd -1), default (zstd 1; also auto), max (zstd 19) or a zstd
+    /// Compression: off, fast (zstd -1), default (zstd 2; also auto), max (zstd 19) or a zstd
     /// level from 1 to 19; chunks that do not compress are stored as they are, small files are
     /// compressed together
     #[arg(long, default_value = "default", value_name = "LEVEL", value_parser = parse_compression)]
@@ -842,8 +842,8 @@ mod tests {
 
     #[test]
     fn compression_names_and_levels() {
-        assert_eq!(parse_compression("default"), Ok(1));
-        assert_eq!(parse_compression("auto"), Ok(1), "restic's name");
+        assert_eq!(parse_compression("default"), Ok(2));
+        assert_eq!(parse_compression("auto"), Ok(2), "restic's name");
         assert_eq!(parse_compression("off"), Ok(0));
         assert_eq!(parse_compression("max"), Ok(19));
         assert_eq!(parse_compression("3"), Ok(3));

@@ -1804,26 +1804,36 @@ fn stdin_is_backed_up_as_one_file() {
     let env = Env::new();
     env.init();
     let dump: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
-    let pipe = |name: &str| {
+    let pipe_with = |name: &str, more: &[&str], data: &[u8]| {
         let mut child = env
             .cmd()
             .args(["--json", "backup", "--stdin", "--stdin-filename", name, "--tag", "db"])
+            .args(more)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(&dump).unwrap();
+        child.stdin.take().unwrap().write_all(data).unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(code(&out), 0, "{}", env.stderr(&out));
         summary(&String::from_utf8_lossy(&out.stdout))
     };
+    let pipe = |name: &str| pipe_with(name, &[], &dump);
     let first = pipe("db.sql");
     assert_eq!(first["bytes_read"].as_u64(), Some(3_000_000));
     let again = pipe("db.sql");
     assert!(again["bytes_added"].as_u64().unwrap() < 10_000, "the same dump again is deduplicated: {again}");
     let out = env.cmd().args(["dump", "latest:/db.sql"]).output().unwrap();
     assert_eq!(out.stdout, dump);
+    // --compression is honoured on standard input too.
+    let text: Vec<u8> = b"INSERT INTO t VALUES (1, 'the same row');\n".iter().copied().cycle().take(1 << 20).collect();
+    let plain = pipe_with("plain.sql", &["--compression", "off"], &text);
+    assert!(plain["bytes_added"].as_u64().unwrap() > 1 << 20, "stored as it is: {plain}");
+    let mut other = text.clone();
+    other[0] = b'-';
+    let packed = pipe_with("packed.sql", &[], &other);
+    assert!(packed["bytes_added"].as_u64().unwrap() < 100_000, "compressed: {packed}");
     let bad = env.run(&["backup", "--stdin", "--stdin-filename", "a/b"]);
     assert_eq!(code(&bad), 1);
     assert!(env.stderr(&bad).contains("a file name (no /) is needed"), "{}", env.stderr(&bad));

@@ -41,8 +41,8 @@ pub use format::{parity, session, snapshot, tree};
 pub use ids::{BlobId, BlobKind, PackId, SnapshotId};
 pub use maintenance::{forget, gc, prune, repair, verify};
 pub use repo::{
-    Access, KeyFileInfo, Repository, SPAN, SaveOutcome, SnapshotFilter, SnapshotList, WriteStats, adjacent_run, holds,
-    pack_path,
+    Access, DEFAULT_COMPRESSION, KeyFileInfo, Repository, SPAN, SaveOutcome, SnapshotFilter, SnapshotList, WriteStats,
+    adjacent_run, holds, pack_path,
 };
 
 /// Results of this crate.

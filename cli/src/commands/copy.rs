@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, a: &CopyArgs) -> Result<Outcome> {
     if dst.config().id == src.config().id {
         anyhow::bail!("the source and the target are the same repository");
     }
-    dst.set_compression_level(1);
+    dst.set_compression_level(bakare_store::DEFAULT_COMPRESSION);
     let dst = Arc::new(dst);
     let filter = a.filter.filter();
     let mut chosen = if a.snapshots.is_empty() {

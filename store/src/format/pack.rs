@@ -507,31 +507,41 @@ mod tests {
     use super::*;
     use bakare_crypto::MasterKey;
 
+    /// A 256 KiB tmpfs in `dir`, unmounted on drop; `None` (said) where mounting needs root.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &std::path::Path) -> Option<Self> {
+            let mnt = dir.join("fs");
+            std::fs::create_dir(&mnt).unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+                .arg(&mnt)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !mounted {
+                eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+                return None;
+            }
+            Some(Self(mnt))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
     /// A spool file that ran out of space mid-blob is never finished into a pack whose
     /// bytes differ from its name, even after space comes back (a full disk, then a
     /// checkpoint's flush, made such a pack, and resume adopted it as damaged).
     #[test]
     fn a_spool_file_that_failed_is_never_named() {
         let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("fs");
-        std::fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(&mnt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
-            return;
-        }
-        struct Unmount<'a>(&'a std::path::Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&mnt);
+        let Some(tmpfs) = Tmpfs::mount(dir.path()) else { return };
+        let mnt = tmpfs.0.clone();
         let filler = mnt.join("filler");
         std::fs::write(&filler, vec![0u8; 200 << 10]).unwrap();
         let m = MasterKey::generate().unwrap();
@@ -558,25 +568,8 @@ mod tests {
     #[test]
     fn a_frame_that_failed_to_seal_fails_the_pack() {
         let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("fs");
-        std::fs::create_dir(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(&mnt)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
-            return;
-        }
-        struct Unmount<'a>(&'a std::path::Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&mnt);
+        let Some(tmpfs) = Tmpfs::mount(dir.path()) else { return };
+        let mnt = tmpfs.0.clone();
         let m = MasterKey::generate().unwrap();
         let mut b = PackBuilder::spooled(&m.write, &mnt, "spool").unwrap();
         let mut failed = false;

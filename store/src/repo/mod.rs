@@ -42,6 +42,7 @@ pub use open::KeyFileInfo;
 use reader::BlobReader;
 pub use runs::{SPAN, adjacent_run};
 use writer::BlobWriter;
+pub use writer::DEFAULT_COMPRESSION;
 
 /// The key a repository was opened with.
 #[derive(Clone)]
@@ -139,7 +140,7 @@ fn now_ns() -> i64 {
 
 impl Repository {
     fn assemble(core: Core) -> Self {
-        let writer = BlobWriter::new(1);
+        let writer = BlobWriter::new(DEFAULT_COMPRESSION);
         Self {
             core,
             index: BlobIndex::default(),

@@ -29,6 +29,12 @@ struct Sealing<'a> {
     framed: bool,
 }
 
+/// The zstd level of new blobs unless told otherwise. Level 2: with small files compressed
+/// together in frames, it made repositories of real trees 3-6 % smaller than level 1 and
+/// first backups 2.5-4 % slower than level 1 did before frames (a single large compressible
+/// file: 6 % smaller, 6.5 % slower); level 3 was 6-9 % smaller and 10-30 % slower.
+pub const DEFAULT_COMPRESSION: i32 = 2;
+
 /// The writing half of a handle.
 #[derive(Default)]
 pub(crate) struct BlobWriter {
