@@ -296,14 +296,20 @@ impl PackBuilder {
         raw_len: u32,
         payload: &[u8],
     ) -> Result<u32> {
-        let offset = self.sealed_len();
+        let start = self.sealed_len();
         let key = self.key.clone();
         self.append(|buf| Ok(key.seal_into(&blob_aad(&id, kind, compressed), payload, buf)?))?;
-        let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
-        let offset = u32::try_from(offset).map_err(|_| too_big())?;
-        let length = u32::try_from(self.sealed_len() - offset as usize).map_err(|_| too_big())?;
+        let (offset, length) = self.placed_since(start)?;
         self.entries.push(PackEntry { id, kind, compressed, offset, length, raw_len, frame_at: None });
         Ok(length)
+    }
+
+    /// Where the bytes appended since the pack was `start` long lie: offset and length.
+    fn placed_since(&self, start: usize) -> Result<(u32, u32)> {
+        let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
+        let offset = u32::try_from(start).map_err(|_| too_big())?;
+        let length = u32::try_from(self.sealed_len() - start).map_err(|_| too_big())?;
+        Ok((offset, length))
     }
 
     /// Adds a small data blob (under [`FRAMED_BELOW`] bytes) to the open frame, sealing the
@@ -339,16 +345,12 @@ impl PackBuilder {
             return Ok(0);
         }
         let frame = std::mem::take(&mut self.frame);
-        let offset = self.sealed_len();
+        let start = self.sealed_len();
         let key = self.key.clone();
-        let sealed = zstd::bulk::compress(&frame.raw, frame.level)
+        let placed = zstd::bulk::compress(&frame.raw, frame.level)
             .map_err(|e| StoreError::corrupt("frame", format!("zstd: {e}")))
-            .and_then(|compressed| self.append(|buf| Ok(key.seal_into(FRAME_AAD, &compressed, buf)?)));
-        let too_big = || StoreError::corrupt("pack", "pack grew past 4 GiB");
-        let placed = sealed.and_then(|()| {
-            let offset = u32::try_from(offset).map_err(|_| too_big())?;
-            Ok((offset, u32::try_from(self.sealed_len() - offset as usize).map_err(|_| too_big())?))
-        });
+            .and_then(|compressed| self.append(|buf| Ok(key.seal_into(FRAME_AAD, &compressed, buf)?)))
+            .and_then(|()| self.placed_since(start));
         match placed {
             Ok((offset, length)) => {
                 self.entries.extend(frame.entries.into_iter().map(|e| PackEntry { offset, length, ..e }));

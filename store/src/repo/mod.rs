@@ -373,7 +373,7 @@ impl Repository {
 
     /// Opens a blob from a pack's bytes already in memory (whole-pack reads of verify).
     pub fn open_blob_in(&self, pack: &PackId, entry: &PackEntry, pack_bytes: &[u8]) -> Result<Vec<u8>> {
-        self.reader.open_blob_in(&self.core, pack, entry, pack_bytes)
+        self.reader.open_blob_in(&self.core, pack, entry, pack_bytes, 0)
     }
 
     /// As [`Repository::open_blob_in`], trying the table's key copy when the pack's fails.

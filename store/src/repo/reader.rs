@@ -102,12 +102,12 @@ fn blob_in_frame(core: &Core, path: &str, entry: &PackEntry, frame: &[u8]) -> Re
     Ok(data.to_vec())
 }
 
-/// A blob's sealed bytes within a whole pack held in memory.
-fn sealed_in<'a>(path: &str, entry: &PackEntry, pack_bytes: &'a [u8]) -> Result<&'a [u8]> {
-    let start = entry.offset as usize;
-    pack_bytes
-        .get(start..start.saturating_add(entry.length as usize))
-        .ok_or_else(|| StoreError::corrupt(path, format!("blob {} lies past the end", entry.id.short())))
+/// A blob's sealed bytes within bytes of its pack held in memory, which start at `base`
+/// in the pack (0: the whole pack).
+fn sealed_in<'a>(path: &str, entry: &PackEntry, pack_bytes: &'a [u8], base: u32) -> Result<&'a [u8]> {
+    let past = || StoreError::corrupt(path, format!("blob {} lies past the end", entry.id.short()));
+    let start = entry.offset.checked_sub(base).ok_or_else(past)? as usize;
+    pack_bytes.get(start..start.saturating_add(entry.length as usize)).ok_or_else(past)
 }
 
 impl BlobReader {
@@ -190,27 +190,19 @@ impl BlobReader {
         self.open_trying(core, &path, &loc.entry, &sealed, alternate)
     }
 
-    /// Opens a blob from a pack's bytes already in memory (whole-pack reads of verify).
+    /// Opens a blob from a pack's bytes already in memory, starting at `base` in the pack
+    /// (0: the whole pack, as verify reads it; a run's first offset for restore's runs). The
+    /// blob is opened under its place in the pack (frames are kept by it).
     pub(crate) fn open_blob_in(
         &self,
         core: &Core,
         pack: &PackId,
         entry: &PackEntry,
         pack_bytes: &[u8],
+        base: u32,
     ) -> Result<Vec<u8>> {
         let path = pack_path(pack);
-        self.open_blob(core, &path, entry, sealed_in(&path, entry, pack_bytes)?)
-    }
-
-    /// Opens a blob from its sealed bytes (or its frame's), read by the caller.
-    pub(crate) fn open_sealed_blob(
-        &self,
-        core: &Core,
-        pack: &PackId,
-        entry: &PackEntry,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>> {
-        self.open_blob(core, &pack_path(pack), entry, sealed)
+        self.open_blob(core, &path, entry, sealed_in(&path, entry, pack_bytes, base)?)
     }
 
     /// As [`Repository::open_blob_in`], trying the table's key copy when the pack's fails.
@@ -223,7 +215,7 @@ impl BlobReader {
         alternate: Option<&PackTable>,
     ) -> Result<Vec<u8>> {
         let path = pack_path(pack);
-        self.open_trying(core, &path, entry, sealed_in(&path, entry, bytes)?, alternate)
+        self.open_trying(core, &path, entry, sealed_in(&path, entry, bytes, 0)?, alternate)
     }
 
     fn open_trying(

@@ -157,18 +157,7 @@ pub(crate) fn load_run(
                 _ => reader.read_pack_range(core, &first.pack, start, len)?,
             };
             run.iter()
-                .map(|l| {
-                    // Cut by the offset in the run; opened under its real place (frames are
-                    // kept by it).
-                    let at = (l.entry.offset - first.entry.offset) as usize;
-                    let sealed = bytes.get(at..at + l.entry.length as usize).ok_or_else(|| {
-                        StoreError::corrupt(
-                            pack_path(&l.pack),
-                            format!("blob {} lies past the end", l.entry.id.short()),
-                        )
-                    })?;
-                    reader.open_sealed_blob(core, &l.pack, &l.entry, sealed)
-                })
+                .map(|l| reader.open_blob_in(core, &l.pack, &l.entry, &bytes, first.entry.offset))
                 .collect::<Result<_>>()?
         }
     })
