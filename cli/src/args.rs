@@ -287,6 +287,15 @@ pub enum Command {
     Mount(MountArgs),
     /// Add, remove or set the tags of snapshots (each is written anew under its new id)
     Tag(TagArgs),
+    /// Watch folders for changes, so that backups of them list only the folders that changed
+    ///
+    /// Runs until Ctrl-C or SIGTERM (as a service: see the README). It needs root (fanotify
+    /// filesystem marks: one per filesystem, no limit on folders). A backup asks it which
+    /// folders changed since the last backup of the same folders and lists only those,
+    /// taking every other folder from that backup; when the watcher cannot vouch for the
+    /// whole time since then (it was not running, restarted, or the kernel dropped events),
+    /// the backup walks everything and says why.
+    Watch(WatchArgs),
     /// Manage keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -429,6 +438,11 @@ pub struct BackupArgs {
     /// Read every file again, trusting nothing remembered from earlier backups
     #[arg(long)]
     pub force_rehash: bool,
+    /// List every folder even when `bakare watch` says which changed, and warn of each folder
+    /// found changed that the watcher did not name (writes through mmap, network
+    /// filesystems): the verification walk, weekly by the README's timer
+    #[arg(long)]
+    pub walk_all: bool,
     /// Say what the backup would read (new and changed files, by the local memo; with -v,
     /// which), reading no file and writing nothing
     #[arg(long, short = 'n')]
@@ -897,6 +911,16 @@ pub struct CopyArgs {
     pub from_passphrase_command: Option<String>,
     #[command(flatten)]
     pub filter: FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Folders to watch (the ones you back up)
+    pub paths: Vec<PathBuf>,
+    /// Say whether a watcher runs, since when it has seen every change, and how many folders
+    /// changed (exit 1 when none runs)
+    #[arg(long)]
+    pub status: bool,
 }
 
 #[derive(Args, Debug)]

@@ -146,6 +146,7 @@ fn main() -> ExitCode {
         Command::Cache(a) => commands::cache::run(&ctx, &a),
         Command::Copy(a) => commands::copy::run(&ctx, &a),
         Command::Mount(a) => commands::mount::run(&ctx, &a),
+        Command::Watch(a) => commands::watch::run(&ctx, &a),
         Command::Key(KeyCommand::Export(a)) => commands::key::export(&ctx, &a),
         Command::Key(KeyCommand::List) => commands::key::list(&ctx),
         Command::Key(KeyCommand::Add(a)) => commands::key::add(&ctx, &a, false),

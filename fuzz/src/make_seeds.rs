@@ -87,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write("snapshot", 0, &backend.get(&format!("snapshots/{id}"))?)?;
     let record = bakare_planner::MemoRecord::new(
         Path::new("/home/fuzz/a.txt"),
-        bakare_planner::StatFingerprint { size: 11, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 },
+        bakare_planner::StatFingerprint { size: 11, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8, linked: false },
         false,
         vec![a],
         Some(vec![bakare_store::Xattr { name: b"user.mime".to_vec(), value: b"text/plain".to_vec() }]),

@@ -36,9 +36,10 @@ use crate::error::PlanError;
 use crate::exclude::Excludes;
 use crate::fs_snapshot::Live;
 use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
-use crate::memo::{DirRecord, Memo, MemoRecord, Trust, chunk_list_digest};
+use crate::memo::{DirRecord, Memo, MemoRecord, Totals, Trust, chunk_list_digest};
 use crate::meta::{extra_of, metadata_of, special_node};
 use crate::queries::{TreeResult, dir_tree, file_content};
+use crate::watch::client::{DirtySet, WatchPlan};
 
 /// What a backup is told beyond its paths.
 pub struct BackupOptions {
@@ -66,6 +67,11 @@ pub struct BackupOptions {
     pub log: Vec<String>,
     /// The time to record for the snapshot instead of now (`--time`).
     pub time_ns: Option<i64>,
+    /// The socket of a `bakare watch` daemon to ask which folders changed.
+    pub watch: Option<PathBuf>,
+    /// List every folder even when the watcher says which changed, and report the folders
+    /// found changed that it did not name (`--walk-all`: the verification walk).
+    pub walk_all: bool,
 }
 
 impl Default for BackupOptions {
@@ -84,6 +90,8 @@ impl Default for BackupOptions {
             live: Default::default(),
             log: Vec::new(),
             time_ns: None,
+            watch: None,
+            walk_all: false,
         }
     }
 }
@@ -132,6 +140,21 @@ pub struct BackupReport {
     /// Walks over the sources: more than one when garbage collection marked data under
     /// the backup (the commit fence).
     pub passes: u32,
+    /// Whether only changed folders were listed, and if not, why.
+    pub walk: WalkReport,
+}
+
+/// How a backup found what changed.
+#[derive(Clone, Debug, Default)]
+pub struct WalkReport {
+    /// Folders a watcher reported changed, when only those (and the folders above them)
+    /// were listed; `None` after a full walk.
+    pub changed_folders: Option<usize>,
+    /// Why the whole tree was walked (when a watcher was asked).
+    pub why_full: Option<String>,
+    /// After `--walk-all`: the folders found changed that the watcher did not name (the
+    /// deepest of them), which a walk of changed folders only would have missed.
+    pub misses: Vec<PathBuf>,
 }
 
 /// The source paths arranged as a tree of path components from `/`.
@@ -156,8 +179,9 @@ impl Sources {
     }
 }
 
-/// A folder after the walk: its tree, and the error that kept it from being listed.
-struct Resolved(BlobId, Option<String>);
+/// A folder after the walk: its tree, the error that kept it from being listed, and what
+/// its subtree holds.
+struct Resolved(BlobId, Option<String>, Totals);
 
 /// A child as the walk classifies it, before any salsa database exists: most folders have
 /// nothing to read and never need one.
@@ -166,6 +190,8 @@ struct Planned {
     meta: bakare_store::Metadata,
     extra: Extra,
     kind: PlannedKind,
+    /// For a folder, what its subtree holds (files count themselves).
+    totals: Totals,
 }
 
 enum PlannedKind {
@@ -206,6 +232,16 @@ struct Walk<'a> {
     xattrs: bool,
     /// Inodes with more than one link already counted in the run's total bytes.
     linked: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// When a watcher said what changed: only these folders (and those above them) are
+    /// listed.
+    dirty: Option<&'a DirtySet>,
+    /// Why this walk of changed folders cannot stand for a full one (a file with other names
+    /// changed: their folders hold it too).
+    fallback: Mutex<Option<String>>,
+    /// In a verification walk: what the watcher said changed, and the folders found changed
+    /// that it did not name.
+    predicted: Option<&'a DirtySet>,
+    misses: Mutex<Vec<PathBuf>>,
 }
 
 /// When and how far the last checkpoint went.
@@ -296,6 +332,9 @@ struct PassOutcome {
     /// No index segment the walk relied on was removed: nothing it deduplicated against was
     /// marked for deletion, and it may commit.
     intact: bool,
+    /// Why a walk of changed folders only must be done again in full.
+    fallback: Option<String>,
+    misses: Vec<PathBuf>,
 }
 
 /// Backs up `paths` into `repo` and writes a snapshot.
@@ -350,6 +389,13 @@ pub fn backup(
         Some(segs) if !opts.force_rehash && segs.iter().all(|s| present.contains(s)) => Some(segs),
         _ => None,
     };
+    let trusted_memo = relied_memo.clone();
+    let (mut changed, coverage, mut walk_report) = watch_plan(opts, memo, &set, &abs_paths, trusted_memo.is_some());
+    // A verification walk lists everything, and compares with what the watcher said.
+    let predicted = if opts.walk_all { changed.take() } else { None };
+    if predicted.is_some() {
+        walk_report = WalkReport { changed_folders: None, why_full: Some("--walk-all".into()), misses: Vec::new() };
+    }
     // Sessions this backup gave up (a prune declared them expired): their checkpoints go
     // with the ones of the session that commits.
     let mut given_up: Vec<Session> = Vec::new();
@@ -359,7 +405,15 @@ pub fn backup(
     let mut passes = 0;
     let (id, snapshot, errors, memo_warnings) = loop {
         passes += 1;
-        let pass = Pass { sources: &sources, opts, session: &session, set, relied_memo: relied_memo.take() };
+        let pass = Pass {
+            sources: &sources,
+            opts,
+            session: &session,
+            set,
+            relied_memo: relied_memo.take(),
+            dirty: changed.as_ref(),
+            predicted: predicted.as_ref().filter(|_| passes == 1),
+        };
         let out = match pass.run(&repo, memo, &counters, &mut seq) {
             Ok(out) => out,
             // Stopped, by the user or by a failure (a full or unreachable storage: exit 75):
@@ -376,6 +430,20 @@ pub fn backup(
                 return Err(e);
             }
         };
+        if let Some(why) = out.fallback {
+            // Folders the watcher did not name changed too: the same pass again, in full
+            // (what it read is in the memo now).
+            for path in &out.checkpoints {
+                repo.backend().delete(path).map_err(bakare_store::StoreError::from)?;
+            }
+            changed = None;
+            walk_report = WalkReport { changed_folders: None, why_full: Some(why), misses: Vec::new() };
+            relied_memo = trusted_memo.clone();
+            passes -= 1;
+            counters.restart_pass();
+            continue;
+        }
+        walk_report.misses = out.misses.clone();
         if out.intact {
             let stats = snapshot_stats(&counters, started, &out, added, &repo, stored_before);
             let snapshot = Snapshot {
@@ -432,7 +500,27 @@ pub fn backup(
         stored_before = 0;
         repo = fresh;
         counters.restart_pass();
+        changed = None;
     };
+    if opts.watch.is_some() {
+        // The next run of this set may list only what changed after this one began (a
+        // failure to record that costs the next run a full walk).
+        let _ = memo.set_coverage(&set, coverage);
+    }
+    if passes > 1 {
+        walk_report.changed_folders = None;
+    }
+    // A folder that changed while the walk ran is no miss: the watcher names it now.
+    if !walk_report.misses.is_empty()
+        && let (Some(socket), Some(now)) = (&opts.watch, coverage)
+    {
+        walk_report.misses = match crate::watch::client::plan(socket, &abs_paths, Some(now)) {
+            WatchPlan::Changed { dirty, .. } => {
+                walk_report.misses.into_iter().filter(|m| !dirty.must_list(m)).collect()
+            }
+            WatchPlan::Walk { .. } => Vec::new(),
+        };
+    }
     bakare_store::failpoint::hit("after-snapshot");
     // Only an estimate for the next run's progress: a failure to store it costs nothing.
     let _ = memo.set_totals(&set, snapshot.stats.files(), snapshot.stats.total_bytes);
@@ -448,7 +536,39 @@ pub fn backup(
         repo.backend().delete(&path).map_err(bakare_store::StoreError::from)?;
     }
     repo.remove_session(&session)?;
-    Ok(BackupReport { id, snapshot, errors, memo_warnings, passes })
+    Ok(BackupReport { id, snapshot, errors, memo_warnings, passes, walk: walk_report })
+}
+
+/// Asks the watcher, if one is configured, which folders changed since the set's last
+/// snapshot: the folders to list (`None`: all), the coverage this run's snapshot will have,
+/// and what to report.
+fn watch_plan(
+    opts: &BackupOptions,
+    memo: &Memo,
+    set: &bakare_store::Digest,
+    paths: &[Vec<u8>],
+    trusted: bool,
+) -> (Option<DirtySet>, Option<crate::watch::client::Coverage>, WalkReport) {
+    let Some(socket) = &opts.watch else { return (None, None, WalkReport::default()) };
+    if !memo.is_enabled() || !opts.live.is_empty() {
+        let why = if memo.is_enabled() { "folders are read from a filesystem snapshot" } else { "no local memo" };
+        return (None, None, WalkReport { why_full: Some(why.into()), ..WalkReport::default() });
+    }
+    let full = |why: &str, now| (None, now, WalkReport { why_full: Some(why.to_string()), ..WalkReport::default() });
+    match crate::watch::client::plan(socket, paths, memo.coverage(set)) {
+        WatchPlan::Walk { why, now } => full(&why, now),
+        WatchPlan::Changed { now, .. } if opts.resume.is_some() => {
+            full("it continues an interrupted backup", Some(now))
+        }
+        WatchPlan::Changed { now, .. } if opts.force_rehash => full("--force reads every file", Some(now)),
+        WatchPlan::Changed { now, .. } if !trusted => {
+            full("the local memo does not vouch for the last snapshot's data", Some(now))
+        }
+        WatchPlan::Changed { dirty, now } => {
+            let n = dirty.len();
+            (Some(dirty), Some(now), WalkReport { changed_folders: Some(n), ..WalkReport::default() })
+        }
+    }
 }
 
 /// Writes the snapshot of an intact pass, if the session stands before and after: its id,
@@ -575,6 +695,8 @@ fn backup_set_id(paths: &[Vec<u8>], options: &SessionOptions) -> bakare_store::D
 
 /// One walk over the sources.
 struct Pass<'a> {
+    dirty: Option<&'a DirtySet>,
+    predicted: Option<&'a DirtySet>,
     sources: &'a Sources,
     opts: &'a BackupOptions,
     session: &'a Session,
@@ -627,6 +749,10 @@ impl Pass<'_> {
             memo_warnings: Mutex::new(memo.warnings.clone()),
             xattrs: !opts.session_options.selection.no_xattrs,
             linked: Mutex::default(),
+            dirty: self.dirty,
+            fallback: Mutex::default(),
+            predicted: self.predicted,
+            misses: Mutex::default(),
         };
         let resolved = if self.sources.whole {
             let root = Path::new("/");
@@ -637,13 +763,13 @@ impl Pass<'_> {
             match walk.dir(root, &ex, None) {
                 Ok(Some(r)) => Ok(r),
                 // The whole file system, left out by a tag in `/`: an empty root.
-                Ok(None) => walk.finish(root, Vec::new(), None, None),
+                Ok(None) => walk.finish(root, Vec::new(), None, &crate::memo::FolderMemo::default()),
                 Err(e) => Err(e),
             }
         } else {
             walk.virtual_dir(self.sources, Path::new("/"), &opts.excludes)
         };
-        let Resolved(root, _) = match resolved {
+        let Resolved(root, ..) = match resolved {
             // Only the interruption's own stop: any other error is reported as itself.
             Err(PlanError::Interrupted) => {
                 // What was finished is kept: the files read go into a checkpoint, so that
@@ -670,8 +796,24 @@ impl Pass<'_> {
             memo_warnings,
             checkpoints: state.1,
             intact: !walk.broken.load(std::sync::atomic::Ordering::Relaxed),
+            fallback: walk.fallback.lock().ok().and_then(|mut f| f.take()),
+            misses: deepest(take(&walk.misses)),
         })
     }
+}
+
+/// The paths none of the others lies below.
+fn deepest(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths.sort();
+    let mut out: Vec<PathBuf> = Vec::new();
+    // Sorted, a folder's descendants come right after it (before any sibling).
+    for p in paths.into_iter().rev() {
+        if !out.last().is_some_and(|d| d.starts_with(&p)) {
+            out.push(p);
+        }
+    }
+    out.reverse();
+    out
 }
 
 fn take<T>(m: &Mutex<Vec<T>>) -> Vec<T> {
@@ -794,15 +936,15 @@ impl Walk<'_> {
                     self.child(&child_path, name.as_bytes(), &meta, ex, &folder.files, None)
                 } else {
                     Counters::add(&self.run.counters.dirs, 1);
-                    let Resolved(tree, error) = self.virtual_dir(child, &child_path, ex)?;
+                    let Resolved(tree, error, totals) = self.virtual_dir(child, &child_path, ex)?;
                     let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error };
                     let extra = extra_of(&meta, self.xattrs_of(&child_path), &self.run.devices);
-                    Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), extra, kind }))
+                    Ok(Some(Planned { name: name.as_bytes().to_vec(), meta: metadata_of(&meta), extra, kind, totals }))
                 }
             })
             .filter_map(Result::transpose)
             .collect::<Result<Vec<_>, _>>()?;
-        self.finish(path, children, None, folder.tree)
+        self.finish(path, children, None, &folder)
     }
 
     /// A folder's tree; `None` when a tag file in it leaves it out. `live`: the live folder
@@ -819,7 +961,7 @@ impl Walk<'_> {
                 Counters::add(&self.run.counters.dirs, 1);
                 let msg = format!("cannot list folder: {e}");
                 self.record_error(path, msg.clone());
-                return self.finish(path, Vec::new(), Some(msg), None).map(Some);
+                return self.finish(path, Vec::new(), Some(msg), &crate::memo::FolderMemo::default()).map(Some);
             }
         };
         if ex.tagged(path, listing.iter().map(|(name, ..)| name.as_os_str())) {
@@ -827,7 +969,7 @@ impl Walk<'_> {
         }
         Counters::add(&self.run.counters.dirs, 1);
         let folder = self.memo.folder(path);
-        let memo = folder.files;
+        let memo = &folder.files;
         let live = live.and_then(|l| l.listing());
         let children: Vec<Planned> = listing
             .into_par_iter()
@@ -845,25 +987,49 @@ impl Walk<'_> {
                     },
                 };
                 let inner = live.as_ref().filter(|_| meta.is_dir()).and_then(|l| l.live().enter(&name, meta.ino()));
-                self.child(&child_path, name.as_bytes(), &meta, ex, &memo, inner)
+                self.child(&child_path, name.as_bytes(), &meta, ex, memo, inner)
             })
             .filter_map(Result::transpose)
             .collect::<Result<_, PlanError>>()?;
-        let stale: Vec<Vec<u8>> = memo
+        let gone: Vec<&MemoRecord> = memo
             .iter()
             .filter(|r| {
                 children
                     .binary_search_by(|c| c.name.as_slice().cmp(r.name()))
                     .map_or(true, |i| !children.get(i).is_some_and(|c| is_file(&c.kind)))
             })
-            .map(|r| r.key.clone())
             .collect();
+        if self.dirty.is_some()
+            && let Some(r) = gone.iter().find(|r| r.fp.linked)
+        {
+            self.fall_back(path, r.name());
+        }
+        let stale: Vec<Vec<u8>> = gone.into_iter().map(|r| r.key.clone()).collect();
         if !stale.is_empty()
             && let Ok(mut s) = self.stale.lock()
         {
             s.extend(stale);
         }
-        self.finish(path, children, None, folder.tree).map(Some)
+        let resolved = self.finish(path, children, None, &folder)?;
+        // A folder found changed in a verification walk that the watcher did not name.
+        if folder.tree.is_some_and(|r| r != resolved.0)
+            && self.predicted.is_some_and(|p| !p.must_list(path))
+            && let Ok(mut m) = self.misses.lock()
+        {
+            m.push(path.to_path_buf());
+        }
+        Ok(Some(resolved))
+    }
+
+    /// Notes that a file with other names changed in `folder`: a walk of changed folders
+    /// only does not see the folders holding its other names.
+    fn fall_back(&self, folder: &Path, name: &[u8]) {
+        if let Ok(mut f) = self.fallback.lock()
+            && f.is_none()
+        {
+            let path = folder.join(std::ffi::OsStr::from_bytes(name));
+            *f = Some(format!("{} has hard links that changed", path.display()));
+        }
     }
 
     /// The folder's tree. With no pending child it is built directly (and, when its id is the
@@ -874,8 +1040,22 @@ impl Walk<'_> {
         path: &Path,
         children: Vec<Planned>,
         error: Option<String>,
-        remembered: Option<BlobId>,
+        memo: &crate::memo::FolderMemo,
     ) -> Result<Resolved, PlanError> {
+        let remembered = memo.tree;
+        let mut totals = Totals { dirs: 1, ..Totals::default() };
+        for c in &children {
+            match &c.kind {
+                PlannedKind::Read(_, fp, ..) => totals.add(Totals { files: 1, bytes: fp.size, dirs: 0 }),
+                PlannedKind::Resolved { node: Node::File { size, .. }, .. } => {
+                    totals.add(Totals { files: 1, bytes: *size, dirs: 0 });
+                }
+                PlannedKind::Resolved { .. } => totals.add(c.totals),
+            }
+        }
+        // A folder that could not be listed is never taken from the memo: listing it again
+        // is what finds out whether it still cannot be.
+        let record = error.is_none() && (remembered.is_none() || memo.totals != Some(totals));
         let id = if children.iter().all(|c| matches!(c.kind, PlannedKind::Resolved { .. })) {
             let entries = children
                 .into_iter()
@@ -888,21 +1068,27 @@ impl Walk<'_> {
                 .collect();
             let bytes = Tree { entries }.encode()?;
             let id = self.repo.blob_id(&bytes);
-            if self.trusted && remembered == Some(id) {
-                return Ok(Resolved(id, error));
+            if self.trusted && remembered == Some(id) && !record {
+                return Ok(Resolved(id, error, totals));
             }
             self.repo.save_blob_with_id(BlobKind::Tree, id, &bytes)?;
             id
         } else {
             self.read_and_build(path, children, error.clone())?
         };
-        if remembered != Some(id)
+        if error.is_some() {
+            if remembered.is_some()
+                && let Ok(mut s) = self.stale.lock()
+            {
+                s.push(DirRecord::new(path, id, totals).key);
+            }
+        } else if (remembered != Some(id) || record)
             && let Ok(mut d) = self.dirs.lock()
         {
-            d.push(DirRecord::new(path, id));
+            d.push(DirRecord::new(path, id, totals));
         }
         self.checkpoint(Checkpointing::IfDue)?;
-        Ok(Resolved(id, error))
+        Ok(Resolved(id, error, totals))
     }
 
     /// A folder with files to read: its own database, `file_content` for the pending files
@@ -953,22 +1139,39 @@ impl Walk<'_> {
     ) -> Result<Option<Planned>, PlanError> {
         let ft = meta.file_type();
         let dev = self.run.devices.normal(meta.dev());
+        let mut totals = Totals::default();
         let kind = if ft.is_dir() && ex.crosses(dev) {
             // A mount point under --one-file-system: kept, empty, so a restore has it.
             Counters::add(&self.run.counters.dirs, 1);
-            let Resolved(tree, error) = self.finish(path, Vec::new(), None, None)?;
+            let Resolved(tree, error, t) = self.finish(path, Vec::new(), None, &crate::memo::FolderMemo::default())?;
+            totals = t;
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
+        } else if ft.is_dir()
+            && let Some(dirty) = self.dirty
+            && !dirty.must_list(path)
+            && let Some(DirRecord { tree, totals: Some(t), .. }) = self.memo.dir_record(path)
+        {
+            // No event below it since the last snapshot: its tree then is its tree now.
+            let c = &self.run.counters;
+            Counters::add(&c.dirs, t.dirs);
+            Counters::add(&c.files_unchanged, t.files);
+            Counters::add(&c.files_memo, t.files);
+            Counters::add(&c.bytes_total, t.bytes);
+            Counters::add(&c.bytes_reused, t.bytes);
+            totals = t;
+            PlannedKind::Resolved { node: Node::Dir { tree }, error: None }
         } else if ft.is_dir() {
-            let Some(Resolved(tree, error)) = self.dir(path, &ex.enter(path).on_device(dev), live)? else {
+            let Some(Resolved(tree, error, t)) = self.dir(path, &ex.enter(path).on_device(dev), live)? else {
                 return Ok(None);
             };
+            totals = t;
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
         } else if ft.is_file() && ex.too_large(meta.len()) {
             return Ok(None);
         } else if ft.is_file() {
             let (kind, xattrs) = self.file(path, name, meta, memo);
             let extra = extra_of(meta, xattrs, &self.run.devices);
-            return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }));
+            return Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind, totals }));
         } else if ft.is_symlink() {
             match fs::read_link(path) {
                 Ok(t) => PlannedKind::Resolved {
@@ -985,7 +1188,7 @@ impl Walk<'_> {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
         let extra = extra_of(meta, self.xattrs_of(path), &self.run.devices);
-        Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind }))
+        Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind, totals }))
     }
 
     /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read
@@ -1010,8 +1213,20 @@ impl Walk<'_> {
             Counters::add(&self.run.counters.bytes_total, fp.size);
         }
         let record = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i));
+        // A file with other names (or that had them) changed: the folders of those names
+        // changed too, and no event named them.
+        if self.dirty.is_some()
+            && (fp.linked || record.is_some_and(|r| r.fp.linked))
+            && record.is_none_or(|r| r.fp.ctime_ns != fp.ctime_ns || r.fp.linked != fp.linked)
+        {
+            self.fall_back(path.parent().unwrap_or(path), name);
+        }
+        // The record still stands for the file's metadata: its extended attributes are
+        // remembered (any change to them moves the ctime), and its link count is known.
+        let same = |r: &MemoRecord| r.fp.ctime_ns == fp.ctime_ns && r.fp.linked == fp.linked;
         let remembered = |r: &MemoRecord| match &r.xattrs {
-            Some(x) if self.xattrs && r.fp.ctime_ns == fp.ctime_ns => Some(x.clone()),
+            Some(x) if same(r) => Some(x.clone()),
+            None if !self.xattrs && same(r) => Some(Vec::new()),
             _ => None,
         };
         if let Some(r) = record
@@ -1024,13 +1239,14 @@ impl Walk<'_> {
             Counters::add(&self.run.counters.files_unchanged, 1);
             Counters::add(&self.run.counters.bytes_reused, fp.size);
             let xattrs = match remembered(r) {
-                Some(x) => x,
-                None if !self.xattrs => Vec::new(),
+                Some(x) if self.xattrs => x,
+                Some(_) => Vec::new(),
                 None => {
                     // Metadata moved (or the record predates xattrs): read them, and
-                    // remember them with the new ctime.
+                    // remember them with the new ctime (and link count).
                     let x = self.xattrs_of(path);
-                    let fresh = MemoRecord::new(path, fp, false, r.chunks.clone(), Some(x.clone()));
+                    let kept = self.xattrs.then(|| x.clone());
+                    let fresh = MemoRecord::new(path, fp, false, r.chunks.clone(), kept);
                     if let Ok(mut f) = self.run.fresh.lock() {
                         f.push(fresh);
                     }
@@ -1176,4 +1392,16 @@ pub fn stat_walk(root: &Path) -> std::io::Result<(u64, u64)> {
         })
         .collect::<std::io::Result<Vec<(u64, u64)>>>()?;
     Ok(counts.into_iter().fold((1, 0), |(d, f), (d2, f2)| (d + d2, f + f2)))
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_deepest_misses_are_named() {
+        let p = |s: &str| PathBuf::from(s);
+        let got = deepest(vec![p("/a"), p("/a/b/c"), p("/a/b"), p("/a/c"), p("/z"), p("/a/bc")]);
+        assert_eq!(got, vec![p("/a/b/c"), p("/a/bc"), p("/a/c"), p("/z")]);
+    }
 }

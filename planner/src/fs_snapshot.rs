@@ -147,6 +147,11 @@ pub struct LiveViews {
 }
 
 impl LiveViews {
+    /// Whether no folder is read from a filesystem snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
     /// For a folder the walk enters at `path`: `Some` when a snapshot (with its live
     /// folder) or a live filesystem is mounted there, `None` when it is as its parent.
     pub fn at(&self, path: &Path) -> Option<Option<Live>> {

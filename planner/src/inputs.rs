@@ -18,6 +18,8 @@ pub struct StatFingerprint {
     pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
+    /// A file with more than one name (hard links).
+    pub linked: bool,
 }
 
 impl StatFingerprint {
@@ -29,6 +31,7 @@ impl StatFingerprint {
             ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
             ino: m.ino(),
             dev: m.dev(),
+            linked: m.nlink() > 1 && !m.is_dir(),
         }
     }
 

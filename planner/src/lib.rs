@@ -28,6 +28,7 @@ mod restore;
 mod resume;
 mod sparse;
 mod stream;
+pub mod watch;
 mod xattrs;
 
 pub use backup::{

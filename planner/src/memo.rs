@@ -5,7 +5,7 @@
 //! record has the empty name (`path || 0x00`) and comes first. File value (version 1):
 //!
 //! ```text
-//! version u8 = 5 | flags u8 (bit 0: racy) | size | mtime_ns | ctime_ns | ino | dev | chunk count
+//! version u8 = 5 | flags u8 (bit 0: racy, bit 1: more than one link) | size | mtime_ns | ctime_ns | ino | dev | chunk count
 //! (varints, times zigzag) | chunk ids (32 each) | xattrs: 0 (not read) or 1, count, then each
 //! name length, name, value length, value (lengths varints) | BLAKE3(key || all preceding
 //! value bytes). Version 3 records (the same without the xattrs part) are still read.
@@ -13,8 +13,13 @@
 //!
 //! redb does not verify its page checksums on ordinary reads, so the database is opened with
 //! its integrity check, and every value carries its own checksum over key and value: a value
-//! that fails it is a miss, never a wrong answer. Folder value (version 2): `version u8 = 2 |
-//! tree id (32) | BLAKE3(key || preceding bytes)`.
+//! that fails it is a miss, never a wrong answer. Folder value (version 5): `version u8 = 5 |
+//! tree id (32) | files, bytes, folders of its subtree (u64 LE each) | BLAKE3(key || preceding
+//! bytes)`; version 4 (without the totals) is still read.
+//!
+//! Table `watch`. Key: a backup set's id. Value: the `bakare watch` epoch (16 bytes) and
+//! generation (u64 LE) at which the set's last snapshot's walk began, then `BLAKE3(key ||
+//! value)`.
 //!
 //! Table `trust`. Key: a backup set's id (BLAKE3 of its paths and exclude options). Value:
 //! the index segment ids the repository had when a run of that set last wrote the memo with
@@ -49,7 +54,11 @@ const LAYOUT: db::Layout = db::Layout { kind: "bakare memo", version: 3 };
 /// File records with extended attributes; [`VERSION_NO_XATTRS`] ones are still read.
 const VERSION: u8 = 5;
 const VERSION_NO_XATTRS: u8 = 3;
-const DIR_VERSION: u8 = 4;
+/// Folder records with the totals of their subtree; [`DIR_VERSION_NO_TOTALS`] ones are read.
+const DIR_VERSION: u8 = 5;
+const DIR_VERSION_NO_TOTALS: u8 = 4;
+/// Per backup set: where it stood with `bakare watch` when its last snapshot's walk began.
+const WATCH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("watch");
 /// redb's page cache; its default (1 GiB) would count against the memory limit.
 /// Bytes of a folder's key: a keyed hash of its path.
 const FOLDER_KEY: usize = 16;
@@ -76,7 +85,7 @@ impl MemoRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(2 + 6 * 10 + self.chunks.len() * 32 + db::SUM);
         v.push(VERSION);
-        v.push(u8::from(self.racy));
+        v.push(u8::from(self.racy) | (u8::from(self.fp.linked) << 1));
         let fp = &self.fp;
         for n in [fp.size, zigzag(fp.mtime_ns), zigzag(fp.ctime_ns), fp.ino, fp.dev, self.chunks.len() as u64] {
             put_varint(&mut v, n);
@@ -108,7 +117,8 @@ impl MemoRecord {
         if !(version == VERSION || version == VERSION_NO_XATTRS) || key.len() < FOLDER_KEY {
             return None;
         }
-        let racy = body.get(1)? & 1 == 1;
+        let flags = *body.get(1)?;
+        let racy = flags & 1 == 1;
         let mut at = 2;
         let mut next = || get_varint(body, &mut at);
         let fp = StatFingerprint {
@@ -117,6 +127,7 @@ impl MemoRecord {
             ctime_ns: unzigzag(next()?),
             ino: next()?,
             dev: next()?,
+            linked: flags & 2 == 2,
         };
         let n = usize::try_from(next()?).ok()?;
         let end = at.checked_add(n.checked_mul(32)?)?;
@@ -199,32 +210,65 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// A folder's tree id as last backed up.
+/// What a folder's subtree holds, as a snapshot's statistics count it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files: u64,
+    pub bytes: u64,
+    /// Folders, the folder itself included.
+    pub dirs: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, o: Totals) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.dirs += o.dirs;
+    }
+}
+
+/// A folder's tree id as last backed up, with its subtree's totals (`None` in records from
+/// before they were kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirRecord {
     pub key: Vec<u8>,
     pub tree: BlobId,
+    pub totals: Option<Totals>,
 }
 
 impl DirRecord {
-    pub fn new(path: &Path, tree: BlobId) -> Self {
-        Self { key: folder_key(path).to_vec(), tree }
+    pub fn new(path: &Path, tree: BlobId, totals: Totals) -> Self {
+        Self { key: folder_key(path).to_vec(), tree, totals: Some(totals) }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(33 + db::SUM);
-        v.push(DIR_VERSION);
-        v.extend_from_slice(self.tree.0.as_bytes());
+        let mut v = Vec::with_capacity(57 + db::SUM);
+        match self.totals {
+            None => {
+                v.push(DIR_VERSION_NO_TOTALS);
+                v.extend_from_slice(self.tree.0.as_bytes());
+            }
+            Some(t) => {
+                v.push(DIR_VERSION);
+                v.extend_from_slice(self.tree.0.as_bytes());
+                for n in [t.files, t.bytes, t.dirs] {
+                    v.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
         db::seal_value(&self.key, v)
     }
 
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
-        let body = db::open_value(key, v).filter(|b| b.len() == 33)?;
-        if body.first() != Some(&DIR_VERSION) {
-            return None;
-        }
-        let id: [u8; 32] = body.get(1..)?.try_into().ok()?;
-        Some(Self { key: key.to_vec(), tree: BlobId(Digest(id)) })
+        let body = db::open_value(key, v)?;
+        let id: [u8; 32] = body.get(1..33)?.try_into().ok()?;
+        let n = |at: usize| body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let totals = match (body.first(), body.len()) {
+            (Some(&DIR_VERSION_NO_TOTALS), 33) => None,
+            (Some(&DIR_VERSION), 57) => Some(Totals { files: n(33)?, bytes: n(41)?, dirs: n(49)? }),
+            _ => return None,
+        };
+        Some(Self { key: key.to_vec(), tree: BlobId(Digest(id)), totals })
     }
 }
 
@@ -232,6 +276,8 @@ impl DirRecord {
 #[derive(Debug, Default)]
 pub struct FolderMemo {
     pub tree: Option<BlobId>,
+    /// The totals kept with the folder's record.
+    pub totals: Option<Totals>,
     pub files: Vec<MemoRecord>,
 }
 
@@ -410,7 +456,9 @@ impl Memo {
                     break;
                 }
                 if key.len() == FOLDER_KEY {
-                    out.tree = DirRecord::decode(key, v.value()).map(|d| d.tree);
+                    let d = DirRecord::decode(key, v.value());
+                    out.tree = d.as_ref().map(|d| d.tree);
+                    out.totals = d.and_then(|d| d.totals);
                 } else if let Some(r) = MemoRecord::decode(key, v.value()) {
                     out.files.push(r);
                 }
@@ -418,6 +466,61 @@ impl Memo {
             Ok(out)
         };
         scan().unwrap_or_default()
+    }
+
+    /// The folder's own record, if any.
+    pub fn dir_record(&self, path: &Path) -> Option<DirRecord> {
+        let db = self.db.as_ref()?;
+        let key = folder_key(path);
+        let read = || -> Result<Option<DirRecord>, redb::Error> {
+            let Some(table) = db::read_table(db, FILES)? else { return Ok(None) };
+            let Some(v) = table.get(key.as_slice())? else { return Ok(None) };
+            Ok(DirRecord::decode(&key, v.value()))
+        };
+        read().ok().flatten()
+    }
+
+    /// Where backup set `set` stood with a watcher when its last snapshot's walk began.
+    pub fn coverage(&self, set: &Digest) -> Option<crate::watch::client::Coverage> {
+        let db = self.db.as_ref()?;
+        let read = || -> Result<Option<crate::watch::client::Coverage>, redb::Error> {
+            let Some(table) = db::read_table(db, WATCH)? else { return Ok(None) };
+            let Some(v) = table.get(set.as_bytes().as_slice())? else { return Ok(None) };
+            let Some(body) = db::open_value(set.as_bytes(), v.value()).filter(|b| b.len() == 24) else {
+                return Ok(None);
+            };
+            let epoch = body.get(..16).and_then(|b| b.try_into().ok());
+            let generation = body.get(16..).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            Ok(epoch.zip(generation).map(|(epoch, generation)| crate::watch::client::Coverage { epoch, generation }))
+        };
+        read().ok().flatten()
+    }
+
+    /// Records (or, with `None`, forgets) where set `set` stands with a watcher.
+    pub fn set_coverage(
+        &self,
+        set: &Digest,
+        coverage: Option<crate::watch::client::Coverage>,
+    ) -> Result<(), redb::Error> {
+        let Some(db) = &self.db else { return Ok(()) };
+        let _guard = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(WATCH)?;
+            match coverage {
+                Some(c) => {
+                    let mut v = c.epoch.to_vec();
+                    v.extend_from_slice(&c.generation.to_le_bytes());
+                    let v = db::seal_value(set.as_bytes(), v);
+                    table.insert(set.as_bytes().as_slice(), v.as_slice())?;
+                }
+                None => {
+                    table.remove(set.as_bytes().as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// The index segments a run of backup set `set` recorded with [`Trust::Grant`], if any
@@ -598,19 +701,26 @@ mod tests {
     use super::*;
 
     fn record(name: &str) -> MemoRecord {
-        let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 };
+        let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8, linked: false };
         MemoRecord::new(&Path::new("/a/b").join(name), fp, false, vec![BlobId(checksum(name.as_bytes()))], None)
     }
 
     #[test]
     fn extreme_fingerprints_round_trip() {
         for (size, t, ino) in [(0, 0, 0), (u64::MAX, i64::MIN, u64::MAX), (1, -1, 1), (1 << 40, i64::MAX, 1 << 63)] {
-            let fp = StatFingerprint { size, mtime_ns: t, ctime_ns: t.wrapping_neg(), ino, dev: ino ^ 5 };
+            let fp = StatFingerprint {
+                size,
+                mtime_ns: t,
+                ctime_ns: t.wrapping_neg(),
+                ino,
+                dev: ino ^ 5,
+                linked: ino % 2 == 0,
+            };
             let r = MemoRecord::new(Path::new("/x/y"), fp, true, vec![], None);
             assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
         }
         // Extended attributes, empty and not, round trip; a record without them reads.
-        let fp = StatFingerprint { size: 1, mtime_ns: 2, ctime_ns: 3, ino: 4, dev: 5 };
+        let fp = StatFingerprint { size: 1, mtime_ns: 2, ctime_ns: 3, ino: 4, dev: 5, linked: true };
         for xattrs in [Some(vec![]), Some(vec![Xattr { name: b"user.x".to_vec(), value: vec![0; 300] }]), None] {
             let r = MemoRecord::new(Path::new("/x/z"), fp, false, vec![BlobId(checksum(b"c"))], xattrs);
             assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
@@ -712,7 +822,7 @@ mod tests {
         memo.write(&[], &[], &[], Trust::Grant(&other_set, &[seg])).unwrap();
         memo.write(
             &[record("y"), record("x"), other],
-            &[DirRecord::new(Path::new("/a/b"), tree)],
+            &[DirRecord::new(Path::new("/a/b"), tree, Totals { files: 2, bytes: 6, dirs: 1 })],
             &[],
             Trust::Grant(&set, &[seg]),
         )
@@ -721,7 +831,18 @@ mod tests {
         let names: Vec<_> = folder.files.iter().map(|r| r.name().to_vec()).collect();
         assert_eq!(names, [b"x".to_vec(), b"y".to_vec()]);
         assert_eq!(folder.tree, Some(tree));
+        assert_eq!(folder.totals, Some(Totals { files: 2, bytes: 6, dirs: 1 }));
+        assert_eq!(memo.dir_record(Path::new("/a/b")).map(|d| d.tree), Some(tree));
+        assert_eq!(memo.dir_record(Path::new("/a/bc")), None);
         assert_eq!(memo.trusted_segments(&set), Some(vec![seg]));
+        // Where the set stands with a watcher: kept, and forgotten.
+        let c = crate::watch::client::Coverage { epoch: [7; 16], generation: 42 };
+        assert_eq!(memo.coverage(&set), None);
+        memo.set_coverage(&set, Some(c)).unwrap();
+        assert_eq!(memo.coverage(&set), Some(c));
+        assert_eq!(memo.coverage(&other_set), None);
+        memo.set_coverage(&set, None).unwrap();
+        assert_eq!(memo.coverage(&set), None);
         memo.write(&[], &[], &[record("x").key], Trust::Revoke(&set)).unwrap();
         assert_eq!(memo.folder(Path::new("/a/b")).files.len(), 1);
         assert_eq!(memo.trusted_segments(&set), None);
@@ -732,15 +853,20 @@ mod tests {
 
     #[test]
     fn folder_values_are_checked() {
-        let d = DirRecord::new(Path::new("/a"), BlobId(checksum(b"t")));
-        let v = d.encode();
-        assert_eq!(DirRecord::decode(&d.key, &v), Some(d.clone()));
-        for i in 0..v.len() {
-            let mut bad = v.clone();
-            bad[i] ^= 4;
-            assert_eq!(DirRecord::decode(&d.key, &bad), None);
+        let totals = Totals { files: u64::MAX, bytes: 1 << 40, dirs: 3 };
+        let new = DirRecord::new(Path::new("/a"), BlobId(checksum(b"t")), totals);
+        // Version 4 records, without totals, are still read.
+        let old = DirRecord { totals: None, ..new.clone() };
+        for d in [new, old] {
+            let v = d.encode();
+            assert_eq!(DirRecord::decode(&d.key, &v), Some(d.clone()));
+            for i in 0..v.len() {
+                let mut bad = v.clone();
+                bad[i] ^= 4;
+                assert_eq!(DirRecord::decode(&d.key, &bad), None);
+            }
+            assert_eq!(MemoRecord::decode(&d.key, &v), None, "a folder value is not a file value");
         }
-        assert_eq!(MemoRecord::decode(&d.key, &v), None, "a folder value is not a file value");
     }
 
     #[test]

@@ -84,5 +84,12 @@ pub fn backup_stream(
         };
         Ok(Snapshot { root, stats, ..like.clone() })
     })?;
-    Ok(BackupReport { id, snapshot, errors: Vec::new(), memo_warnings: Vec::new(), passes: 1 })
+    Ok(BackupReport {
+        id,
+        snapshot,
+        errors: Vec::new(),
+        memo_warnings: Vec::new(),
+        passes: 1,
+        walk: Default::default(),
+    })
 }

@@ -117,6 +117,8 @@ fn backup(
         live: Default::default(),
         log,
         time_ns: a.time,
+        watch: crate::commands::watch::folder(ctx)?.map(|f| f.join(bakare_planner::watch::SOCKET)),
+        walk_all: a.walk_all,
     };
     // An interrupted backup of the same paths from this host is taken over, not redone.
     if let Some(session) = interrupted_session(&repo, &host, &sorted_bytes(&paths), a.checkpoint.heartbeat_secs)?
@@ -459,7 +461,9 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
                 "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
                 "files_read": s.files_read, "files_reused": s.files_reused, "dirs": s.dirs,
                 "errors": s.errors, "bytes_read": s.bytes_read, "bytes_added": s.bytes_added,
-                "duration_ms": s.duration_ms, "passes": r.passes,
+                "duration_ms": s.duration_ms, "passes": r.passes, "tree": r.snapshot.root.to_hex(),
+                "changed_folders": r.walk.changed_folders, "full_walk_because": r.walk.why_full,
+                "watcher_misses": r.walk.misses,
             })
         )?;
         return Ok(());
@@ -469,6 +473,13 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
     }
     for w in &r.memo_warnings {
         say!("bakare: warning: {w}");
+    }
+    for m in &r.walk.misses {
+        say!(
+            "bakare: warning: the watcher missed a change in {} (a write through mmap, or a network \
+             filesystem?); this walk of every folder backed it up",
+            m.display()
+        );
     }
     if ctx.global.quiet {
         return Ok(());
@@ -489,6 +500,14 @@ fn print_report(ctx: &Context, r: &BackupReport) -> std::io::Result<()> {
         count(s.files_reused, "file", "files")
     )?;
     out!("added:    {} (after deduplication and compression)", bytes(s.bytes_added))?;
+    match (&r.walk.changed_folders, &r.walk.why_full) {
+        (Some(n), _) => {
+            out!("walk:     {} the watcher saw change, and those above them", count(*n as u64, "folder", "folders"))?;
+        }
+        // Said only when a watcher runs: without one a full walk is the usual way.
+        (None, Some(why)) if !why.starts_with("no watcher") => out!("walk:     every folder, because {why}")?,
+        _ => {}
+    }
     if r.passes > 1 {
         out!("walks:    {} (a prune marked data this backup had used; it was checked and stored again)", r.passes)?;
     }

@@ -22,6 +22,7 @@ pub mod snapshots;
 pub mod stats;
 pub mod tag;
 pub mod verify;
+pub mod watch;
 
 /// The snapshots `specs` name (ids, prefixes, `latest`, `latest~N`, `latest` narrowed by
 /// `filter`), or when there are none every snapshot `filter` lets through; never none.

@@ -90,6 +90,8 @@ pub fn run(ctx: &Context, a: &ResumeArgs) -> Result<Outcome> {
         live: Default::default(),
         log: Vec::new(),
         time_ns: None,
+        watch: crate::commands::watch::folder(ctx)?.map(|f| f.join(bakare_planner::watch::SOCKET)),
+        walk_all: false,
     };
     let paths: Vec<PathBuf> =
         session.paths.iter().map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned())).collect();

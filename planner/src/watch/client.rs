@@ -1,0 +1,145 @@
+//! The backup's side: ask the daemon, and decide whether its answer may be used.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Request, Status, SyncReply, receive, send};
+
+/// Where a backup set stood with a watcher when its last snapshot's walk began: the
+/// watcher's epoch and the generation of the last event read before the walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    pub epoch: [u8; 16],
+    pub generation: u64,
+}
+
+/// The folders a backup must list; every other folder's tree is its last one.
+#[derive(Debug, Default)]
+pub struct DirtySet {
+    folders: HashSet<PathBuf>,
+    /// Folders that appeared: everything below them is listed.
+    subtrees: HashSet<PathBuf>,
+    /// Every folder above a dirty one: listed, for its changed child's new tree.
+    above: HashSet<PathBuf>,
+}
+
+impl DirtySet {
+    pub fn new(folders: Vec<Vec<u8>>, subtrees: Vec<Vec<u8>>) -> Self {
+        let path = |b: Vec<u8>| PathBuf::from(OsStr::from_bytes(&b));
+        let folders: HashSet<PathBuf> = folders.into_iter().map(path).collect();
+        let subtrees: HashSet<PathBuf> = subtrees.into_iter().map(path).collect();
+        let mut above = HashSet::new();
+        for p in folders.iter().chain(&subtrees) {
+            for a in p.ancestors().skip(1) {
+                if !above.insert(a.to_path_buf()) {
+                    break;
+                }
+            }
+        }
+        Self { folders, subtrees, above }
+    }
+
+    /// Whether the folder at `path` must be listed (else its last tree stands).
+    pub fn must_list(&self, path: &Path) -> bool {
+        self.folders.contains(path) || self.above.contains(path) || path.ancestors().any(|a| self.subtrees.contains(a))
+    }
+
+    pub fn len(&self) -> usize {
+        self.folders.len() + self.subtrees.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the watcher allows a backup.
+#[derive(Debug)]
+pub enum WatchPlan {
+    /// List only these folders.
+    Changed { dirty: DirtySet, now: Coverage },
+    /// Walk everything, for this reason; `now`: the coverage the snapshot will have.
+    Walk { why: String, now: Option<Coverage> },
+}
+
+fn connect(socket: &Path) -> std::io::Result<UnixStream> {
+    let conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(conn)
+}
+
+/// Asks the watcher listening on `socket` what changed under `paths` since `last` (the
+/// coverage of the set's last snapshot), after it read every event queued so far.
+pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPlan {
+    let walk = |why: String, now| WatchPlan::Walk { why, now };
+    let mut conn = match connect(socket) {
+        Ok(c) => c,
+        Err(_) => return walk("no watcher is running (`bakare watch` starts one)".into(), None),
+    };
+    let since = last.map_or(u64::MAX, |c| c.generation);
+    let reply: SyncReply =
+        match send(&mut conn, &Request::Sync { paths: paths.to_vec(), since }).and_then(|()| receive(&mut conn)) {
+            Ok(r) => r,
+            Err(e) => return walk(format!("the watcher did not answer: {e}"), None),
+        };
+    if let Some(why) = reply.uncovered {
+        return walk(why, None);
+    }
+    let now = Coverage { epoch: reply.epoch, generation: reply.generation };
+    let Some(last) = last else {
+        return walk("the first backup of these folders under this watcher".into(), Some(now));
+    };
+    if last.epoch != reply.epoch {
+        return walk(
+            "the watcher restarted or may have missed events since the last backup of these folders".into(),
+            Some(now),
+        );
+    }
+    if last.generation < reply.floor {
+        return walk("too many folders changed since the last backup".into(), Some(now));
+    }
+    if reply.links > last.generation {
+        return walk("files with hard links changed since the last backup".into(), Some(now));
+    }
+    WatchPlan::Changed { dirty: DirtySet::new(reply.folders, reply.subtrees), now }
+}
+
+/// The running watcher's status, if one answers on `socket`.
+pub fn status(socket: &Path) -> std::io::Result<Status> {
+    let mut conn = connect(socket)?;
+    send(&mut conn, &Request::Status)?;
+    receive(&mut conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_folders_their_ancestors_and_all_below_an_appeared_one_are_listed() {
+        let set = DirtySet::new(vec![b"/a/b/c".to_vec()], vec![b"/a/new".to_vec()]);
+        for listed in ["/a/b/c", "/a/b", "/a", "/", "/a/new", "/a/new/x/y"] {
+            assert!(set.must_list(Path::new(listed)), "{listed}");
+        }
+        for taken in ["/a/b/c/d", "/a/b/cc", "/a/ne", "/b", "/a/b/other"] {
+            assert!(!set.must_list(Path::new(taken)), "{taken}");
+        }
+        assert_eq!(set.len(), 2);
+        assert!(DirtySet::default().is_empty());
+        assert!(!DirtySet::default().must_list(Path::new("/")));
+    }
+
+    #[test]
+    fn no_watcher_means_a_full_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        match plan(&dir.path().join("watch.sock"), &[b"/x".to_vec()], None) {
+            WatchPlan::Walk { why, now: None } => assert!(why.contains("no watcher"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
