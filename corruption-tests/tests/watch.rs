@@ -28,7 +28,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(cli: &Cli, src: &Path) -> Self {
-        let mut cmd = cli.cmd(&["watch", src.to_str().unwrap()]);
+        Self::start_on(cli, &[src])
+    }
+
+    fn start_on(cli: &Cli, roots: &[&Path]) -> Self {
+        let mut args = vec!["watch"];
+        args.extend(roots.iter().map(|r| r.to_str().unwrap()));
+        let mut cmd = cli.cmd(&args);
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().unwrap();
         let started = Instant::now();
@@ -397,4 +403,42 @@ fn without_root_the_watcher_says_why_and_backups_walk_everything() {
     let status = as_user(&["watch", "--status"]);
     assert_eq!(status.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&status.stdout).contains("no watcher is running"));
+}
+
+/// Two watched folders on one filesystem through two mounts (a bind mount): a handle opened
+/// through one mount reads back as a path within that mount only, so each event's folder is
+/// read back through every marked mount. With one mount per filesystem, the changes under
+/// one of the folders were dropped as outside both.
+#[test]
+fn folders_on_one_filesystem_through_two_mounts_are_both_watched() {
+    if !can_watch() || !bakare_corruption_tests::on_path("mount") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, other, bind) = (tmp.path().join("src"), tmp.path().join("other"), tmp.path().join("bind"));
+    gen_tree(&src, 40, 1, 5);
+    gen_tree(&other, 40, 1, 6);
+    fs::create_dir(&bind).unwrap();
+    ok(&std::process::Command::new("mount").arg("--bind").arg(&other).arg(&bind).output().unwrap(), "mount --bind");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(bind.clone());
+    let cli = Cli::new(tmp.path().join("run"));
+    cli.init();
+    let _daemon = Daemon::start_on(&cli, &[&src, &bind]);
+    for root in [&src, &bind] {
+        let r = root.to_str().unwrap();
+        ok(&cli.run(&["backup", "-q", r]), "first backup");
+        let (_, files) = listing(root, false);
+        fs::write(&files[files.len() / 2], b"changed").unwrap();
+        let fast = summary(&cli.run(&["--json", "backup", r]));
+        assert_eq!(fast["changed_folders"].as_u64(), Some(1), "{root:?}: {fast}");
+        let walked = summary(&cli.run(&["--json", "backup", "--walk-all", r]));
+        assert_eq!(fast["tree"], walked["tree"], "{root:?}");
+        assert_eq!(walked["watcher_misses"].as_array().map(Vec::len), Some(0), "{walked}");
+    }
 }

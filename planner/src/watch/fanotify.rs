@@ -47,8 +47,9 @@ const META_LEN: usize = 24;
 /// An open fanotify group with filesystem marks.
 pub struct Fanotify {
     fd: OwnedFd,
-    /// Per filesystem (its `f_fsid`), a folder of it to open handles against.
-    mounts: HashMap<[u8; 8], OwnedFd>,
+    /// Per filesystem (its `f_fsid`), the marked folders of it to open handles against: one
+    /// per mount, as a handle opened through a mount reads back as a path within it.
+    mounts: HashMap<[u8; 8], Vec<OwnedFd>>,
     buf: Vec<u8>,
 }
 
@@ -114,7 +115,7 @@ impl Fanotify {
         if r != 0 {
             return Err(last_error(&format!("fanotify_mark {}", path.display())));
         }
-        self.mounts.entry(fsid).or_insert(dir);
+        self.mounts.entry(fsid).or_default().push(dir);
         Ok(())
     }
 
@@ -130,7 +131,7 @@ impl Fanotify {
             Err(rustix::io::Errno::AGAIN) => return Ok(0),
             Err(e) => return Err(std::io::Error::from(e)),
         };
-        let mut cache: HashMap<Vec<u8>, Option<PathBuf>> = HashMap::new();
+        let mut cache: HashMap<Vec<u8>, Vec<PathBuf>> = HashMap::new();
         let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
         let mut at = 0usize;
         let mut events = 0;
@@ -155,7 +156,7 @@ impl Fanotify {
     }
 
     /// One event's info records.
-    fn event(&self, mask: u64, mut info: &[u8], cache: &mut HashMap<Vec<u8>, Option<PathBuf>>, out: &mut Vec<Change>) {
+    fn event(&self, mask: u64, mut info: &[u8], cache: &mut HashMap<Vec<u8>, Vec<PathBuf>>, out: &mut Vec<Change>) {
         let mut folder = None;
         let mut object = None;
         while info.len() >= 4 {
@@ -172,8 +173,8 @@ impl Fanotify {
                     let name = rest.split(|b| *b == 0).next().unwrap_or_default().to_vec();
                     let mut key = fsid.to_vec();
                     key.extend_from_slice(handle);
-                    let dir = cache.entry(key).or_insert_with(|| self.resolve(fsid, handle)).clone();
-                    folder = dir.map(|d| (d, name));
+                    let dirs = cache.entry(key).or_insert_with(|| self.resolve(fsid, handle)).clone();
+                    folder = Some((dirs, name));
                 }
                 k if k == libc::FAN_EVENT_INFO_TYPE_FID => object = split_fid(record).map(|(f, h, _)| (f, h.to_vec())),
                 _ => {}
@@ -181,26 +182,30 @@ impl Fanotify {
         }
         let file = mask & libc::FAN_ONDIR == 0;
         match folder {
-            Some((dir, name)) => {
+            Some((dirs, name)) => {
                 // A change to a file with other names changes them too (its ctime, link
                 // count or content): their folders are not named.
-                if file
-                    && let Some((fsid, handle)) = &object
-                    && self.links_of(*fsid, handle).is_some_and(|n| n > 1)
-                {
-                    out.push(Change::Links(dir.clone()));
-                }
+                let linked = file
+                    && !dirs.is_empty()
+                    && object
+                        .as_ref()
+                        .is_some_and(|(fsid, handle)| self.links_of(*fsid, handle).is_some_and(|n| n > 1));
                 let appears = mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO) != 0;
-                if appears && mask & libc::FAN_ONDIR != 0 && !name.is_empty() && name != b"." {
-                    out.push(Change::Subtree(dir.join(std::ffi::OsString::from_vec(name))));
+                for dir in dirs {
+                    if linked {
+                        out.push(Change::Links(dir.clone()));
+                    }
+                    if appears && mask & libc::FAN_ONDIR != 0 && !name.is_empty() && name != b"." {
+                        out.push(Change::Subtree(dir.join(std::ffi::OsString::from_vec(name.clone()))));
+                    }
+                    out.push(Change::Folder(dir));
                 }
-                out.push(Change::Folder(dir));
             }
             // An attribute change with no folder: a link count (the kernel reports it on the
             // inode alone).
             None if mask & libc::FAN_ATTRIB != 0 && file => {
-                if let Some(path) = object.and_then(|(fsid, handle)| self.resolve(fsid, &handle)) {
-                    out.push(Change::Links(path));
+                if let Some((fsid, handle)) = object {
+                    out.extend(self.resolve(fsid, &handle).into_iter().map(Change::Links));
                 }
             }
             None => {}
@@ -209,41 +214,49 @@ impl Fanotify {
 
     /// The link count of the file with this handle, if it still exists.
     fn links_of(&self, fsid: [u8; 8], handle: &[u8]) -> Option<u64> {
-        let fd = self.open(fsid, handle)?;
+        let mount = self.mounts.get(&fsid)?.first()?;
+        let fd = open(mount, handle)?;
         let st = rustix::fs::fstat(&fd).ok()?;
         Some(st.st_nlink as u64)
     }
 
-    /// The current path of the folder with this handle, if it still exists.
-    fn resolve(&self, fsid: [u8; 8], handle: &[u8]) -> Option<PathBuf> {
-        let fd = self.open(fsid, handle)?;
-        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+    /// The current paths of the object with this handle (one per marked mount of its
+    /// filesystem), if it still exists.
+    fn resolve(&self, fsid: [u8; 8], handle: &[u8]) -> Vec<PathBuf> {
+        let Some(mounts) = self.mounts.get(&fsid) else { return Vec::new() };
+        let mut out: Vec<PathBuf> = mounts
+            .iter()
+            .filter_map(|m| open(m, handle))
+            .filter_map(|fd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
+}
 
-    /// An `O_PATH` descriptor of the object with this handle.
-    fn open(&self, fsid: [u8; 8], handle: &[u8]) -> Option<OwnedFd> {
-        let mount = self.mounts.get(&fsid)?;
-        // struct file_handle: handle_bytes (u32), handle_type (i32), f_handle[].
-        let bytes_len = u32::from_ne_bytes(handle.get(0..4)?.try_into().ok()?) as usize;
-        if handle.len() < 8 + bytes_len {
-            return None;
-        }
-        let mut owned = handle.get(..8 + bytes_len)?.to_vec();
-        // SAFETY: `owned` is a complete struct file_handle (its length checked above) that
-        // lives through the call; the kernel only reads it.
-        let fd = unsafe {
-            libc::open_by_handle_at(
-                mount.as_raw_fd(),
-                owned.as_mut_ptr().cast::<libc::file_handle>(),
-                libc::O_PATH | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: a new descriptor that nothing else owns.
-        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+/// An `O_PATH` descriptor of the object with this handle, opened through `mount`.
+fn open(mount: &OwnedFd, handle: &[u8]) -> Option<OwnedFd> {
+    // struct file_handle: handle_bytes (u32), handle_type (i32), f_handle[].
+    let bytes_len = u32::from_ne_bytes(handle.get(0..4)?.try_into().ok()?) as usize;
+    if handle.len() < 8 + bytes_len {
+        return None;
     }
+    let mut owned = handle.get(..8 + bytes_len)?.to_vec();
+    // SAFETY: `owned` is a complete struct file_handle (its length checked above) that
+    // lives through the call; the kernel only reads it.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            owned.as_mut_ptr().cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A FID record's filesystem id, file handle (header included) and what follows it.
