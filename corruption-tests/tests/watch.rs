@@ -21,6 +21,14 @@ use std::time::{Duration, Instant};
 
 use bakare_corruption_tests::{Cli, Rng, gen_tree, ok, signal};
 
+/// The tests here run one at a time: a watcher sees its whole filesystem, and one test's
+/// bursts could overflow another's queue.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A `bakare watch` process on `src`, with the cache folder of the `Cli`'s default host.
 struct Daemon {
     child: Child,
@@ -223,6 +231,7 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn backups_of_changed_folders_equal_walks_of_every_folder() {
+    let _serial = serial();
     if !can_watch() {
         return;
     }
@@ -354,6 +363,7 @@ fn backups_of_changed_folders_equal_walks_of_every_folder() {
 /// backups walk every folder, as they do without a watcher.
 #[test]
 fn without_root_the_watcher_says_why_and_backups_walk_everything() {
+    let _serial = serial();
     let root = rustix::process::geteuid().is_root();
     if root && !bakare_corruption_tests::on_path("setpriv") {
         eprintln!("skipping: no setpriv to drop root with");
@@ -411,6 +421,7 @@ fn without_root_the_watcher_says_why_and_backups_walk_everything() {
 /// one of the folders were dropped as outside both.
 #[test]
 fn folders_on_one_filesystem_through_two_mounts_are_both_watched() {
+    let _serial = serial();
     if !can_watch() || !bakare_corruption_tests::on_path("mount") {
         return;
     }
@@ -443,4 +454,31 @@ fn folders_on_one_filesystem_through_two_mounts_are_both_watched() {
         assert_eq!(tree(&fast), tree(&walked), "{root:?}");
         assert_eq!(walked["watcher_misses"].as_array().map(Vec::len), Some(0), "{walked}");
     }
+}
+
+/// The daemon's own database is in a watched folder here (as `bakare watch ~` with the cache
+/// in `~/.cache`): its writes must not wake it again, or it would never rest.
+#[test]
+fn an_idle_watcher_stays_idle_even_when_it_watches_its_own_files() {
+    let _serial = serial();
+    if !can_watch() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 30, 1, 9);
+    let cli = Cli::new(tmp.path().join("run"));
+    cli.init();
+    let _daemon = Daemon::start(&cli, tmp.path());
+    ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
+    fs::write(src.join("one more"), b"x").unwrap();
+    let generation = || {
+        let out = cli.run(&["--json", "watch", "--status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["generation"].as_u64().unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = generation();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(generation(), before, "the watcher kept recording while nothing changed");
 }

@@ -56,6 +56,8 @@ struct State {
     events: u64,
     breaks: Vec<String>,
     mounts: BTreeSet<(Vec<u8>, String)>,
+    /// The daemon's own folder (socket and database), whose changes are not recorded.
+    own: Vec<u8>,
     /// Commits since the last durable one (redb frees pages only after a durable commit).
     lazy_commits: u32,
 }
@@ -162,6 +164,22 @@ impl State {
         if changes.contains(&Change::Overflow) {
             return self.new_epoch(Some("the kernel's event queue overflowed".into()));
         }
+        // Only what is under a root, and not the daemon's own files (its database writes
+        // would wake it again and again).
+        let relevant = |p: &std::path::Path| {
+            let p = p.as_os_str().as_bytes();
+            self.roots.iter().any(|r| is_under(p, r)) && !is_under(p, &self.own)
+        };
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| match c {
+                Change::Folder(p) | Change::Subtree(p) | Change::Links(p) => relevant(p),
+                Change::Overflow => false,
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.generation += 1;
         let g = self.generation;
         let mut txn = self.db.begin_write().map_err(db_err)?;
@@ -178,18 +196,13 @@ impl State {
                 let (path, appeared) = match c {
                     Change::Folder(p) => (p, false),
                     Change::Subtree(p) => (p, true),
-                    Change::Links(p) => {
-                        if self.roots.iter().any(|r| is_under(p.as_os_str().as_bytes(), r)) {
-                            self.links = g;
-                        }
+                    Change::Links(_) => {
+                        self.links = g;
                         continue;
                     }
                     Change::Overflow => continue,
                 };
                 let path = path.as_os_str().as_bytes();
-                if !self.roots.iter().any(|r| is_under(path, r)) {
-                    continue;
-                }
                 let old = table.get(path).map_err(db_err)?.map(|v| decode(v.value()));
                 let (_, old_appeared) = old.unwrap_or((0, 0));
                 let value = encode(g, if appeared { g } else { old_appeared });
@@ -352,6 +365,7 @@ pub fn run(opts: WatchOptions) -> std::io::Result<()> {
         events: 0,
         breaks: Vec::new(),
         mounts: BTreeSet::new(),
+        own: std::fs::canonicalize(&opts.folder)?.as_os_str().as_bytes().to_vec(),
         lazy_commits: 0,
     };
     state.mark(log, true).map_err(needs_root)?;
