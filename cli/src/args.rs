@@ -919,8 +919,17 @@ pub struct WatchArgs {
     pub paths: Vec<PathBuf>,
     /// Say whether a watcher runs, since when it has seen every change, and how many folders
     /// changed (exit 1 when none runs)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "continuous")]
     pub status: bool,
+    /// Also back the folders up (to --repo) whenever changes settle: after --debounce
+    /// without a new change, or at most 6 times that after the first. Each backup lists
+    /// only what changed. The passphrase must come without a terminal (BAKARE_PASSPHRASE,
+    /// --passphrase-file or --passphrase-command)
+    #[arg(long)]
+    pub continuous: bool,
+    /// How long changes must have settled before a continuous backup
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
+    pub debounce: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

@@ -482,3 +482,61 @@ fn an_idle_watcher_stays_idle_even_when_it_watches_its_own_files() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(generation(), before, "the watcher kept recording while nothing changed");
 }
+
+/// `watch --continuous`: each change is backed up once it settles, by the same crash-safe
+/// backup as any other; the daemon killed with SIGKILL in the middle of one leaves a valid
+/// repository, and the next start backs the change up.
+#[test]
+fn continuous_mode_backs_up_changes_and_survives_kill_9() {
+    let _serial = serial();
+    if !can_watch() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, 200, 2, 21);
+    let cli = Cli::new(tmp.path().join("run"));
+    cli.init();
+    let s = src.to_str().unwrap();
+    let count = || {
+        let out = cli.run(&["--json", "snapshots"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).map_or(0, |v| v.as_array().map_or(0, Vec::len))
+    };
+    let wait_for = |n: usize, what: &str| {
+        let t = Instant::now();
+        while count() < n {
+            assert!(t.elapsed() < Duration::from_secs(120), "{what}: no snapshot {n} after 120 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        t.elapsed()
+    };
+    let start = || {
+        let mut cmd = cli.cmd(&["watch", "--continuous", "--debounce", "1s", s]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut daemon = start();
+    wait_for(1, "the first backup");
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        let t = Instant::now();
+        fs::write(src.join(format!("edit{i}")), format!("edit {i}")).unwrap();
+        wait_for(2 + i, "an edit");
+        latencies.push(t.elapsed());
+    }
+    println!("close() to snapshot with --debounce 1s: {latencies:?}");
+    // A larger change, and the daemon killed while it is being backed up.
+    gen_tree(&src.join("big"), 1500, 8, 22);
+    std::thread::sleep(Duration::from_millis(1300));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    ok(&cli.run(&["verify"]), "verify after kill -9");
+    let before = count();
+    let mut daemon = start();
+    wait_for(before + 1, "the backup after the restart");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    ok(&cli.run(&["verify", "--read-data"]), "verify --read-data");
+    let restored = cli.restored(&format!("latest:{s}"));
+    assert_eq!(restored, bakare_corruption_tests::contents(&src), "the last snapshot is the tree");
+}

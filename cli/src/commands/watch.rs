@@ -45,7 +45,97 @@ pub fn run(ctx: &Context, a: &WatchArgs) -> Result<Outcome> {
             }
         }),
     };
-    bakare_planner::watch::daemon::run(opts).context("bakare watch")?;
+    if !a.continuous {
+        bakare_planner::watch::daemon::run(opts).context("bakare watch")?;
+        return Ok(Outcome::Success);
+    }
+    let socket = opts.folder.join(bakare_planner::watch::SOCKET);
+    let stop = opts.stop.clone();
+    let daemon = std::thread::spawn(move || bakare_planner::watch::daemon::run(opts));
+    let result = continuous(ctx, a, &socket, &stop, &daemon);
+    stop.store(true, Ordering::Relaxed);
+    match daemon.join() {
+        Ok(Err(e)) => return Err(anyhow::Error::from(e).context("bakare watch")),
+        Err(_) => bail!("bakare watch: the watching thread failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Backs `a.paths` up whenever changes under them settle, until `stop`.
+fn continuous(
+    ctx: &Context,
+    a: &WatchArgs,
+    socket: &std::path::Path,
+    stop: &AtomicBool,
+    daemon: &std::thread::JoinHandle<std::io::Result<()>>,
+) -> Result<Outcome> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::time::Instant;
+    let mut argv = vec!["bakare".into(), "backup".into()];
+    argv.extend(a.paths.iter().map(|p| p.as_os_str().to_owned()));
+    let crate::args::Cli { command: crate::args::Command::Backup(backup), .. } =
+        <crate::args::Cli as clap::Parser>::try_parse_from(argv)?
+    else {
+        bail!("bakare watch --continuous: no backup arguments");
+    };
+    let mut paths = Vec::new();
+    for p in &a.paths {
+        paths.push(std::fs::canonicalize(p)?.as_os_str().as_bytes().to_vec());
+    }
+    // Changes of this process's own files (a local repository or the cache under a watched
+    // folder) do not call for a backup: each backup would call for the next.
+    let own: Vec<Vec<u8>> = ctx.writable_folders().iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    let max_wait = a.debounce * 6;
+    // (epoch, generation) when the last backup began; the first backup runs at once.
+    let mut backed: Option<([u8; 16], u64)> = None;
+    let mut last_generation = 0;
+    let mut settled_since = Instant::now();
+    let mut pending_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if daemon.is_finished() {
+            return Ok(Outcome::Success);
+        }
+        let since = backed.map_or(0, |(_, g)| g);
+        let Ok(reply) = bakare_planner::watch::client::changed_since(socket, &paths, since) else { continue };
+        if reply.generation != last_generation {
+            last_generation = reply.generation;
+            settled_since = Instant::now();
+        }
+        let changed = reply
+            .folders
+            .iter()
+            .chain(&reply.subtrees)
+            .any(|f| !own.iter().any(|o| bakare_planner::watch::is_under(f, o)));
+        let due = match backed {
+            None => true,
+            // Events may have been lost: a backup walks everything and finds out.
+            Some((epoch, _)) if epoch != reply.epoch => true,
+            Some(_) => changed,
+        };
+        if !due {
+            pending_since = None;
+            continue;
+        }
+        let first = *pending_since.get_or_insert_with(Instant::now);
+        if backed.is_some() && settled_since.elapsed() < a.debounce && first.elapsed() < max_wait {
+            continue;
+        }
+        match crate::commands::backup::run(ctx, &backup) {
+            Ok(_) => {
+                backed = Some((reply.epoch, reply.generation));
+                pending_since = None;
+            }
+            Err(e) if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() => return Err(e),
+            // Tried again when the next change settles (or after the longest wait).
+            Err(e) => {
+                say!("bakare: error: continuous backup: {e:#}");
+                pending_since = Some(Instant::now());
+                settled_since = Instant::now();
+            }
+        }
+    }
     Ok(Outcome::Success)
 }
 

@@ -109,6 +109,14 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
     WatchPlan::Changed { dirty: DirtySet::new(reply.folders, reply.subtrees), now }
 }
 
+/// The watcher's epoch and generation, and the folders under `paths` changed after
+/// generation `since`, once it has read every event queued so far.
+pub fn changed_since(socket: &Path, paths: &[Vec<u8>], since: u64) -> std::io::Result<SyncReply> {
+    let mut conn = connect(socket)?;
+    send(&mut conn, &Request::Sync { paths: paths.to_vec(), since })?;
+    receive(&mut conn)
+}
+
 /// The running watcher's status, if one answers on `socket`.
 pub fn status(socket: &Path) -> std::io::Result<Status> {
     let mut conn = connect(socket)?;

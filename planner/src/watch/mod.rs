@@ -94,7 +94,7 @@ fn receive<T: for<'a> Deserialize<'a>>(r: &mut impl std::io::Read) -> std::io::R
 }
 
 /// Whether `path` is `root` or below it (whole components).
-pub(crate) fn is_under(path: &[u8], root: &[u8]) -> bool {
+pub fn is_under(path: &[u8], root: &[u8]) -> bool {
     if root == b"/" {
         return path.first() == Some(&b'/');
     }
