@@ -393,6 +393,9 @@ pub fn backup(
     let (mut changed, coverage, mut walk_report) = watch_plan(opts, memo, &set, &abs_paths, trusted_memo.is_some());
     // A verification walk lists everything, and compares with what the watcher said.
     let predicted = if opts.walk_all { changed.take() } else { None };
+    if changed.is_some() {
+        memo.stop_prefetch();
+    }
     if predicted.is_some() {
         walk_report = WalkReport { changed_folders: None, why_full: Some("--walk-all".into()), misses: Vec::new() };
     }

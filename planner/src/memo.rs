@@ -35,7 +35,8 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bakare_store::local::db;
 use bakare_store::{BlobId, Budget, Xattr};
@@ -316,6 +317,8 @@ pub struct Memo {
     /// [`Memo::close`] leaves).
     path: Option<PathBuf>,
     checked_ns: i64,
+    /// Cleared to stop reading the file ahead.
+    prefetching: Arc<AtomicBool>,
 }
 
 /// redb's full integrity check runs at least this often even on a file left cleanly.
@@ -334,7 +337,14 @@ fn file_stamp(path: &Path) -> Option<(u64, i64)> {
 impl Memo {
     /// A memo that remembers nothing (for `--no-cache` and tests).
     pub fn disabled() -> Self {
-        Self { db: None, writing: Mutex::new(()), warnings: Vec::new(), path: None, checked_ns: 0 }
+        Self {
+            db: None,
+            writing: Mutex::new(()),
+            warnings: Vec::new(),
+            path: None,
+            checked_ns: 0,
+            prefetching: Arc::default(),
+        }
     }
 
     /// Checks `path` (redb's integrity check and the layout) without changing it: what a
@@ -362,8 +372,10 @@ impl Memo {
     /// Opens a file that [`Memo::needs_check`] says was left cleanly, without the full check
     /// (a panic inside redb is still caught).
     pub fn open_unchecked(path: &Path, budget: &Budget) -> Self {
-        prefetch(path);
+        let go = Arc::new(AtomicBool::new(true));
+        prefetch(path, go.clone());
         let mut memo = Self::open_with(path, false, budget);
+        memo.prefetching = go;
         memo.checked_ns = Marker::read(path).map_or(0, |m| m.checked);
         memo
     }
@@ -434,11 +446,25 @@ impl Memo {
             }
             Err(e) => {
                 warnings.push(format!("cannot open {e}; backing up without the memo"));
-                return Self { db: None, writing: Mutex::new(()), warnings, path: None, checked_ns: 0 };
+                return Self {
+                    db: None,
+                    writing: Mutex::new(()),
+                    warnings,
+                    path: None,
+                    checked_ns: 0,
+                    prefetching: Arc::default(),
+                };
             }
         };
         let checked_ns = if check { bakare_store::clock::now_ns() } else { 0 };
-        Self { db, writing: Mutex::new(()), warnings, path: Some(path.to_path_buf()), checked_ns }
+        Self {
+            db,
+            writing: Mutex::new(()),
+            warnings,
+            path: Some(path.to_path_buf()),
+            checked_ns,
+            prefetching: Arc::default(),
+        }
     }
 
     /// The folder's own record and its files' records in name order. Damaged values are
@@ -610,6 +636,11 @@ impl Memo {
         }
     }
 
+    /// Stops reading the file ahead: the run will read only a few folders' records.
+    pub fn stop_prefetch(&self) {
+        self.prefetching.store(false, Ordering::Relaxed);
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.db.is_some()
     }
@@ -618,20 +649,42 @@ impl Memo {
 /// Reads the file once, front to back, on a thread of its own: the walk visits folders in an
 /// order unrelated to their keys, so with a cold page cache its reads would be scattered;
 /// one sequential read ahead of it turns them into cache hits.
-fn prefetch(path: &Path) {
+/// Stops when `go` is cleared (a backup that lists only changed folders reads few pages).
+fn prefetch(path: &Path, go: Arc<AtomicBool>) {
     let path = path.to_path_buf();
     std::thread::spawn(move || {
         use std::io::Read;
         let Ok(mut f) = std::fs::File::open(&path) else { return };
         let mut buf = vec![0u8; 1 << 20];
-        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+        while go.load(Ordering::Relaxed) && matches!(f.read(&mut buf), Ok(n) if n > 0) {}
     });
 }
 
-/// BLAKE3 of a file's bytes.
+/// BLAKE3 of a file's bytes, on every core (a memo of a million files is hundreds of MiB,
+/// hashed at each open and close).
 fn content_hash(path: &Path) -> Option<[u8; 32]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
     let mut h = blake3::Hasher::new();
-    h.update_reader(std::fs::File::open(path).ok()?).ok()?;
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(buf.get_mut(filled..)?) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        h.update_rayon(buf.get(..filled)?);
+        if filled < buf.len() {
+            break;
+        }
+    }
     Some(*h.finalize().as_bytes())
 }
 
