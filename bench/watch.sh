@@ -7,8 +7,9 @@
 #
 # Makes the tree once with the project's generator (testkit create --mean-kib 1) and keeps it
 # in WORK_DIR. Starts a watcher, makes a first backup, then three times changes CHANGED files
-# (default 100: one byte appended to each) and backs up: once timed, once under `strace -c -f`
-# (stat-family calls counted); the same for `backup --walk-all` (every folder listed).
+# (default 100: a line appended to each) and backs up, timed; then changes as many again and
+# backs up under `strace -c -f` (stat-family calls counted); the same for `backup --walk-all`
+# (every folder listed).
 # Then the daemon's peak RSS and its CPU over 10 idle seconds, and the time from a file's
 # close() to a backup having it (a backup started right after, as a timer would).
 # bakare is $BAKARE or target/release/bakare of this checkout.
@@ -33,21 +34,24 @@ daemon=$!
 trap 'kill $daemon 2>/dev/null || true' EXIT
 for _ in $(seq 100); do "$bakare" watch --status >/dev/null 2>&1 && break; sleep 0.1; done
 files=$work/files
-find "$tree" -type f >"$files"
-echo "tree: $tree ($(wc -l <"$files") files, $(find "$tree" -type d | wc -l) folders), $(nproc) cores"
+# NUL-separated: the generator makes names with newlines.
+find "$tree" -type f -print0 >"$files"
+echo "tree: $tree ($(tr -cd '\0' <"$files" | wc -c) files, $(find "$tree" -type d | wc -l) folders), $(nproc) cores"
 t0=$(date +%s.%N)
 "$bakare" backup -q --repo "$repo" "$tree"
 echo "first backup: $(echo "$(date +%s.%N) - $t0" | bc) s"
 
-change() { shuf -n "$changed" --random-source=<(yes "$1") "$files" | while read -r f; do echo x >>"$f"; done; }
-backup() { # backup LABEL ARGS...: wall time and stat-family calls
+change() { shuf -z -n "$changed" --random-source=<(yes "$1") "$files" | while IFS= read -r -d '' f; do echo x >>"$f"; done; }
+backup() { # backup LABEL ARGS...: wall time, then stat-family calls, each after its own changes
   local label=$1; shift
   local t0 t1
+  change "$label-timed"
   t0=$(date +%s.%N)
   "$bakare" backup --json --repo "$repo" "$@" "$tree" | tail -1 >"$work/$label.json"
   t1=$(date +%s.%N)
   local wall
   wall=$(echo "$t1 - $t0" | bc)
+  change "$label-traced"
   strace -f -c -o "$work/$label.strace" "$bakare" backup -q --repo "$repo" "$@" "$tree" >/dev/null 2>&1 || true
   local stats
   stats=$(awk '$NF ~ /^(statx|newfstatat|lstat|stat|fstat|fstatat64)$/ {s += $4} END {print s + 0}' "$work/$label.strace")
@@ -55,9 +59,7 @@ backup() { # backup LABEL ARGS...: wall time and stat-family calls
     "$(grep -o '"changed_folders":[^,]*' "$work/$label.json")"
 }
 for round in 1 2 3; do
-  change "a$round"
   backup "watched-$round"
-  change "b$round"
   backup "walk-all-$round" --walk-all
 done
 rss=$(awk '/VmHWM/ {print $2}' /proc/$daemon/status)
@@ -68,9 +70,8 @@ echo "daemon: peak RSS $((rss / 1024)) MiB, CPU while idle $(((cpu1 - cpu0) * 10
 # close() to a backup that has the change, 20 edits.
 lat=()
 for i in $(seq 20); do
-  f=$(sed -n "$((RANDOM * 7 % $(wc -l <"$files") + 1))p" "$files")
   t0=$(date +%s.%N)
-  echo "edit $i" >>"$f"
+  shuf -z -n 1 --random-source=<(yes "edit$i") "$files" | while IFS= read -r -d '' f; do echo "edit $i" >>"$f"; done
   "$bakare" backup -q --repo "$repo" "$tree"
   lat+=("$(echo "$(date +%s.%N) - $t0" | bc)")
 done

@@ -930,6 +930,10 @@ pub struct WatchArgs {
     /// How long changes must have settled before a continuous backup
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
     pub debounce: std::time::Duration,
+    /// How often a continuous backup lists every folder anyway (`backup --walk-all`), to
+    /// catch what makes no event (writes through mmap, network filesystems) and name it
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
+    pub verify_every: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

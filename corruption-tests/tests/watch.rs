@@ -66,6 +66,17 @@ impl Drop for Daemon {
     }
 }
 
+/// A tree of `files` files (`mean_kib` on average) made from `seed` in a new temporary
+/// folder, and a repository beside it.
+fn fixture(files: u32, mean_kib: u32, seed: u32) -> (tempfile::TempDir, PathBuf, Cli) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    gen_tree(&src, files, mean_kib, seed);
+    let cli = Cli::new(tmp.path().join("run"));
+    cli.init();
+    (tmp, src, cli)
+}
+
 fn can_watch() -> bool {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: `bakare watch` needs root (fanotify filesystem marks)");
@@ -236,11 +247,7 @@ fn backups_of_changed_folders_equal_walks_of_every_folder() {
         return;
     }
     let rounds: u64 = std::env::var("WATCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    gen_tree(&src, 800, 4, 17);
-    let cli = Cli::new(tmp.path().join("run"));
-    cli.init();
+    let (tmp, src, cli) = fixture(800, 4, 17);
     let mut daemon = Some(Daemon::start(&cli, &src));
     let s = src.to_str().unwrap();
     let first = summary(&cli.run(&["--json", "backup", s]));
@@ -369,11 +376,7 @@ fn without_root_the_watcher_says_why_and_backups_walk_everything() {
         eprintln!("skipping: no setpriv to drop root with");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    gen_tree(&src, 50, 2, 3);
-    let cli = Cli::new(tmp.path().join("run"));
-    cli.init();
+    let (tmp, src, cli) = fixture(50, 2, 3);
     // Everything the unprivileged user touches is theirs.
     if root {
         for p in [tmp.path().to_path_buf(), cli.dir.clone()] {
@@ -464,11 +467,7 @@ fn an_idle_watcher_stays_idle_even_when_it_watches_its_own_files() {
     if !can_watch() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    gen_tree(&src, 30, 1, 9);
-    let cli = Cli::new(tmp.path().join("run"));
-    cli.init();
+    let (tmp, src, cli) = fixture(30, 1, 9);
     let _daemon = Daemon::start(&cli, tmp.path());
     ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
     fs::write(src.join("one more"), b"x").unwrap();
@@ -492,11 +491,7 @@ fn continuous_mode_backs_up_changes_and_survives_kill_9() {
     if !can_watch() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    gen_tree(&src, 200, 2, 21);
-    let cli = Cli::new(tmp.path().join("run"));
-    cli.init();
+    let (_tmp, src, cli) = fixture(200, 2, 21);
     let s = src.to_str().unwrap();
     let count = || {
         let out = cli.run(&["--json", "snapshots"]);

@@ -96,6 +96,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     memo.extend_from_slice(&record.key);
     memo.extend_from_slice(&record.encode());
     write("memo_record", 0, &memo)?;
+    // What a backup asks `bakare watch`, and its answer.
+    let mut ask = Vec::new();
+    let sync = bakare_planner::watch::Request::Sync { paths: vec![b"/home/fuzz".to_vec()], since: 5, probe: false };
+    bakare_planner::watch::send(&mut ask, &sync)?;
+    write("watch_message", 0, &ask)?;
+    let mut answer = Vec::new();
+    let reply = bakare_planner::watch::SyncReply {
+        epoch: [9; 16],
+        generation: 12,
+        floor: 1,
+        links: 3,
+        uncovered: None,
+        folders: vec![b"/home/fuzz/a".to_vec()],
+        subtrees: vec![b"/home/fuzz/new".to_vec()],
+    };
+    bakare_planner::watch::send(&mut answer, &reply)?;
+    write("watch_message", 1, &answer)?;
     let session = bakare_store::Session {
         id: [3; 16],
         host: "seed".into(),

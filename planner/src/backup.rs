@@ -433,7 +433,10 @@ pub fn backup(
                 return Err(e);
             }
         };
-        if let Some(why) = out.fallback {
+        // (A pass garbage collection broke walks again anyway, in full.)
+        if out.intact
+            && let Some(why) = out.fallback.clone()
+        {
             // Folders the watcher did not name changed too: the same pass again, in full
             // (what it read is in the memo now).
             for path in &out.checkpoints {
@@ -563,7 +566,7 @@ fn watch_plan(
         WatchPlan::Changed { now, .. } if opts.resume.is_some() => {
             full("it continues an interrupted backup", Some(now))
         }
-        WatchPlan::Changed { now, .. } if opts.force_rehash => full("--force reads every file", Some(now)),
+        WatchPlan::Changed { now, .. } if opts.force_rehash => full("--force-rehash reads every file", Some(now)),
         WatchPlan::Changed { now, .. } if !trusted => {
             full("the local memo does not vouch for the last snapshot's data", Some(now))
         }

@@ -72,13 +72,17 @@ fn continuous(
 ) -> Result<Outcome> {
     use std::os::unix::ffi::OsStrExt;
     use std::time::Instant;
-    let mut argv = vec!["bakare".into(), "backup".into()];
-    argv.extend(a.paths.iter().map(|p| p.as_os_str().to_owned()));
-    let crate::args::Cli { command: crate::args::Command::Backup(backup), .. } =
-        <crate::args::Cli as clap::Parser>::try_parse_from(argv)?
-    else {
-        bail!("bakare watch --continuous: no backup arguments");
+    let backup_args = |extra: &[&str]| -> Result<crate::args::BackupArgs> {
+        let mut argv: Vec<std::ffi::OsString> = vec!["bakare".into(), "backup".into()];
+        argv.extend(extra.iter().map(std::ffi::OsString::from));
+        argv.extend(a.paths.iter().map(|p| p.as_os_str().to_owned()));
+        match <crate::args::Cli as clap::Parser>::try_parse_from(argv)?.command {
+            crate::args::Command::Backup(b) => Ok(b),
+            _ => bail!("bakare watch --continuous: no backup arguments"),
+        }
     };
+    let (backup, verification) = (backup_args(&[])?, backup_args(&["--walk-all"])?);
+    let mut verified = Instant::now();
     let mut paths = Vec::new();
     for p in &a.paths {
         paths.push(std::fs::canonicalize(p)?.as_os_str().as_bytes().to_vec());
@@ -108,8 +112,10 @@ fn continuous(
             .iter()
             .chain(&reply.subtrees)
             .any(|f| !own.iter().any(|o| bakare_planner::watch::is_under(f, o)));
+        let verify = verified.elapsed() >= a.verify_every;
         let due = match backed {
             None => true,
+            Some(_) if verify => true,
             // Events may have been lost: a backup walks everything and finds out.
             Some((epoch, _)) if epoch != reply.epoch => true,
             Some(_) => changed,
@@ -119,11 +125,14 @@ fn continuous(
             continue;
         }
         let first = *pending_since.get_or_insert_with(Instant::now);
-        if backed.is_some() && settled_since.elapsed() < a.debounce && first.elapsed() < max_wait {
+        if backed.is_some() && !verify && settled_since.elapsed() < a.debounce && first.elapsed() < max_wait {
             continue;
         }
-        match crate::commands::backup::run(ctx, &backup) {
+        match crate::commands::backup::run(ctx, if verify { &verification } else { &backup }) {
             Ok(_) => {
+                if verify {
+                    verified = Instant::now();
+                }
                 backed = Some((reply.epoch, reply.generation));
                 pending_since = None;
             }
@@ -160,6 +169,7 @@ fn status(ctx: &Context, folder: &std::path::Path) -> Result<Outcome> {
                 "running": true, "pid": s.pid, "source": s.source, "roots": roots,
                 "epoch_since_ns": s.epoch_since_ns, "boot_id": s.boot_id, "generation": s.generation,
                 "dirty_folders": s.dirty, "events": s.events, "breaks": s.breaks,
+                "last_backup_ns": s.last_backup_ns,
             })
         )?;
     } else {
@@ -167,6 +177,10 @@ fn status(ctx: &Context, folder: &std::path::Path) -> Result<Outcome> {
         out!("watching: {}", roots.join(", "))?;
         out!("no event lost since {} (boot {})", crate::output::local_time(s.epoch_since_ns), s.boot_id)?;
         out!("folders changed since then: {} ({} events)", s.dirty, s.events)?;
+        match s.last_backup_ns {
+            0 => out!("no backup has asked it yet")?,
+            t => out!("last backup asked: {}", crate::output::local_time(t))?,
+        }
         for b in &s.breaks {
             out!("earlier: {b}")?;
         }

@@ -82,11 +82,12 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
         Err(_) => return walk("no watcher is running (`bakare watch` starts one)".into(), None),
     };
     let since = last.map_or(u64::MAX, |c| c.generation);
-    let reply: SyncReply =
-        match send(&mut conn, &Request::Sync { paths: paths.to_vec(), since }).and_then(|()| receive(&mut conn)) {
-            Ok(r) => r,
-            Err(e) => return walk(format!("the watcher did not answer: {e}"), None),
-        };
+    let reply: SyncReply = match send(&mut conn, &Request::Sync { paths: paths.to_vec(), since, probe: false })
+        .and_then(|()| receive(&mut conn))
+    {
+        Ok(r) => r,
+        Err(e) => return walk(format!("the watcher did not answer: {e}"), None),
+    };
     if let Some(why) = reply.uncovered {
         return walk(why, None);
     }
@@ -113,7 +114,7 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
 /// generation `since`, once it has read every event queued so far.
 pub fn changed_since(socket: &Path, paths: &[Vec<u8>], since: u64) -> std::io::Result<SyncReply> {
     let mut conn = connect(socket)?;
-    send(&mut conn, &Request::Sync { paths: paths.to_vec(), since })?;
+    send(&mut conn, &Request::Sync { paths: paths.to_vec(), since, probe: true })?;
     receive(&mut conn)
 }
 

@@ -55,6 +55,7 @@ struct State {
     links: u64,
     events: u64,
     breaks: Vec<String>,
+    last_backup_ns: i64,
     mounts: BTreeSet<(Vec<u8>, String)>,
     /// The daemon's own folder (socket and database), whose changes are not recorded.
     own: Vec<u8>,
@@ -220,8 +221,11 @@ impl State {
         Ok(())
     }
 
-    fn sync(&mut self, paths: &[Vec<u8>], since: u64) -> std::io::Result<SyncReply> {
+    fn sync(&mut self, paths: &[Vec<u8>], since: u64, probe: bool) -> std::io::Result<SyncReply> {
         self.drain()?;
+        if !probe {
+            self.last_backup_ns = bakare_store::clock::now_ns();
+        }
         let uncovered = paths
             .iter()
             .find(|p| !self.roots.iter().any(|r| is_under(p, r)))
@@ -282,6 +286,7 @@ impl State {
             dirty,
             events: self.events,
             breaks: self.breaks.clone(),
+            last_backup_ns: self.last_backup_ns,
         })
     }
 
@@ -290,8 +295,8 @@ impl State {
         conn.set_read_timeout(Some(Duration::from_secs(5)))?;
         conn.set_write_timeout(Some(Duration::from_secs(30)))?;
         match receive::<Request>(&mut conn)? {
-            Request::Sync { paths, since } => {
-                let reply = self.sync(&paths, since)?;
+            Request::Sync { paths, since, probe } => {
+                let reply = self.sync(&paths, since, probe)?;
                 send(&mut conn, &reply)
             }
             Request::Status => {
@@ -364,6 +369,7 @@ pub fn run(opts: WatchOptions) -> std::io::Result<()> {
         links: 0,
         events: 0,
         breaks: Vec::new(),
+        last_backup_ns: 0,
         mounts: BTreeSet::new(),
         own: std::fs::canonicalize(&opts.folder)?.as_os_str().as_bytes().to_vec(),
         lazy_commits: 0,

@@ -27,10 +27,12 @@ const MAX_MESSAGE: usize = 256 << 20;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     /// Read every queued event, then say which folders under `paths` changed after
-    /// generation `since`.
+    /// generation `since`; `probe`: asked by `watch --continuous` to decide whether to
+    /// back up (not a backup).
     Sync {
         paths: Vec<Vec<u8>>,
         since: u64,
+        probe: bool,
     },
     Status,
 }
@@ -68,10 +70,12 @@ pub struct Status {
     pub events: u64,
     /// Why earlier epochs ended, newest last (at most a few).
     pub breaks: Vec<String>,
+    /// When a backup last asked what changed (ns since the Unix epoch; 0: none yet).
+    pub last_backup_ns: i64,
 }
 
 /// Writes one length-prefixed message.
-fn send<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> std::io::Result<()> {
+pub fn send<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> std::io::Result<()> {
     let bytes = postcard::to_stdvec(msg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let len =
         u32::try_from(bytes.len()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "too long"))?;
@@ -81,7 +85,7 @@ fn send<T: Serialize>(w: &mut impl std::io::Write, msg: &T) -> std::io::Result<(
 }
 
 /// Reads one length-prefixed message.
-fn receive<T: for<'a> Deserialize<'a>>(r: &mut impl std::io::Read) -> std::io::Result<T> {
+pub fn receive<T: for<'a> Deserialize<'a>>(r: &mut impl std::io::Read) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -117,8 +121,12 @@ mod tests {
     #[test]
     fn messages_are_bounded() {
         let mut bytes = Vec::new();
-        send(&mut bytes, &Request::Sync { paths: vec![b"/x".to_vec()], since: 7 }).unwrap();
+        send(&mut bytes, &Request::Sync { paths: vec![b"/x".to_vec()], since: 7, probe: false }).unwrap();
         let back: Request = receive(&mut bytes.as_slice()).unwrap();
+        // The wire format (the fuzz seeds are these bytes): a u32 LE length, then postcard.
+        let mut seed = Vec::new();
+        send(&mut seed, &Request::Sync { paths: vec![b"/home/fuzz".to_vec()], since: 5, probe: false }).unwrap();
+        assert_eq!(seed, [&[15, 0, 0, 0, 0, 1, 10][..], b"/home/fuzz", &[5, 0]].concat());
         assert!(matches!(back, Request::Sync { since: 7, .. }));
         // A length past the bound is refused before anything is allocated for it.
         let huge = (u32::MAX).to_le_bytes();
