@@ -508,9 +508,10 @@ pub fn backup(
         counters.restart_pass();
         changed = None;
     };
-    if opts.watch.is_some() {
-        // The next run of this set may list only what changed after this one began (a
-        // failure to record that costs the next run a full walk).
+    // The next run of this set may list only what changed after this one began (a failure
+    // to record that costs the next run a full walk). Without a watcher, nothing to forget
+    // is usual: no write then.
+    if opts.watch.is_some() && (coverage.is_some() || memo.coverage(&set).is_some()) {
         let _ = memo.set_coverage(&set, coverage);
     }
     if passes > 1 {
