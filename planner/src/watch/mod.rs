@@ -92,8 +92,13 @@ pub fn receive<T: for<'a> Deserialize<'a>>(r: &mut impl std::io::Read) -> std::i
     if len > MAX_MESSAGE {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a message of {len} bytes")));
     }
-    let mut bytes = vec![0u8; len];
-    r.read_exact(&mut bytes)?;
+    // Grown as bytes arrive: a length alone never makes the reader allocate it.
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    r.take(len as u64).read_to_end(&mut bytes)?;
+    if bytes.len() != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a message cut short"));
+    }
     postcard::from_bytes(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
