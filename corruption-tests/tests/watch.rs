@@ -77,6 +77,12 @@ fn fixture(files: u32, mean_kib: u32, seed: u32) -> (tempfile::TempDir, PathBuf,
     (tmp, src, cli)
 }
 
+/// This test's turn, if watching can work here (root); else a message and `None`.
+fn watching() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let turn = serial();
+    can_watch().then_some(turn)
+}
+
 fn can_watch() -> bool {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: `bakare watch` needs root (fanotify filesystem marks)");
@@ -242,10 +248,7 @@ fn summary(out: &std::process::Output) -> serde_json::Value {
 
 #[test]
 fn backups_of_changed_folders_equal_walks_of_every_folder() {
-    let _serial = serial();
-    if !can_watch() {
-        return;
-    }
+    let Some(_serial) = watching() else { return };
     let rounds: u64 = std::env::var("WATCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let (tmp, src, cli) = fixture(800, 4, 17);
     let mut daemon = Some(Daemon::start(&cli, &src));
@@ -424,8 +427,9 @@ fn without_root_the_watcher_says_why_and_backups_walk_everything() {
 /// one of the folders were dropped as outside both.
 #[test]
 fn folders_on_one_filesystem_through_two_mounts_are_both_watched() {
-    let _serial = serial();
-    if !can_watch() || !bakare_corruption_tests::on_path("mount") {
+    let Some(_serial) = watching() else { return };
+    if !bakare_corruption_tests::on_path("mount") {
+        eprintln!("skipping: no mount to bind-mount with");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -463,10 +467,7 @@ fn folders_on_one_filesystem_through_two_mounts_are_both_watched() {
 /// in `~/.cache`): its writes must not wake it again, or it would never rest.
 #[test]
 fn an_idle_watcher_stays_idle_even_when_it_watches_its_own_files() {
-    let _serial = serial();
-    if !can_watch() {
-        return;
-    }
+    let Some(_serial) = watching() else { return };
     let (tmp, src, cli) = fixture(30, 1, 9);
     let _daemon = Daemon::start(&cli, tmp.path());
     ok(&cli.run(&["backup", "-q", src.to_str().unwrap()]), "backup");
@@ -487,10 +488,7 @@ fn an_idle_watcher_stays_idle_even_when_it_watches_its_own_files() {
 /// repository, and the next start backs the change up.
 #[test]
 fn continuous_mode_backs_up_changes_and_survives_kill_9() {
-    let _serial = serial();
-    if !can_watch() {
-        return;
-    }
+    let Some(_serial) = watching() else { return };
     let (_tmp, src, cli) = fixture(200, 2, 21);
     let s = src.to_str().unwrap();
     let count = || {

@@ -82,9 +82,7 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
         Err(_) => return walk("no watcher is running (`bakare watch` starts one)".into(), None),
     };
     let since = last.map_or(u64::MAX, |c| c.generation);
-    let reply: SyncReply = match send(&mut conn, &Request::Sync { paths: paths.to_vec(), since, probe: false })
-        .and_then(|()| receive(&mut conn))
-    {
+    let reply = match ask(&mut conn, paths, since, false) {
         Ok(r) => r,
         Err(e) => return walk(format!("the watcher did not answer: {e}"), None),
     };
@@ -113,9 +111,13 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
 /// The watcher's epoch and generation, and the folders under `paths` changed after
 /// generation `since`, once it has read every event queued so far.
 pub fn changed_since(socket: &Path, paths: &[Vec<u8>], since: u64) -> std::io::Result<SyncReply> {
-    let mut conn = connect(socket)?;
-    send(&mut conn, &Request::Sync { paths: paths.to_vec(), since, probe: true })?;
-    receive(&mut conn)
+    ask(&mut connect(socket)?, paths, since, true)
+}
+
+/// One `Sync` request and its answer.
+fn ask(conn: &mut UnixStream, paths: &[Vec<u8>], since: u64, probe: bool) -> std::io::Result<SyncReply> {
+    send(conn, &Request::Sync { paths: paths.to_vec(), since, probe })?;
+    receive(conn)
 }
 
 /// The running watcher's status, if one answers on `socket`.

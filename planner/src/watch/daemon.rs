@@ -190,8 +190,7 @@ impl State {
         } else {
             self.lazy_commits = 0;
         }
-        let mut too_many = false;
-        {
+        let too_many = {
             let mut table = txn.open_table(DIRTY).map_err(db_err)?;
             for c in changes {
                 let (path, appeared) = match c {
@@ -209,8 +208,8 @@ impl State {
                 let value = encode(g, if appeared { g } else { old_appeared });
                 table.insert(path, value.as_slice()).map_err(db_err)?;
             }
-            too_many = too_many || table.len().map_err(db_err)? > MAX_DIRTY;
-        }
+            table.len().map_err(db_err)? > MAX_DIRTY
+        };
         txn.commit().map_err(db_err)?;
         if too_many {
             let txn = self.db.begin_write().map_err(db_err)?;

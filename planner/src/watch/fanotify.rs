@@ -126,13 +126,21 @@ impl Fanotify {
     /// Reads what is queued (nothing when the queue is empty) and resolves each event's
     /// folder; `cache` keeps resolved handles for this batch only, as folders move.
     pub fn read(&mut self, out: &mut Vec<Change>) -> std::io::Result<usize> {
-        let n = match rustix::io::read(&self.fd, &mut self.buf) {
+        // Taken out while the events in it are resolved (which borrows `self`), then put back.
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.parse(&mut buf, out);
+        self.buf = buf;
+        result
+    }
+
+    fn parse(&self, buf: &mut [u8], out: &mut Vec<Change>) -> std::io::Result<usize> {
+        let n = match rustix::io::read(&self.fd, &mut *buf) {
             Ok(n) => n,
             Err(rustix::io::Errno::AGAIN) => return Ok(0),
             Err(e) => return Err(std::io::Error::from(e)),
         };
         let mut cache: HashMap<Vec<u8>, Vec<PathBuf>> = HashMap::new();
-        let bytes = self.buf.get(..n).unwrap_or_default().to_vec();
+        let bytes = buf.get(..n).unwrap_or_default();
         let mut at = 0usize;
         let mut events = 0;
         while let Some(meta) = bytes.get(at..at.saturating_add(META_LEN)) {
