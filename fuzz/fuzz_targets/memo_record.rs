@@ -1,5 +1,6 @@
 #![no_main]
-//! Values of the local memo (`state.redb`): first byte = key length, then key, then value.
+//! Values of the local memo (`state.redb`), files' and folders' records: first byte = key
+//! length, then key, then value.
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +17,13 @@ fuzz_target!(|data: &[u8]| {
         // one (version 3, without xattrs) is written anew in today's version.
         if again.first() == value.first() {
             assert_eq!(again, value, "what decodes must encode back to the same bytes");
+        }
+    }
+    if let Some(r) = bakare_planner::DirRecord::decode(key, value) {
+        let again = r.encode();
+        assert_eq!(bakare_planner::DirRecord::decode(key, &again).as_ref(), Some(&r), "a folder's record too");
+        if again.first() == value.first() {
+            assert_eq!(again, value, "a folder's record encodes back to the same bytes");
         }
     }
 });

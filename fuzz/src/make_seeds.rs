@@ -87,7 +87,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write("snapshot", 0, &backend.get(&format!("snapshots/{id}"))?)?;
     let record = bakare_planner::MemoRecord::new(
         Path::new("/home/fuzz/a.txt"),
-        bakare_planner::StatFingerprint { size: 11, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8, linked: false },
+        bakare_planner::StatFingerprint {
+            size: 11,
+            mtime_ns: 5,
+            ctime_ns: 6,
+            ino: 7,
+            dev: 8,
+            linked: false,
+            owner: Some(bakare_planner::Owner { mode: 0o644, uid: 1000, gid: 100, btime_ns: Some(4) }),
+        },
         false,
         vec![a],
         Some(vec![bakare_store::Xattr { name: b"user.mime".to_vec(), value: b"text/plain".to_vec() }]),
@@ -96,6 +104,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     memo.extend_from_slice(&record.key);
     memo.extend_from_slice(&record.encode());
     write("memo_record", 0, &memo)?;
+    // A folder's record, with its own entry.
+    let own = bakare_planner::DirStat {
+        owner: bakare_planner::Owner { mode: 0o755, uid: 0, gid: 0, btime_ns: None },
+        mtime_ns: -3,
+        ctime_ns: 9,
+        xattrs: Some(vec![bakare_store::Xattr { name: b"user.x".to_vec(), value: vec![1, 2] }]),
+    };
+    let totals = bakare_planner::Totals { files: 2, bytes: 22, dirs: 1 };
+    let folder = bakare_planner::DirRecord::new(Path::new("/home/fuzz"), a, totals, Some(own));
+    let mut memo = vec![u8::try_from(folder.key.len())?];
+    memo.extend_from_slice(&folder.key);
+    memo.extend_from_slice(&folder.encode());
+    write("memo_record", 1, &memo)?;
     // What a backup asks `bakare watch`, and its answer.
     let mut ask = Vec::new();
     let sync = bakare_planner::watch::Request::Sync { paths: vec![b"/home/fuzz".to_vec()], since: 5, probe: false };
@@ -109,6 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         links: 3,
         uncovered: None,
         folders: vec![b"/home/fuzz/a".to_vec()],
+        named: vec![(b"/home/fuzz/b".to_vec(), vec![b"c.txt".to_vec()])],
         subtrees: vec![b"/home/fuzz/new".to_vec()],
     };
     bakare_planner::watch::send(&mut answer, &reply)?;

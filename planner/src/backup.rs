@@ -19,7 +19,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt as _;
 
-use bakare_store::{Extra, Xattr};
+use bakare_store::{Extra, Metadata, Xattr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use crate::error::PlanError;
 use crate::exclude::Excludes;
 use crate::fs_snapshot::Live;
 use crate::inputs::{Child, ChildKind, Listing, SourceDir, SourceFile, StatFingerprint};
-use crate::memo::{DirRecord, Memo, MemoRecord, Totals, Trust, chunk_list_digest};
+use crate::memo::{DirRecord, DirStat, Memo, MemoRecord, Totals, Trust, chunk_list_digest};
 use crate::meta::{extra_of, metadata_of, special_node};
 use crate::queries::{TreeResult, dir_tree, file_content};
 use crate::watch::client::{DirtySet, WatchPlan};
@@ -573,7 +573,7 @@ fn watch_plan(
         }
         WatchPlan::Changed { dirty, now } => {
             let n = dirty.len();
-            (Some(dirty), Some(now), WalkReport { changed_folders: Some(n), ..WalkReport::default() })
+            (Some(*dirty), Some(now), WalkReport { changed_folders: Some(n), ..WalkReport::default() })
         }
     }
 }
@@ -767,10 +767,10 @@ impl Pass<'_> {
                 Ok(m) => opts.excludes.enter(root).on_device(run.devices.normal(m.dev())),
                 Err(_) => opts.excludes.enter(root),
             };
-            match walk.dir(root, &ex, None) {
+            match walk.dir(root, &ex, None, None) {
                 Ok(Some(r)) => Ok(r),
                 // The whole file system, left out by a tag in `/`: an empty root.
-                Ok(None) => walk.finish(root, Vec::new(), None, &crate::memo::FolderMemo::default()),
+                Ok(None) => walk.finish(root, Vec::new(), None, &crate::memo::FolderMemo::default(), None),
                 Err(e) => Err(e),
             }
         } else {
@@ -951,12 +951,18 @@ impl Walk<'_> {
             })
             .filter_map(Result::transpose)
             .collect::<Result<Vec<_>, _>>()?;
-        self.finish(path, children, None, &folder)
+        self.finish(path, children, None, &folder, None)
     }
 
     /// A folder's tree; `None` when a tag file in it leaves it out. `live`: the live folder
-    /// behind it when it is read from a filesystem snapshot.
-    fn dir(&self, path: &Path, ex: &Excludes, live: Option<Live>) -> Result<Option<Resolved>, PlanError> {
+    /// behind it when it is read from a filesystem snapshot; `own`: its entry in its parent.
+    fn dir(
+        &self,
+        path: &Path,
+        ex: &Excludes,
+        live: Option<Live>,
+        own: Option<DirStat>,
+    ) -> Result<Option<Resolved>, PlanError> {
         if self.run.interrupted() {
             return Err(PlanError::Interrupted);
         }
@@ -968,7 +974,7 @@ impl Walk<'_> {
                 Counters::add(&self.run.counters.dirs, 1);
                 let msg = format!("cannot list folder: {e}");
                 self.record_error(path, msg.clone());
-                return self.finish(path, Vec::new(), Some(msg), &crate::memo::FolderMemo::default()).map(Some);
+                return self.finish(path, Vec::new(), Some(msg), &crate::memo::FolderMemo::default(), None).map(Some);
             }
         };
         if ex.tagged(path, listing.iter().map(|(name, ..)| name.as_os_str())) {
@@ -977,10 +983,22 @@ impl Walk<'_> {
         Counters::add(&self.run.counters.dirs, 1);
         let folder = self.memo.folder(path);
         let memo = &folder.files;
+        // Under a watcher, in a folder where only some entries changed: the names to ask the
+        // filesystem about (the rest are as the memo has them).
+        let only = match (&live, self.dirty) {
+            (None, Some(dirty)) => dirty.only(path),
+            _ => None,
+        };
         let live = live.and_then(|l| l.listing());
         let children: Vec<Planned> = listing
             .into_par_iter()
             .map(|(name, child_path, entry)| {
+                if let Some(named) = only
+                    && !named.contains(name.as_bytes())
+                    && let Some(p) = self.unchanged(&child_path, name.as_bytes(), &entry, memo, ex)
+                {
+                    return Ok(Some(p));
+                }
                 // Unchanged since the snapshot: its live metadata (no new inode for it).
                 let seen = live.as_ref().and_then(|l| l.unchanged(&name, std::os::unix::fs::DirEntryExt::ino(&entry)));
                 let meta = match seen {
@@ -1017,7 +1035,7 @@ impl Walk<'_> {
         {
             s.extend(stale);
         }
-        let resolved = self.finish(path, children, None, &folder)?;
+        let resolved = self.finish(path, children, None, &folder, own)?;
         // A folder found changed in a verification walk that the watcher did not name.
         if folder.tree.is_some_and(|r| r != resolved.0)
             && self.predicted.is_some_and(|p| !p.must_list(path))
@@ -1048,6 +1066,7 @@ impl Walk<'_> {
         children: Vec<Planned>,
         error: Option<String>,
         memo: &crate::memo::FolderMemo,
+        own: Option<DirStat>,
     ) -> Result<Resolved, PlanError> {
         let remembered = memo.tree;
         let mut totals = Totals { dirs: 1, ..Totals::default() };
@@ -1062,7 +1081,8 @@ impl Walk<'_> {
         }
         // A folder that could not be listed is never taken from the memo: listing it again
         // is what finds out whether it still cannot be.
-        let record = error.is_none() && (remembered.is_none() || memo.totals != Some(totals));
+        let record = error.is_none()
+            && (remembered.is_none() || memo.totals != Some(totals) || (own.is_some() && memo.entry != own));
         let id = if children.iter().all(|c| matches!(c.kind, PlannedKind::Resolved { .. })) {
             let entries = children
                 .into_iter()
@@ -1087,12 +1107,12 @@ impl Walk<'_> {
             if remembered.is_some()
                 && let Ok(mut s) = self.stale.lock()
             {
-                s.push(DirRecord::new(path, id, totals).key);
+                s.push(DirRecord::new(path, id, totals, None).key);
             }
         } else if (remembered != Some(id) || record)
             && let Ok(mut d) = self.dirs.lock()
         {
-            d.push(DirRecord::new(path, id, totals));
+            d.push(DirRecord::new(path, id, totals, own));
         }
         self.checkpoint(Checkpointing::IfDue)?;
         Ok(Resolved(id, error, totals))
@@ -1147,18 +1167,31 @@ impl Walk<'_> {
         let ft = meta.file_type();
         let dev = self.run.devices.normal(meta.dev());
         let mut totals = Totals::default();
+        // A folder's extended attributes are read before it is listed: its memo record keeps
+        // them with its entry.
+        let xattrs = if ft.is_dir() { Some(self.xattrs_of(path)) } else { None };
+        let own = || xattrs.as_ref().map(|x| DirStat::of(meta, self.xattrs.then(|| x.clone())));
         let kind = if ft.is_dir() && ex.crosses(dev) {
             // A mount point under --one-file-system: kept, empty, so a restore has it.
             Counters::add(&self.run.counters.dirs, 1);
-            let Resolved(tree, error, t) = self.finish(path, Vec::new(), None, &crate::memo::FolderMemo::default())?;
+            let Resolved(tree, error, t) =
+                self.finish(path, Vec::new(), None, &crate::memo::FolderMemo::default(), own())?;
             totals = t;
             PlannedKind::Resolved { node: Node::Dir { tree }, error }
         } else if ft.is_dir()
             && let Some(dirty) = self.dirty
             && !dirty.must_list(path)
-            && let Some(DirRecord { tree, totals: Some(t), .. }) = self.memo.dir_record(path)
+            && let Some(DirRecord { tree, totals: Some(t), entry, .. }) = self.memo.dir_record(path)
         {
-            // No event below it since the last snapshot: its tree then is its tree now.
+            // No event below it since the last snapshot: its tree then is its tree now. Its
+            // own entry may have changed (an event named it): the record keeps the new one.
+            let own = own();
+            if own.is_some()
+                && entry != own
+                && let Ok(mut d) = self.dirs.lock()
+            {
+                d.push(DirRecord::new(path, tree, t, own));
+            }
             let c = &self.run.counters;
             Counters::add(&c.dirs, t.dirs);
             Counters::add(&c.files_unchanged, t.files);
@@ -1168,7 +1201,7 @@ impl Walk<'_> {
             totals = t;
             PlannedKind::Resolved { node: Node::Dir { tree }, error: None }
         } else if ft.is_dir() {
-            let Some(Resolved(tree, error, t)) = self.dir(path, &ex.enter(path).on_device(dev), live)? else {
+            let Some(Resolved(tree, error, t)) = self.dir(path, &ex.enter(path).on_device(dev), live, own())? else {
                 return Ok(None);
             };
             totals = t;
@@ -1194,8 +1227,71 @@ impl Walk<'_> {
         } else {
             PlannedKind::Resolved { node: special_node(meta), error: None }
         };
-        let extra = extra_of(meta, self.xattrs_of(path), &self.run.devices);
+        let xattrs = xattrs.unwrap_or_else(|| self.xattrs_of(path));
+        let extra = extra_of(meta, xattrs, &self.run.devices);
         Ok(Some(Planned { name: name.to_vec(), meta: metadata_of(meta), extra, kind, totals }))
+    }
+
+    /// An entry of a changed folder that no event named since the last snapshot, written as
+    /// the memo has it (no `lstat`), when the memo holds all of it: a file with its content
+    /// and owner, or a folder with no change below it and its own entry. `None`: ask the
+    /// filesystem.
+    fn unchanged(
+        &self,
+        path: &Path,
+        name: &[u8],
+        entry: &fs::DirEntry,
+        memo: &[MemoRecord],
+        ex: &Excludes,
+    ) -> Option<Planned> {
+        let dirty = self.dirty?;
+        let ft = entry.file_type().ok()?;
+        if self.force || !self.trusted {
+            return None;
+        }
+        let c = &self.run.counters;
+        if ft.is_dir() {
+            if dirty.must_list(path) {
+                return None;
+            }
+            let DirRecord { tree, totals: Some(t), entry: Some(own), .. } = self.memo.dir_record(path)? else {
+                return None;
+            };
+            let xattrs = if self.xattrs { own.xattrs? } else { Vec::new() };
+            Counters::add(&c.dirs, t.dirs);
+            Counters::add(&c.files_unchanged, t.files);
+            Counters::add(&c.files_memo, t.files);
+            Counters::add(&c.bytes_total, t.bytes);
+            Counters::add(&c.bytes_reused, t.bytes);
+            let o = own.owner;
+            return Some(Planned {
+                name: name.to_vec(),
+                meta: Metadata { mode: o.mode, uid: o.uid, gid: o.gid, mtime_ns: own.mtime_ns },
+                extra: Extra { ctime_ns: own.ctime_ns, btime_ns: o.btime_ns, link: 0, xattrs },
+                kind: PlannedKind::Resolved { node: Node::Dir { tree }, error: None },
+                totals: t,
+            });
+        }
+        if !ft.is_file() {
+            return None;
+        }
+        let r = memo.binary_search_by(|r| r.name().cmp(name)).ok().and_then(|i| memo.get(i))?;
+        let o = r.fp.owner?;
+        if r.racy || r.fp.linked || ex.too_large(r.fp.size) {
+            return None;
+        }
+        let xattrs = if self.xattrs { r.xattrs.clone()? } else { Vec::new() };
+        Counters::add(&c.files_memo, 1);
+        Counters::add(&c.files_unchanged, 1);
+        Counters::add(&c.bytes_total, r.fp.size);
+        Counters::add(&c.bytes_reused, r.fp.size);
+        Some(Planned {
+            name: name.to_vec(),
+            meta: Metadata { mode: o.mode, uid: o.uid, gid: o.gid, mtime_ns: r.fp.mtime_ns },
+            extra: Extra { ctime_ns: r.fp.ctime_ns, btime_ns: o.btime_ns, link: 0, xattrs },
+            kind: PlannedKind::Resolved { node: Node::File { size: r.fp.size, chunks: r.chunks.clone() }, error: None },
+            totals: Totals::default(),
+        })
     }
 
     /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read
@@ -1230,7 +1326,7 @@ impl Walk<'_> {
         }
         // The record still stands for the file's metadata: its extended attributes are
         // remembered (any change to them moves the ctime), and its link count is known.
-        let same = |r: &MemoRecord| r.fp.ctime_ns == fp.ctime_ns && r.fp.linked == fp.linked;
+        let same = |r: &MemoRecord| r.fp.ctime_ns == fp.ctime_ns && r.fp.linked == fp.linked && r.fp.owner == fp.owner;
         let remembered = |r: &MemoRecord| match &r.xattrs {
             Some(x) if same(r) => Some(x.clone()),
             None if !self.xattrs && same(r) => Some(Vec::new()),

@@ -20,6 +20,27 @@ pub struct StatFingerprint {
     pub dev: u64,
     /// A file with more than one name (hard links).
     pub linked: bool,
+    /// What its tree entry takes from `lstat` besides (None: a memo record from before it
+    /// was kept).
+    pub owner: Option<Owner>,
+}
+
+/// What a tree entry takes from `lstat` beyond change detection: kept in the memo, so that
+/// a watched backup writes an entry no event named without asking the filesystem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub btime_ns: Option<i64>,
+}
+
+impl Owner {
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), btime_ns: crate::meta::btime_of(m) }
+    }
 }
 
 impl StatFingerprint {
@@ -32,6 +53,7 @@ impl StatFingerprint {
             ino: m.ino(),
             dev: m.dev(),
             linked: m.nlink() > 1 && !m.is_dir(),
+            owner: Some(Owner::of(m)),
         }
     }
 

@@ -43,7 +43,7 @@ use bakare_store::{BlobId, Budget, Xattr};
 use bakare_store::{Digest, checksum};
 use redb::{Database, TableDefinition};
 
-use crate::inputs::StatFingerprint;
+use crate::inputs::{Owner, StatFingerprint};
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const TRUST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("trust");
@@ -52,11 +52,15 @@ const TOTALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("totals");
 /// The layout of keys and values below (see [`db`]); a file of another layout is started
 /// anew. Layout 3 is the first under the local files' convention.
 const LAYOUT: db::Layout = db::Layout { kind: "bakare memo", version: 3 };
-/// File records with extended attributes; [`VERSION_NO_XATTRS`] ones are still read.
-const VERSION: u8 = 5;
+/// File records with extended attributes and owner; [`VERSION_NO_OWNER`] and
+/// [`VERSION_NO_XATTRS`] ones are still read.
+const VERSION: u8 = 6;
+const VERSION_NO_OWNER: u8 = 5;
 const VERSION_NO_XATTRS: u8 = 3;
-/// Folder records with the totals of their subtree; [`DIR_VERSION_NO_TOTALS`] ones are read.
-const DIR_VERSION: u8 = 5;
+/// Folder records with the totals of their subtree and the folder's own entry;
+/// [`DIR_VERSION_NO_ENTRY`] and [`DIR_VERSION_NO_TOTALS`] ones are read.
+const DIR_VERSION: u8 = 6;
+const DIR_VERSION_NO_ENTRY: u8 = 5;
 const DIR_VERSION_NO_TOTALS: u8 = 4;
 /// Per backup set: where it stood with `bakare watch` when its last snapshot's walk began.
 const WATCH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("watch");
@@ -94,19 +98,8 @@ impl MemoRecord {
         for c in &self.chunks {
             v.extend_from_slice(c.0.as_bytes());
         }
-        match &self.xattrs {
-            None => v.push(0),
-            Some(xattrs) => {
-                v.push(1);
-                put_varint(&mut v, xattrs.len() as u64);
-                for x in xattrs {
-                    for part in [&x.name, &x.value] {
-                        put_varint(&mut v, part.len() as u64);
-                        v.extend_from_slice(part);
-                    }
-                }
-            }
-        }
+        put_xattrs(&mut v, self.xattrs.as_deref());
+        put_owner(&mut v, fp.owner.as_ref());
         db::seal_value(&self.key, v)
     }
 
@@ -115,20 +108,21 @@ impl MemoRecord {
     pub fn decode(key: &[u8], v: &[u8]) -> Option<Self> {
         let body = db::open_value(key, v)?;
         let version = *body.first()?;
-        if !(version == VERSION || version == VERSION_NO_XATTRS) || key.len() < FOLDER_KEY {
+        if ![VERSION, VERSION_NO_OWNER, VERSION_NO_XATTRS].contains(&version) || key.len() < FOLDER_KEY {
             return None;
         }
         let flags = *body.get(1)?;
         let racy = flags & 1 == 1;
         let mut at = 2;
         let mut next = || get_varint(body, &mut at);
-        let fp = StatFingerprint {
+        let mut fp = StatFingerprint {
             size: next()?,
             mtime_ns: unzigzag(next()?),
             ctime_ns: unzigzag(next()?),
             ino: next()?,
             dev: next()?,
             linked: flags & 2 == 2,
+            owner: None,
         };
         let n = usize::try_from(next()?).ok()?;
         let end = at.checked_add(n.checked_mul(32)?)?;
@@ -138,33 +132,10 @@ impl MemoRecord {
             .map(|c| c.try_into().ok().map(|a: [u8; 32]| BlobId(Digest(a))))
             .collect::<Option<_>>()?;
         let mut at = end;
-        let xattrs = if version == VERSION_NO_XATTRS {
-            None
-        } else {
-            match body.get(at)? {
-                0 => {
-                    at += 1;
-                    None
-                }
-                1 => {
-                    at += 1;
-                    let count = get_varint(body, &mut at)?;
-                    let mut xattrs = Vec::new();
-                    for _ in 0..count {
-                        let mut part = || {
-                            let len = usize::try_from(get_varint(body, &mut at)?).ok()?;
-                            let bytes = body.get(at..at.checked_add(len)?)?.to_vec();
-                            at += len;
-                            Some(bytes)
-                        };
-                        let (name, value) = (part()?, part()?);
-                        xattrs.push(Xattr { name, value });
-                    }
-                    Some(xattrs)
-                }
-                _ => return None,
-            }
-        };
+        let xattrs = if version == VERSION_NO_XATTRS { None } else { get_xattrs(body, &mut at)? };
+        if version == VERSION {
+            fp.owner = get_owner(body, &mut at)?;
+        }
         if at != body.len() {
             return None;
         }
@@ -211,6 +182,92 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// Extended attributes: `0` (not read), or `1`, a count, then each name and value with
+/// their lengths (varints).
+fn put_xattrs(v: &mut Vec<u8>, xattrs: Option<&[Xattr]>) {
+    match xattrs {
+        None => v.push(0),
+        Some(xattrs) => {
+            v.push(1);
+            put_varint(v, xattrs.len() as u64);
+            for x in xattrs {
+                for part in [&x.name, &x.value] {
+                    put_varint(v, part.len() as u64);
+                    v.extend_from_slice(part);
+                }
+            }
+        }
+    }
+}
+
+/// The extended attributes at `*at`: `Some(None)` when they were not read.
+fn get_xattrs(body: &[u8], at: &mut usize) -> Option<Option<Vec<Xattr>>> {
+    match body.get(*at)? {
+        0 => {
+            *at += 1;
+            Some(None)
+        }
+        1 => {
+            *at += 1;
+            let count = get_varint(body, at)?;
+            let mut xattrs = Vec::new();
+            for _ in 0..count {
+                let mut part = || {
+                    let len = usize::try_from(get_varint(body, at)?).ok()?;
+                    let bytes = body.get(*at..at.checked_add(len)?)?.to_vec();
+                    *at += len;
+                    Some(bytes)
+                };
+                let (name, value) = (part()?, part()?);
+                xattrs.push(Xattr { name, value });
+            }
+            Some(Some(xattrs))
+        }
+        _ => None,
+    }
+}
+
+/// An entry's owner: `0` (not kept) or `1 | mode | uid | gid` (varints), then `0` or `1 |
+/// zigzag btime_ns` (varint).
+fn put_owner(v: &mut Vec<u8>, owner: Option<&Owner>) {
+    let Some(o) = owner else {
+        v.push(0);
+        return;
+    };
+    v.push(1);
+    for n in [o.mode, o.uid, o.gid] {
+        put_varint(v, u64::from(n));
+    }
+    match o.btime_ns {
+        None => v.push(0),
+        Some(t) => {
+            v.push(1);
+            put_varint(v, zigzag(t));
+        }
+    }
+}
+
+/// The owner at `*at`: `Some(None)` when it was not kept.
+fn get_owner(body: &[u8], at: &mut usize) -> Option<Option<Owner>> {
+    let kept = *body.get(*at)?;
+    *at += 1;
+    match kept {
+        0 => return Some(None),
+        1 => {}
+        _ => return None,
+    }
+    let mut n32 = || get_varint(body, at).and_then(|n| u32::try_from(n).ok());
+    let (mode, uid, gid) = (n32()?, n32()?, n32()?);
+    let has_btime = *body.get(*at)?;
+    *at += 1;
+    let btime_ns = match has_btime {
+        0 => None,
+        1 => Some(unzigzag(get_varint(body, at)?)),
+        _ => return None,
+    };
+    Some(Some(Owner { mode, uid, gid, btime_ns }))
+}
+
 /// What a folder's subtree holds, as a snapshot's statistics count it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -228,33 +285,59 @@ impl Totals {
     }
 }
 
+/// A folder's own entry in its parent's tree, as of its record: what a watched backup writes
+/// for a folder no event named, without asking the filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirStat {
+    pub owner: Owner,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// None: not read (`--no-xattrs`).
+    pub xattrs: Option<Vec<Xattr>>,
+}
+
+impl DirStat {
+    pub fn of(m: &std::fs::Metadata, xattrs: Option<Vec<Xattr>>) -> Self {
+        let fp = StatFingerprint::of(m);
+        Self { owner: Owner::of(m), mtime_ns: fp.mtime_ns, ctime_ns: fp.ctime_ns, xattrs }
+    }
+}
+
 /// A folder's tree id as last backed up, with its subtree's totals (`None` in records from
-/// before they were kept).
+/// before they were kept) and its own entry (`None` for a root, or in older records).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirRecord {
     pub key: Vec<u8>,
     pub tree: BlobId,
     pub totals: Option<Totals>,
+    pub entry: Option<DirStat>,
 }
 
 impl DirRecord {
-    pub fn new(path: &Path, tree: BlobId, totals: Totals) -> Self {
-        Self { key: folder_key(path).to_vec(), tree, totals: Some(totals) }
+    pub fn new(path: &Path, tree: BlobId, totals: Totals, entry: Option<DirStat>) -> Self {
+        Self { key: folder_key(path).to_vec(), tree, totals: Some(totals), entry }
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(57 + db::SUM);
-        match self.totals {
-            None => {
-                v.push(DIR_VERSION_NO_TOTALS);
-                v.extend_from_slice(self.tree.0.as_bytes());
-            }
-            Some(t) => {
-                v.push(DIR_VERSION);
-                v.extend_from_slice(self.tree.0.as_bytes());
-                for n in [t.files, t.bytes, t.dirs] {
-                    v.extend_from_slice(&n.to_le_bytes());
-                }
+        let mut v = Vec::with_capacity(64 + db::SUM);
+        let Some(t) = self.totals else {
+            v.push(DIR_VERSION_NO_TOTALS);
+            v.extend_from_slice(self.tree.0.as_bytes());
+            return db::seal_value(&self.key, v);
+        };
+        v.push(DIR_VERSION);
+        v.extend_from_slice(self.tree.0.as_bytes());
+        for n in [t.files, t.bytes, t.dirs] {
+            v.extend_from_slice(&n.to_le_bytes());
+        }
+        match &self.entry {
+            None => v.push(0),
+            Some(e) => {
+                v.push(1);
+                put_owner(&mut v, Some(&e.owner));
+                put_varint(&mut v, zigzag(e.mtime_ns));
+                put_varint(&mut v, zigzag(e.ctime_ns));
+                put_xattrs(&mut v, e.xattrs.as_deref());
             }
         }
         db::seal_value(&self.key, v)
@@ -264,12 +347,36 @@ impl DirRecord {
         let body = db::open_value(key, v)?;
         let id: [u8; 32] = body.get(1..33)?.try_into().ok()?;
         let n = |at: usize| body.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-        let totals = match (body.first(), body.len()) {
-            (Some(&DIR_VERSION_NO_TOTALS), 33) => None,
-            (Some(&DIR_VERSION), 57) => Some(Totals { files: n(33)?, bytes: n(41)?, dirs: n(49)? }),
+        let version = *body.first()?;
+        let (totals, entry) = match (version, body.len()) {
+            (DIR_VERSION_NO_TOTALS, 33) => (None, None),
+            (DIR_VERSION_NO_ENTRY, 57) => (Some(Totals { files: n(33)?, bytes: n(41)?, dirs: n(49)? }), None),
+            (DIR_VERSION, 58..) => {
+                let totals = Totals { files: n(33)?, bytes: n(41)?, dirs: n(49)? };
+                let mut at = 57;
+                let entry = match body.get(at)? {
+                    0 => {
+                        at += 1;
+                        None
+                    }
+                    1 => {
+                        at += 1;
+                        let owner = get_owner(body, &mut at)??;
+                        let mtime_ns = unzigzag(get_varint(body, &mut at)?);
+                        let ctime_ns = unzigzag(get_varint(body, &mut at)?);
+                        let xattrs = get_xattrs(body, &mut at)?;
+                        Some(DirStat { owner, mtime_ns, ctime_ns, xattrs })
+                    }
+                    _ => return None,
+                };
+                if at != body.len() {
+                    return None;
+                }
+                (Some(totals), entry)
+            }
             _ => return None,
         };
-        Some(Self { key: key.to_vec(), tree: BlobId(Digest(id)), totals })
+        Some(Self { key: key.to_vec(), tree: BlobId(Digest(id)), totals, entry })
     }
 }
 
@@ -279,6 +386,8 @@ pub struct FolderMemo {
     pub tree: Option<BlobId>,
     /// The totals kept with the folder's record.
     pub totals: Option<Totals>,
+    /// The folder's own entry kept with its record.
+    pub entry: Option<DirStat>,
     pub files: Vec<MemoRecord>,
 }
 
@@ -483,8 +592,11 @@ impl Memo {
                 }
                 if key.len() == FOLDER_KEY {
                     let d = DirRecord::decode(key, v.value());
-                    out.tree = d.as_ref().map(|d| d.tree);
-                    out.totals = d.and_then(|d| d.totals);
+                    if let Some(d) = d {
+                        out.tree = Some(d.tree);
+                        out.totals = d.totals;
+                        out.entry = d.entry;
+                    }
                 } else if let Some(r) = MemoRecord::decode(key, v.value()) {
                     out.files.push(r);
                 }
@@ -754,7 +866,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str) -> MemoRecord {
-        let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8, linked: false };
+        let fp = StatFingerprint { size: 3, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8, ..Default::default() };
         MemoRecord::new(&Path::new("/a/b").join(name), fp, false, vec![BlobId(checksum(name.as_bytes()))], None)
     }
 
@@ -768,22 +880,29 @@ mod tests {
                 ino,
                 dev: ino ^ 5,
                 linked: ino % 2 == 0,
+                owner: (ino % 3 == 0).then_some(Owner { mode: 0o7777, uid: u32::MAX, gid: 0, btime_ns: Some(t) }),
             };
             let r = MemoRecord::new(Path::new("/x/y"), fp, true, vec![], None);
             assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
         }
         // Extended attributes, empty and not, round trip; a record without them reads.
-        let fp = StatFingerprint { size: 1, mtime_ns: 2, ctime_ns: 3, ino: 4, dev: 5, linked: true };
+        let owner = Some(Owner { mode: 0o640, uid: 1000, gid: 100, btime_ns: None });
+        let fp = StatFingerprint { size: 1, mtime_ns: 2, ctime_ns: 3, ino: 4, dev: 5, linked: true, owner };
         for xattrs in [Some(vec![]), Some(vec![Xattr { name: b"user.x".to_vec(), value: vec![0; 300] }]), None] {
             let r = MemoRecord::new(Path::new("/x/z"), fp, false, vec![BlobId(checksum(b"c"))], xattrs);
             assert_eq!(MemoRecord::decode(&r.key, &r.encode()), Some(r));
         }
+        // Versions 5 (without the owner) and 3 (without xattrs too) read as not kept.
+        let fp = StatFingerprint { owner: None, ..fp };
         let r = MemoRecord::new(Path::new("/x/z"), fp, false, vec![BlobId(checksum(b"c"))], None);
-        let mut old = r.encode();
-        old.truncate(old.len() - db::SUM - 1);
-        old[0] = VERSION_NO_XATTRS;
-        let old = db::seal_value(&r.key, old);
-        assert_eq!(MemoRecord::decode(&r.key, &old), Some(r));
+        let body = db::open_value(&r.key, &r.encode()).unwrap().to_vec();
+        assert_eq!(body.last(), Some(&0), "no owner");
+        let mut v5 = body[..body.len() - 1].to_vec();
+        v5[0] = VERSION_NO_OWNER;
+        assert_eq!(MemoRecord::decode(&r.key, &db::seal_value(&r.key, v5)), Some(r.clone()));
+        let mut v3 = body[..body.len() - 2].to_vec();
+        v3[0] = VERSION_NO_XATTRS;
+        assert_eq!(MemoRecord::decode(&r.key, &db::seal_value(&r.key, v3)), Some(r));
         let mut at = 0;
         assert_eq!(get_varint(&[0xff; 11], &mut at), None, "too long");
         let mut at = 0;
@@ -875,7 +994,7 @@ mod tests {
         memo.write(&[], &[], &[], Trust::Grant(&other_set, &[seg])).unwrap();
         memo.write(
             &[record("y"), record("x"), other],
-            &[DirRecord::new(Path::new("/a/b"), tree, Totals { files: 2, bytes: 6, dirs: 1 })],
+            &[DirRecord::new(Path::new("/a/b"), tree, Totals { files: 2, bytes: 6, dirs: 1 }, None)],
             &[],
             Trust::Grant(&set, &[seg]),
         )
@@ -907,10 +1026,23 @@ mod tests {
     #[test]
     fn folder_values_are_checked() {
         let totals = Totals { files: u64::MAX, bytes: 1 << 40, dirs: 3 };
-        let new = DirRecord::new(Path::new("/a"), BlobId(checksum(b"t")), totals);
+        let new = DirRecord::new(Path::new("/a"), BlobId(checksum(b"t")), totals, None);
+        let own = DirStat {
+            owner: Owner { mode: 0o1755, uid: 7, gid: 8, btime_ns: Some(-9) },
+            mtime_ns: i64::MIN,
+            ctime_ns: 3,
+            xattrs: Some(vec![Xattr { name: b"user.a".to_vec(), value: b"b".to_vec() }]),
+        };
+        let with_entry = DirRecord { entry: Some(own.clone()), ..new.clone() };
+        let unread = DirRecord { entry: Some(DirStat { xattrs: None, ..own }), ..new.clone() };
         // Version 4 records, without totals, are still read.
         let old = DirRecord { totals: None, ..new.clone() };
-        for d in [new, old] {
+        // Version 5 ones, without the entry, too.
+        let mut v5 = db::open_value(&new.key, &new.encode()).unwrap().to_vec();
+        assert_eq!(v5.pop(), Some(0), "no entry");
+        v5[0] = DIR_VERSION_NO_ENTRY;
+        assert_eq!(DirRecord::decode(&new.key, &db::seal_value(&new.key, v5)), Some(new.clone()));
+        for d in [new, old, with_entry, unread] {
             let v = d.encode();
             assert_eq!(DirRecord::decode(&d.key, &v), Some(d.clone()));
             for i in 0..v.len() {

@@ -17,16 +17,20 @@ pub fn metadata_of(m: &fs::Metadata) -> Metadata {
 
 /// The tree format 2 part of an `lstat` result, with the entry's extended attributes.
 pub fn extra_of(m: &fs::Metadata, xattrs: Vec<Xattr>, devices: &crate::Devices) -> Extra {
-    let btime_ns = m.created().ok().map(|t| match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
-    });
     Extra {
         ctime_ns: m.ctime().saturating_mul(1_000_000_000).saturating_add(m.ctime_nsec()),
-        btime_ns,
+        btime_ns: btime_of(m),
         link: link_group(m, devices),
         xattrs,
     }
+}
+
+/// The birth time, where the file system keeps it (ns since the Unix epoch).
+pub fn btime_of(m: &fs::Metadata) -> Option<i64> {
+    m.created().ok().map(|t| match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    })
 }
 
 /// A file's hard-link group: nonzero when it has more than one link, the same for every

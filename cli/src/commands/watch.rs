@@ -110,6 +110,7 @@ fn continuous(
         let changed = reply
             .folders
             .iter()
+            .chain(reply.named.iter().map(|(f, _)| f))
             .chain(&reply.subtrees)
             .any(|f| !own.iter().any(|o| bakare_planner::watch::is_under(f, o)));
         let verify = verified.elapsed() >= a.verify_every;

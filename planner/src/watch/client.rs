@@ -1,6 +1,6 @@
 //! The backup's side: ask the daemon, and decide whether its answer may be used.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -20,36 +20,55 @@ pub struct Coverage {
 /// The folders a backup must list; every other folder's tree is its last one.
 #[derive(Debug, Default)]
 pub struct DirtySet {
+    /// Folders where anything may have changed.
     folders: HashSet<PathBuf>,
+    /// Folders where only the entries of these names changed.
+    named: HashMap<PathBuf, HashSet<Vec<u8>>>,
     /// Folders that appeared: everything below them is listed.
     subtrees: HashSet<PathBuf>,
     /// Every folder above a dirty one: listed, for its changed child's new tree.
     above: HashSet<PathBuf>,
+    none: HashSet<Vec<u8>>,
 }
 
 impl DirtySet {
-    pub fn new(folders: Vec<Vec<u8>>, subtrees: Vec<Vec<u8>>) -> Self {
+    pub fn new(folders: Vec<Vec<u8>>, named: Vec<(Vec<u8>, Vec<Vec<u8>>)>, subtrees: Vec<Vec<u8>>) -> Self {
         let path = |b: Vec<u8>| PathBuf::from(OsStr::from_bytes(&b));
         let folders: HashSet<PathBuf> = folders.into_iter().map(path).collect();
+        let named: HashMap<PathBuf, HashSet<Vec<u8>>> =
+            named.into_iter().map(|(f, names)| (path(f), names.into_iter().collect())).collect();
         let subtrees: HashSet<PathBuf> = subtrees.into_iter().map(path).collect();
         let mut above = HashSet::new();
-        for p in folders.iter().chain(&subtrees) {
+        for p in folders.iter().chain(named.keys()).chain(&subtrees) {
             for a in p.ancestors().skip(1) {
                 if !above.insert(a.to_path_buf()) {
                     break;
                 }
             }
         }
-        Self { folders, subtrees, above }
+        Self { folders, named, subtrees, above, none: HashSet::new() }
     }
 
     /// Whether the folder at `path` must be listed (else its last tree stands).
     pub fn must_list(&self, path: &Path) -> bool {
-        self.folders.contains(path) || self.above.contains(path) || path.ancestors().any(|a| self.subtrees.contains(a))
+        self.folders.contains(path)
+            || self.named.contains_key(path)
+            || self.above.contains(path)
+            || path.ancestors().any(|a| self.subtrees.contains(a))
+    }
+
+    /// For a folder that must be listed, the names of its entries that may have changed,
+    /// when only those (and its folders that must be listed) need an `lstat`; `None`: every
+    /// entry does.
+    pub fn only(&self, path: &Path) -> Option<&HashSet<Vec<u8>>> {
+        if self.folders.contains(path) || path.ancestors().any(|a| self.subtrees.contains(a)) {
+            return None;
+        }
+        Some(self.named.get(path).unwrap_or(&self.none))
     }
 
     pub fn len(&self) -> usize {
-        self.folders.len() + self.subtrees.len()
+        self.folders.len() + self.named.len() + self.subtrees.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,7 +80,7 @@ impl DirtySet {
 #[derive(Debug)]
 pub enum WatchPlan {
     /// List only these folders.
-    Changed { dirty: DirtySet, now: Coverage },
+    Changed { dirty: Box<DirtySet>, now: Coverage },
     /// Walk everything, for this reason; `now`: the coverage the snapshot will have.
     Walk { why: String, now: Option<Coverage> },
 }
@@ -105,7 +124,7 @@ pub fn plan(socket: &Path, paths: &[Vec<u8>], last: Option<Coverage>) -> WatchPl
     if reply.links > last.generation {
         return walk("files with hard links changed since the last backup".into(), Some(now));
     }
-    WatchPlan::Changed { dirty: DirtySet::new(reply.folders, reply.subtrees), now }
+    WatchPlan::Changed { dirty: Box::new(DirtySet::new(reply.folders, reply.named, reply.subtrees)), now }
 }
 
 /// The watcher's epoch and generation, and the folders under `paths` changed after
@@ -133,14 +152,22 @@ mod tests {
 
     #[test]
     fn changed_folders_their_ancestors_and_all_below_an_appeared_one_are_listed() {
-        let set = DirtySet::new(vec![b"/a/b/c".to_vec()], vec![b"/a/new".to_vec()]);
-        for listed in ["/a/b/c", "/a/b", "/a", "/", "/a/new", "/a/new/x/y"] {
+        let named = vec![(b"/a/n".to_vec(), vec![b"f".to_vec(), b"g".to_vec()])];
+        let set = DirtySet::new(vec![b"/a/b/c".to_vec()], named, vec![b"/a/new".to_vec()]);
+        for listed in ["/a/b/c", "/a/b", "/a", "/", "/a/new", "/a/new/x/y", "/a/n"] {
             assert!(set.must_list(Path::new(listed)), "{listed}");
         }
-        for taken in ["/a/b/c/d", "/a/b/cc", "/a/ne", "/b", "/a/b/other"] {
+        for taken in ["/a/b/c/d", "/a/b/cc", "/a/ne", "/b", "/a/b/other", "/a/n/f"] {
             assert!(!set.must_list(Path::new(taken)), "{taken}");
         }
-        assert_eq!(set.len(), 2);
+        // Where every entry needs an lstat, and where only the named ones do.
+        for all in ["/a/b/c", "/a/new", "/a/new/x"] {
+            assert_eq!(set.only(Path::new(all)), None, "{all}");
+        }
+        let names = set.only(Path::new("/a/n")).unwrap();
+        assert!(names.contains(&b"f".to_vec()) && names.contains(&b"g".to_vec()) && names.len() == 2);
+        assert!(set.only(Path::new("/a")).unwrap().is_empty(), "above a change: only its listed folders");
+        assert_eq!(set.len(), 3);
         assert!(DirtySet::default().is_empty());
         assert!(!DirtySet::default().must_list(Path::new("/")));
     }

@@ -15,8 +15,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::fanotify::{Change, Fanotify};
 use super::{DATABASE, Request, SOCKET, Status, SyncReply, is_under, receive, send};
 
-/// Folder path -> (generation of its last change, generation it last appeared at), LE.
+/// Folder path -> generations (u64 LE each) of its last change, of its last appearance and
+/// of its last change not said of one entry.
 const DIRTY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dirty");
+/// `folder path || 0x00 || entry name` -> generation of the entry's last change (u64 LE).
+const NAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("names");
 
 /// Past this many folders the set is dropped and its floor raised: a backup then walks
 /// everything once, and the daemon's disk use stays bounded.
@@ -105,9 +108,7 @@ impl State {
         self.epoch_since_ns = bakare_store::clock::now_ns();
         self.generation += 1;
         self.floor = self.generation;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        txn.delete_table(DIRTY).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
+        self.clear()?;
         if let Some(why) = why {
             self.breaks.push(why);
             if self.breaks.len() > 8 {
@@ -115,6 +116,14 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Empties the set.
+    fn clear(&self) -> std::io::Result<()> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.delete_table(DIRTY).map_err(db_err)?;
+        txn.delete_table(NAMES).map_err(db_err)?;
+        txn.commit().map_err(db_err)
     }
 
     /// Marks every filesystem under the roots; a new epoch when the set of them changed.
@@ -174,7 +183,7 @@ impl State {
         let changes: Vec<Change> = changes
             .into_iter()
             .filter(|c| match c {
-                Change::Folder(p) | Change::Subtree(p) | Change::Links(p) => relevant(p),
+                Change::Folder(p) | Change::Entry(p, _) | Change::Subtree(p) | Change::Links(p) => relevant(p),
                 Change::Overflow => false,
             })
             .collect();
@@ -192,10 +201,12 @@ impl State {
         }
         let too_many = {
             let mut table = txn.open_table(DIRTY).map_err(db_err)?;
+            let mut names = txn.open_table(NAMES).map_err(db_err)?;
             for c in changes {
-                let (path, appeared) = match c {
-                    Change::Folder(p) => (p, false),
-                    Change::Subtree(p) => (p, true),
+                let (path, name, appeared) = match c {
+                    Change::Folder(p) => (p, None, false),
+                    Change::Entry(p, name) => (p, Some(name), false),
+                    Change::Subtree(p) => (p, None, true),
                     Change::Links(_) => {
                         self.links = g;
                         continue;
@@ -204,17 +215,22 @@ impl State {
                 };
                 let path = path.as_os_str().as_bytes();
                 let old = table.get(path).map_err(db_err)?.map(|v| decode(v.value()));
-                let (_, old_appeared) = old.unwrap_or((0, 0));
-                let value = encode(g, if appeared { g } else { old_appeared });
+                let [_, old_appeared, old_whole] = old.unwrap_or_default();
+                let value = encode([
+                    g,
+                    if appeared { g } else { old_appeared },
+                    if name.is_none() && !appeared { g } else { old_whole },
+                ]);
                 table.insert(path, value.as_slice()).map_err(db_err)?;
+                if let Some(name) = name {
+                    names.insert(name_key(path, &name).as_slice(), g.to_le_bytes().as_slice()).map_err(db_err)?;
+                }
             }
-            table.len().map_err(db_err)? > MAX_DIRTY
+            table.len().map_err(db_err)? + names.len().map_err(db_err)? > MAX_DIRTY
         };
         txn.commit().map_err(db_err)?;
         if too_many {
-            let txn = self.db.begin_write().map_err(db_err)?;
-            txn.delete_table(DIRTY).map_err(db_err)?;
-            txn.commit().map_err(db_err)?;
+            self.clear()?;
             self.floor = self.generation;
         }
         Ok(())
@@ -230,9 +246,15 @@ impl State {
             .find(|p| !self.roots.iter().any(|r| is_under(p, r)))
             .map(|p| format!("{} is not under a watched folder", String::from_utf8_lossy(p)));
         let mut folders = Vec::new();
+        let mut named = Vec::new();
         let mut subtrees = Vec::new();
         if uncovered.is_none() {
             let txn = self.db.begin_read().map_err(db_err)?;
+            let names = match txn.open_table(NAMES) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(db_err(e)),
+            };
             match txn.open_table(DIRTY) {
                 Ok(table) => {
                     for p in paths {
@@ -245,9 +267,19 @@ impl State {
                             if !is_under(key, p) {
                                 continue;
                             }
-                            let (changed, appeared) = decode(v.value());
-                            if changed > since {
+                            let [changed, appeared, whole] = decode(v.value());
+                            if whole > since || (changed > since && names.is_none()) {
                                 folders.push(key.to_vec());
+                            } else if changed > since
+                                && let Some(names) = &names
+                            {
+                                let these = names_since(names, key, since)?;
+                                if these.is_empty() {
+                                    // Changed, and no name kept for it: every entry.
+                                    folders.push(key.to_vec());
+                                } else {
+                                    named.push((key.to_vec(), these));
+                                }
                             }
                             if appeared > since {
                                 subtrees.push(key.to_vec());
@@ -266,6 +298,7 @@ impl State {
             links: self.links,
             uncovered,
             folders,
+            named,
             subtrees,
         })
     }
@@ -306,16 +339,40 @@ impl State {
     }
 }
 
-fn encode(changed: u64, appeared: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&changed.to_le_bytes());
-    v[8..].copy_from_slice(&appeared.to_le_bytes());
+fn encode(gens: [u64; 3]) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    for (i, g) in gens.iter().enumerate() {
+        v[i * 8..i * 8 + 8].copy_from_slice(&g.to_le_bytes());
+    }
     v
 }
 
-fn decode(v: &[u8]) -> (u64, u64) {
-    let half = |r: std::ops::Range<usize>| v.get(r).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-    (half(0..8), half(8..16))
+/// A dirty set value; a part that is missing reads as 0.
+fn decode(v: &[u8]) -> [u64; 3] {
+    let part = |i: usize| v.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    [part(0), part(1), part(2)]
+}
+
+fn name_key(folder: &[u8], name: &[u8]) -> Vec<u8> {
+    [folder, &[0], name].concat()
+}
+
+/// The names in `folder` changed after generation `since`.
+fn names_since(
+    names: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    folder: &[u8],
+    since: u64,
+) -> std::io::Result<Vec<Vec<u8>>> {
+    let prefix = name_key(folder, b"");
+    let mut out = Vec::new();
+    for item in names.range(prefix.as_slice()..).map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        let Some(name) = k.value().strip_prefix(prefix.as_slice()) else { break };
+        if decode(v.value())[0] > since {
+            out.push(name.to_vec());
+        }
+    }
+    Ok(out)
 }
 
 /// The error of a fanotify call, with what watching needs.
@@ -434,7 +491,8 @@ mod tests {
         assert_eq!(unescape(br"/mnt/my\040disk"), b"/mnt/my disk".to_vec());
         assert_eq!(unescape(br"/a\134b"), br"/a\b".to_vec());
         assert_eq!(unescape(br"/trailing\04"), br"/trailing\04".to_vec());
-        assert_eq!(decode(&encode(5, 9)), (5, 9));
-        assert_eq!(decode(b"short"), (0, 0));
+        assert_eq!(decode(&encode([5, 9, 2])), [5, 9, 2]);
+        assert_eq!(decode(b"short"), [0, 0, 0]);
+        assert_eq!(decode(&5u64.to_le_bytes()), [5, 0, 0]);
     }
 }

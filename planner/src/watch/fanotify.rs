@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 /// What one event says, after its folder handle was opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Something in this folder changed: an entry's content or metadata, or its list of names.
+    /// Something in this folder changed, not said which entry.
     Folder(PathBuf),
+    /// The entry of this name in this folder changed (its content or metadata), appeared or
+    /// went away.
+    Entry(PathBuf, Vec<u8>),
     /// A folder appeared at this path (created or moved here): nothing below it is known.
     Subtree(PathBuf),
     /// A file with other names changed, or its link count did (a hard link made or
@@ -206,7 +209,11 @@ impl Fanotify {
                     if appears && mask & libc::FAN_ONDIR != 0 && !name.is_empty() && name != b"." {
                         out.push(Change::Subtree(dir.join(std::ffi::OsString::from_vec(name.clone()))));
                     }
-                    out.push(Change::Folder(dir));
+                    if name.is_empty() || name == b"." {
+                        out.push(Change::Folder(dir));
+                    } else {
+                        out.push(Change::Entry(dir, name.clone()));
+                    }
                 }
             }
             // An attribute change with no folder: a link count (the kernel reports it on the

@@ -50,8 +50,10 @@ pub struct SyncReply {
     pub links: u64,
     /// Why the paths asked for are not all covered, if they are not.
     pub uncovered: Option<String>,
-    /// Folders with a change after `since`.
+    /// Folders where anything may have changed after `since`.
     pub folders: Vec<Vec<u8>>,
+    /// Folders where only the entries of these names changed after `since`.
+    pub named: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     /// Folders that appeared after `since`: everything below them is new.
     pub subtrees: Vec<Vec<u8>>,
 }
