@@ -19,7 +19,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt as _;
 
-use bakare_store::{Extra, Metadata, Xattr};
+use bakare_store::{Extra, Xattr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1192,12 +1192,7 @@ impl Walk<'_> {
             {
                 d.push(DirRecord::new(path, tree, t, own));
             }
-            let c = &self.run.counters;
-            Counters::add(&c.dirs, t.dirs);
-            Counters::add(&c.files_unchanged, t.files);
-            Counters::add(&c.files_memo, t.files);
-            Counters::add(&c.bytes_total, t.bytes);
-            Counters::add(&c.bytes_reused, t.bytes);
+            self.reused(t);
             totals = t;
             PlannedKind::Resolved { node: Node::Dir { tree }, error: None }
         } else if ft.is_dir() {
@@ -1249,7 +1244,6 @@ impl Walk<'_> {
         if self.force || !self.trusted {
             return None;
         }
-        let c = &self.run.counters;
         if ft.is_dir() {
             if dirty.must_list(path) {
                 return None;
@@ -1258,19 +1252,10 @@ impl Walk<'_> {
                 return None;
             };
             let xattrs = if self.xattrs { own.xattrs? } else { Vec::new() };
-            Counters::add(&c.dirs, t.dirs);
-            Counters::add(&c.files_unchanged, t.files);
-            Counters::add(&c.files_memo, t.files);
-            Counters::add(&c.bytes_total, t.bytes);
-            Counters::add(&c.bytes_reused, t.bytes);
-            let o = own.owner;
-            return Some(Planned {
-                name: name.to_vec(),
-                meta: Metadata { mode: o.mode, uid: o.uid, gid: o.gid, mtime_ns: own.mtime_ns },
-                extra: Extra { ctime_ns: own.ctime_ns, btime_ns: o.btime_ns, link: 0, xattrs },
-                kind: PlannedKind::Resolved { node: Node::Dir { tree }, error: None },
-                totals: t,
-            });
+            self.reused(t);
+            let (meta, extra) = own.owner.entry(own.mtime_ns, own.ctime_ns, xattrs);
+            let kind = PlannedKind::Resolved { node: Node::Dir { tree }, error: None };
+            return Some(Planned { name: name.to_vec(), meta, extra, kind, totals: t });
         }
         if !ft.is_file() {
             return None;
@@ -1281,17 +1266,21 @@ impl Walk<'_> {
             return None;
         }
         let xattrs = if self.xattrs { r.xattrs.clone()? } else { Vec::new() };
-        Counters::add(&c.files_memo, 1);
-        Counters::add(&c.files_unchanged, 1);
-        Counters::add(&c.bytes_total, r.fp.size);
-        Counters::add(&c.bytes_reused, r.fp.size);
-        Some(Planned {
-            name: name.to_vec(),
-            meta: Metadata { mode: o.mode, uid: o.uid, gid: o.gid, mtime_ns: r.fp.mtime_ns },
-            extra: Extra { ctime_ns: r.fp.ctime_ns, btime_ns: o.btime_ns, link: 0, xattrs },
-            kind: PlannedKind::Resolved { node: Node::File { size: r.fp.size, chunks: r.chunks.clone() }, error: None },
-            totals: Totals::default(),
-        })
+        self.reused(Totals { files: 1, bytes: r.fp.size, dirs: 0 });
+        let (meta, extra) = o.entry(r.fp.mtime_ns, r.fp.ctime_ns, xattrs);
+        let kind =
+            PlannedKind::Resolved { node: Node::File { size: r.fp.size, chunks: r.chunks.clone() }, error: None };
+        Some(Planned { name: name.to_vec(), meta, extra, kind, totals: Totals::default() })
+    }
+
+    /// Counts what a run takes from the memo unread: a folder's subtree, or one file.
+    fn reused(&self, t: Totals) {
+        let c = &self.run.counters;
+        Counters::add(&c.dirs, t.dirs);
+        Counters::add(&c.files_unchanged, t.files);
+        Counters::add(&c.files_memo, t.files);
+        Counters::add(&c.bytes_total, t.bytes);
+        Counters::add(&c.bytes_reused, t.bytes);
     }
 
     /// The extended attributes of `path` (none with `--no-xattrs`); one that cannot be read

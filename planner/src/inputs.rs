@@ -41,6 +41,13 @@ impl Owner {
         use std::os::unix::fs::MetadataExt;
         Self { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid(), btime_ns: crate::meta::btime_of(m) }
     }
+
+    /// The tree entry's metadata of an entry with this owner, these times and xattrs (one
+    /// with no other names: no hard-link group).
+    pub fn entry(&self, mtime_ns: i64, ctime_ns: i64, xattrs: Vec<Xattr>) -> (Metadata, Extra) {
+        let meta = Metadata { mode: self.mode, uid: self.uid, gid: self.gid, mtime_ns };
+        (meta, Extra { ctime_ns, btime_ns: self.btime_ns, link: 0, xattrs })
+    }
 }
 
 impl StatFingerprint {
